@@ -1,0 +1,1 @@
+"""dispatcher: validate, queue and deliver chat messages."""

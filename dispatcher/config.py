@@ -1,0 +1,101 @@
+"""The one place configuration comes from: ``DISPATCHER_*`` environment variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ClientConfig(BaseModel):
+    """An upstream caller of the HTTP API: its signing secret and allowed channels."""
+
+    secret: SecretStr
+    channels: list[str] = Field(default_factory=list)
+    admin: bool = False
+
+
+class Settings(BaseSettings):
+    """Every setting of dispatcher. Read once per process; see README for the table."""
+
+    model_config = SettingsConfigDict(env_prefix="DISPATCHER_", extra="ignore")
+
+    # Redis and Celery
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    broker_url: str | None = None
+    queue: str = "dispatcher"
+    visibility_timeout: int = 3600
+    worker_pool: Literal["threads", "prefork", "solo", "gevent", "eventlet"] = "threads"
+    worker_concurrency: int = 32
+
+    # Easemob
+    easemob_base_url: str = "https://a1.easemob.com"
+    easemob_org: str | None = None
+    easemob_app: str | None = None
+    easemob_client_id: str | None = None
+    easemob_client_secret: SecretStr | None = None
+    easemob_timeout: float = 10.0
+    easemob_max_body_bytes: int = 5120
+    easemob_calls_per_second: int = 100
+    easemob_messages_per_minute: int = 6000
+
+    # Qiniu
+    qiniu_access_key: str | None = None
+    qiniu_secret_key: SecretStr | None = None
+    qiniu_bucket: str | None = None
+    qiniu_domain: str | None = None
+    qiniu_private: bool = False
+    qiniu_url_lifetime: int = 3600
+    qiniu_up_host: str = "https://up.qiniup.com"
+    qiniu_rs_host: str = "https://rs.qiniu.com"
+    qiniu_timeout: float = 10.0
+
+    # HTTP API
+    clients: dict[str, ClientConfig] = Field(default_factory=dict)
+    auth_enabled: bool = True
+    api_host: str = "127.0.0.1"
+    api_port: int = 8087
+    max_request_bytes: int = 65536
+    signature_window: int = 300
+    submit_rate_per_second: float = 1000.0
+    submit_burst: int = 2000
+    timezone: str = "Asia/Shanghai"
+    service_phone: str = "400800400"
+
+    # Messages and delivery
+    id_prefix: str = Field(default="m0", pattern=r"^[A-Za-z0-9]{1,8}$")
+    status_ttl: int = 604800
+    history_limit: int = 50
+    max_attempts: int = 8
+    backoff_base: float = 1.0
+    backoff_cap: float = 300.0
+    lease_seconds: int = 60
+
+    # Logging
+    log_level: str = "INFO"
+    log_format: Literal["text", "json"] = "text"
+
+    @field_validator("easemob_base_url", "qiniu_up_host", "qiniu_rs_host")
+    @classmethod
+    def _strip_trailing_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    @field_validator("qiniu_domain")
+    @classmethod
+    def _normalise_domain(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.rstrip("/")
+        return value if "://" in value else f"http://{value}"
+
+    @property
+    def effective_broker_url(self) -> str:
+        return self.broker_url or self.redis_url
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings object (tests build their own ``Settings``)."""
+    return Settings()

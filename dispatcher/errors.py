@@ -1,0 +1,86 @@
+"""One exception hierarchy for the whole package.
+
+Callers catch :class:`DispatcherError` for anything of ours, or one precise case.
+Provider errors carry ``retryable`` so the delivery loop needs no other table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class DispatcherError(Exception):
+    """Base of every error dispatcher raises on purpose."""
+
+
+@dataclass(frozen=True)
+class FieldError:
+    field: str
+    error: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"field": self.field, "error": self.error}
+
+
+class InvalidMessage(DispatcherError):
+    """The submitted message broke a rule; ``errors`` names every broken field."""
+
+    def __init__(self, errors: list[FieldError]) -> None:
+        self.errors = errors
+        summary = "; ".join(f"{e.field}: {e.error}" for e in errors)
+        super().__init__(f"invalid message: {summary}")
+
+
+class MessageTooLarge(InvalidMessage):
+    """The provider body would exceed the provider's size limit."""
+
+
+class Conflict(DispatcherError):
+    """A getMessageId was reused for a different message."""
+
+    def __init__(self, message_id: str) -> None:
+        self.message_id = message_id
+        super().__init__(f"getMessageId {message_id} is already used for a different message")
+
+
+class Unavailable(DispatcherError):
+    """Redis or the broker is unreachable or refusing writes: nothing was accepted."""
+
+
+class ConfigurationError(DispatcherError):
+    """A setting needed for this operation is missing or wrong."""
+
+
+class DeliveryError(DispatcherError):
+    """One delivery attempt failed.
+
+    ``retryable`` decides between another attempt and a permanent failure;
+    ``retry_after`` is the provider's own wait hint in seconds, when it gave one;
+    ``ambiguous`` marks a failure after which the provider may have delivered.
+    """
+
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        *,
+        retryable: bool,
+        retry_after: float | None = None,
+        ambiguous: bool = False,
+        status: int | None = None,
+    ) -> None:
+        self.code = code
+        self.message = message
+        self.retryable = retryable
+        self.retry_after = retry_after
+        self.ambiguous = ambiguous
+        self.status = status
+        super().__init__(f"{code}: {message}")
+
+
+class ProviderError(DeliveryError):
+    """The messaging provider (Easemob) refused or failed a call."""
+
+
+class MediaError(DeliveryError):
+    """Media could not be resolved or is outside the limits (Qiniu)."""
