@@ -1,0 +1,45 @@
+"""Every Redis key dispatcher writes, spelled once."""
+
+from __future__ import annotations
+
+PREFIX = "dispatcher"
+
+DEAD_LETTERS = f"{PREFIX}:dead"
+"""Sorted set of dead message ids, scored by the time they died."""
+
+MAX_DEAD_LETTERS = 100_000
+"""The dead-letter index is trimmed to this many newest entries."""
+
+
+def message(message_id: str) -> str:
+    """Hash holding one message's status record and payload."""
+    return f"{PREFIX}:msg:{message_id}"
+
+
+def history(message_id: str) -> str:
+    """List of the message's state changes, oldest first, bounded."""
+    return f"{PREFIX}:hist:{message_id}"
+
+
+def easemob_token(org: str, app: str, client_id: str) -> str:
+    """The Easemob app token shared by all workers."""
+    return f"{PREFIX}:easemob:token:{org}:{app}:{client_id}"
+
+
+def easemob_token_lock(org: str, app: str, client_id: str) -> str:
+    return f"{PREFIX}:easemob:token-lock:{org}:{app}:{client_id}"
+
+
+def rate_limit(name: str) -> str:
+    """State of one shared rate limiter (GCRA theoretical arrival time)."""
+    return f"{PREFIX}:rate:{name}"
+
+
+def media_cache(bucket: str, key: str) -> str:
+    """Short-lived cache of a resolved Qiniu object's metadata."""
+    return f"{PREFIX}:media:{bucket}:{key}"
+
+
+def replay_guard(client: str, sign: str) -> str:
+    """Marks a (client, sign) pair seen within the signature window."""
+    return f"{PREFIX}:sig:{client}:{sign}"

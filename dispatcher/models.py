@@ -1,0 +1,479 @@
+"""The messages dispatcher accepts, and the status record it keeps for each.
+
+``parse_message`` is the one entry point for untrusted input: it checks the
+envelope, the ``messageInfo`` of the given ``messageType`` and ``ext`` in one
+pass and raises :class:`~dispatcher.errors.InvalidMessage` naming every broken
+field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from datetime import UTC, datetime
+from enum import IntEnum, StrEnum
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from dispatcher.errors import FieldError, InvalidMessage
+from dispatcher.ids import ID_PATTERN
+
+MiB = 1024 * 1024
+VIDEO_MAX_BYTES = 10 * MiB  # strictly less than (seed: 小于10M)
+THUMB_MAX_BYTES = 64 * 1024  # at most (seed: 小于等于64K)
+IMAGE_MAX_BYTES = 10 * MiB
+VOICE_MAX_BYTES = 2 * MiB
+VOICE_MAX_SECONDS = 60
+CUSTOM_EVENT_PATTERN = re.compile(r"^[a-zA-Z0-9\-_/.]{1,32}$")
+MAX_CUSTOM_EXTS = 16  # Easemob's cap on customExts entries
+RESERVED_EXT_KEY = "dispatcher"
+
+
+class MessageType(IntEnum):
+    TEXT = 1
+    IMAGE = 2
+    VOICE = 3
+    VIDEO = 4
+    LOCATION = 5
+    PASS_THROUGH = 6
+    NEWS = 7
+    CUSTOM_NEWS = 8
+    TEMPLATE = 9
+    EXTENSION = 10
+
+
+MEDIA_TYPES = frozenset({MessageType.IMAGE, MessageType.VOICE, MessageType.VIDEO})
+
+
+class _Info(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+
+
+def _media_key(value: str, extensions: tuple[str, ...]) -> str:
+    if not value or len(value.encode()) > 750 or "\x00" in value:
+        raise ValueError("must be a Qiniu key of 1..750 bytes")
+    if not value.lower().endswith(tuple(f".{ext}" for ext in extensions)):
+        raise ValueError(f"must be a file name ending in {'/'.join(extensions)}")
+    return value
+
+
+def _media_url(value: str | None, info: ValidationInfo) -> str | None:
+    """A caller-given URL must be on our Qiniu domain: we never fetch arbitrary addresses."""
+    if value is None:
+        return None
+    domain = (info.context or {}).get("media_domain")
+    parsed = urlsplit(value)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise ValueError("must be an http(s) URL")
+    if not domain:
+        raise ValueError("media URLs are accepted only when DISPATCHER_QINIU_DOMAIN is configured")
+    allowed = urlsplit(domain)
+    if parsed.hostname != allowed.hostname or (parsed.port or None) != (allowed.port or None):
+        raise ValueError(f"must be on the configured Qiniu domain {allowed.netloc}")
+    return value
+
+
+PositiveInt = Annotated[int, Field(gt=0)]
+
+
+class TextInfo(_Info):
+    textMessage: str = Field(min_length=1, max_length=5000)
+
+
+class ImageInfo(_Info):
+    imageMessage: str
+    fileUrl: str | None = None
+    fileLength: int | None = Field(default=None, gt=0, le=IMAGE_MAX_BYTES)
+    imageWidth: PositiveInt | None = None
+    imageHeight: PositiveInt | None = None
+
+    _key = field_validator("imageMessage")(lambda v: _media_key(v, ("jpg", "jpeg", "png", "gif")))
+    _url = field_validator("fileUrl")(_media_url)
+
+
+class VoiceInfo(_Info):
+    voiceMessage: str
+    fileUrl: str | None = None
+    fileLength: int | None = Field(default=None, gt=0, le=VOICE_MAX_BYTES)
+    duration: int | None = Field(default=None, ge=0, le=VOICE_MAX_SECONDS)
+
+    _key = field_validator("voiceMessage")(lambda v: _media_key(v, ("amr", "mp3", "aac")))
+    _url = field_validator("fileUrl")(_media_url)
+
+
+class VideoInfo(_Info):
+    """Exactly the seed's video table (2.1.4)."""
+
+    videoMessage: str
+    thumbMessage: str | None = None
+    title: str | None = Field(default=None, max_length=256)
+    description: str | None = Field(default=None, max_length=1024)
+    fileUrl: str | None = None
+    fileLength: int | None = Field(default=None, gt=0, lt=VIDEO_MAX_BYTES)
+    duration: int | None = Field(default=None, ge=0)
+    thumbFileUrl: str | None = None
+    thumbFileLength: int | None = Field(default=None, gt=0, le=THUMB_MAX_BYTES)
+    imageWidth: PositiveInt | None = None
+    imageHeight: PositiveInt | None = None
+
+    _key = field_validator("videoMessage")(lambda v: _media_key(v, ("mp4",)))
+    _thumb = field_validator("thumbMessage")(
+        lambda v: None if v is None else _media_key(v, ("jpg", "jpeg"))
+    )
+    _url = field_validator("fileUrl", "thumbFileUrl")(_media_url)
+
+
+class LocationInfo(_Info):
+    latitude: float = Field(ge=-90, le=90)
+    longitude: float = Field(ge=-180, le=180)
+    address: str = Field(min_length=1, max_length=512)
+
+
+class PassThroughInfo(_Info):
+    action: str = Field(min_length=1, max_length=256)
+
+
+class NewsInfo(_Info):
+    title: str = Field(min_length=1, max_length=256)
+    description: str | None = Field(default=None, max_length=1024)
+    url: str = Field(min_length=1, max_length=2048)
+    picUrl: str | None = Field(default=None, max_length=2048)
+
+
+class CustomNewsInfo(NewsInfo):
+    """News plus any extra string fields, all passed on as customExts."""
+
+    model_config = ConfigDict(extra="allow")
+
+    @model_validator(mode="after")
+    def _extras_are_strings(self) -> CustomNewsInfo:
+        extras = self.model_extra or {}
+        for name, value in extras.items():
+            if not isinstance(value, str):
+                raise ValueError(f"extra field {name!r} must be a string")
+        if len(self.model_dump(exclude_none=True)) > MAX_CUSTOM_EXTS:
+            raise ValueError(f"at most {MAX_CUSTOM_EXTS} fields in all (Easemob's customExts cap)")
+        return self
+
+
+class TemplateInfo(_Info):
+    textMessage: str = Field(min_length=1, max_length=5000, description="fallback text")
+
+
+class ExtensionInfo(_Info):
+    textMessage: str = Field(min_length=1, max_length=5000, description="fallback text")
+
+
+MessageInfo = (
+    TextInfo
+    | ImageInfo
+    | VoiceInfo
+    | VideoInfo
+    | LocationInfo
+    | PassThroughInfo
+    | NewsInfo
+    | CustomNewsInfo
+    | TemplateInfo
+    | ExtensionInfo
+)
+
+INFO_MODELS: dict[MessageType, type[_Info]] = {
+    MessageType.TEXT: TextInfo,
+    MessageType.IMAGE: ImageInfo,
+    MessageType.VOICE: VoiceInfo,
+    MessageType.VIDEO: VideoInfo,
+    MessageType.LOCATION: LocationInfo,
+    MessageType.PASS_THROUGH: PassThroughInfo,
+    MessageType.NEWS: NewsInfo,
+    MessageType.CUSTOM_NEWS: CustomNewsInfo,
+    MessageType.TEMPLATE: TemplateInfo,
+    MessageType.EXTENSION: ExtensionInfo,
+}
+
+
+def _json_string(value: str) -> str:
+    try:
+        json.loads(value)
+    except ValueError as exc:
+        raise ValueError(f"must be a JSON string ({exc.args[0]})") from None
+    return value
+
+
+class Template(BaseModel):
+    templetId: StrictInt
+    content: str
+
+    _content = field_validator("content")(_json_string)
+
+
+class ExpandMsg(BaseModel):
+    MsgType: str
+    Content: str
+
+    _content = field_validator("Content")(_json_string)
+
+    @field_validator("MsgType")
+    @classmethod
+    def _event_name(cls, value: str) -> str:
+        if not CUSTOM_EVENT_PATTERN.match(value):
+            raise ValueError("must be 1..32 characters of [a-zA-Z0-9-_/.] (Easemob customEvent)")
+        return value
+
+
+class Ext(BaseModel):
+    """The seed's ext keys, typed; unknown keys are kept and passed through."""
+
+    model_config = ConfigDict(extra="allow")
+
+    chatid: str | None = None
+    isEnd: str | None = None
+    clientType: str | None = None
+    reFresh: str | None = None
+    isDelete: str | None = None
+    isHide: str | None = None
+    groupid: str | None = None
+    OperatorJoin: str | None = None
+    chatType: str | None = None
+    chatClient: str | None = None
+    chatChannel: str | None = None
+    chatVersion: str | None = None
+    chatLocation: str | None = None
+    pushMediaId: str | None = None
+    getType: StrictInt | None = Field(default=None, ge=1, le=4)
+    voiceText: str | None = None
+    template: Template | None = None
+    expandMsg: ExpandMsg | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reserved_key(cls, data: Any) -> Any:
+        if isinstance(data, dict) and RESERVED_EXT_KEY in data:
+            raise ValueError(f"ext key {RESERVED_EXT_KEY!r} is reserved for dispatcher")
+        return data
+
+
+TargetType = Literal["users", "chatgroups", "chatrooms"]
+EasemobName = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^\S+$")]
+
+
+class Envelope(BaseModel):
+    """The request body with ``messageInfo`` and ``ext`` still raw (checked separately)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    messageType: MessageType
+    sender: EasemobName = Field(alias="from")
+    to: EasemobName
+    messageInfo: dict[str, Any]
+    ext: dict[str, Any] | None = None
+    getMessageId: str | None = Field(default=None, pattern=ID_PATTERN.pattern)
+    targetType: TargetType | None = None
+    channelType: StrictInt | None = Field(default=None, description="accepted for compatibility")
+
+    @field_validator("channelType")
+    @classmethod
+    def _only_easemob(cls, value: int | None) -> int | None:
+        if value is not None and value != 1:
+            raise ValueError("only 1 (Easemob) is supported; the message center picks the channel")
+        return value
+
+
+class Message(BaseModel):
+    """A validated message, as stored with its status record and read by workers."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    messageType: MessageType
+    sender: str = Field(alias="from")
+    to: str
+    messageInfo: MessageInfo
+    ext: dict[str, Any] | None = None
+    getMessageId: str | None = None
+    targetType: TargetType | None = None
+
+    @property
+    def target_type(self) -> TargetType:
+        if self.targetType:
+            return self.targetType
+        return "chatgroups" if self.to.isdigit() else "users"
+
+    def to_payload(self) -> dict[str, Any]:
+        """The normalised request body (aliases, no nulls at the top level)."""
+        payload: dict[str, Any] = {
+            "messageType": int(self.messageType),
+            "from": self.sender,
+            "to": self.to,
+            "messageInfo": self.messageInfo.model_dump(exclude_none=True),
+        }
+        if self.ext is not None:
+            payload["ext"] = self.ext
+        if self.targetType is not None:
+            payload["targetType"] = self.targetType
+        if self.getMessageId is not None:
+            payload["getMessageId"] = self.getMessageId
+        return payload
+
+    def fingerprint(self) -> str:
+        """Identity of the content, for idempotent resubmission (the id itself excluded)."""
+        payload = self.to_payload()
+        payload.pop("getMessageId", None)
+        payload["targetType"] = self.target_type
+        canonical = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _field_errors(exc: ValidationError, prefix: str = "") -> list[FieldError]:
+    errors = []
+    for error in exc.errors(include_url=False):
+        path = ".".join(str(part) for part in error["loc"])
+        field = ".".join(part for part in (prefix, path) if part) or "body"
+        message = error["msg"]
+        if error["type"] == "missing":
+            message = "is required"
+        elif error["type"] == "extra_forbidden":
+            message = "is not a known field"
+        elif message.startswith("Value error, "):
+            message = message.removeprefix("Value error, ")
+        errors.append(FieldError(field, message))
+    return errors
+
+
+def parse_message(payload: Any, *, media_domain: str | None = None) -> Message:
+    """Validate an untrusted request body; raise ``InvalidMessage`` listing every broken field.
+
+    ``media_domain`` is the configured Qiniu download domain: caller-given
+    media URLs must be on it.
+    """
+    if not isinstance(payload, dict):
+        raise InvalidMessage([FieldError("body", "must be a JSON object")])
+    context = {"media_domain": media_domain}
+    errors: list[FieldError] = []
+    envelope: Envelope | None = None
+    try:
+        envelope = Envelope.model_validate(payload, context=context)
+    except ValidationError as exc:
+        errors.extend(_field_errors(exc))
+
+    message_type = _known_type(payload.get("messageType"))
+    info: _Info | None = None
+    raw_info = payload.get("messageInfo")
+    if message_type is not None and isinstance(raw_info, dict):
+        try:
+            info = INFO_MODELS[message_type].model_validate(raw_info, context=context)
+        except ValidationError as exc:
+            errors.extend(_field_errors(exc, "messageInfo"))
+
+    ext: Ext | None = None
+    raw_ext = payload.get("ext")
+    if isinstance(raw_ext, dict):
+        try:
+            ext = Ext.model_validate(raw_ext)
+        except ValidationError as exc:
+            errors.extend(_field_errors(exc, "ext"))
+    if message_type is MessageType.TEMPLATE and (ext is None or ext.template is None):
+        errors.append(FieldError("ext.template", "is required for a template message (type 9)"))
+    if message_type is MessageType.EXTENSION and (ext is None or ext.expandMsg is None):
+        errors.append(FieldError("ext.expandMsg", "is required for an extension message (type 10)"))
+
+    if errors or envelope is None or info is None:
+        raise InvalidMessage(_dedupe(errors) or [FieldError("body", "is not a valid message")])
+    return Message(
+        messageType=envelope.messageType,
+        sender=envelope.sender,
+        to=envelope.to,
+        messageInfo=info,  # type: ignore[arg-type]
+        ext=envelope.ext,
+        getMessageId=envelope.getMessageId,
+        targetType=envelope.targetType,
+    )
+
+
+def _known_type(value: Any) -> MessageType | None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    try:
+        return MessageType(value)
+    except ValueError:
+        return None
+
+
+def _dedupe(errors: list[FieldError]) -> list[FieldError]:
+    seen: dict[tuple[str, str], FieldError] = {}
+    for error in errors:
+        seen.setdefault((error.field, error.error), error)
+    return list(seen.values())
+
+
+# ---------------------------------------------------------------------------
+# Status record (SPEC §7)
+
+
+class State(StrEnum):
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    RETRYING = "retrying"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    DEAD = "dead"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STATES
+
+
+TERMINAL_STATES = frozenset({State.DELIVERED, State.FAILED, State.DEAD})
+
+
+class LastError(BaseModel):
+    code: str
+    message: str
+    retryable: bool
+
+
+class HistoryEntry(BaseModel):
+    state: State
+    at: datetime
+    detail: str | None = None
+
+
+class StatusRecord(BaseModel):
+    """What anyone holding a getMessageId can read back."""
+
+    getMessageId: str
+    state: State
+    messageType: MessageType
+    sender: str = Field(alias="from")
+    to: str
+    targetType: TargetType
+    channel: str
+    client: str | None = None
+    attempts: int = 0
+    createdAt: datetime
+    updatedAt: datetime
+    deliveredAt: datetime | None = None
+    providerMessageId: str | None = None
+    lastError: LastError | None = None
+    history: list[HistoryEntry] = Field(default_factory=list)
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    def public(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True)
+
+
+def from_millis(value: str | int | None) -> datetime | None:
+    if value in (None, ""):
+        return None
+    return datetime.fromtimestamp(int(value) / 1000, tz=UTC)
