@@ -49,7 +49,9 @@ class FaultRule(BaseModel):
         default=False,
         description="let the simulator act on the request first, then lose its answer",
     )
-    times: int | None = Field(default=None, ge=1, description="how many matches; None = until cleared")
+    times: int | None = Field(
+        default=None, ge=1, description="how many matches; None = until cleared"
+    )
 
     def matches(self, method: str, path: str, body: bytes) -> bool:
         if self.method and self.method.upper() != method.upper():
@@ -138,7 +140,8 @@ def mask_headers(headers: list[tuple[bytes, bytes]]) -> dict[str, str]:
 def mask_json(value: Any) -> Any:
     if isinstance(value, dict):
         return {
-            key: "***" if key in SECRET_JSON_KEYS else mask_json(item) for key, item in value.items()
+            key: "***" if key in SECRET_JSON_KEYS else mask_json(item)
+            for key, item in value.items()
         }
     if isinstance(value, list):
         return [mask_json(item) for item in value]

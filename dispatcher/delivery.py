@@ -1,0 +1,160 @@
+"""One delivery attempt, top to bottom: lease -> channel -> media -> send -> outcome.
+
+``attempt`` never raises for a delivery problem: it records the outcome in the
+status store and tells the caller whether (and when) to try again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+import threading
+import uuid
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from dispatcher.channels import pick_channel
+from dispatcher.channels.base import Channel
+from dispatcher.config import Settings
+from dispatcher.errors import DeliveryError, InvalidMessage, MediaError
+from dispatcher.models import MEDIA_TYPES, ImageInfo, Message, VideoInfo, VoiceInfo, parse_message
+from dispatcher.status import StandDown, StatusStore
+
+log = logging.getLogger(__name__)
+
+
+class MediaResolver(Protocol):
+    def __call__(
+        self, info: ImageInfo | VoiceInfo | VideoInfo
+    ) -> ImageInfo | VoiceInfo | VideoInfo:
+        """Fill in what the caller left out of a media message, checking the limits."""
+        ...
+
+
+@dataclass(frozen=True)
+class Outcome:
+    state: str
+    retry_in: float | None = None
+
+
+def backoff_delay(
+    attempt: int, *, base: float, cap: float, retry_after: float | None = None
+) -> float:
+    """Exponential backoff with full jitter; never earlier than the provider's Retry-After."""
+    ceiling = min(cap, base * 2 ** max(attempt - 1, 0))
+    delay = random.uniform(0, ceiling)
+    if retry_after is not None:
+        delay = max(delay, retry_after)
+    return delay
+
+
+def attempt_owner() -> str:
+    """Unique per attempt: a redelivered copy of the same Celery task must not share it."""
+    return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident() % 100000}:{uuid.uuid4().hex[:8]}"
+
+
+def attempt(
+    message_id: str,
+    *,
+    settings: Settings,
+    store: StatusStore,
+    channels: dict[str, Channel],
+    resolve_media: MediaResolver | None,
+) -> Outcome:
+    owner = attempt_owner()
+    lease = store.begin_attempt(message_id, owner, settings.lease_seconds)
+    if isinstance(lease, StandDown):
+        log.info("getMessageId=%s standing down: %s", message_id, lease.detail)
+        return Outcome(state=f"stood-down:{lease.reason}")
+
+    try:
+        message = parse_message(lease.payload, media_domain=settings.qiniu_domain)
+        channel = channels[pick_channel(message)]
+        if message.messageType in MEDIA_TYPES:
+            message = _resolved(message, resolve_media)
+        receipt = channel.send(message_id, message)
+    except DeliveryError as error:
+        return _record_failure(message_id, lease, error, settings, store)
+    except InvalidMessage as error:
+        failure = DeliveryError("invalid_stored_message", str(error), retryable=False)
+        return _record_failure(message_id, lease, failure, settings, store)
+    except Exception as error:  # a bug or an outage we did not foresee: retry, never lose
+        log.exception("getMessageId=%s unexpected error in delivery", message_id)
+        failure = DeliveryError(
+            "internal_error", f"{type(error).__name__}: {error}", retryable=True
+        )
+        return _record_failure(message_id, lease, failure, settings, store)
+
+    detail = f"delivered via {channel.name}"
+    if receipt.notes:
+        detail += "; " + "; ".join(receipt.notes)
+    verdict = store.mark_delivered(lease, receipt.provider_message_id, detail)
+    log.info(
+        "getMessageId=%s delivered attempt=%d providerMessageId=%s (%s)",
+        message_id,
+        lease.number,
+        receipt.provider_message_id,
+        verdict,
+    )
+    return Outcome(state="delivered")
+
+
+def _resolved(message: Message, resolve_media: MediaResolver | None) -> Message:
+    info = message.messageInfo
+    assert isinstance(info, ImageInfo | VoiceInfo | VideoInfo)
+    if resolve_media is None:
+        if _complete(info):
+            return message
+        raise MediaError(
+            "media_resolution_unavailable",
+            "media resolution unavailable: Qiniu is not configured and the message does not "
+            "carry every URL, size and duration",
+            retryable=False,
+        )
+    return message.model_copy(update={"messageInfo": resolve_media(info)})
+
+
+def _complete(info: ImageInfo | VoiceInfo | VideoInfo) -> bool:
+    if isinstance(info, ImageInfo):
+        needed = (info.fileUrl, info.imageWidth, info.imageHeight)
+    elif isinstance(info, VoiceInfo):
+        needed = (info.fileUrl, info.duration)
+    else:
+        needed = (info.fileUrl, info.thumbFileUrl, info.duration, info.fileLength)
+    return all(value is not None for value in needed)
+
+
+def _record_failure(
+    message_id: str, lease: Any, error: DeliveryError, settings: Settings, store: StatusStore
+) -> Outcome:
+    detail = error.message
+    if error.ambiguous:
+        detail = f"ambiguous: {detail}"
+    if not error.retryable:
+        store.mark_failed(message_id, lease.owner, error, detail)
+        log.warning("getMessageId=%s failed permanently: %s", message_id, error)
+        return Outcome(state="failed")
+    if lease.number >= settings.max_attempts:
+        store.mark_dead(message_id, lease.owner, error, f"{detail}; {lease.number} attempts used")
+        log.error("getMessageId=%s dead after %d attempts: %s", message_id, lease.number, error)
+        return Outcome(state="dead")
+    delay = backoff_delay(
+        lease.number,
+        base=settings.backoff_base,
+        cap=settings.backoff_cap,
+        retry_after=error.retry_after,
+    )
+    verdict = store.mark_retrying(lease, error, delay, f"{detail}; next attempt in {delay:.2f}s")
+    if verdict != "ok":
+        log.info("getMessageId=%s retry not scheduled (%s)", message_id, verdict)
+        return Outcome(state=f"stood-down:{verdict}")
+    log.warning(
+        "getMessageId=%s attempt %d failed, retry in %.2fs: %s",
+        message_id,
+        lease.number,
+        delay,
+        error,
+    )
+    return Outcome(state="retrying", retry_in=delay)

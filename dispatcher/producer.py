@@ -1,0 +1,142 @@
+"""The Python producer API: ``Dispatcher.from_env().submit({...})``.
+
+Submit = validate -> size check -> record ``queued`` -> publish. The record is
+written first so a worker always finds it; if the publish fails the record is
+removed again, so a rejected submission leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from celery import Celery
+from kombu.exceptions import KombuError, OperationalError
+
+from dispatcher.channels import pick_channel
+from dispatcher.channels.easemob import check_size
+from dispatcher.config import Settings
+from dispatcher.connections import REDIS_ERRORS, redis_client
+from dispatcher.errors import Conflict, Unavailable
+from dispatcher.ids import new_message_id
+from dispatcher.models import Message, StatusRecord, parse_message
+from dispatcher.status import StatusStore
+from dispatcher.worker import DELIVER_TASK, make_celery
+
+log = logging.getLogger(__name__)
+
+PUBLISH_ERRORS = (OperationalError, KombuError, ConnectionError, OSError, *REDIS_ERRORS)
+
+
+@dataclass(frozen=True)
+class Submitted:
+    message_id: str
+    created: bool
+    """False when the same id and content were already accepted (nothing new queued)."""
+
+
+class Dispatcher:
+    """Submit messages and read their status."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        client: redis.Redis | None = None,
+        celery: Celery | None = None,
+    ) -> None:
+        self.settings = settings
+        self.redis = client or redis_client(settings)
+        self.store = StatusStore(
+            self.redis, ttl=settings.status_ttl, history_limit=settings.history_limit
+        )
+        self.celery = celery or make_celery(settings)
+
+    @classmethod
+    def from_env(cls) -> Dispatcher:
+        return cls(Settings())
+
+    def validate(self, payload: Any) -> Message:
+        """Parse and check a request body without queuing it (raises InvalidMessage)."""
+        message = parse_message(payload, media_domain=self.settings.qiniu_domain)
+        check_size(
+            message.getMessageId or new_message_id(self.settings.id_prefix),
+            message,
+            self.settings.easemob_max_body_bytes,
+        )
+        return message
+
+    def submit(self, payload: Any, *, client: str | None = None) -> str:
+        """Validate and queue a message; returns its getMessageId.
+
+        Raises InvalidMessage (every broken field named), Conflict (id reused
+        for other content) or Unavailable (Redis/broker down; nothing kept).
+        """
+        return self.submit_message(self.validate(payload), client=client).message_id
+
+    def submit_message(self, message: Message, *, client: str | None = None) -> Submitted:
+        message_id = message.getMessageId or new_message_id(self.settings.id_prefix)
+        try:
+            outcome = self.store.create(
+                message_id, message, channel=pick_channel(message), client=client
+            )
+        except REDIS_ERRORS as exc:
+            raise Unavailable(f"status store unavailable: {_reason(exc)}") from None
+        if outcome == "conflict":
+            raise Conflict(message_id)
+        if outcome == "duplicate":
+            log.info(
+                "getMessageId=%s resubmitted with the same content: nothing queued", message_id
+            )
+            return Submitted(message_id, created=False)
+        try:
+            self.publish(message_id)
+        except PUBLISH_ERRORS as exc:
+            self._forget(message_id, message)
+            raise Unavailable(f"broker unavailable: {_reason(exc)}") from None
+        log.info(
+            "getMessageId=%s queued type=%d to=%s", message_id, message.messageType, message.to
+        )
+        return Submitted(message_id, created=True)
+
+    def publish(self, message_id: str) -> None:
+        self.celery.send_task(DELIVER_TASK, args=(message_id,), queue=self.settings.queue)
+
+    def _forget(self, message_id: str, message: Message) -> None:
+        try:
+            self.store.discard(message_id, message)
+        except REDIS_ERRORS:
+            log.error(
+                "getMessageId=%s publish failed and the queued record could not be removed; "
+                "it will be re-enqueued by recovery",
+                message_id,
+            )
+
+    def status(self, message_id: str) -> StatusRecord | None:
+        try:
+            return self.store.get(message_id)
+        except REDIS_ERRORS as exc:
+            raise Unavailable(f"status store unavailable: {_reason(exc)}") from None
+
+    def status_many(self, message_ids: list[str]) -> list[StatusRecord | None]:
+        try:
+            return self.store.get_many(message_ids)
+        except REDIS_ERRORS as exc:
+            raise Unavailable(f"status store unavailable: {_reason(exc)}") from None
+
+    def replay(self, message_id: str) -> str:
+        """Send a dead letter round again; returns the store's verdict (``ok`` when requeued)."""
+        verdict = self.store.replay(message_id)
+        if verdict == "ok":
+            self.publish(message_id)
+        return verdict
+
+    def close(self) -> None:
+        self.redis.close()
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text.split("\n", 1)[0][:200]

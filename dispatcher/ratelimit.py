@@ -1,0 +1,108 @@
+"""A rate limiter shared by every worker process, kept in Redis.
+
+GCRA (the "theoretical arrival time" form of a leaky bucket): each dimension
+keeps one timestamp; a request of cost ``n`` advances it by ``n`` emission
+intervals. All dimensions are checked and committed in one script, on Redis's
+clock, so workers on any number of machines share one budget. A provider
+throttle pushes every dimension's time forward (``penalize``), so one 429
+slows the whole pool, not only the worker that saw it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import redis
+
+from dispatcher import keys
+
+# KEYS: one per dimension. ARGV: per dimension (interval ms, tolerance ms, cost).
+# Returns 0 when admitted (all dimensions committed), else ms to wait.
+_ACQUIRE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local wait = 0
+local new_tats = {}
+for i, key in ipairs(KEYS) do
+  local interval = tonumber(ARGV[3 * i - 2])
+  local tolerance = tonumber(ARGV[3 * i - 1])
+  local cost = tonumber(ARGV[3 * i])
+  local tat = tonumber(redis.call('GET', key) or '0')
+  if tat < now then tat = now end
+  local new_tat = tat + interval * cost
+  local allow_at = new_tat - interval * cost - tolerance
+  if allow_at > now and allow_at - now > wait then wait = allow_at - now end
+  new_tats[i] = new_tat
+end
+if wait > 0 then return math.ceil(wait) end
+for i, key in ipairs(KEYS) do
+  redis.call('SET', key, tostring(new_tats[i]), 'PX', math.ceil(new_tats[i] - now) + 1000)
+end
+return 0
+"""
+
+# KEYS: dimensions. ARGV: penalty ms. Nobody is admitted before now + penalty.
+_PENALIZE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local until_ = now + tonumber(ARGV[1])
+for _, key in ipairs(KEYS) do
+  local tat = tonumber(redis.call('GET', key) or '0')
+  if tat < until_ then
+    redis.call('SET', key, tostring(until_), 'PX', math.ceil(until_ - now) + 1000)
+  end
+end
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """One budget: ``limit`` units per ``period`` seconds, with a burst of ``burst`` units."""
+
+    name: str
+    limit: float
+    period: float
+    burst: float = 1.0
+
+    @property
+    def interval_ms(self) -> float:
+        return self.period * 1000 / self.limit
+
+    @property
+    def tolerance_ms(self) -> float:
+        return self.interval_ms * max(self.burst - 1, 0)
+
+
+class SharedRateLimiter:
+    """Blocks until every dimension admits the call."""
+
+    def __init__(self, client: redis.Redis, dimensions: list[Dimension]) -> None:
+        self.dimensions = dimensions
+        self._keys = [keys.rate_limit(d.name) for d in dimensions]
+        self._acquire = client.register_script(_ACQUIRE)
+        self._penalize = client.register_script(_PENALIZE)
+
+    def try_acquire(self, costs: dict[str, float]) -> float:
+        """Admit now and return 0, or return seconds to wait (nothing consumed)."""
+        args: list[float] = []
+        for dimension in self.dimensions:
+            args += [dimension.interval_ms, dimension.tolerance_ms, costs.get(dimension.name, 0)]
+        wait_ms = int(self._acquire(keys=self._keys, args=args))
+        return wait_ms / 1000
+
+    def acquire(self, costs: dict[str, float], *, max_wait: float = 60.0) -> float:
+        """Wait until admitted; returns the seconds waited. Raises TimeoutError past max_wait."""
+        started = time.monotonic()
+        while True:
+            wait = self.try_acquire(costs)
+            if wait <= 0:
+                return time.monotonic() - started
+            if time.monotonic() - started + wait > max_wait:
+                raise TimeoutError(f"rate limiter would wait {wait:.1f}s more, over {max_wait}s")
+            time.sleep(wait)
+
+    def penalize(self, seconds: float) -> None:
+        """Hold every caller back for ``seconds`` (the provider told us to slow down)."""
+        self._penalize(keys=self._keys, args=[int(seconds * 1000)])

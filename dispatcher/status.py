@@ -1,0 +1,387 @@
+"""The status store: one Redis hash per message plus a bounded history list.
+
+Every state change is one Lua script, so it is atomic and can only move
+forward: once a message is ``delivered``, ``failed`` or ``dead`` no late or
+duplicate worker can change it (only an operator's replay of a dead letter
+sends it round again). Times come from Redis's own clock, so leases mean the
+same on every machine.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import redis
+
+from dispatcher import keys
+from dispatcher.errors import DeliveryError
+from dispatcher.models import (
+    HistoryEntry,
+    LastError,
+    Message,
+    State,
+    StatusRecord,
+    from_millis,
+)
+
+_PRELUDE = """
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local TERMINAL = {delivered = true, failed = true, dead = true}
+local function push_history(key, state, at, detail, limit, ttl)
+  local entry = {state = state, at = at}
+  if detail and detail ~= '' then entry['detail'] = detail end
+  redis.call('RPUSH', key, cjson.encode(entry))
+  redis.call('LTRIM', key, -limit, -1)
+  redis.call('EXPIRE', key, ttl)
+end
+"""
+
+# KEYS: message, history. ARGV: fingerprint, ttl, history limit, field/value pairs...
+_CREATE = (
+    _PRELUDE
+    + """
+local fp = redis.call('HGET', KEYS[1], 'fp')
+if fp then
+  if fp == ARGV[1] then return 'duplicate' end
+  return 'conflict'
+end
+local now = now_ms()
+redis.call('HSET', KEYS[1], 'fp', ARGV[1], 'state', 'queued', 'attempts', 0,
+           'createdAt', now, 'updatedAt', now, unpack(ARGV, 4))
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
+redis.call('DEL', KEYS[2])
+push_history(KEYS[2], 'queued', now, '', tonumber(ARGV[3]), tonumber(ARGV[2]))
+return 'created'
+"""
+)
+
+# KEYS: message, history. ARGV: fingerprint. Undo a create whose publish failed.
+_DISCARD = """
+local s = redis.call('HMGET', KEYS[1], 'fp', 'state', 'attempts')
+if s[1] == ARGV[1] and s[2] == 'queued' and s[3] == '0' then
+  redis.call('DEL', KEYS[1], KEYS[2])
+  return 1
+end
+return 0
+"""
+
+# KEYS: message, history. ARGV: owner, lease ms, ttl, history limit.
+_BEGIN = (
+    _PRELUDE
+    + """
+local s = redis.call('HMGET', KEYS[1], 'state', 'leaseOwner', 'leaseUntil', 'attempts', 'message')
+if not s[1] then return {'missing'} end
+if TERMINAL[s[1]] then return {'terminal', s[1]} end
+local now = now_ms()
+if s[1] == 'processing' and tonumber(s[3] or '0') > now then
+  return {'busy', s[2] or '', tostring(tonumber(s[3]) - now)}
+end
+local attempts = tonumber(s[4] or '0') + 1
+local detail = 'attempt ' .. attempts .. ' by ' .. ARGV[1]
+if s[1] == 'processing' then
+  detail = detail .. '; took over from ' .. (s[2] or '?') ..
+    ' whose lease expired (that attempt may have reached the provider)'
+end
+redis.call('HSET', KEYS[1], 'state', 'processing', 'attempts', attempts,
+           'leaseOwner', ARGV[1], 'leaseUntil', now + tonumber(ARGV[2]), 'updatedAt', now)
+redis.call('HDEL', KEYS[1], 'dueAt')
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
+push_history(KEYS[2], 'processing', now, detail, tonumber(ARGV[4]), tonumber(ARGV[3]))
+return {'ok', tostring(attempts), s[5]}
+"""
+)
+
+# KEYS: message, history, dead letters. ARGV: owner, new state, ttl, history limit,
+# detail, lastError JSON or '', providerMessageId or '', retry delay ms or '', dead cap, id.
+_FINISH = (
+    _PRELUDE
+    + """
+local s = redis.call('HMGET', KEYS[1], 'state', 'leaseOwner')
+if not s[1] then return 'missing' end
+if TERMINAL[s[1]] then return 'terminal:' .. s[1] end
+local new = ARGV[2]
+if new == 'retrying' and s[2] ~= ARGV[1] then return 'stale' end
+local now = now_ms()
+redis.call('HSET', KEYS[1], 'state', new, 'updatedAt', now)
+redis.call('HDEL', KEYS[1], 'leaseOwner', 'leaseUntil')
+if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'lastError', ARGV[6]) end
+if new == 'delivered' then
+  redis.call('HSET', KEYS[1], 'deliveredAt', now)
+  if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'providerMessageId', ARGV[7]) end
+end
+if new == 'retrying' and ARGV[8] ~= '' then
+  redis.call('HSET', KEYS[1], 'dueAt', now + tonumber(ARGV[8]))
+end
+if new == 'dead' then
+  redis.call('ZADD', KEYS[3], now, ARGV[10])
+  redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -(tonumber(ARGV[9]) + 1))
+end
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
+push_history(KEYS[2], new, now, ARGV[5], tonumber(ARGV[4]), tonumber(ARGV[3]))
+return 'ok'
+"""
+)
+
+# KEYS: message, history, dead letters. ARGV: ttl, history limit, id, detail.
+_REPLAY = (
+    _PRELUDE
+    + """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then
+  redis.call('ZREM', KEYS[3], ARGV[3])
+  return 'missing'
+end
+if state ~= 'dead' then return 'state:' .. state end
+local now = now_ms()
+redis.call('HSET', KEYS[1], 'state', 'queued', 'attempts', 0, 'updatedAt', now)
+redis.call('ZREM', KEYS[3], ARGV[3])
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
+push_history(KEYS[2], 'queued', now, ARGV[4], tonumber(ARGV[2]), tonumber(ARGV[1]))
+return 'ok'
+"""
+)
+
+_RECORD_FIELDS = (
+    "state",
+    "type",
+    "from",
+    "to",
+    "targetType",
+    "channel",
+    "client",
+    "attempts",
+    "createdAt",
+    "updatedAt",
+    "deliveredAt",
+    "providerMessageId",
+    "lastError",
+)
+
+CreateOutcome = Literal["created", "duplicate", "conflict"]
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """A lease on a message: this worker may try to deliver it now."""
+
+    message_id: str
+    owner: str
+    number: int
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class StandDown:
+    """The message needs nothing from this worker (done, gone, or held by another)."""
+
+    message_id: str
+    reason: Literal["missing", "terminal", "busy"]
+    detail: str
+
+
+class StatusStore:
+    """Reads and writes status records; every write is one atomic script."""
+
+    def __init__(self, client: redis.Redis, *, ttl: int = 604800, history_limit: int = 50) -> None:
+        self.redis = client
+        self.ttl = ttl
+        self.history_limit = history_limit
+        self._create = client.register_script(_CREATE)
+        self._discard = client.register_script(_DISCARD)
+        self._begin = client.register_script(_BEGIN)
+        self._finish = client.register_script(_FINISH)
+        self._replay = client.register_script(_REPLAY)
+
+    # -- producer side -----------------------------------------------------
+
+    def create(
+        self, message_id: str, message: Message, *, channel: str, client: str | None = None
+    ) -> CreateOutcome:
+        fields: list[str] = [
+            "type",
+            str(int(message.messageType)),
+            "from",
+            message.sender,
+            "to",
+            message.to,
+            "targetType",
+            message.target_type,
+            "channel",
+            channel,
+            "message",
+            json.dumps(message.to_payload(), ensure_ascii=False, separators=(",", ":")),
+        ]
+        if client:
+            fields += ["client", client]
+        result = self._create(
+            keys=[keys.message(message_id), keys.history(message_id)],
+            args=[message.fingerprint(), self.ttl, self.history_limit, *fields],
+        )
+        return _text(result)  # type: ignore[return-value]
+
+    def discard(self, message_id: str, message: Message) -> bool:
+        """Remove a record that was created but never published."""
+        removed = self._discard(
+            keys=[keys.message(message_id), keys.history(message_id)],
+            args=[message.fingerprint()],
+        )
+        return bool(removed)
+
+    # -- worker side -------------------------------------------------------
+
+    def begin_attempt(
+        self, message_id: str, owner: str, lease_seconds: float
+    ) -> Attempt | StandDown:
+        result = self._begin(
+            keys=[keys.message(message_id), keys.history(message_id)],
+            args=[owner, int(lease_seconds * 1000), self.ttl, self.history_limit],
+        )
+        verdict = _text(result[0])
+        if verdict == "ok":
+            return Attempt(message_id, owner, int(_text(result[1])), json.loads(_text(result[2])))
+        if verdict == "terminal":
+            return StandDown(message_id, "terminal", f"already {_text(result[1])}")
+        if verdict == "busy":
+            holder, remaining = _text(result[1]), int(_text(result[2]))
+            return StandDown(message_id, "busy", f"held by {holder} for {remaining} ms more")
+        return StandDown(message_id, "missing", "no status record (expired or never accepted)")
+
+    def mark_delivered(self, attempt: Attempt, provider_message_id: str | None, detail: str) -> str:
+        return self._transition(
+            attempt.message_id,
+            attempt.owner,
+            State.DELIVERED,
+            detail,
+            provider_message_id=provider_message_id,
+        )
+
+    def mark_retrying(
+        self, attempt: Attempt, error: DeliveryError, delay: float, detail: str
+    ) -> str:
+        return self._transition(
+            attempt.message_id, attempt.owner, State.RETRYING, detail, error=error, delay=delay
+        )
+
+    def mark_failed(self, message_id: str, owner: str, error: DeliveryError, detail: str) -> str:
+        return self._transition(message_id, owner, State.FAILED, detail, error=error)
+
+    def mark_dead(self, message_id: str, owner: str, error: DeliveryError, detail: str) -> str:
+        return self._transition(message_id, owner, State.DEAD, detail, error=error)
+
+    def _transition(
+        self,
+        message_id: str,
+        owner: str,
+        state: State,
+        detail: str,
+        *,
+        error: DeliveryError | None = None,
+        provider_message_id: str | None = None,
+        delay: float | None = None,
+    ) -> str:
+        last_error = ""
+        if error is not None:
+            last_error = LastError(
+                code=error.code, message=error.message, retryable=error.retryable
+            ).model_dump_json()
+        result = self._finish(
+            keys=[keys.message(message_id), keys.history(message_id), keys.DEAD_LETTERS],
+            args=[
+                owner,
+                state.value,
+                self.ttl,
+                self.history_limit,
+                detail,
+                last_error,
+                provider_message_id or "",
+                "" if delay is None else int(delay * 1000),
+                keys.MAX_DEAD_LETTERS,
+                message_id,
+            ],
+        )
+        return _text(result)
+
+    # -- operators ---------------------------------------------------------
+
+    def replay(self, message_id: str, detail: str = "replayed from dead letters") -> str:
+        """Send a dead message round again: ``dead`` -> ``queued``, attempts reset."""
+        result = self._replay(
+            keys=[keys.message(message_id), keys.history(message_id), keys.DEAD_LETTERS],
+            args=[self.ttl, self.history_limit, message_id, detail],
+        )
+        return _text(result)
+
+    def dead_letters(self, limit: int = 100, offset: int = 0) -> list[tuple[str, float]]:
+        """Dead message ids with the time they died (unix seconds), oldest first."""
+        rows = self.redis.zrange(keys.DEAD_LETTERS, offset, offset + limit - 1, withscores=True)
+        return [(_text(member), score / 1000) for member, score in rows]
+
+    # -- reading -----------------------------------------------------------
+
+    def get(self, message_id: str) -> StatusRecord | None:
+        return self.get_many([message_id])[0]
+
+    def get_many(self, message_ids: list[str]) -> list[StatusRecord | None]:
+        if not message_ids:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for message_id in message_ids:
+            pipe.hmget(keys.message(message_id), _RECORD_FIELDS)
+            pipe.lrange(keys.history(message_id), 0, -1)
+        replies = pipe.execute()
+        return [
+            _record(message_id, replies[2 * i], replies[2 * i + 1])
+            for i, message_id in enumerate(message_ids)
+        ]
+
+    def owner_of(self, message_id: str) -> str | None:
+        """The client that submitted the message (None for Python-API submissions)."""
+        value = self.redis.hget(keys.message(message_id), "client")
+        return _text(value) if value is not None else None
+
+    def load_payload(self, message_id: str) -> dict[str, Any] | None:
+        raw = self.redis.hget(keys.message(message_id), "message")
+        return None if raw is None else json.loads(_text(raw))
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _record(message_id: str, values: list[Any], history: list[Any]) -> StatusRecord | None:
+    fields = dict(
+        zip(_RECORD_FIELDS, (None if v is None else _text(v) for v in values), strict=True)
+    )
+    if fields["state"] is None:
+        return None
+    last_error = fields["lastError"]
+    entries = []
+    for raw in history:
+        entry = json.loads(_text(raw))
+        entries.append(
+            HistoryEntry(
+                state=entry["state"], at=from_millis(entry["at"]), detail=entry.get("detail")
+            )
+        )
+    return StatusRecord(
+        getMessageId=message_id,
+        state=State(fields["state"]),
+        messageType=int(fields["type"] or 0),
+        sender=fields["from"] or "",
+        to=fields["to"] or "",
+        targetType=fields["targetType"] or "users",
+        channel=fields["channel"] or "",
+        client=fields["client"],
+        attempts=int(fields["attempts"] or 0),
+        createdAt=from_millis(fields["createdAt"]),
+        updatedAt=from_millis(fields["updatedAt"]),
+        deliveredAt=from_millis(fields["deliveredAt"]),
+        providerMessageId=fields["providerMessageId"],
+        lastError=LastError.model_validate_json(last_error) if last_error else None,
+        history=entries,
+    )

@@ -1,0 +1,126 @@
+"""The Celery app and its delivery task: ``celery -A dispatcher.worker worker`` runs it as is.
+
+Reliability settings (SPEC §8): late acks and reject-on-worker-loss so a
+killed worker's message is redelivered; prefetch of one; no result backend
+(the status store is the source of truth). Per-process resources (Redis
+pool, channels with their HTTP clients) live on the task object, created on
+first use in the process that runs tasks, never in a parent before a fork.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import cached_property
+from typing import Any
+
+from celery import Celery, Task
+
+from dispatcher import delivery
+from dispatcher.channels import EASEMOB
+from dispatcher.channels.base import Channel
+from dispatcher.channels.easemob import EasemobChannel
+from dispatcher.config import Settings, get_settings
+from dispatcher.connections import redis_client
+from dispatcher.status import StatusStore
+
+log = logging.getLogger(__name__)
+
+DELIVER_TASK = "dispatcher.deliver"
+
+
+def make_celery(settings: Settings) -> Celery:
+    celery = Celery("dispatcher", set_as_current=False)
+    celery.conf.update(
+        broker_url=settings.effective_broker_url,
+        result_backend=None,
+        task_ignore_result=True,
+        task_serializer="json",
+        accept_content=["json"],
+        task_default_queue=settings.queue,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_acks_on_failure_or_timeout=True,
+        worker_prefetch_multiplier=1,
+        worker_pool=settings.worker_pool,
+        worker_concurrency=settings.worker_concurrency,
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        worker_hijack_root_logger=False,
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,
+        broker_transport_options={
+            "visibility_timeout": settings.visibility_timeout,
+            "socket_timeout": 5,
+            "socket_connect_timeout": 2,
+            "health_check_interval": 15,
+            "retry_on_timeout": True,
+        },
+        broker_pool_limit=16,
+        task_publish_retry_policy={
+            # Fail fast when the broker is down: the caller gets 503 and may retry.
+            "max_retries": 2,
+            "interval_start": 0,
+            "interval_step": 0.2,
+            "interval_max": 0.5,
+        },
+        worker_send_task_events=False,
+        task_send_sent_event=False,
+    )
+    return celery
+
+
+settings = get_settings()
+app = make_celery(settings)
+
+
+class DeliveryTask(Task):
+    """Holds the per-process runtime of the delivery task."""
+
+    @cached_property
+    def store(self) -> StatusStore:
+        return StatusStore(
+            redis_client(settings), ttl=settings.status_ttl, history_limit=settings.history_limit
+        )
+
+    @cached_property
+    def channels(self) -> dict[str, Channel]:
+        return {EASEMOB: EasemobChannel(settings, self.store.redis)}
+
+    @cached_property
+    def resolve_media(self) -> delivery.MediaResolver | None:
+        return media_resolver(settings, self.store)
+
+
+def media_resolver(settings: Settings, store: StatusStore) -> delivery.MediaResolver | None:
+    """Qiniu-backed media resolution, or None when Qiniu is not configured."""
+    if not (settings.qiniu_access_key and settings.qiniu_secret_key and settings.qiniu_bucket):
+        return None
+    try:
+        from dispatcher.media.qiniu import QiniuClient
+        from dispatcher.media.resolve import resolve_media
+    except ImportError:  # pragma: no cover - media package is part of the distribution
+        return None
+    client = QiniuClient.from_settings(settings)
+    return lambda info: resolve_media(info, client, store.redis)
+
+
+@app.task(name=DELIVER_TASK, base=DeliveryTask, bind=True, ignore_result=True)
+def deliver(self: DeliveryTask, message_id: str) -> str:
+    """Deliver one message by id; the status record carries everything else."""
+    if not isinstance(message_id, str):
+        log.error("dropping undecodable delivery task %s: argument %r", self.request.id, message_id)
+        return "rejected"
+    outcome = delivery.attempt(
+        message_id,
+        settings=settings,
+        store=self.store,
+        channels=self.channels,
+        resolve_media=self.resolve_media,
+    )
+    if outcome.retry_in is not None:
+        deliver.apply_async((message_id,), countdown=outcome.retry_in)
+    return outcome.state
+
+
+def publish(message_id: str, **options: Any) -> None:
+    """Queue one delivery. Raises kombu/redis errors when the broker is unreachable."""
+    deliver.apply_async((message_id,), **options)
