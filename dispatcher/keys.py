@@ -7,6 +7,9 @@ PREFIX = "dispatcher"
 DEAD_LETTERS = f"{PREFIX}:dead"
 """Sorted set of dead message ids, scored by the time they died."""
 
+STATS = f"{PREFIX}:stats"
+"""Hash of counters shared by every process: transitions by state, delivery latency buckets."""
+
 MAX_DEAD_LETTERS = 100_000
 """The dead-letter index is trimmed to this many newest entries."""
 

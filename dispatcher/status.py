@@ -96,8 +96,9 @@ return {'ok', tostring(attempts), s[5]}
 """
 )
 
-# KEYS: message, history, dead letters. ARGV: owner, new state, ttl, history limit,
-# detail, lastError JSON or '', providerMessageId or '', retry delay ms or '', dead cap, id.
+# KEYS: message, history, dead letters, stats. ARGV: owner, new state, ttl, history limit,
+# detail, lastError JSON or '', providerMessageId or '', retry delay ms or '', dead cap, id,
+# latency bucket bounds (ms, comma separated).
 _FINISH = (
     _PRELUDE
     + """
@@ -110,9 +111,17 @@ local now = now_ms()
 redis.call('HSET', KEYS[1], 'state', new, 'updatedAt', now)
 redis.call('HDEL', KEYS[1], 'leaseOwner', 'leaseUntil')
 if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'lastError', ARGV[6]) end
+redis.call('HINCRBY', KEYS[4], 'state:' .. new, 1)
 if new == 'delivered' then
   redis.call('HSET', KEYS[1], 'deliveredAt', now)
   if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'providerMessageId', ARGV[7]) end
+  local created = tonumber(redis.call('HGET', KEYS[1], 'createdAt') or now)
+  local latency = now - created
+  redis.call('HINCRBY', KEYS[4], 'latency:count', 1)
+  redis.call('HINCRBY', KEYS[4], 'latency:sum_ms', latency)
+  for bound in string.gmatch(ARGV[11], '[^,]+') do
+    if latency <= tonumber(bound) then redis.call('HINCRBY', KEYS[4], 'latency:le:' .. bound, 1) end
+  end
 end
 if new == 'retrying' and ARGV[8] ~= '' then
   redis.call('HSET', KEYS[1], 'dueAt', now + tonumber(ARGV[8]))
@@ -161,6 +170,9 @@ _RECORD_FIELDS = (
     "providerMessageId",
     "lastError",
 )
+
+LATENCY_BUCKETS_MS = (50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000, 3600000)
+LATENCY_BUCKETS_ARG = ",".join(str(b) for b in LATENCY_BUCKETS_MS)
 
 CreateOutcome = Literal["created", "duplicate", "conflict"]
 
@@ -290,7 +302,12 @@ class StatusStore:
                 code=error.code, message=error.message, retryable=error.retryable
             ).model_dump_json()
         result = self._finish(
-            keys=[keys.message(message_id), keys.history(message_id), keys.DEAD_LETTERS],
+            keys=[
+                keys.message(message_id),
+                keys.history(message_id),
+                keys.DEAD_LETTERS,
+                keys.STATS,
+            ],
             args=[
                 owner,
                 state.value,
@@ -302,6 +319,7 @@ class StatusStore:
                 "" if delay is None else int(delay * 1000),
                 keys.MAX_DEAD_LETTERS,
                 message_id,
+                LATENCY_BUCKETS_ARG,
             ],
         )
         return _text(result)
@@ -338,6 +356,11 @@ class StatusStore:
             _record(message_id, replies[2 * i], replies[2 * i + 1])
             for i, message_id in enumerate(message_ids)
         ]
+
+    def stats(self) -> dict[str, int]:
+        """Counters kept by the transition scripts: ``state:<state>``, ``latency:*``."""
+        raw = self.redis.hgetall(keys.STATS)
+        return {_text(k): int(v) for k, v in raw.items()}
 
     def owner_of(self, message_id: str) -> str | None:
         """The client that submitted the message (None for Python-API submissions)."""

@@ -207,7 +207,7 @@ def retry_after_seconds(value: str | None) -> float | None:
 
 def classify(status: int, body: Any, headers: httpx.Headers | dict[str, str]) -> ProviderError:
     """The DeliveryError for a non-200 reply (SPEC §8: what is retried)."""
-    code = "http_%d" % status
+    code = f"http_{status}"
     description = ""
     if isinstance(body, dict):
         code = str(body.get("error") or code)

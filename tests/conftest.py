@@ -1,0 +1,253 @@
+"""Shared fixtures: a real Redis, the simulators over loopback HTTP, worker processes.
+
+Redis: the machine's on 127.0.0.1:6379 when it answers (database 12 is the
+tests' own and is flushed), else a server of our own on a free port.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from dispatcher.config import Settings
+from dispatcher.embedded import RedisServer, redis_answers
+
+EASEMOB_ORG = "sandbox-org"
+EASEMOB_APP = "dispatcher"
+EASEMOB_CLIENT_ID = "sandbox-client-id"
+EASEMOB_CLIENT_SECRET = "sandbox-client-secret"
+QINIU_ACCESS_KEY = "sandbox-access-key"
+QINIU_SECRET_KEY = "sandbox-secret-key"
+QINIU_BUCKET = "sandbox-bucket"
+TEST_DB = 12
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    machine = os.environ.get("DISPATCHER_TEST_REDIS", "redis://127.0.0.1:6379")
+    server: RedisServer | None = None
+    if redis_answers(machine):
+        base = machine.rstrip("/")
+    else:
+        server = RedisServer(appendonly=False).start()
+        base = f"redis://127.0.0.1:{server.port}"
+    url = f"{base}/{TEST_DB}"
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    client.close()
+    yield url
+    if server is not None:
+        server.cleanup()
+
+
+@pytest.fixture()
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@dataclass
+class Simulator:
+    url: str
+    app: Any
+
+    def requests(self, path_contains: str = "") -> list[dict[str, Any]]:
+        entries = httpx.get(f"{self.url}/_sandbox/requests", timeout=10).json()
+        return [e for e in entries if path_contains in e["path"]]
+
+    def clear(self) -> None:
+        httpx.delete(f"{self.url}/_sandbox/requests", timeout=10).raise_for_status()
+        httpx.delete(f"{self.url}/_sandbox/faults", timeout=10).raise_for_status()
+
+    def fault(self, **rule: Any) -> None:
+        httpx.post(f"{self.url}/_sandbox/faults", json=rule, timeout=10).raise_for_status()
+
+
+@pytest.fixture(scope="session")
+def easemob_sim() -> Iterator[Simulator]:
+    from dispatcher.sandbox.easemob import create_easemob_app
+    from dispatcher.sandbox.server import ServerThread
+
+    app = create_easemob_app(
+        org=EASEMOB_ORG,
+        app=EASEMOB_APP,
+        client_id=EASEMOB_CLIENT_ID,
+        client_secret=EASEMOB_CLIENT_SECRET,
+    )
+    with ServerThread(app) as server:
+        yield Simulator(server.url, app)
+
+
+@pytest.fixture()
+def easemob(easemob_sim: Simulator) -> Simulator:
+    """The session's Easemob simulator with an empty ledger and no faults."""
+    easemob_sim.clear()
+    return easemob_sim
+
+
+@pytest.fixture(scope="session")
+def qiniu_sim() -> Iterator[Simulator | None]:
+    try:
+        from dispatcher.sandbox.qiniu import create_qiniu_app
+    except ImportError:
+        yield None
+        return
+    from dispatcher.sandbox.server import ServerThread
+
+    app = create_qiniu_app(access_key=QINIU_ACCESS_KEY, secret_key=QINIU_SECRET_KEY, bucket=QINIU_BUCKET)
+    with ServerThread(app) as server:
+        yield Simulator(server.url, app)
+
+
+def base_env(redis_url: str, easemob_url: str, qiniu_url: str | None) -> dict[str, str]:
+    env = {
+        "DISPATCHER_REDIS_URL": redis_url,
+        "DISPATCHER_EASEMOB_BASE_URL": easemob_url,
+        "DISPATCHER_EASEMOB_ORG": EASEMOB_ORG,
+        "DISPATCHER_EASEMOB_APP": EASEMOB_APP,
+        "DISPATCHER_EASEMOB_CLIENT_ID": EASEMOB_CLIENT_ID,
+        "DISPATCHER_EASEMOB_CLIENT_SECRET": EASEMOB_CLIENT_SECRET,
+        "DISPATCHER_BACKOFF_BASE": "0.05",
+        "DISPATCHER_BACKOFF_CAP": "0.5",
+        "DISPATCHER_EASEMOB_TIMEOUT": "3",
+        "DISPATCHER_LEASE_SECONDS": "15",
+    }
+    if qiniu_url:
+        env.update(
+            {
+                "DISPATCHER_QINIU_ACCESS_KEY": QINIU_ACCESS_KEY,
+                "DISPATCHER_QINIU_SECRET_KEY": QINIU_SECRET_KEY,
+                "DISPATCHER_QINIU_BUCKET": QINIU_BUCKET,
+                "DISPATCHER_QINIU_DOMAIN": qiniu_url,
+                "DISPATCHER_QINIU_UP_HOST": qiniu_url,
+                "DISPATCHER_QINIU_RS_HOST": qiniu_url,
+            }
+        )
+    return env
+
+
+def settings_from_env(env: dict[str, str]) -> Settings:
+    values = {k.removeprefix("DISPATCHER_").lower(): v for k, v in env.items()}
+    return Settings(**values)
+
+
+@dataclass
+class WorkerProcess:
+    """A real ``celery -A dispatcher.worker worker`` child with its PID recorded."""
+
+    env: dict[str, str]
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+    extra_args: list[str] = field(default_factory=list)
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def start(self, timeout: float = 30.0) -> WorkerProcess:
+        command = [
+            sys.executable, "-m", "celery", "-A", "dispatcher.worker", "worker",
+            "-Q", self.env["DISPATCHER_QUEUE"],
+            "-n", f"test-{uuid.uuid4().hex[:8]}@%h",
+            "--without-heartbeat", "--without-mingle", "--without-gossip",
+            "-l", "INFO", *self.extra_args,
+        ]  # fmt: skip
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            command,
+            env={**os.environ, **self.env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"worker exited at start:\n{self.log()[-3000:]}")
+            if " ready." in self.log():
+                return self
+            time.sleep(0.1)
+        raise TimeoutError(f"worker not ready in {timeout}s:\n{self.log()[-3000:]}")
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+@pytest.fixture()
+def worker_env(
+    redis_url: str, easemob: Simulator, qiniu_sim: Simulator | None
+) -> dict[str, str]:
+    env = base_env(redis_url, easemob.url, qiniu_sim.url if qiniu_sim else None)
+    env["DISPATCHER_QUEUE"] = f"test-{uuid.uuid4().hex[:12]}"
+    return env
+
+
+@pytest.fixture()
+def start_worker(
+    worker_env: dict[str, str], tmp_path: Path
+) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start worker processes on this test's queue; all are stopped at the end."""
+    started: list[WorkerProcess] = []
+
+    def start(*extra_args: str, **overrides: str) -> WorkerProcess:
+        env = dict(worker_env)
+        env.update({f"DISPATCHER_{k.upper()}": str(v) for k, v in overrides.items()})
+        worker = WorkerProcess(env, tmp_path / f"worker-{len(started)}.log", extra_args=list(extra_args))
+        started.append(worker)
+        return worker.start()
+
+    yield start
+    for worker in started:
+        worker.stop()
+
+
+@pytest.fixture()
+def dispatcher(worker_env: dict[str, str]) -> Iterator[Any]:
+    from dispatcher import Dispatcher
+
+    d = Dispatcher(settings_from_env(worker_env))
+    yield d
+    d.close()
+
+
+def wait_for_state(
+    dispatcher: Any, message_id: str, states: set[str] | None = None, timeout: float = 30.0
+) -> Any:
+    """Poll the status store until the message reaches one of ``states`` (default: terminal)."""
+    wanted = states or {"delivered", "failed", "dead"}
+    deadline = time.monotonic() + timeout
+    record = None
+    while time.monotonic() < deadline:
+        record = dispatcher.status(message_id)
+        if record is not None and record.state.value in wanted:
+            return record
+        time.sleep(0.05)
+    raise AssertionError(f"{message_id} did not reach {wanted} in {timeout}s; last: {record}")
