@@ -282,6 +282,13 @@ class Envelope(BaseModel):
     targetType: TargetType | None = None
     channelType: StrictInt | None = Field(default=None, description="accepted for compatibility")
 
+    @field_validator("messageType", mode="before")
+    @classmethod
+    def _integer_type(cls, value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError("must be an integer 1..10")
+        return value
+
     @field_validator("channelType")
     @classmethod
     def _only_easemob(cls, value: int | None) -> int | None:

@@ -28,16 +28,19 @@ for i, key in ipairs(KEYS) do
   local interval = tonumber(ARGV[3 * i - 2])
   local tolerance = tonumber(ARGV[3 * i - 1])
   local cost = tonumber(ARGV[3 * i])
-  local tat = tonumber(redis.call('GET', key) or '0')
-  if tat < now then tat = now end
-  local new_tat = tat + interval * cost
-  local allow_at = new_tat - interval * cost - tolerance
-  if allow_at > now and allow_at - now > wait then wait = allow_at - now end
-  new_tats[i] = new_tat
+  if cost > 0 then
+    local tat = tonumber(redis.call('GET', key) or '0')
+    if tat < now then tat = now end
+    local allow_at = tat - tolerance
+    if allow_at > now and allow_at - now > wait then wait = allow_at - now end
+    new_tats[i] = tat + interval * cost
+  end
 end
 if wait > 0 then return math.ceil(wait) end
 for i, key in ipairs(KEYS) do
-  redis.call('SET', key, tostring(new_tats[i]), 'PX', math.ceil(new_tats[i] - now) + 1000)
+  if new_tats[i] then
+    redis.call('SET', key, tostring(new_tats[i]), 'PX', math.ceil(new_tats[i] - now) + 1000)
+  end
 end
 return 0
 """

@@ -1,0 +1,59 @@
+"""Forward-only transitions under real concurrency on a real Redis."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+import pytest
+import redis
+
+from dispatcher.errors import DeliveryError
+from dispatcher.models import parse_message
+from dispatcher.status import Attempt, StatusStore
+
+pytestmark = pytest.mark.integration
+
+TERMINAL = {"delivered", "failed", "dead"}
+
+
+def test_racing_writers_never_move_a_terminal_state_back(redis_url: str) -> None:
+    store = StatusStore(redis.Redis.from_url(redis_url), ttl=600)
+    message = parse_message({"messageType": 1, "from": "a", "to": "b", "messageInfo": {"textMessage": "race"}})
+    ids = [f"race{uuid.uuid4().hex}" for _ in range(200)]
+    for message_id in ids:
+        store.create(message_id, message, channel="easemob")
+    error = DeliveryError("boom", "provider error", retryable=True)
+    start = threading.Barrier(2)
+
+    def deliverer() -> None:
+        start.wait()
+        for message_id in ids:
+            attempt = store.begin_attempt(message_id, "deliverer", 30)
+            if isinstance(attempt, Attempt):
+                store.mark_delivered(attempt, "1", "ok")
+
+    def saboteur() -> None:
+        start.wait()
+        for message_id in ids:
+            # a duplicate, late worker: takes any free lease, then tries to undo the outcome
+            attempt = store.begin_attempt(message_id, "saboteur", 0)
+            if isinstance(attempt, Attempt):
+                store.mark_retrying(attempt, error, 1.0, "late retry")
+            store.mark_failed(message_id, "saboteur", error, "late failure")
+
+    threads = [threading.Thread(target=deliverer), threading.Thread(target=saboteur)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    for record in store.get_many(ids):
+        assert record is not None
+        assert record.state in TERMINAL
+        states = [h.state.value for h in record.history]
+        first_terminal = next(i for i, s in enumerate(states) if s in TERMINAL)
+        assert first_terminal == len(states) - 1, states  # nothing after the first terminal state
+        assert states[-1] == record.state
+    outcomes = {r.state for r in store.get_many(ids) if r}
+    assert outcomes <= TERMINAL

@@ -1,0 +1,109 @@
+"""The status store's scripts on fakeredis: forward-only transitions, leases, idempotency."""
+
+from __future__ import annotations
+
+import fakeredis
+import pytest
+
+from dispatcher.errors import DeliveryError
+from dispatcher.models import parse_message
+from dispatcher.status import Attempt, StandDown, StatusStore
+
+
+@pytest.fixture()
+def store() -> StatusStore:
+    return StatusStore(fakeredis.FakeRedis(), ttl=100, history_limit=5)
+
+
+def text(body: str = "hi") -> object:
+    return parse_message({"messageType": 1, "from": "a", "to": "b", "messageInfo": {"textMessage": body}})
+
+
+def test_create_is_idempotent_for_the_same_content_and_conflicts_otherwise(store: StatusStore) -> None:
+    assert store.create("id1", text(), channel="easemob") == "created"
+    assert store.create("id1", text(), channel="easemob") == "duplicate"
+    assert store.create("id1", text("other"), channel="easemob") == "conflict"
+    record = store.get("id1")
+    assert record is not None and record.state == "queued" and record.attempts == 0
+
+
+def test_records_carry_a_ttl(store: StatusStore) -> None:
+    store.create("id1", text(), channel="easemob")
+    assert 0 < store.redis.ttl("dispatcher:msg:id1") <= 100
+    assert 0 < store.redis.ttl("dispatcher:hist:id1") <= 100
+
+
+def test_discard_removes_only_an_untouched_record(store: StatusStore) -> None:
+    message = text()
+    store.create("id1", message, channel="easemob")
+    assert store.discard("id1", message) is True
+    assert store.get("id1") is None
+    store.create("id2", message, channel="easemob")
+    store.begin_attempt("id2", "w1", 10)
+    assert store.discard("id2", message) is False
+
+
+def test_a_live_lease_makes_a_second_worker_stand_down(store: StatusStore) -> None:
+    store.create("id1", text(), channel="easemob")
+    first = store.begin_attempt("id1", "w1", 10)
+    assert isinstance(first, Attempt) and first.number == 1
+    second = store.begin_attempt("id1", "w2", 10)
+    assert isinstance(second, StandDown) and second.reason == "busy"
+
+
+def test_an_expired_lease_is_taken_over_and_the_history_says_so(store: StatusStore) -> None:
+    store.create("id1", text(), channel="easemob")
+    store.begin_attempt("id1", "w1", 0)
+    second = store.begin_attempt("id1", "w2", 10)
+    assert isinstance(second, Attempt) and second.number == 2
+    record = store.get("id1")
+    assert record is not None
+    assert "took over from w1" in (record.history[-1].detail or "")
+
+
+def test_delivered_never_moves_back(store: StatusStore) -> None:
+    store.create("id1", text(), channel="easemob")
+    attempt = store.begin_attempt("id1", "w1", 10)
+    assert isinstance(attempt, Attempt)
+    assert store.mark_delivered(attempt, "123", "ok") == "ok"
+    error = DeliveryError("x", "late", retryable=True)
+    assert store.mark_retrying(attempt, error, 1.0, "late") == "terminal:delivered"
+    assert store.mark_failed("id1", "w2", error, "late") == "terminal:delivered"
+    assert isinstance(store.begin_attempt("id1", "w3", 10), StandDown)
+    record = store.get("id1")
+    assert record is not None and record.state == "delivered" and record.providerMessageId == "123"
+
+
+def test_a_worker_that_lost_its_lease_cannot_schedule_a_retry(store: StatusStore) -> None:
+    store.create("id1", text(), channel="easemob")
+    old = store.begin_attempt("id1", "w1", 0)
+    store.begin_attempt("id1", "w2", 10)
+    assert isinstance(old, Attempt)
+    assert store.mark_retrying(old, DeliveryError("x", "y", retryable=True), 1, "d") == "stale"
+
+
+def test_dead_letters_are_indexed_and_replay_requeues_them(store: StatusStore) -> None:
+    store.create("id1", text(), channel="easemob")
+    store.begin_attempt("id1", "w1", 10)
+    store.mark_dead("id1", "w1", DeliveryError("down", "503", retryable=True), "gave up")
+    assert [mid for mid, _ in store.dead_letters()] == ["id1"]
+    assert store.replay("id1") == "ok"
+    record = store.get("id1")
+    assert record is not None and record.state == "queued" and record.attempts == 0
+    assert store.dead_letters() == []
+    assert store.replay("id1") == "state:queued"
+
+
+def test_history_is_bounded(store: StatusStore) -> None:
+    store.create("id1", text(), channel="easemob")
+    for n in range(10):
+        store.begin_attempt("id1", f"w{n}", 0)
+    record = store.get("id1")
+    assert record is not None and len(record.history) == 5 and record.attempts == 10
+
+
+def test_get_many_keeps_order_and_reports_unknown_ids(store: StatusStore) -> None:
+    store.create("a", text(), channel="easemob")
+    store.create("c", text(), channel="easemob")
+    records = store.get_many(["c", "b", "a"])
+    assert [r.getMessageId if r else None for r in records] == ["c", None, "a"]
