@@ -13,7 +13,7 @@ import logging
 from functools import cached_property
 from typing import Any
 
-from celery import Celery, Task
+from celery import Celery, Task, signals
 
 from dispatcher import delivery
 from dispatcher.channels import EASEMOB
@@ -21,6 +21,7 @@ from dispatcher.channels.base import Channel
 from dispatcher.channels.easemob import EasemobChannel
 from dispatcher.config import Settings, get_settings
 from dispatcher.connections import redis_client
+from dispatcher.logs import configure_logging
 from dispatcher.status import StatusStore
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,12 @@ def make_celery(settings: Settings) -> Celery:
 
 settings = get_settings()
 app = make_celery(settings)
+
+
+@signals.setup_logging.connect
+def _configure_worker_logging(loglevel: Any = None, **_: Any) -> None:
+    # Our format for every line the worker writes, Celery's own included.
+    configure_logging(loglevel or settings.log_level, settings.log_format)
 
 
 class DeliveryTask(Task):

@@ -36,14 +36,21 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
-    machine = os.environ.get("DISPATCHER_TEST_REDIS", "redis://127.0.0.1:6379")
+    """A Redis of this test session's own on a free loopback port.
+
+    Its own server keeps concurrent test runs on one machine from sharing queues,
+    tokens and limiter state. ``DISPATCHER_TEST_REDIS`` points the tests at an
+    existing server instead (its database 12 is flushed).
+    """
+    configured = os.environ.get("DISPATCHER_TEST_REDIS")
     server: RedisServer | None = None
-    if redis_answers(machine):
-        base = machine.rstrip("/")
+    if configured:
+        if not redis_answers(configured):
+            pytest.exit(f"DISPATCHER_TEST_REDIS={configured} does not answer", returncode=3)
+        url = f"{configured.rstrip('/')}/{TEST_DB}"
     else:
         server = RedisServer(appendonly=False).start()
-        base = f"redis://127.0.0.1:{server.port}"
-    url = f"{base}/{TEST_DB}"
+        url = server.url
     client = redis.Redis.from_url(url)
     client.flushdb()
     client.close()

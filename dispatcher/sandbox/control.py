@@ -176,11 +176,11 @@ class ControlMiddleware:
                 path=path,
                 query=scope.get("query_string", b"").decode("latin-1"),
                 headers=mask_headers(scope.get("headers", [])),
-                json_body=parse_json(body),
+                json=parse_json(body),
                 receivedAt=time.time(),
             )
         )
-        replay = _replay(body)
+        replay = _replay(body, receive)
         rule = self.state.take_fault(method, path, body)
         if rule is None:
             await self.app(scope, replay, send)
@@ -217,18 +217,22 @@ async def _read_body(receive: Receive) -> bytes:
     return b"".join(chunks)
 
 
-def _replay(body: bytes) -> Receive:
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """Hand the already-read body to the app once, then the server's own events.
+
+    Passing through afterwards lets the app see the client's real disconnect
+    instead of a made-up hour-long wait that outlives the connection.
+    """
     sent = False
 
-    async def receive() -> Message:
+    async def replay() -> Message:
         nonlocal sent
         if sent:
-            await asyncio.sleep(3600)  # a finished body: behave like a client that stays connected
-            return {"type": "http.disconnect"}
+            return await receive()
         sent = True
         return {"type": "http.request", "body": body, "more_body": False}
 
-    return receive
+    return replay
 
 
 async def _discard(message: Message) -> None:

@@ -228,12 +228,11 @@ def check_classic_send(
         raise _illegal("target can't be empty")
     if len(targets) > caps[target_type]:
         raise _illegal("params to's size can't exceed limit")
-    if "from" in payload:
-        sender = payload["from"]
-        if sender == "":
-            raise _illegal("from can't be empty")
-        if not isinstance(sender, str):
-            raise _illegal("from must be a string")
+    sender = payload.get("from")  # null reads as absent, as Jackson does
+    if sender == "":
+        raise _illegal("from can't be empty")
+    if sender is not None and not isinstance(sender, str):
+        raise _illegal("from must be a string")
     if "ext" in payload:
         if payload["ext"] is None:
             raise _illegal("ext can't be null")
@@ -255,11 +254,11 @@ def check_classic_send(
 
 def check_new_send(payload: Mapping[str, Any], cap: int) -> list[str]:
     """Validate a ``/messages/{users|chatgroups|chatrooms}`` body; returns the targets."""
-    if "from" in payload:
-        if payload["from"] == "":
-            raise _send_error("param from can't be empty")
-        if not isinstance(payload["from"], str):
-            raise _bad_body()
+    sender = payload.get("from")
+    if sender == "":
+        raise _send_error("param from can't be empty")
+    if sender is not None and not isinstance(sender, str):
+        raise _bad_body()
     targets = payload.get("to")
     if targets is None or targets == []:
         raise _send_error("param to can't be empty")
@@ -452,10 +451,15 @@ def _json_object(request: Request, body: bytes) -> dict[str, Any]:
         raise EasemobError(
             400,
             "json_parse",
-            "Can not deserialize instance of java.util.LinkedHashMap out of START_ARRAY token",
+            "Can not deserialize instance of java.util.LinkedHashMap out of "
+            f"{'START_ARRAY' if isinstance(payload, list) else 'VALUE'} token",
             _JSON_PARSE,
         )
     return payload
+
+
+def _uri(request: Request) -> str:
+    return f"{str(request.base_url).rstrip('/')}{request.url.path}"
 
 
 def _duration_ms(request: Request) -> int:
@@ -494,7 +498,14 @@ def create_easemob_app(
         max_users_per_call=max_users_per_call,
         clock=clock,
     )
-    api = FastAPI(title="Easemob simulator", version="2022", docs_url="/_sandbox/docs")
+    # Docs live under /_sandbox/ so browsing them leaves the ledger alone.
+    api = FastAPI(
+        title="Easemob simulator",
+        version="2022",
+        docs_url="/_sandbox/docs",
+        redoc_url=None,
+        openapi_url="/_sandbox/openapi.json",
+    )
     api.state.easemob = sim
 
     @api.exception_handler(EasemobError)
@@ -520,7 +531,7 @@ def create_easemob_app(
             "action": "post",
             "application": sim.application,
             "path": path,
-            "uri": f"{str(request.base_url).rstrip('/')}{request.url.path}",
+            "uri": _uri(request),
             "entities": [],
             "data": data,
             "timestamp": _now_ms(),
@@ -530,21 +541,22 @@ def create_easemob_app(
         }
 
     def accept(
-        target_type: str, targets: list[str], uri: str, *, reply_ids: bool
+        request: Request, target_type: str, targets: list[str], *, classic: bool, reply_ids: bool
     ) -> dict[str, str]:
         if target_type == "users" and not sim.message_window.try_acquire(len(targets)):
             sim.count("quota_exceeded_403")
-            if uri.endswith("/messages"):
+            # Both texts say "reach limit", the phrase a client can key its retry on.
+            if classic:
                 raise EasemobError(
                     403,
                     "forbidden_op",
-                    f"Forbidden for url: [{uri}], message send reach limit: "
+                    f"Forbidden for url: [{_uri(request)}], message send reach limit: "
                     f"{sim.messages_per_minute} messages per minute to users",
                     _FORBIDDEN_OP,
                 )
             raise EasemobError(403, "message_send_error", "message send reach limit", _FORBIDDEN_OP)
         sim.count("messages_accepted", len(targets))
-        # Every recipient gets its own id; a repeated target keeps the last one, as a map does.
+        # One id per recipient; a repeated target keeps the last one, as a map does.
         return {target: sim.next_message_id() if reply_ids else "success" for target in targets}
 
     async def authorised_body(request: Request, org: str, app_name: str) -> dict[str, Any]:
@@ -593,8 +605,7 @@ def create_easemob_app(
         payload = await authorised_body(request, org, app_name)
         target_type, targets = check_classic_send(payload, sim.caps)
         reply_ids = request.query_params.get("useMsgId", "").lower() == "true"
-        uri = f"{str(request.base_url).rstrip('/')}{request.url.path}"
-        data = accept(target_type, targets, uri, reply_ids=reply_ids)
+        data = accept(request, target_type, targets, classic=True, reply_ids=reply_ids)
         return envelope(request, "/messages", data)
 
     @api.post("/{org}/{app_name}/messages/{target_type}", tags=["easemob"])
@@ -607,8 +618,7 @@ def create_easemob_app(
             )
         payload = await authorised_body(request, org, app_name)
         targets = check_new_send(payload, sim.caps[target_type])
-        uri = f"{str(request.base_url).rstrip('/')}{request.url.path}"
-        data = accept(target_type, targets, uri, reply_ids=True)
+        data = accept(request, target_type, targets, classic=False, reply_ids=True)
         return envelope(request, f"/messages/{target_type}", data)
 
     @api.post("/_sandbox/easemob/expire-tokens", tags=["sandbox"])

@@ -164,8 +164,11 @@ def test_unicode_reaches_the_provider_byte_for_byte(dispatcher: Any, easemob: An
     start_worker()
     text = "emoji 🧪👩\u200d💻 RTL שלום zero\u200bwidth 𝔘𝔫𝔦"
     message_id = dispatcher.submit({"messageType": 1, "from": "a", "to": "b", "messageInfo": {"textMessage": text}})
-    assert wait_for_state(dispatcher, message_id).state == "delivered"
-    [sent] = sent_bodies(easemob, message_id)
+    record = wait_for_state(dispatcher, message_id)
+    assert record.state == "delivered"
+    bodies = sent_bodies(easemob, message_id)
+    assert len(bodies) == 1, record.history
+    sent = bodies[0]
     assert sent["msg"]["msg"] == text
     assert json.dumps(sent["msg"]["msg"], ensure_ascii=False).encode() == json.dumps(text, ensure_ascii=False).encode()
 
