@@ -19,6 +19,7 @@ from dispatcher.channels import pick_channel
 from dispatcher.channels.base import Channel
 from dispatcher.config import Settings
 from dispatcher.errors import DeliveryError, InvalidMessage, MediaError
+from dispatcher.media.resolve import needs_resolution
 from dispatcher.models import MEDIA_TYPES, ImageInfo, Message, VideoInfo, VoiceInfo, parse_message
 from dispatcher.status import StandDown, StatusStore
 
@@ -105,7 +106,7 @@ def _resolved(message: Message, resolve_media: MediaResolver | None) -> Message:
     info = message.messageInfo
     assert isinstance(info, ImageInfo | VoiceInfo | VideoInfo)
     if resolve_media is None:
-        if _complete(info):
+        if not needs_resolution(info):
             return message
         raise MediaError(
             "media_resolution_unavailable",
@@ -114,16 +115,6 @@ def _resolved(message: Message, resolve_media: MediaResolver | None) -> Message:
             retryable=False,
         )
     return message.model_copy(update={"messageInfo": resolve_media(info)})
-
-
-def _complete(info: ImageInfo | VoiceInfo | VideoInfo) -> bool:
-    if isinstance(info, ImageInfo):
-        needed = (info.fileUrl, info.imageWidth, info.imageHeight)
-    elif isinstance(info, VoiceInfo):
-        needed = (info.fileUrl, info.duration)
-    else:
-        needed = (info.fileUrl, info.thumbFileUrl, info.duration, info.fileLength)
-    return all(value is not None for value in needed)
 
 
 def _record_failure(

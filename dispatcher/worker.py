@@ -99,13 +99,17 @@ class DeliveryTask(Task):
 
 def media_resolver(settings: Settings, store: StatusStore) -> delivery.MediaResolver | None:
     """Qiniu-backed media resolution, or None when Qiniu is not configured."""
-    if not (settings.qiniu_access_key and settings.qiniu_secret_key and settings.qiniu_bucket):
+    needed = (
+        settings.qiniu_access_key,
+        settings.qiniu_secret_key,
+        settings.qiniu_bucket,
+        settings.qiniu_domain,
+    )
+    if not all(needed):
         return None
-    try:
-        from dispatcher.media.qiniu import QiniuClient
-        from dispatcher.media.resolve import resolve_media
-    except ImportError:  # pragma: no cover - media package is part of the distribution
-        return None
+    from dispatcher.media.qiniu import QiniuClient
+    from dispatcher.media.resolve import resolve_media
+
     client = QiniuClient.from_settings(settings)
     return lambda info: resolve_media(info, client, store.redis)
 

@@ -106,17 +106,20 @@ def easemob(easemob_sim: Simulator) -> Simulator:
 
 
 @pytest.fixture(scope="session")
-def qiniu_sim() -> Iterator[Simulator | None]:
-    try:
-        from dispatcher.sandbox.qiniu import create_qiniu_app
-    except ImportError:
-        yield None
-        return
+def qiniu_sim_session() -> Iterator[Simulator]:
+    from dispatcher.sandbox.qiniu import create_qiniu_app
     from dispatcher.sandbox.server import ServerThread
 
     app = create_qiniu_app(access_key=QINIU_ACCESS_KEY, secret_key=QINIU_SECRET_KEY, bucket=QINIU_BUCKET)
     with ServerThread(app) as server:
         yield Simulator(server.url, app)
+
+
+@pytest.fixture()
+def qiniu_sim(qiniu_sim_session: Simulator) -> Simulator:
+    """The session's Qiniu simulator with an empty ledger and no faults."""
+    qiniu_sim_session.clear()
+    return qiniu_sim_session
 
 
 def base_env(redis_url: str, easemob_url: str, qiniu_url: str | None) -> dict[str, str]:
@@ -209,10 +212,8 @@ class WorkerProcess:
 
 
 @pytest.fixture()
-def worker_env(
-    redis_url: str, easemob: Simulator, qiniu_sim: Simulator | None
-) -> dict[str, str]:
-    env = base_env(redis_url, easemob.url, qiniu_sim.url if qiniu_sim else None)
+def worker_env(redis_url: str, easemob: Simulator, qiniu_sim: Simulator) -> dict[str, str]:
+    env = base_env(redis_url, easemob.url, qiniu_sim.url)
     env["DISPATCHER_QUEUE"] = f"test-{uuid.uuid4().hex[:12]}"
     return env
 

@@ -132,12 +132,11 @@ def test_every_message_type_is_delivered_with_the_prescribed_easemob_body(
 ) -> None:
     start_worker()
     cases: list[tuple[dict[str, Any], dict[str, Any], dict[str, Any]]] = list(PLAIN_CASES)
-    if qiniu_sim is not None:
-        place(qiniu_sim, "cat.png", fsize=2048, mimeType="image/png", width=640, height=480)
-        place(qiniu_sim, "hello.amr", fsize=4096, mimeType="audio/amr", duration=7)
-        place(qiniu_sim, "clip.mp4", fsize=1_000_000, mimeType="video/mp4", duration=12, width=320, height=240)
-        place(qiniu_sim, "clip.jpg", fsize=5000, mimeType="image/jpeg", width=320, height=240)
-        cases += [(payload, {}, msg) for payload, msg in media_cases(qiniu_sim.url)]
+    place(qiniu_sim, "cat.png", fsize=2048, mimeType="image/png", width=640, height=480)
+    place(qiniu_sim, "hello.amr", fsize=4096, mimeType="audio/amr", duration=7)
+    place(qiniu_sim, "clip.mp4", fsize=1_000_000, mimeType="video/mp4", duration=12, width=320, height=240)
+    place(qiniu_sim, "clip.jpg", fsize=5000, mimeType="image/jpeg", width=320, height=240)
+    cases += [(payload, {}, msg) for payload, msg in media_cases(qiniu_sim.url)]
 
     submitted = []
     for index, (payload, ext, expected_msg) in enumerate(cases):
