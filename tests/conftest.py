@@ -1,7 +1,7 @@
 """Shared fixtures: a real Redis, the simulators over loopback HTTP, worker processes.
 
 Redis: the machine's on 127.0.0.1:6379 when it answers (database 12 is the
-tests' own and is flushed), else a server of our own on a free port.
+tests' own and is flushed), else a server of the session's own on a free port.
 """
 
 from __future__ import annotations
@@ -36,18 +36,16 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
-    """A Redis of this test session's own on a free loopback port.
+    """The machine's Redis on 127.0.0.1:6379 (database 12, flushed) when it answers.
 
-    Its own server keeps concurrent test runs on one machine from sharing queues,
-    tokens and limiter state. ``DISPATCHER_TEST_REDIS`` points the tests at an
-    existing server instead (its database 12 is flushed).
+    Otherwise, or with ``DISPATCHER_TEST_REDIS=embedded`` (for test runs in
+    parallel on one machine, which must not share queues and tokens), a server
+    of this session's own on a free loopback port. Any other value is a URL.
     """
-    configured = os.environ.get("DISPATCHER_TEST_REDIS")
+    choice = os.environ.get("DISPATCHER_TEST_REDIS", "redis://127.0.0.1:6379")
     server: RedisServer | None = None
-    if configured:
-        if not redis_answers(configured):
-            pytest.exit(f"DISPATCHER_TEST_REDIS={configured} does not answer", returncode=3)
-        url = f"{configured.rstrip('/')}/{TEST_DB}"
+    if choice != "embedded" and redis_answers(choice):
+        url = f"{choice.rstrip('/')}/{TEST_DB}"
     else:
         server = RedisServer(appendonly=False).start()
         url = server.url

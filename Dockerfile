@@ -1,0 +1,9 @@
+FROM python:3.11-slim
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY dispatcher ./dispatcher
+RUN pip install --no-cache-dir . && useradd --create-home dispatcher
+USER dispatcher
+ENV DISPATCHER_API_HOST=0.0.0.0
+EXPOSE 8087
+CMD ["dispatcher", "api", "--host", "0.0.0.0", "--port", "8087"]

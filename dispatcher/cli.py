@@ -1,0 +1,309 @@
+"""The ``dispatcher`` command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+
+from dispatcher.config import Settings
+from dispatcher.errors import DispatcherError, InvalidMessage
+from dispatcher.logs import configure_logging
+
+TYPE_NAMES = {
+    "text": 1,
+    "image": 2,
+    "voice": 3,
+    "video": 4,
+    "location": 5,
+    "cmd": 6,
+    "news": 7,
+    "custom-news": 8,
+    "template": 9,
+    "extension": 10,
+}
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValueError as exc:
+        raise click.ClickException(f"bad DISPATCHER_* configuration: {exc}") from None
+
+
+def _echo_json(value: Any) -> None:
+    click.echo(json.dumps(value, ensure_ascii=False, indent=2))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """dispatcher: validate, queue and deliver chat messages (Easemob, media on Qiniu).
+
+    Configuration comes from DISPATCHER_* environment variables (see README).
+    """
+
+
+@main.command()
+@click.option("--port", default=8087, show_default=True, help="HTTP API port.")
+@click.option("--easemob-port", default=9101, show_default=True, help="Easemob simulator port.")
+@click.option("--qiniu-port", default=9102, show_default=True, help="Qiniu simulator port.")
+@click.option("--concurrency", default=8, show_default=True, help="Worker threads.")
+@click.option("--auth", is_flag=True, help="Keep signature checks on, with a generated dev client.")
+def dev(port: int, easemob_port: int, qiniu_port: int, concurrency: int, auth: bool) -> None:
+    """Everything local in one command: Redis, simulators, API and a worker.
+
+    Uses DISPATCHER_REDIS_URL when it answers, else an embedded Valkey server
+    (AOF in the user data dir). Ctrl-C stops all of it.
+    """
+    from dispatcher.devmode import run_dev
+
+    run_dev(
+        api_port=port,
+        easemob_port=easemob_port,
+        qiniu_port=qiniu_port,
+        concurrency=concurrency,
+        auth=auth,
+    )
+
+
+@main.command()
+@click.option("--host", default=None, help="Bind address (default DISPATCHER_API_HOST).")
+@click.option("--port", default=None, type=int, help="Port (default DISPATCHER_API_PORT, 8087).")
+@click.option("--workers", default=1, show_default=True, help="uvicorn worker processes.")
+def api(host: str | None, port: int | None, workers: int) -> None:
+    """Serve the HTTP API (uvicorn)."""
+    from dispatcher.api.app import run_api
+
+    settings = _settings()
+    configure_logging(settings.log_level, settings.log_format)
+    run_api(settings, host or settings.api_host, port or settings.api_port, workers)
+
+
+@main.command(
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+    add_help_option=False,
+)
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+def worker(celery_args: tuple[str, ...]) -> None:
+    """A delivery worker: the same as ``celery -A dispatcher.worker worker [ARGS]``.
+
+    Defaults: pool and concurrency from DISPATCHER_WORKER_POOL /
+    DISPATCHER_WORKER_CONCURRENCY (threads, 32). Any celery worker option works.
+    """
+    from dispatcher.worker import app
+
+    app.worker_main(["worker", *celery_args])
+
+
+@main.command()
+@click.option("--easemob-port", default=9101, show_default=True)
+@click.option("--qiniu-port", default=9102, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True)
+def sandbox(easemob_port: int, qiniu_port: int, host: str) -> None:
+    """Run the Easemob and Qiniu simulators (credentials from DISPATCHER_* settings)."""
+    from dispatcher.sandbox.server import serve_sandbox
+
+    settings = _settings()
+    configure_logging(settings.log_level, settings.log_format)
+    serve_sandbox(settings, easemob_port=easemob_port, qiniu_port=qiniu_port, host=host)
+
+
+def _remote_options(func: Any) -> Any:
+    options = [
+        click.option("--api", "api_url", envvar="DISPATCHER_API_URL", help="Talk to a remote API at this URL instead of Redis directly."),
+        click.option("--client", "client_id", envvar="DISPATCHER_API_CLIENT", help="Client id for signing (with --api)."),
+        click.option("--secret", envvar="DISPATCHER_API_SECRET", help="Client secret for signing (with --api)."),
+        click.option("--channel", envvar="DISPATCHER_API_CHANNEL", default="", help="channel query value (with --api)."),
+    ]  # fmt: skip
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _remote(api_url: str, client_id: str | None, secret: str | None, channel: str) -> Any:
+    from dispatcher.client import Client
+
+    return Client(api_url, client_id or "", secret or "", channel=channel)
+
+
+@main.command()
+@click.option("--type", "type_name", type=click.Choice(list(TYPE_NAMES)), required=True)
+@click.option("--from", "sender", required=True, help="Sender (Easemob user name).")
+@click.option("--to", "to", required=True, help="Receiver: user name, or group id (digits).")
+@click.option("--text", help="textMessage (text, template, extension).")
+@click.option("--image", help="Qiniu key of the image.")
+@click.option("--voice", help="Qiniu key of the voice file.")
+@click.option("--video", help="Qiniu key of the video (mp4).")
+@click.option("--thumb", help="Qiniu key of the video thumbnail (jpg).")
+@click.option("--lat", type=float, help="Latitude (location).")
+@click.option("--lng", type=float, help="Longitude (location).")
+@click.option("--address", help="Address (location).")
+@click.option("--action", help="Action (pass-through).")
+@click.option("--title", help="Title (news, video).")
+@click.option("--url", help="Link (news).")
+@click.option("--pic-url", help="Picture URL (news).")
+@click.option("--description", help="Description (news, video).")
+@click.option("--info", "info_json", help="Extra messageInfo fields as a JSON object.")
+@click.option("--ext", "ext_json", help="ext as a JSON object.")
+@click.option("--id", "message_id", help="Your own getMessageId (idempotency key).")
+@click.option("--target-type", type=click.Choice(["users", "chatgroups", "chatrooms"]))
+@_remote_options
+def send(
+    type_name: str,
+    sender: str,
+    to: str,
+    info_json: str | None,
+    ext_json: str | None,
+    message_id: str | None,
+    target_type: str | None,
+    api_url: str | None,
+    client_id: str | None,
+    secret: str | None,
+    channel: str,
+    **fields: Any,
+) -> None:
+    """Submit one message and print its getMessageId."""
+    info = _message_info(type_name, fields)
+    info.update(_json_object(info_json, "--info"))
+    payload: dict[str, Any] = {
+        "messageType": TYPE_NAMES[type_name],
+        "from": sender,
+        "to": to,
+        "messageInfo": info,
+    }
+    if ext_json:
+        payload["ext"] = _json_object(ext_json, "--ext")
+    if message_id:
+        payload["getMessageId"] = message_id
+    if target_type:
+        payload["targetType"] = target_type
+    try:
+        if api_url:
+            result = _remote(api_url, client_id, secret, channel).submit(payload)
+        else:
+            from dispatcher.producer import Dispatcher
+
+            result = Dispatcher(_settings()).submit(payload)
+    except InvalidMessage as exc:
+        for error in exc.errors:
+            click.echo(f"  {error.field}: {error.error}", err=True)
+        raise click.ClickException("message rejected") from None
+    except DispatcherError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(result)
+
+
+def _message_info(type_name: str, fields: dict[str, Any]) -> dict[str, Any]:
+    names = {
+        "text": "textMessage",
+        "image": "imageMessage",
+        "voice": "voiceMessage",
+        "video": "videoMessage",
+        "thumb": "thumbMessage",
+        "lat": "latitude",
+        "lng": "longitude",
+        "address": "address",
+        "action": "action",
+        "title": "title",
+        "url": "url",
+        "pic_url": "picUrl",
+        "description": "description",
+    }
+    return {names[k]: v for k, v in fields.items() if v is not None and k in names}
+
+
+def _json_object(text: str | None, option: str) -> dict[str, Any]:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint=option) from None
+    if not isinstance(value, dict):
+        raise click.BadParameter("must be a JSON object", param_hint=option)
+    return value
+
+
+@main.command()
+@click.argument("message_id")
+@_remote_options
+def status(
+    message_id: str, api_url: str | None, client_id: str | None, secret: str | None, channel: str
+) -> None:
+    """Print a message's status record as JSON (exit 1 when unknown)."""
+    try:
+        if api_url:
+            record = _remote(api_url, client_id, secret, channel).status(message_id)
+        else:
+            from dispatcher.producer import Dispatcher
+
+            found = Dispatcher(_settings()).status(message_id)
+            record = found.public() if found else None
+    except DispatcherError as exc:
+        raise click.ClickException(str(exc)) from None
+    if record is None:
+        click.echo(f"unknown getMessageId {message_id}", err=True)
+        sys.exit(1)
+    _echo_json(record)
+
+
+@main.group()
+def dlq() -> None:
+    """Dead letters: messages whose retries ran out."""
+
+
+@dlq.command("list")
+@click.option("--limit", default=100, show_default=True)
+@click.option("--offset", default=0, show_default=True)
+def dlq_list(limit: int, offset: int) -> None:
+    """List dead messages (JSON lines: id, diedAt, lastError)."""
+    from dispatcher.producer import Dispatcher
+
+    d = Dispatcher(_settings())
+    entries = d.store.dead_letters(limit=limit, offset=offset)
+    records = d.status_many([message_id for message_id, _ in entries])
+    for (message_id, died), record in zip(entries, records, strict=True):
+        last_error = record.lastError.model_dump() if record and record.lastError else None
+        click.echo(json.dumps({"getMessageId": message_id, "diedAt": died, "lastError": last_error}, ensure_ascii=False))
+
+
+@dlq.command("replay")
+@click.argument("message_ids", nargs=-1)
+@click.option("--all", "replay_all", is_flag=True, help="Replay every dead letter.")
+def dlq_replay(message_ids: tuple[str, ...], replay_all: bool) -> None:
+    """Send dead messages round again (all attempts restored)."""
+    from dispatcher.producer import Dispatcher
+
+    d = Dispatcher(_settings())
+    ids = list(message_ids)
+    if replay_all:
+        ids += [mid for mid, _ in d.store.dead_letters(limit=1_000_000)]
+    if not ids:
+        raise click.UsageError("name message ids or pass --all")
+    failures = 0
+    with click.progressbar(ids, label="replaying", file=sys.stderr) if len(ids) > 20 else _nullbar(ids) as bar:
+        for message_id in bar:
+            verdict = d.replay(message_id)
+            if verdict != "ok":
+                failures += 1
+                click.echo(f"{message_id}: not replayed ({verdict})", err=True)
+    click.echo(f"replayed {len(ids) - failures} of {len(ids)}")
+    if failures:
+        sys.exit(1)
+
+
+class _nullbar:
+    def __init__(self, items: list[str]) -> None:
+        self.items = items
+
+    def __enter__(self) -> list[str]:
+        return self.items
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
