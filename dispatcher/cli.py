@@ -249,6 +249,25 @@ def status(
     _echo_json(record)
 
 
+@main.command()
+@click.option("--once", is_flag=True, help="One pass, print the recovered ids, exit.")
+def reaper(once: bool) -> None:
+    """Re-enqueue messages whose lease, retry or queue entry was lost.
+
+    Every worker already runs one; this is for deployments that want it apart.
+    """
+    from dispatcher.worker import deliver, make_reaper
+
+    settings = _settings()
+    configure_logging(settings.log_level, settings.log_format)
+    instance = make_reaper(deliver.store)
+    if once:
+        for message_id in instance.run_once():
+            click.echo(message_id)
+        return
+    instance.run()
+
+
 @main.group()
 def dlq() -> None:
     """Dead letters: messages whose retries ran out."""

@@ -72,6 +72,11 @@ class Settings(BaseSettings):
     backoff_base: float = 1.0
     backoff_cap: float = 300.0
     lease_seconds: int = 60
+    reaper_interval: float = 5.0
+    shutdown_grace: float = 20.0
+    queued_grace: int = 300
+    retry_grace: int = 30
+    max_requeues: int = 5
 
     # Logging
     log_level: str = "INFO"

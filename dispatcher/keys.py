@@ -10,6 +10,10 @@ DEAD_LETTERS = f"{PREFIX}:dead"
 STATS = f"{PREFIX}:stats"
 """Hash of counters shared by every process: transitions by state, delivery latency buckets."""
 
+IN_FLIGHT = f"{PREFIX}:inflight"
+"""Sorted set of every non-terminal message id, scored by the time (ms) it must have
+progressed by: lease end, retry due time plus grace, or queued time plus grace."""
+
 MAX_DEAD_LETTERS = 100_000
 """The dead-letter index is trimmed to this many newest entries."""
 

@@ -49,9 +49,7 @@ class Dispatcher:
     ) -> None:
         self.settings = settings
         self.redis = client or redis_client(settings)
-        self.store = StatusStore(
-            self.redis, ttl=settings.status_ttl, history_limit=settings.history_limit
-        )
+        self.store = StatusStore.from_settings(self.redis, settings)
         self.celery = celery or make_celery(settings)
 
     @classmethod

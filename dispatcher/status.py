@@ -16,6 +16,7 @@ from typing import Any, Literal
 import redis
 
 from dispatcher import keys
+from dispatcher.config import Settings
 from dispatcher.errors import DeliveryError
 from dispatcher.models import (
     HistoryEntry,
@@ -41,7 +42,8 @@ local function push_history(key, state, at, detail, limit, ttl)
 end
 """
 
-# KEYS: message, history. ARGV: fingerprint, ttl, history limit, field/value pairs...
+# KEYS: message, history, in-flight index. ARGV: fingerprint, ttl, history limit,
+# queued grace ms, id, field/value pairs...
 _CREATE = (
     _PRELUDE
     + """
@@ -52,30 +54,36 @@ if fp then
 end
 local now = now_ms()
 redis.call('HSET', KEYS[1], 'fp', ARGV[1], 'state', 'queued', 'attempts', 0,
-           'createdAt', now, 'updatedAt', now, unpack(ARGV, 4))
+           'createdAt', now, 'updatedAt', now, unpack(ARGV, 6))
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
+redis.call('ZADD', KEYS[3], now + tonumber(ARGV[4]), ARGV[5])
 redis.call('DEL', KEYS[2])
 push_history(KEYS[2], 'queued', now, '', tonumber(ARGV[3]), tonumber(ARGV[2]))
 return 'created'
 """
 )
 
-# KEYS: message, history. ARGV: fingerprint. Undo a create whose publish failed.
+# KEYS: message, history, in-flight index. ARGV: fingerprint, id.
+# Undo a create whose publish failed.
 _DISCARD = """
 local s = redis.call('HMGET', KEYS[1], 'fp', 'state', 'attempts')
 if s[1] == ARGV[1] and s[2] == 'queued' and s[3] == '0' then
   redis.call('DEL', KEYS[1], KEYS[2])
+  redis.call('ZREM', KEYS[3], ARGV[2])
   return 1
 end
 return 0
 """
 
-# KEYS: message, history. ARGV: owner, lease ms, ttl, history limit.
+# KEYS: message, history, in-flight index. ARGV: owner, lease ms, ttl, history limit, id.
 _BEGIN = (
     _PRELUDE
     + """
 local s = redis.call('HMGET', KEYS[1], 'state', 'leaseOwner', 'leaseUntil', 'attempts', 'message')
-if not s[1] then return {'missing'} end
+if not s[1] then
+  redis.call('ZREM', KEYS[3], ARGV[5])
+  return {'missing'}
+end
 if TERMINAL[s[1]] then return {'terminal', s[1]} end
 local now = now_ms()
 if s[1] == 'processing' and tonumber(s[3] or '0') > now then
@@ -91,14 +99,15 @@ redis.call('HSET', KEYS[1], 'state', 'processing', 'attempts', attempts,
            'leaseOwner', ARGV[1], 'leaseUntil', now + tonumber(ARGV[2]), 'updatedAt', now)
 redis.call('HDEL', KEYS[1], 'dueAt')
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
+redis.call('ZADD', KEYS[3], now + tonumber(ARGV[2]), ARGV[5])
 push_history(KEYS[2], 'processing', now, detail, tonumber(ARGV[4]), tonumber(ARGV[3]))
 return {'ok', tostring(attempts), s[5]}
 """
 )
 
-# KEYS: message, history, dead letters, stats. ARGV: owner, new state, ttl, history limit,
-# detail, lastError JSON or '', providerMessageId or '', retry delay ms or '', dead cap, id,
-# latency bucket bounds (ms, comma separated).
+# KEYS: message, history, dead letters, stats, in-flight index. ARGV: owner, new state, ttl,
+# history limit, detail, lastError JSON or '', providerMessageId or '', retry delay ms or '',
+# dead cap, id, latency bucket bounds (ms, comma separated), retry grace ms.
 _FINISH = (
     _PRELUDE
     + """
@@ -123,8 +132,12 @@ if new == 'delivered' then
     if latency <= tonumber(bound) then redis.call('HINCRBY', KEYS[4], 'latency:le:' .. bound, 1) end
   end
 end
-if new == 'retrying' and ARGV[8] ~= '' then
-  redis.call('HSET', KEYS[1], 'dueAt', now + tonumber(ARGV[8]))
+if new == 'retrying' then
+  local due = now + tonumber(ARGV[8] ~= '' and ARGV[8] or '0')
+  redis.call('HSET', KEYS[1], 'dueAt', due)
+  redis.call('ZADD', KEYS[5], due + tonumber(ARGV[12]), ARGV[10])
+else
+  redis.call('ZREM', KEYS[5], ARGV[10])
 end
 if new == 'dead' then
   redis.call('ZADD', KEYS[3], now, ARGV[10])
@@ -136,7 +149,8 @@ return 'ok'
 """
 )
 
-# KEYS: message, history, dead letters. ARGV: ttl, history limit, id, detail.
+# KEYS: message, history, dead letters, in-flight index. ARGV: ttl, history limit, id, detail,
+# queued grace ms.
 _REPLAY = (
     _PRELUDE
     + """
@@ -147,11 +161,57 @@ if not state then
 end
 if state ~= 'dead' then return 'state:' .. state end
 local now = now_ms()
-redis.call('HSET', KEYS[1], 'state', 'queued', 'attempts', 0, 'updatedAt', now)
+redis.call('HSET', KEYS[1], 'state', 'queued', 'attempts', 0, 'requeues', 0, 'updatedAt', now)
 redis.call('ZREM', KEYS[3], ARGV[3])
+redis.call('ZADD', KEYS[4], now + tonumber(ARGV[5]), ARGV[3])
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
 push_history(KEYS[2], 'queued', now, ARGV[4], tonumber(ARGV[2]), tonumber(ARGV[1]))
 return 'ok'
+"""
+)
+
+# KEYS: in-flight index, dead letters, stats. ARGV: limit, requeue delay ms, max requeues,
+# ttl, history limit, message key prefix, history key prefix, dead cap.
+# Returns ids whose lease, retry or queue wait ran out: the caller re-publishes them.
+# Keys are derived from the prefixes here because the due ids are only known inside.
+_CLAIM_DUE = (
+    _PRELUDE
+    + """
+local now = now_ms()
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+local claimed = {}
+for _, id in ipairs(due) do
+  local mkey = ARGV[6] .. id
+  local hkey = ARGV[7] .. id
+  local s = redis.call('HMGET', mkey, 'state', 'requeues')
+  if not s[1] or TERMINAL[s[1]] then
+    redis.call('ZREM', KEYS[1], id)
+  else
+    local requeues = tonumber(s[2] or '0') + 1
+    local ttl, limit = tonumber(ARGV[4]), tonumber(ARGV[5])
+    if requeues > tonumber(ARGV[3]) then
+      local err = cjson.encode({code = 'worker_lost', retryable = true,
+        message = 'recovered ' .. (requeues - 1) .. ' times without finishing (poison message?)'})
+      redis.call('HSET', mkey, 'state', 'dead', 'updatedAt', now, 'lastError', err)
+      redis.call('HDEL', mkey, 'leaseOwner', 'leaseUntil', 'dueAt')
+      redis.call('ZREM', KEYS[1], id)
+      redis.call('ZADD', KEYS[2], now, id)
+      redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -(tonumber(ARGV[8]) + 1))
+      redis.call('HINCRBY', KEYS[3], 'state:dead', 1)
+      redis.call('EXPIRE', mkey, ttl)
+      push_history(hkey, 'dead', now, 'recovered ' .. (requeues - 1) ..
+        ' times without finishing: dead-lettered', limit, ttl)
+    else
+      redis.call('HSET', mkey, 'requeues', requeues)
+      redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), id)
+      redis.call('HINCRBY', KEYS[3], 'recovered', 1)
+      push_history(hkey, s[1], now, 'recovery: re-enqueued (' .. s[1] ..
+        ' past its deadline; requeue ' .. requeues .. ')', limit, ttl)
+      table.insert(claimed, id)
+    end
+  end
+end
+return claimed
 """
 )
 
@@ -199,15 +259,39 @@ class StandDown:
 class StatusStore:
     """Reads and writes status records; every write is one atomic script."""
 
-    def __init__(self, client: redis.Redis, *, ttl: int = 604800, history_limit: int = 50) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        ttl: int = 604800,
+        history_limit: int = 50,
+        queued_grace: float = 300.0,
+        retry_grace: float = 30.0,
+        max_requeues: int = 5,
+    ) -> None:
         self.redis = client
         self.ttl = ttl
         self.history_limit = history_limit
+        self.queued_grace = queued_grace
+        self.retry_grace = retry_grace
+        self.max_requeues = max_requeues
+        self._claim_due = client.register_script(_CLAIM_DUE)
         self._create = client.register_script(_CREATE)
         self._discard = client.register_script(_DISCARD)
         self._begin = client.register_script(_BEGIN)
         self._finish = client.register_script(_FINISH)
         self._replay = client.register_script(_REPLAY)
+
+    @classmethod
+    def from_settings(cls, client: redis.Redis, settings: Settings) -> StatusStore:
+        return cls(
+            client,
+            ttl=settings.status_ttl,
+            history_limit=settings.history_limit,
+            queued_grace=settings.queued_grace,
+            retry_grace=settings.retry_grace,
+            max_requeues=settings.max_requeues,
+        )
 
     # -- producer side -----------------------------------------------------
 
@@ -231,16 +315,23 @@ class StatusStore:
         if client:
             fields += ["client", client]
         result = self._create(
-            keys=[keys.message(message_id), keys.history(message_id)],
-            args=[message.fingerprint(), self.ttl, self.history_limit, *fields],
+            keys=[keys.message(message_id), keys.history(message_id), keys.IN_FLIGHT],
+            args=[
+                message.fingerprint(),
+                self.ttl,
+                self.history_limit,
+                int(self.queued_grace * 1000),
+                message_id,
+                *fields,
+            ],
         )
         return _text(result)  # type: ignore[return-value]
 
     def discard(self, message_id: str, message: Message) -> bool:
         """Remove a record that was created but never published."""
         removed = self._discard(
-            keys=[keys.message(message_id), keys.history(message_id)],
-            args=[message.fingerprint()],
+            keys=[keys.message(message_id), keys.history(message_id), keys.IN_FLIGHT],
+            args=[message.fingerprint(), message_id],
         )
         return bool(removed)
 
@@ -250,8 +341,8 @@ class StatusStore:
         self, message_id: str, owner: str, lease_seconds: float
     ) -> Attempt | StandDown:
         result = self._begin(
-            keys=[keys.message(message_id), keys.history(message_id)],
-            args=[owner, int(lease_seconds * 1000), self.ttl, self.history_limit],
+            keys=[keys.message(message_id), keys.history(message_id), keys.IN_FLIGHT],
+            args=[owner, int(lease_seconds * 1000), self.ttl, self.history_limit, message_id],
         )
         verdict = _text(result[0])
         if verdict == "ok":
@@ -307,6 +398,7 @@ class StatusStore:
                 keys.history(message_id),
                 keys.DEAD_LETTERS,
                 keys.STATS,
+                keys.IN_FLIGHT,
             ],
             args=[
                 owner,
@@ -320,6 +412,7 @@ class StatusStore:
                 keys.MAX_DEAD_LETTERS,
                 message_id,
                 LATENCY_BUCKETS_ARG,
+                int(self.retry_grace * 1000),
             ],
         )
         return _text(result)
@@ -329,10 +422,41 @@ class StatusStore:
     def replay(self, message_id: str, detail: str = "replayed from dead letters") -> str:
         """Send a dead message round again: ``dead`` -> ``queued``, attempts reset."""
         result = self._replay(
-            keys=[keys.message(message_id), keys.history(message_id), keys.DEAD_LETTERS],
-            args=[self.ttl, self.history_limit, message_id, detail],
+            keys=[
+                keys.message(message_id),
+                keys.history(message_id),
+                keys.DEAD_LETTERS,
+                keys.IN_FLIGHT,
+            ],
+            args=[self.ttl, self.history_limit, message_id, detail, int(self.queued_grace * 1000)],
         )
         return _text(result)
+
+    def claim_overdue(self, limit: int = 500, requeue_delay: float = 30.0) -> list[str]:
+        """Ids to re-publish: lease expired, retry never ran, or queued too long.
+
+        Each claimed id's deadline moves ``requeue_delay`` ahead, so concurrent
+        reapers never publish the same id twice; one recovered more than
+        ``max_requeues`` times is dead-lettered instead (a poison message).
+        """
+        claimed = self._claim_due(
+            keys=[keys.IN_FLIGHT, keys.DEAD_LETTERS, keys.STATS],
+            args=[
+                limit,
+                int(requeue_delay * 1000),
+                self.max_requeues,
+                self.ttl,
+                self.history_limit,
+                keys.message(""),
+                keys.history(""),
+                keys.MAX_DEAD_LETTERS,
+            ],
+        )
+        return [_text(message_id) for message_id in claimed]
+
+    def in_flight(self) -> int:
+        """How many messages are not yet terminal."""
+        return int(self.redis.zcard(keys.IN_FLIGHT))
 
     def dead_letters(self, limit: int = 100, offset: int = 0) -> list[tuple[str, float]]:
         """Dead message ids with the time they died (unix seconds), oldest first."""

@@ -22,6 +22,7 @@ from dispatcher.channels.easemob import EasemobChannel
 from dispatcher.config import Settings, get_settings
 from dispatcher.connections import redis_client
 from dispatcher.logs import configure_logging
+from dispatcher.reaper import Reaper
 from dispatcher.status import StatusStore
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,10 @@ def make_celery(settings: Settings) -> Celery:
         worker_pool=settings.worker_pool,
         worker_concurrency=settings.worker_concurrency,
         worker_cancel_long_running_tasks_on_connection_loss=True,
+        # On SIGTERM, running deliveries get this long to finish; what is left is
+        # restored to the queue at once instead of waiting for the visibility timeout.
+        worker_soft_shutdown_timeout=settings.shutdown_grace,
+        worker_enable_soft_shutdown_on_idle=True,
         worker_hijack_root_logger=False,
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,
@@ -84,9 +89,7 @@ class DeliveryTask(Task):
 
     @cached_property
     def store(self) -> StatusStore:
-        return StatusStore(
-            redis_client(settings), ttl=settings.status_ttl, history_limit=settings.history_limit
-        )
+        return StatusStore.from_settings(redis_client(settings), settings)
 
     @cached_property
     def channels(self) -> dict[str, Channel]:
@@ -135,3 +138,26 @@ def deliver(self: DeliveryTask, message_id: str) -> str:
 def publish(message_id: str, **options: Any) -> None:
     """Queue one delivery. Raises kombu/redis errors when the broker is unreachable."""
     deliver.apply_async((message_id,), **options)
+
+
+def make_reaper(store: StatusStore) -> Reaper:
+    return Reaper(
+        store,
+        publish,
+        interval=settings.reaper_interval,
+        requeue_delay=max(settings.lease_seconds, 10),
+    )
+
+
+@signals.worker_ready.connect
+def _start_reaper(sender: Any = None, **_: Any) -> None:
+    # Every worker runs one; claims are atomic, so several never publish an id twice.
+    if settings.reaper_interval > 0:
+        app.dispatcher_reaper = make_reaper(deliver.store).start()  # type: ignore[attr-defined]
+
+
+@signals.worker_shutdown.connect
+def _stop_reaper(sender: Any = None, **_: Any) -> None:
+    reaper = getattr(app, "dispatcher_reaper", None)
+    if reaper is not None:
+        reaper.stop()

@@ -107,3 +107,41 @@ def test_get_many_keeps_order_and_reports_unknown_ids(store: StatusStore) -> Non
     store.create("c", text(), channel="easemob")
     records = store.get_many(["c", "b", "a"])
     assert [r.getMessageId if r else None for r in records] == ["c", None, "a"]
+
+
+def test_overdue_messages_are_claimed_once_and_poison_is_dead_lettered() -> None:
+    store = StatusStore(fakeredis.FakeRedis(), ttl=100, queued_grace=0, max_requeues=2)
+    store.create("lost", text(), channel="easemob")
+    assert store.claim_overdue(requeue_delay=0) == ["lost"]
+    assert store.claim_overdue(requeue_delay=0) == ["lost"]
+    assert store.claim_overdue(requeue_delay=0) == []  # third recovery: poison
+    record = store.get("lost")
+    assert record is not None and record.state == "dead"
+    assert record.lastError is not None and record.lastError.code == "worker_lost"
+    assert [mid for mid, _ in store.dead_letters()] == ["lost"]
+    assert store.in_flight() == 0
+
+
+def test_claimed_ids_are_not_claimed_again_before_the_requeue_delay() -> None:
+    store = StatusStore(fakeredis.FakeRedis(), ttl=100, queued_grace=0)
+    store.create("a", text(), channel="easemob")
+    assert store.claim_overdue(requeue_delay=60) == ["a"]
+    assert store.claim_overdue(requeue_delay=60) == []
+
+
+def test_live_leases_and_fresh_queue_entries_are_not_overdue(store: StatusStore) -> None:
+    store.create("queued", text(), channel="easemob")  # default grace 300 s
+    store.create("busy", text(), channel="easemob")
+    store.begin_attempt("busy", "w1", 60)
+    store.create("expired", text(), channel="easemob")
+    store.begin_attempt("expired", "w1", 0)
+    assert store.claim_overdue() == ["expired"]
+    assert store.in_flight() == 3
+
+
+def test_terminal_messages_leave_the_in_flight_index(store: StatusStore) -> None:
+    store.create("id1", text(), channel="easemob")
+    attempt = store.begin_attempt("id1", "w1", 10)
+    assert isinstance(attempt, Attempt)
+    store.mark_delivered(attempt, "1", "ok")
+    assert store.in_flight() == 0
