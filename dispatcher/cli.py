@@ -250,6 +250,31 @@ def status(
 
 
 @main.command()
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--key", help="Key in the bucket (default: content hash + extension).")
+def upload(path: str, key: str | None) -> None:
+    """Upload a local file to the Qiniu bucket and print its key (for --video/--image/...)."""
+    import os
+
+    from dispatcher.producer import Dispatcher
+
+    size = os.path.getsize(path)
+    try:
+        with click.progressbar(length=size, label=f"uploading {os.path.basename(path)}", file=sys.stderr) as bar:
+            done = 0
+
+            def progress(uploaded: int, total: int) -> None:
+                nonlocal done
+                bar.update(max(uploaded - done, 0))
+                done = max(done, uploaded)
+
+            result = Dispatcher(_settings()).upload(path, key, progress=progress)
+    except DispatcherError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(result)
+
+
+@main.command()
 @click.option("--once", is_flag=True, help="One pass, print the recovered ids, exit.")
 def reaper(once: bool) -> None:
     """Re-enqueue messages whose lease, retry or queue entry was lost.

@@ -8,6 +8,8 @@ removed again, so a rejected submission leaves nothing behind.
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -123,6 +125,23 @@ class Dispatcher:
             return self.store.get_many(message_ids)
         except REDIS_ERRORS as exc:
             raise Unavailable(f"status store unavailable: {_reason(exc)}") from None
+
+    def upload(
+        self,
+        source: bytes | str | os.PathLike[str],
+        key: str | None = None,
+        *,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> str:
+        """Upload a local file or bytes to the Qiniu bucket; returns the key to send.
+
+        Resumable above the SDK's 8 MiB threshold. Without ``key`` the key is
+        the content hash plus the file's extension, so re-uploading is harmless.
+        """
+        from dispatcher.media.qiniu import QiniuClient
+
+        with QiniuClient.from_settings(self.settings) as client:
+            return client.upload(source, key, progress=progress)
 
     def replay(self, message_id: str) -> str:
         """Send a dead letter round again; returns the store's verdict (``ok`` when requeued)."""

@@ -1,0 +1,92 @@
+"""The command line, run as a user would: subprocesses against real Redis, worker, simulators."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dispatcher.sandbox.qiniu import seed_demo_objects
+from tests.conftest import wait_for_state
+
+pytestmark = pytest.mark.integration
+
+ASSETS = Path(__file__).resolve().parents[2] / "dispatcher" / "sandbox" / "assets"
+
+
+def run(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "dispatcher.cli", *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"{args} exited {result.returncode}: {result.stderr}")
+    return result
+
+
+def test_upload_then_send_a_local_video_in_two_steps(
+    worker_env: dict[str, str], dispatcher: Any, easemob: Any, qiniu_sim: Any, start_worker: Any, tmp_path: Path
+) -> None:
+    start_worker()
+    video = tmp_path / "holiday.mp4"
+    video.write_bytes((ASSETS / "demo.mp4").read_bytes())
+    key = run(worker_env, "upload", str(video)).stdout.strip()
+    assert key.endswith(".mp4")
+    message_id = run(
+        worker_env, "send", "--type", "video", "--from", "u1", "--to", "u2", "--video", key
+    ).stdout.strip()
+    record = wait_for_state(dispatcher, message_id)
+    assert record.state == "delivered", record.history
+    shown = json.loads(run(worker_env, "status", message_id).stdout)
+    assert shown["state"] == "delivered" and shown["getMessageId"] == message_id
+
+
+def test_send_names_every_broken_field_and_exits_nonzero(worker_env: dict[str, str]) -> None:
+    result = run(worker_env, "send", "--type", "video", "--from", "u1", "--to", "u2", "--video", "clip.avi", check=False)
+    assert result.returncode != 0
+    assert "messageInfo.videoMessage" in result.stderr
+
+
+def test_status_of_an_unknown_id_exits_1(worker_env: dict[str, str]) -> None:
+    result = run(worker_env, "status", "nosuchid", check=False)
+    assert result.returncode == 1
+    assert "unknown getMessageId" in result.stderr
+
+
+def test_dlq_list_and_replay_round_trip(
+    worker_env: dict[str, str], dispatcher: Any, easemob: Any, qiniu_sim: Any, start_worker: Any
+) -> None:
+    seed_demo_objects(qiniu_sim.app)
+    start_worker(max_attempts="2")
+    easemob.fault(path="/messages", status=503, body={"error": "down"}, times=2)
+    message_id = run(worker_env, "send", "--type", "text", "--from", "u1", "--to", "u2", "--text", "hi").stdout.strip()
+    assert wait_for_state(dispatcher, message_id).state == "dead"
+    listed = [json.loads(line) for line in run(worker_env, "dlq", "list").stdout.splitlines()]
+    [entry] = [e for e in listed if e["getMessageId"] == message_id]
+    assert entry["lastError"]["retryable"] is True
+    replayed = run(worker_env, "dlq", "replay", message_id)
+    assert "replayed 1 of 1" in replayed.stdout
+    assert wait_for_state(dispatcher, message_id).state == "delivered"
+    again = run(worker_env, "dlq", "replay", message_id, check=False)
+    assert again.returncode == 1 and "not replayed" in again.stderr
+
+
+def test_celery_inspect_ping_answers_for_a_running_worker(worker_env: dict[str, str], start_worker: Any) -> None:
+    start_worker()
+    result = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "dispatcher.worker", "inspect", "ping", "--timeout", "5"],
+        env={**os.environ, **worker_env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "pong" in result.stdout
