@@ -112,10 +112,10 @@ def sandbox(easemob_port: int, qiniu_port: int, host: str) -> None:
 
 def _remote_options(func: Any) -> Any:
     options = [
-        click.option("--api", "api_url", envvar="DISPATCHER_API_URL", help="Talk to a remote API at this URL instead of Redis directly."),
-        click.option("--client", "client_id", envvar="DISPATCHER_API_CLIENT", help="Client id for signing (with --api)."),
-        click.option("--secret", envvar="DISPATCHER_API_SECRET", help="Client secret for signing (with --api)."),
-        click.option("--channel", envvar="DISPATCHER_API_CHANNEL", default="", help="channel query value (with --api)."),
+        click.option("--api", "api_url", help="Talk to the HTTP API at this URL instead of Redis directly."),
+        click.option("--client", "client_id", help="Client id for signing (with --api)."),
+        click.option("--secret", help="Client secret for signing (with --api)."),
+        click.option("--channel", default="", help="channel query value (with --api)."),
     ]  # fmt: skip
     for option in reversed(options):
         func = option(func)

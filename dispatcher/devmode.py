@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from dispatcher.config import Settings
-from dispatcher.embedded import RedisServer, die_with_parent, redis_answers
+from dispatcher.embedded import RedisServer, die_with_parent, port_is_free, redis_answers
 from dispatcher.logs import configure_logging
 from dispatcher.sandbox.server import ServerThread
 
@@ -33,6 +33,8 @@ DEV_QINIU = {
     "DISPATCHER_QINIU_SECRET_KEY": "dev-secret-key",
     "DISPATCHER_QINIU_BUCKET": "dev-bucket",
 }
+DEV_REDIS_PORT = 6390  # stable across runs, so the AOF's messages come back on the same URL
+DEV_RETRIES = {"DISPATCHER_MAX_ATTEMPTS": "4", "DISPATCHER_BACKOFF_CAP": "2"}
 DEV_CLIENT = "dev"
 DEV_CHANNEL = "dev"
 
@@ -62,7 +64,11 @@ def run_dev(
     if redis_answers(configured.redis_url):
         notes.append(f"Redis      {configured.redis_url} (configured)")
     else:
-        redis_server = RedisServer(data_dir=data_dir() / "redis", appendonly=True).start()
+        redis_server = RedisServer(
+            port=DEV_REDIS_PORT if port_is_free(DEV_REDIS_PORT) else None,
+            data_dir=data_dir() / "redis",
+            appendonly=True,
+        ).start()
         env["DISPATCHER_REDIS_URL"] = redis_server.url
         notes.append(
             f"Redis      {redis_server.url} (embedded, AOF in {redis_server.data_dir})"
@@ -85,6 +91,16 @@ def run_dev(
             DISPATCHER_QINIU_UP_HOST=qiniu_url,
             DISPATCHER_QINIU_RS_HOST=qiniu_url,
         )
+
+    # Shorter retries than production so a dead letter shows up in seconds;
+    # explicit settings win.
+    for name, value in DEV_RETRIES.items():
+        if name not in os.environ:
+            env[name] = value
+    notes.append(
+        f"Retries    {os.environ.get('DISPATCHER_MAX_ATTEMPTS', DEV_RETRIES['DISPATCHER_MAX_ATTEMPTS'])} attempts, "
+        f"backoff cap {os.environ.get('DISPATCHER_BACKOFF_CAP', DEV_RETRIES['DISPATCHER_BACKOFF_CAP'])} s (dev mode)"
+    )
 
     secret = secrets.token_hex(16)
     if auth:
@@ -134,7 +150,7 @@ def run_dev(
         notes.append(f"Worker     pid {worker.pid}, {concurrency} threads")
         servers.append(ServerThread(create_app(settings), port=api_port).start())
         notes.insert(0, f"API        http://127.0.0.1:{api_port}  (docs: /docs)")
-        _banner(notes, api_port, auth, secret)
+        _banner(notes, api_port, auth, secret, settings.redis_url)
 
         while not stop.wait(0.5):
             if worker.poll() is not None:
@@ -156,7 +172,7 @@ def run_dev(
         print("stopped.", file=sys.stderr)
 
 
-def _banner(notes: list[str], api_port: int, auth: bool, secret: str) -> None:
+def _banner(notes: list[str], api_port: int, auth: bool, secret: str, redis_url: str) -> None:
     from dispatcher.api.signing import compute_sign
 
     base = f"http://127.0.0.1:{api_port}"
@@ -191,6 +207,9 @@ def _banner(notes: list[str], api_port: int, auth: bool, secret: str) -> None:
         f"       -H 'Content-Type: application/json' -d {shlex.quote(body)}",
         f"  dispatcher send {remote} --type text --from u1 --to u2 --text 'hello'",
         f"  dispatcher status {remote} <getMessageId>",
+        "",
+        "Local commands in another shell (dlq, reaper, send/status without --api):",
+        f"  export DISPATCHER_REDIS_URL={redis_url}",
         "",
         "Ctrl-C stops everything.",
         "",

@@ -44,6 +44,17 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def port_is_free(port: int) -> bool:
+    """Nobody listens there (servers set SO_REUSEADDR, so TIME_WAIT leftovers do not count)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 def die_with_parent() -> None:
     """preexec_fn: ask Linux to SIGKILL this child when its parent dies."""
     if sys.platform.startswith("linux"):
@@ -116,7 +127,7 @@ class RedisServer:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            preexec_fn=die_with_parent if os.name == "posix" else None,  # noqa: PLW1509
+            preexec_fn=die_with_parent if os.name == "posix" else None,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
