@@ -8,7 +8,7 @@ from redis.retry import Retry
 
 from dispatcher.config import Settings
 
-REDIS_ERRORS: tuple[type[BaseException], ...] = (
+REDIS_ERRORS: tuple[type[Exception], ...] = (
     redis.ConnectionError,
     redis.TimeoutError,
     redis.BusyLoadingError,

@@ -22,6 +22,7 @@ from dispatcher.channels.easemob import check_size
 from dispatcher.config import Settings
 from dispatcher.connections import REDIS_ERRORS, redis_client
 from dispatcher.errors import Conflict, Unavailable
+from dispatcher.health import RedisHealth
 from dispatcher.ids import new_message_id
 from dispatcher.models import Message, StatusRecord, parse_message
 from dispatcher.status import StatusStore
@@ -29,7 +30,13 @@ from dispatcher.worker import DELIVER_TASK, make_celery
 
 log = logging.getLogger(__name__)
 
-PUBLISH_ERRORS = (OperationalError, KombuError, ConnectionError, OSError, *REDIS_ERRORS)
+PUBLISH_ERRORS: tuple[type[Exception], ...] = (
+    OperationalError,
+    KombuError,
+    ConnectionError,
+    OSError,
+    *REDIS_ERRORS,
+)
 
 
 @dataclass(frozen=True)
@@ -53,6 +60,8 @@ class Dispatcher:
         self.redis = client or redis_client(settings)
         self.store = StatusStore.from_settings(self.redis, settings)
         self.celery = celery or make_celery(settings)
+        # Warns once about an unsafe Redis; refuses new work while Redis memory is nearly full.
+        self.health = RedisHealth.from_settings(self.redis, settings)
 
     @classmethod
     def from_env(cls) -> Dispatcher:
@@ -78,6 +87,7 @@ class Dispatcher:
 
     def submit_message(self, message: Message, *, client: str | None = None) -> Submitted:
         message_id = message.getMessageId or new_message_id(self.settings.id_prefix)
+        self.health.admit()
         try:
             outcome = self.store.create(
                 message_id, message, channel=pick_channel(message), client=client
