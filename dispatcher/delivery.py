@@ -67,7 +67,12 @@ def attempt(
     owner = attempt_owner()
     lease = store.begin_attempt(message_id, owner, settings.lease_seconds)
     if isinstance(lease, StandDown):
-        log.info("getMessageId=%s standing down: %s", message_id, lease.detail)
+        if lease.reason == "missing":
+            # No record to dead-letter (expired, or never accepted): keep a bounded trace.
+            log.warning("getMessageId=%s dropped from the queue: %s", message_id, lease.detail)
+            store.record_rejected("unknown_id", f"getMessageId={message_id}: {lease.detail}")
+        else:
+            log.info("getMessageId=%s standing down: %s", message_id, lease.detail)
         return Outcome(state=f"stood-down:{lease.reason}")
 
     try:

@@ -17,6 +17,12 @@ progressed by: lease end, retry due time plus grace, or queued time plus grace."
 MAX_DEAD_LETTERS = 100_000
 """The dead-letter index is trimmed to this many newest entries."""
 
+REJECTED = f"{PREFIX}:rejected"
+"""List of queue messages no status record can hold (undecodable, unknown task, unknown
+id), newest first, each a JSON object with the reason; trimmed to ``MAX_REJECTED``."""
+
+MAX_REJECTED = 1000
+
 
 def message(message_id: str) -> str:
     """Hash holding one message's status record and payload."""

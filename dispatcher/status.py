@@ -10,6 +10,7 @@ same on every machine.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -85,6 +86,8 @@ if not s[1] then
   return {'missing'}
 end
 if TERMINAL[s[1]] then return {'terminal', s[1]} end
+-- The same owner again: the client retried after a lost reply (owners are unique per attempt).
+if s[1] == 'processing' and s[2] == ARGV[1] then return {'ok', s[4], s[5]} end
 local now = now_ms()
 if s[1] == 'processing' and tonumber(s[3] or '0') > now then
   return {'busy', s[2] or '', tostring(tonumber(s[3]) - now)}
@@ -454,14 +457,36 @@ class StatusStore:
         )
         return [_text(message_id) for message_id in claimed]
 
+    def record_rejected(self, reason: str, detail: str, excerpt: str = "") -> None:
+        """Keep a trace of a queue message that has no status record to dead-letter.
+
+        One entry in the bounded ``rejected`` list and one ``rejected:<reason>``
+        counter in the stats; the caller acks the message so it never loops.
+        """
+        entry = json.dumps(
+            {"reason": reason, "detail": detail, "excerpt": excerpt[:500], "at": _now_ms()},
+            ensure_ascii=False,
+        )
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.lpush(keys.REJECTED, entry)
+        pipe.ltrim(keys.REJECTED, 0, keys.MAX_REJECTED - 1)
+        pipe.hincrby(keys.STATS, f"rejected:{reason}", 1)
+        pipe.execute()
+
+    def rejected(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest rejected queue messages (see :meth:`record_rejected`)."""
+        return [json.loads(_text(raw)) for raw in self.redis.lrange(keys.REJECTED, 0, limit - 1)]
+
     def in_flight(self) -> int:
         """How many messages are not yet terminal."""
         return int(self.redis.zcard(keys.IN_FLIGHT))
 
     def dead_letters(self, limit: int = 100, offset: int = 0) -> list[tuple[str, float]]:
         """Dead message ids with the time they died (unix seconds), oldest first."""
-        rows = self.redis.zrange(keys.DEAD_LETTERS, offset, offset + limit - 1, withscores=True)
-        return [(_text(member), score / 1000) for member, score in rows]
+        rows: list[tuple[bytes, float]] = self.redis.zrange(  # type: ignore[assignment]
+            keys.DEAD_LETTERS, offset, offset + limit - 1, withscores=True
+        )
+        return [(_text(member), float(score) / 1000) for member, score in rows]
 
     # -- reading -----------------------------------------------------------
 
@@ -494,6 +519,10 @@ class StatusStore:
     def load_payload(self, message_id: str) -> dict[str, Any] | None:
         raw = self.redis.hget(keys.message(message_id), "message")
         return None if raw is None else json.loads(_text(raw))
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 def _text(value: Any) -> str:

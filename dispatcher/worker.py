@@ -14,13 +14,15 @@ from functools import cached_property
 from typing import Any
 
 from celery import Celery, Task, signals
+from celery.worker.consumer import Consumer
 
 from dispatcher import delivery
 from dispatcher.channels import EASEMOB
 from dispatcher.channels.base import Channel
 from dispatcher.channels.easemob import EasemobChannel
 from dispatcher.config import Settings, get_settings
-from dispatcher.connections import redis_client
+from dispatcher.connections import REDIS_ERRORS, redis_client
+from dispatcher.health import warn_redis_configuration
 from dispatcher.logs import configure_logging
 from dispatcher.reaper import Reaper
 from dispatcher.status import StatusStore
@@ -51,6 +53,8 @@ def make_celery(settings: Settings) -> Celery:
         worker_soft_shutdown_timeout=settings.shutdown_grace,
         worker_enable_soft_shutdown_on_idle=True,
         worker_hijack_root_logger=False,
+        # Traces undecodable and unknown queue messages in Redis before Celery drops them.
+        worker_consumer="dispatcher.worker:DispatcherConsumer",
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,
         broker_transport_options={
@@ -59,6 +63,10 @@ def make_celery(settings: Settings) -> Celery:
             "socket_connect_timeout": 2,
             "health_check_interval": 15,
             "retry_on_timeout": True,
+            # Scan for unacked tasks past the visibility timeout every few seconds
+            # (kombu's default is ~100 s), so a short timeout means what it says.
+            "unacked_restore_interval": max(1, min(10, settings.visibility_timeout // 4)),
+            "unacked_restore_throttle": 1,
         },
         broker_pool_limit=16,
         task_publish_retry_policy={
@@ -122,6 +130,9 @@ def deliver(self: DeliveryTask, message_id: str) -> str:
     """Deliver one message by id; the status record carries everything else."""
     if not isinstance(message_id, str):
         log.error("dropping undecodable delivery task %s: argument %r", self.request.id, message_id)
+        self.store.record_rejected(
+            "invalid_argument", f"task {self.request.id}: argument is not an id", repr(message_id)
+        )
         return "rejected"
     outcome = delivery.attempt(
         message_id,
@@ -147,6 +158,60 @@ def make_reaper(store: StatusStore) -> Reaper:
         interval=settings.reaper_interval,
         requeue_delay=max(settings.lease_seconds, 10),
     )
+
+
+class DispatcherConsumer(Consumer):  # type: ignore[misc]
+    """Celery's consumer, leaving a trace of each queue message it has to drop (F14).
+
+    Celery already acks or rejects such messages once (no redelivery loop); they
+    carry no status record to dead-letter, so the trace goes to the bounded
+    ``rejected`` list and a ``rejected:<reason>`` counter (``StatusStore.rejected``).
+    """
+
+    def on_decode_error(self, message: Any, exc: Exception) -> None:
+        _trace_rejected("undecodable", f"{type(exc).__name__}: {exc}", message)
+        super().on_decode_error(message, exc)
+
+    def on_unknown_message(self, body: Any, message: Any) -> None:
+        _trace_rejected("unknown_message", "not a Celery task message", message)
+        super().on_unknown_message(body, message)
+
+    def on_unknown_task(self, body: Any, message: Any, exc: Exception) -> None:
+        _trace_rejected("unknown_task", f"{type(exc).__name__}: {exc}", message)
+        super().on_unknown_task(body, message, exc)
+
+    def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
+        _trace_rejected("invalid_task", f"{type(exc).__name__}: {exc}", message)
+        super().on_invalid_task(body, message, exc)
+
+
+def _trace_rejected(reason: str, detail: str, message: Any) -> None:
+    log.error("dropping a queue message (%s): %s", reason, detail)
+    try:
+        body = getattr(message, "body", b"")
+        excerpt = body.decode("utf-8", "replace") if isinstance(body, bytes) else repr(body)
+        _consumer_store().record_rejected(reason, detail, excerpt)
+    except REDIS_ERRORS as exc:
+        log.warning("could not record the dropped message in Redis: %s", exc)
+    except Exception:
+        log.exception("could not record the dropped message")
+
+
+_consumer_stores: list[StatusStore] = []
+
+
+def _consumer_store() -> StatusStore:
+    # The consumer runs in the worker's main process: a small client of its own there.
+    if not _consumer_stores:
+        _consumer_stores.append(
+            StatusStore.from_settings(redis_client(settings, max_connections=2), settings)
+        )
+    return _consumer_stores[0]
+
+
+@signals.worker_ready.connect
+def _check_redis(sender: Any = None, **_: Any) -> None:
+    warn_redis_configuration(_consumer_store().redis, "worker")
 
 
 @signals.worker_ready.connect

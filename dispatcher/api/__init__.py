@@ -1,0 +1,36 @@
+"""The HTTP API (SPEC §3): signed submit, status lookup, operations endpoints.
+
+``create_app`` and ``run_api`` live in :mod:`dispatcher.api.app`; they are
+imported lazily so the signing helpers (used by :mod:`dispatcher.client`)
+do not pull FastAPI in.
+
+Modules, one concern each:
+
+- ``paths``     the URL paths (shared with the client)
+- ``signing``   canonical string and HMAC (pure; shared with the client)
+- ``errors``    401/404/429 errors, on top of :mod:`dispatcher.errors`
+- ``auth``      who is calling: client, channel, sign, timestamp window
+- ``admission`` the per-client rate limit and the replay guard, one Redis call
+- ``envelope``  the seed's response envelope and its OpenAPI models
+- ``metrics``   Prometheus counters and the Redis-backed collector
+- ``routes``    the endpoints
+- ``openapi``   the OpenAPI document (request bodies from the real models)
+- ``app``       ``create_app`` (wiring, error handlers) and ``run_api``
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from dispatcher.api.app import create_app, run_api
+
+__all__ = ["create_app", "run_api"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from dispatcher.api import app
+
+        return getattr(app, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

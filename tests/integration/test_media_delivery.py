@@ -10,7 +10,8 @@ import pytest
 
 from dispatcher.errors import InvalidMessage
 from dispatcher.sandbox.qiniu import seed_demo_objects
-from tests.conftest import EASEMOB_APP, EASEMOB_ORG, wait_for_state
+from dispatcher import keys
+from tests.conftest import EASEMOB_APP, EASEMOB_ORG, QINIU_BUCKET, wait_for_state
 
 pytestmark = pytest.mark.integration
 
@@ -50,6 +51,7 @@ def test_seed_example_with_only_the_video_key_is_delivered_with_resolved_media(
     dispatcher: Any, easemob: Any, qiniu_sim: Any, start_worker: Any
 ) -> None:
     place(qiniu_sim, SEED_KEY, fsize=3_145_728, mimeType="video/mp4", duration=15.2, width=640, height=360)
+    dispatcher.redis.delete(keys.media_cache(QINIU_BUCKET, SEED_KEY))  # other tests place it too
     start_worker()
     message_id = dispatcher.submit(seed_body())
     record = wait_for_state(dispatcher, message_id)

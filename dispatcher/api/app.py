@@ -1,0 +1,174 @@
+"""``create_app``: the FastAPI app of SPEC §3, and ``run_api``: serve it with uvicorn."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import redis
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, SecretStr
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from dispatcher.api.admission import Admission
+from dispatcher.api.auth import Authenticator
+from dispatcher.api.envelope import EnvelopeWriter
+from dispatcher.api.metrics import ApiMetrics
+from dispatcher.api.openapi import build_openapi
+from dispatcher.api.routes import Runtime, build_router
+from dispatcher.config import Settings
+from dispatcher.errors import FieldError
+from dispatcher.producer import Dispatcher
+
+log = logging.getLogger(__name__)
+
+VERSION = "1"
+PROBE_TIMEOUT = 1.0
+"""Seconds /readyz and /metrics wait for Redis before calling it unreachable."""
+
+
+def _probe_client(url: str) -> redis.Redis:
+    """A client that answers fast when Redis is down: no retries, short timeouts."""
+    return redis.Redis.from_url(
+        url,
+        socket_timeout=PROBE_TIMEOUT,
+        socket_connect_timeout=PROBE_TIMEOUT,
+        max_connections=4,
+    )
+
+
+def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None = None) -> FastAPI:
+    """The HTTP API. With no arguments, settings come from ``DISPATCHER_*`` (uvicorn factory)."""
+    if settings is None:
+        settings = dispatcher.settings if dispatcher is not None else Settings()
+    owns_dispatcher = dispatcher is None
+    if dispatcher is None:
+        dispatcher = Dispatcher(settings)
+
+    store_probe = _probe_client(settings.redis_url)
+    same_broker = settings.effective_broker_url == settings.redis_url
+    broker_probe = store_probe if same_broker else _probe_client(settings.effective_broker_url)
+    auth = Authenticator(settings)
+    envelope = EnvelopeWriter(settings)
+    runtime = Runtime(
+        settings=settings,
+        dispatcher=dispatcher,
+        auth=auth,
+        admission=Admission(
+            dispatcher.redis,
+            rate_per_second=settings.submit_rate_per_second,
+            burst=settings.submit_burst,
+        ),
+        envelope=envelope,
+        metrics=ApiMetrics(store_probe, None if same_broker else broker_probe, settings.queue),
+        probes={"redis": store_probe, "broker": broker_probe},
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        for client in {id(c): c for c in runtime.probes.values()}.values():
+            client.close()
+        if owns_dispatcher:
+            dispatcher.close()
+
+    app = FastAPI(
+        title="dispatcher",
+        version=VERSION,
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+        openapi_url="/openapi.json",
+    )
+    app.state.runtime = runtime
+    app.include_router(build_router(runtime))
+    _install_error_handlers(app, envelope)
+    app.openapi = lambda: build_openapi(app, settings)  # type: ignore[method-assign]
+    auth.warn_about_configuration()
+    return app
+
+
+def _install_error_handlers(app: FastAPI, envelope: EnvelopeWriter) -> None:
+    """Every answer is the envelope, including FastAPI's and Starlette's own."""
+
+    async def validation_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        errors = [
+            FieldError(_location(error.get("loc", ())), str(error.get("msg", "is invalid")))
+            for error in exc.errors()
+        ]
+        return envelope.answer(400, None, {"errors": [e.as_dict() for e in errors]})
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        message = exc.detail if isinstance(exc.detail, str) else None
+        return envelope.answer(exc.status_code, message, None, headers=exc.headers)
+
+    async def unexpected_error(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return envelope.answer(500)
+
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, unexpected_error)
+
+
+def _location(loc: Any) -> str:
+    parts = [str(part) for part in loc]
+    if parts and parts[0] in ("path", "query", "body", "header"):
+        parts = parts[1:]
+    return ".".join(parts) or "request"
+
+
+# ---------------------------------------------------------------------------
+# Serving
+
+
+def run_api(settings: Settings, host: str, port: int, workers: int = 1) -> None:
+    """Serve the API with uvicorn until interrupted.
+
+    Factory mode, so ``workers > 1`` works: each worker process builds its app
+    from ``DISPATCHER_*``, which is why ``settings`` is exported there first.
+    """
+    os.environ.update(settings_environment(settings))
+    uvicorn.run(
+        "dispatcher.api.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        access_log=False,  # ~27 % of throughput (PERFORMANCE.md)
+        log_level=settings.log_level.lower(),
+        server_header=False,
+    )
+
+
+def settings_environment(settings: Settings) -> dict[str, str]:
+    """``DISPATCHER_*`` variables that rebuild ``settings`` in another process."""
+    env: dict[str, str] = {}
+    for name in type(settings).model_fields:
+        value = getattr(settings, name)
+        if value is None:
+            continue
+        plain = _plain(value)
+        env[f"DISPATCHER_{name.upper()}"] = plain if isinstance(plain, str) else json.dumps(plain)
+    return env
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, BaseModel):
+        return {k: _plain(getattr(value, k)) for k in type(value).model_fields}
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value

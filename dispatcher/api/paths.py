@@ -1,0 +1,8 @@
+"""The API's paths, shared by the server's routes and :mod:`dispatcher.client`."""
+
+from __future__ import annotations
+
+SUBMIT = "/sender/v1/handleBasicMessage"
+STATUS = "/sender/v1/messages/{getMessageId}"
+STATUS_MANY = "/sender/v1/messages/status"
+MAX_STATUS_IDS = 100

@@ -1,0 +1,290 @@
+"""A small signing client of the HTTP API, sync and async.
+
+>>> with Client("http://127.0.0.1:8087", "my-client", "my-secret", channel="my-channel") as api:
+...     message_id = api.submit({"messageType": 1, "from": "u1", "to": "u2",
+...                              "messageInfo": {"textMessage": "hi"}})
+...     api.status(message_id)["state"]
+
+Answers other than 200 raise the same errors as the Python producer API
+(:class:`~dispatcher.errors.InvalidMessage` naming every broken field,
+:class:`~dispatcher.errors.MessageTooLarge`, :class:`~dispatcher.errors.Conflict`,
+:class:`~dispatcher.errors.Unavailable`) plus the HTTP ones of
+:mod:`dispatcher.api.errors` (:class:`Unauthorized`, :class:`RateLimited`,
+:class:`ApiError` for anything else). A status lookup of an unknown id
+returns None.
+
+Each request is signed (SPEC §3.4) with a fresh ``timestamp`` and ``nonce``,
+so a retry of the same message is never mistaken for a replay.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+from typing import Any, Self
+from urllib.parse import quote
+
+import httpx
+
+from dispatcher.api import paths
+from dispatcher.api.errors import ApiError, NotFound, RateLimited, Unauthorized
+from dispatcher.api.signing import Algorithm, compute_sign
+from dispatcher.errors import Conflict, FieldError, InvalidMessage, MessageTooLarge, Unavailable
+
+Payload = Mapping[str, Any] | bytes
+
+
+class _Signer:
+    """Query parameters and body bytes of a signed request (shared by both clients)."""
+
+    def __init__(
+        self,
+        client_id: str,
+        secret: str,
+        *,
+        channel: str,
+        api_version: str | None,
+        version: str | None,
+        algorithm: Algorithm,
+        timestamp: bool,
+        nonce: bool,
+    ) -> None:
+        self.client_id = client_id
+        self._secret = secret.encode()
+        self.algorithm = algorithm
+        self.timestamp = timestamp
+        self.nonce = nonce
+        self._fixed = {"client": client_id, "channel": channel}
+        if api_version is not None:
+            self._fixed["apiVersion"] = api_version
+        if version is not None:
+            self._fixed["version"] = version
+
+    def __repr__(self) -> str:
+        return f"<signer client={self.client_id!r} algorithm={self.algorithm}>"
+
+    def sign(self, body: bytes) -> dict[str, str]:
+        params = dict(self._fixed)
+        if self.timestamp:
+            params["timestamp"] = str(int(time.time()))
+        if self.nonce:
+            params["nonce"] = uuid.uuid4().hex
+        params["sign"] = compute_sign(self._secret, params, body, self.algorithm)
+        return params
+
+
+def encode_payload(payload: Payload) -> bytes:
+    """Bytes as given, or compact UTF-8 JSON (not ASCII-escaped)."""
+    if isinstance(payload, bytes):
+        return payload
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def raise_for_envelope(response: httpx.Response, client_id: str = "") -> Any:
+    """The envelope's ``data`` of a 200, else the matching error."""
+    try:
+        envelope = response.json()
+        code = int(envelope["code"])
+        message = str(envelope.get("message", ""))
+        data = envelope.get("data")
+    except (ValueError, KeyError, TypeError):
+        raise ApiError(
+            response.status_code, response.text[:200] or response.reason_phrase
+        ) from None
+    if code == 200:
+        return data
+    if code in (400, 413):
+        errors = [
+            FieldError(str(e.get("field", "")), str(e.get("error", "")))
+            for e in (data or {}).get("errors", [])
+            if isinstance(e, dict)
+        ] or [FieldError("body", message)]
+        raise (MessageTooLarge if code == 413 else InvalidMessage)(errors)
+    if code == 401:
+        raise Unauthorized(message)
+    if code == 404:
+        raise NotFound(message)
+    if code == 409:
+        raise Conflict(str((data or {}).get("getMessageId", "")) or message)
+    if code == 429:
+        retry_after = response.headers.get("Retry-After") or (data or {}).get("retryAfter") or 1
+        raise RateLimited(client_id, float(retry_after), message)
+    if code == 503:
+        raise Unavailable(message)
+    raise ApiError(code, message, data)
+
+
+class _Base:
+    def __init__(
+        self,
+        base_url: str,
+        client_id: str,
+        secret: str,
+        *,
+        channel: str,
+        api_version: str | None = "01",
+        version: str | None = "2.0",
+        algorithm: Algorithm = "sha256",
+        timestamp: bool = True,
+        nonce: bool = True,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.signer = _Signer(
+            client_id,
+            secret,
+            channel=channel,
+            api_version=api_version,
+            version=version,
+            algorithm=algorithm,
+            timestamp=timestamp,
+            nonce=nonce,
+        )
+
+    def _submit_request(self, payload: Payload) -> tuple[str, dict[str, str], bytes]:
+        body = encode_payload(payload)
+        return paths.SUBMIT, self.signer.sign(body), body
+
+    def _status_request(self, message_id: str) -> tuple[str, dict[str, str]]:
+        return paths.STATUS.format(getMessageId=quote(message_id, safe="")), self.signer.sign(b"")
+
+    def _status_many_request(self, ids: Sequence[str]) -> tuple[str, dict[str, str], bytes]:
+        body = encode_payload({"getMessageIds": list(ids)})
+        return paths.STATUS_MANY, self.signer.sign(body), body
+
+
+_HEADERS = {"Content-Type": "application/json"}
+
+
+class Client(_Base):
+    """Synchronous client; one connection pool, close it (or use ``with``)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        client_id: str,
+        secret: str,
+        *,
+        channel: str,
+        timeout: float = 10.0,
+        transport: httpx.BaseTransport | None = None,
+        **options: Any,
+    ) -> None:
+        super().__init__(base_url, client_id, secret, channel=channel, **options)
+        self._http = httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport)
+
+    def submit(self, payload: Payload) -> str:
+        """Submit one message; returns its getMessageId."""
+        path, params, body = self._submit_request(payload)
+        data = self._call("POST", path, params, body)
+        return str(data["getMessageId"])
+
+    def status(self, message_id: str) -> dict[str, Any] | None:
+        """The status record, or None when the id is unknown (or another client's)."""
+        path, params = self._status_request(message_id)
+        try:
+            return self._call("GET", path, params, None)
+        except NotFound:
+            return None
+
+    def status_many(self, message_ids: Sequence[str]) -> list[dict[str, Any] | None]:
+        """Status records in the same order, None for unknown ids."""
+        path, params, body = self._status_many_request(message_ids)
+        return self._call("POST", path, params, body)
+
+    def _call(self, method: str, path: str, params: dict[str, str], body: bytes | None) -> Any:
+        try:
+            response = self._http.request(
+                method, path, params=params, content=body, headers=_HEADERS if body else None
+            )
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise Unavailable(f"dispatcher API unreachable at {self.base_url}: {exc}") from None
+        return raise_for_envelope(response, self.signer.client_id)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class AsyncClient(_Base):
+    """Asynchronous client, same methods as :class:`Client`, awaited."""
+
+    def __init__(
+        self,
+        base_url: str,
+        client_id: str,
+        secret: str,
+        *,
+        channel: str,
+        timeout: float = 10.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+        **options: Any,
+    ) -> None:
+        super().__init__(base_url, client_id, secret, channel=channel, **options)
+        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout, transport=transport)
+
+    async def submit(self, payload: Payload) -> str:
+        path, params, body = self._submit_request(payload)
+        data = await self._call("POST", path, params, body)
+        return str(data["getMessageId"])
+
+    async def status(self, message_id: str) -> dict[str, Any] | None:
+        path, params = self._status_request(message_id)
+        try:
+            return await self._call("GET", path, params, None)
+        except NotFound:
+            return None
+
+    async def status_many(self, message_ids: Sequence[str]) -> list[dict[str, Any] | None]:
+        path, params, body = self._status_many_request(message_ids)
+        return await self._call("POST", path, params, body)
+
+    async def _call(
+        self, method: str, path: str, params: dict[str, str], body: bytes | None
+    ) -> Any:
+        try:
+            response = await self._http.request(
+                method, path, params=params, content=body, headers=_HEADERS if body else None
+            )
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise Unavailable(f"dispatcher API unreachable at {self.base_url}: {exc}") from None
+        return raise_for_envelope(response, self.signer.client_id)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+__all__ = [
+    "ApiError",
+    "AsyncClient",
+    "Client",
+    "Conflict",
+    "InvalidMessage",
+    "MessageTooLarge",
+    "RateLimited",
+    "Unauthorized",
+    "Unavailable",
+]

@@ -1,0 +1,174 @@
+"""Checks of the Redis that holds our state: its configuration and how full it is.
+
+Two things would silently break "nothing lost" (RELIABILITY.md F3, F6):
+
+- an eviction policy other than ``noeviction`` lets Redis drop status records,
+  queue entries and the in-flight index under memory pressure;
+- no persistence (neither AOF nor RDB snapshots) loses everything on a restart.
+
+:func:`redis_warnings` finds both; workers log them at start-up and the
+producer (hence the HTTP API) on its first contact with Redis.
+:class:`RedisHealth` also refuses new submissions with :class:`Unavailable`
+(503 at the API) while Redis memory is nearly full, reading ``INFO memory`` at
+most once per ``memory_check_interval`` seconds, so a full Redis turns into a
+clear answer before Redis's own OOM error (also mapped to ``Unavailable``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from dispatcher.config import Settings
+from dispatcher.connections import REDIS_ERRORS
+from dispatcher.errors import Unavailable
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MemoryUsage:
+    used: int
+    limit: int
+    """``maxmemory``; 0 when Redis has no limit."""
+
+    @property
+    def ratio(self) -> float | None:
+        return self.used / self.limit if self.limit > 0 else None
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _config(client: redis.Redis, name: str) -> str | None:
+    """One CONFIG GET value, or None where CONFIG is disabled (some managed services)."""
+    try:
+        reply = client.config_get(name)
+    except redis.ResponseError:
+        return None
+    value = reply.get(name) if isinstance(reply, dict) else None
+    return None if value is None else _text(value)
+
+
+def redis_warnings(client: redis.Redis) -> list[str]:
+    """What is unsafe in this Redis's configuration for dispatcher (empty when all is well)."""
+    warnings: list[str] = []
+    memory = client.info("memory")
+    policy = _text(memory.get("maxmemory_policy", "")) or _config(client, "maxmemory-policy")
+    if policy and policy != "noeviction":
+        warnings.append(
+            f"Redis maxmemory-policy is {policy!r}, not 'noeviction': under memory pressure "
+            "Redis will evict status records and queued deliveries (messages lost). "
+            "Set maxmemory-policy noeviction."
+        )
+    persistence = client.info("persistence")
+    aof = str(persistence.get("aof_enabled", "0")) == "1"
+    save = _config(client, "save")
+    if not aof and save is not None and save.strip() == "":
+        warnings.append(
+            "Redis persistence is off (appendonly no and no RDB save points): a Redis "
+            "restart loses every queued message and status record. Enable appendonly yes."
+        )
+    return warnings
+
+
+def warn_redis_configuration(client: redis.Redis, who: str) -> list[str]:
+    """Log :func:`redis_warnings` loudly; returns them. A Redis that is down is not checked."""
+    try:
+        warnings = redis_warnings(client)
+    except (*REDIS_ERRORS, redis.ResponseError) as exc:
+        log.warning("%s: could not check the Redis configuration (%s)", who, exc)
+        return []
+    for warning in warnings:
+        log.warning("UNSAFE REDIS CONFIGURATION (%s): %s", who, warning)
+    return warnings
+
+
+def memory_usage(client: redis.Redis) -> MemoryUsage:
+    info = client.info("memory")
+    return MemoryUsage(int(info.get("used_memory", 0)), int(info.get("maxmemory", 0)))
+
+
+class RedisHealth:
+    """The producer's gate: configuration warned about once, memory checked (cached)."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        refuse_ratio: float,
+        check_interval: float,
+        who: str = "producer",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.redis = client
+        self.refuse_ratio = refuse_ratio
+        self.check_interval = check_interval
+        self.who = who
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._warned = False
+        self._checked_at: float | None = None
+        self._usage: MemoryUsage | None = None
+
+    @classmethod
+    def from_settings(cls, client: redis.Redis, settings: Settings) -> RedisHealth:
+        return cls(
+            client,
+            refuse_ratio=settings.memory_refuse_ratio,
+            check_interval=settings.memory_check_interval,
+        )
+
+    def admit(self) -> None:
+        """Raise Unavailable when Redis memory is nearly full (or Redis is down)."""
+        if not self._warned:
+            self._warn_once()
+        if self.refuse_ratio <= 0:
+            return
+        usage = self._cached_usage()
+        ratio = usage.ratio if usage is not None else None
+        if ratio is not None and ratio >= self.refuse_ratio:
+            assert usage is not None
+            raise Unavailable(
+                f"Redis memory nearly full: {usage.used} of {usage.limit} bytes used "
+                f"({ratio:.0%}, refusing new messages from {self.refuse_ratio:.0%}); "
+                "nothing was accepted, retry later"
+            )
+
+    def _cached_usage(self) -> MemoryUsage | None:
+        now = self._clock()
+        with self._lock:
+            fresh = self._checked_at is not None and now - self._checked_at < self.check_interval
+            if fresh:
+                return self._usage
+        try:
+            usage: MemoryUsage | None = memory_usage(self.redis)
+        except REDIS_ERRORS as exc:
+            raise Unavailable(f"status store unavailable: {exc}") from None
+        except redis.ResponseError:
+            usage = None  # INFO refused (a proxy or an emulation): nothing to go by
+        with self._lock:
+            self._usage, self._checked_at = usage, now
+        return usage
+
+    def _warn_once(self) -> None:
+        try:
+            warnings = redis_warnings(self.redis)
+        except REDIS_ERRORS:
+            return  # Redis is down: submit answers Unavailable; check on the next contact
+        except redis.ResponseError as exc:
+            log.info("%s: Redis configuration not checked (%s)", self.who, exc)
+            warnings = []
+        with self._lock:
+            if self._warned:
+                return
+            self._warned = True
+        for warning in warnings:
+            log.warning("UNSAFE REDIS CONFIGURATION (%s): %s", self.who, warning)

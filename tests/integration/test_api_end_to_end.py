@@ -1,0 +1,176 @@
+"""The seed's request over real HTTP: uvicorn on loopback -> real Redis -> a real Celery
+worker -> the Easemob simulator (and the Qiniu simulator for the video), then the status
+endpoint shows ``delivered`` and ``/metrics`` moved with the traffic."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from pydantic import SecretStr
+
+from dispatcher.api.app import create_app
+from dispatcher.api.errors import Unauthorized
+from dispatcher.api.signing import compute_sign
+from dispatcher.client import Client
+from dispatcher.config import ClientConfig
+from dispatcher.sandbox.server import ServerThread
+from tests.conftest import EASEMOB_APP, EASEMOB_ORG, settings_from_env
+
+pytestmark = pytest.mark.integration
+
+SEED_CLIENT = "70374ddd0f3641368d419b2d93127b8f"
+SEED_CHANNEL = "eba920d452d34adb8f2badb08b9e69bb"
+SEED_SECRET = "seed-client-secret"
+SEED_VIDEO = "661d21d918d8476c88fc9b90279c400f.mp4"
+MESSAGES_PATH = f"/{EASEMOB_ORG}/{EASEMOB_APP}/messages"
+
+# The seed's example body, byte for byte.
+SEED_BODY = b"""{
+    "to": "148992289019003396",
+    "channelType": 1,
+    "from": "u000193f6f02e01764a0f869be49a2be21e01",
+    "messageType": 4,
+    "ext": {
+        "chatClient": "9bf18c20d5f54f459e0232246c2305c8",
+        "chatType": "WX",
+        "chatChannel": "f2b91d57f9cb4db7a06926b2fd5d9caf"
+    },
+    "messageInfo": {
+        "videoMessage": "661d21d918d8476c88fc9b90279c400f.mp4"
+    }
+}"""
+TEXT_BODY = json.dumps(
+    {
+        "to": "148992289019003396",
+        "from": "u000193f6f02e01764a0f869be49a2be21e01",
+        "messageType": 1,
+        "ext": {"chatType": "WX"},
+        "messageInfo": {"textMessage": "视频稍后发送 🎬"},
+    },
+    ensure_ascii=False,
+).encode()
+
+
+def scrape(url: str) -> dict[str, float]:
+    response = httpx.get(f"{url}/metrics", timeout=10)
+    response.raise_for_status()
+    samples: dict[str, float] = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return samples
+
+
+def wait_delivered(api: Client, message_id: str, timeout: float = 30.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    record: dict[str, Any] | None = None
+    while time.monotonic() < deadline:
+        record = api.status(message_id)
+        if record and record["state"] in ("delivered", "failed", "dead"):
+            return record
+        time.sleep(0.05)
+    raise AssertionError(f"{message_id} not terminal in {timeout}s: {record}")
+
+
+def test_seed_request_over_http_is_delivered_and_counted(
+    worker_env: dict[str, str], easemob: Any, qiniu_sim: Any, start_worker: Any
+) -> None:
+    clients = {SEED_CLIENT: ClientConfig(secret=SecretStr(SEED_SECRET), channels=[SEED_CHANNEL])}
+    settings = settings_from_env(worker_env).model_copy(update={"clients": clients})
+    if qiniu_sim is not None:
+        placed = {
+            "fsize": 1_048_576,
+            "mimeType": "video/mp4",
+            "duration": 9,
+            "width": 640,
+            "height": 360,
+        }
+        httpx.put(
+            f"{qiniu_sim.url}/_sandbox/objects/{SEED_VIDEO}", json=placed, timeout=10
+        ).raise_for_status()
+        body = SEED_BODY
+    else:  # the Qiniu simulator is not there yet: the same request with a text message
+        body = TEXT_BODY
+    start_worker()
+
+    with ServerThread(create_app(settings)) as server:
+        before = scrape(server.url)
+
+        # 1. Exactly the seed's request form: the seed's four query parameters plus sign.
+        params = {
+            "apiVersion": "01",
+            "client": SEED_CLIENT,
+            "channel": SEED_CHANNEL,
+            "version": "2.0",
+        }
+        params["sign"] = compute_sign(SEED_SECRET, params, body)
+        response = httpx.post(
+            f"{server.url}/sender/v1/handleBasicMessage",
+            params=params,
+            content=body,
+            headers={"Content-Type": "application/json"},
+            timeout=10,
+        )
+        assert response.status_code == 200, response.text
+        envelope = response.json()
+        assert (
+            envelope["code"] == 200 and envelope["message"] == "成功" and envelope["page"] is None
+        )
+        assert set(envelope["foot"]) == {"operationTime", "servicePhone", "host"}
+        seed_id = envelope["data"]["getMessageId"]
+
+        with Client(server.url, SEED_CLIENT, SEED_SECRET, channel=SEED_CHANNEL) as api:
+            # 2. The same body through the signing client (timestamp + nonce).
+            client_id = api.submit(body)
+            seed_record = wait_delivered(api, seed_id)
+            client_record = wait_delivered(api, client_id)
+            assert api.status_many([seed_id, "unknown0", client_id]) == [
+                seed_record,
+                None,
+                client_record,
+            ]
+            # A client that is refused does not move the accepted counter.
+            intruder = Client(server.url, SEED_CLIENT, "wrong", channel=SEED_CHANNEL)
+            with intruder, pytest.raises(Unauthorized, match="sign"):
+                intruder.submit(body)
+        after = scrape(server.url)
+
+    for record in (seed_record, client_record):
+        assert record["state"] == "delivered", record
+        assert record["client"] == SEED_CLIENT
+        assert record["targetType"] == "chatgroups"
+        assert record["providerMessageId"]
+    sent = [
+        e["json"]
+        for e in easemob.requests(MESSAGES_PATH)
+        if e["path"] == MESSAGES_PATH
+        and (e["json"] or {}).get("ext", {}).get("dispatcher", {}).get("getMessageId") == seed_id
+    ]
+    # One receipt, unless an attempt timed out after the provider took it (then it is retried
+    # and the history says so): never more receipts than attempts (RELIABILITY.md I2).
+    assert 1 <= len(sent) <= seed_record["attempts"], (seed_record["history"], sent)
+    assert sent[0]["target"] == ["148992289019003396"]
+    assert sent[0]["ext"]["chatChannel"] == "f2b91d57f9cb4db7a06926b2fd5d9caf"
+    if qiniu_sim is not None:
+        assert sent[0]["msg"]["type"] == "video"
+        assert sent[0]["msg"]["filename"] == SEED_VIDEO
+        assert sent[0]["msg"]["length"] == 9
+        assert sent[0]["msg"]["file_length"] == 1_048_576
+
+    def moved(name: str) -> float:
+        return after.get(name, 0) - before.get(name, 0)
+
+    assert moved("dispatcher_submitted_total") == 3
+    assert moved("dispatcher_accepted_total") == 2
+    assert moved("dispatcher_rejected_total{reason=unauthorized}") == 1
+    assert moved("dispatcher_delivered_total") >= 2
+    assert moved("dispatcher_delivery_latency_seconds_count") >= 2
+    assert moved("dispatcher_delivery_latency_seconds_bucket{le=+Inf}") >= 2
+    assert after["dispatcher_queue_depth"] == 0
+    assert after["dispatcher_redis_up"] == after["dispatcher_broker_up"] == 1

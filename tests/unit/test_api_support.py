@@ -1,0 +1,187 @@
+"""Shared helpers of the API unit tests (no tests here).
+
+A :class:`Harness` is the app on the real test Redis (the ``redis_url``
+fixture) with a queue of its own, driven in-process with Starlette's
+TestClient, plus the two questions every rejection test asks: did anything
+reach the queue, and is there a status record?
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import redis
+
+from dispatcher import keys
+from dispatcher.api.app import create_app
+from dispatcher.api.paths import STATUS, STATUS_MANY, SUBMIT
+from dispatcher.api.signing import Algorithm, compute_sign
+from dispatcher.config import Settings
+
+with warnings.catch_warnings():
+    # Starlette 1.x prefers httpx2 for its TestClient; httpx works and is what we ship.
+    warnings.filterwarnings("ignore", message=".*starlette.testclient.*")
+    from fastapi.testclient import TestClient
+
+CLIENTS: dict[str, dict[str, Any]] = {
+    "c1": {"secret": "secret-one", "channels": ["ch1"]},
+    "c2": {"secret": "secret-two", "channels": ["ch2", "ch2b"]},
+    "ops": {"secret": "secret-ops", "channels": ["ops"], "admin": True},
+}
+SECRETS = {name: config["secret"] for name, config in CLIENTS.items()}
+CHANNELS = {name: config["channels"][0] for name, config in CLIENTS.items()}
+
+TEXT = {
+    "messageType": 1,
+    "from": "u_sender",
+    "to": "u_receiver",
+    "messageInfo": {"textMessage": "hi"},
+}
+
+# The seed's example body (2.1.4), byte for byte as the page shows it.
+SEED_BODY = b"""{
+    "to": "148992289019003396",
+    "channelType": 1,
+    "from": "u000193f6f02e01764a0f869be49a2be21e01",
+    "messageType": 4,
+    "ext": {
+        "chatClient": "9bf18c20d5f54f459e0232246c2305c8",
+        "chatType": "WX",
+        "chatChannel": "f2b91d57f9cb4db7a06926b2fd5d9caf"
+    },
+    "messageInfo": {
+        "videoMessage": "661d21d918d8476c88fc9b90279c400f.mp4"
+    }
+}"""
+
+
+def body_of(payload: Any) -> bytes:
+    if isinstance(payload, bytes):
+        return payload
+    return json.dumps(payload, ensure_ascii=False).encode()
+
+
+def unique_id() -> str:
+    return "t" + uuid.uuid4().hex
+
+
+@dataclass
+class Harness:
+    settings: Settings
+    http: TestClient
+    redis: redis.Redis
+
+    @property
+    def app(self) -> Any:
+        return self.http.app
+
+    # -- requests ----------------------------------------------------------
+
+    def params(
+        self,
+        body: bytes = b"",
+        *,
+        client: str = "c1",
+        secret: str | None = None,
+        channel: str | None = None,
+        algorithm: Algorithm = "sha256",
+        timestamp: int | bool | None = True,
+        **extra: str,
+    ) -> dict[str, str]:
+        params = {"apiVersion": "01", "client": client, "version": "2.0", **extra}
+        params["channel"] = channel if channel is not None else CHANNELS.get(client, "none")
+        if timestamp is True:
+            params["timestamp"] = str(int(time.time()))
+            params["nonce"] = uuid.uuid4().hex
+        elif timestamp not in (None, False):
+            params["timestamp"] = str(timestamp)
+        key = secret if secret is not None else SECRETS.get(client, "unknown")
+        params["sign"] = compute_sign(key, params, body, algorithm)
+        return params
+
+    def submit(
+        self, payload: Any, params: dict[str, str] | None = None, **sign: Any
+    ) -> httpx.Response:
+        body = body_of(payload)
+        return self.http.post(
+            SUBMIT,
+            params=params if params is not None else self.params(body, **sign),
+            content=body,
+            headers={"Content-Type": "application/json"},
+        )
+
+    def status(self, message_id: str, **sign: Any) -> httpx.Response:
+        return self.http.get(
+            STATUS.format(getMessageId=message_id), params=self.params(b"", **sign)
+        )
+
+    def status_many(self, ids: list[str], **sign: Any) -> httpx.Response:
+        body = body_of({"getMessageIds": ids})
+        return self.http.post(STATUS_MANY, params=self.params(body, **sign), content=body)
+
+    # -- what was left behind ----------------------------------------------
+
+    def queued(self) -> int:
+        return int(self.redis.llen(self.settings.queue))
+
+    def has_record(self, message_id: str) -> bool:
+        return bool(self.redis.exists(keys.message(message_id), keys.history(message_id)))
+
+    def record_count(self) -> int:
+        """Records under this harness's own id prefix: whatever it generated, nothing else
+        (the test Redis may be shared with other test sessions)."""
+        pattern = keys.message(f"{self.settings.id_prefix}*")
+        return sum(1 for _ in self.redis.scan_iter(match=pattern, count=1000))
+
+    def close(self) -> None:
+        runtime = self.app.state.runtime
+        runtime.dispatcher.close()
+        for probe in runtime.probes.values():
+            probe.close()
+        self.redis.delete(self.settings.queue)
+        self.redis.close()
+
+
+def make_settings(redis_url: str, /, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "redis_url": redis_url,
+        "queue": f"api-test-{uuid.uuid4().hex[:12]}",
+        "clients": CLIENTS,
+        "status_ttl": 600,
+        "id_prefix": "t" + uuid.uuid4().hex[:7],
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+def make_harness(redis_url: str, /, **overrides: Any) -> Harness:
+    """The app with ``overrides`` (which may point it at a dead Redis); the checks always
+    look at the live test Redis of ``redis_url``."""
+    settings = make_settings(redis_url, **overrides)
+    live = redis.Redis.from_url(redis_url)
+    for key in live.scan_iter(match=keys.rate_limit("submit:*")):
+        live.delete(key)  # each test starts with full submit budgets
+    client = TestClient(create_app(settings), raise_server_exceptions=False)
+    return Harness(settings, client, live)
+
+
+def envelope_ok(response: httpx.Response) -> dict[str, Any]:
+    """The parsed envelope, after checking the parts every answer must have."""
+    assert response.headers["content-type"].startswith("application/json"), response.headers
+    envelope = response.json()
+    assert list(envelope) == ["code", "message", "data", "page", "foot"], envelope
+    assert envelope["code"] == response.status_code
+    assert envelope["page"] is None
+    assert set(envelope["foot"]) == {"operationTime", "servicePhone", "host"}
+    return envelope
+
+
+def field_errors(response: httpx.Response) -> dict[str, str]:
+    envelope = envelope_ok(response)
+    return {e["field"]: e["error"] for e in envelope["data"]["errors"]}
