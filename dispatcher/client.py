@@ -9,7 +9,7 @@ Answers other than 200 raise the same errors as the Python producer API
 (:class:`~dispatcher.errors.InvalidMessage` naming every broken field,
 :class:`~dispatcher.errors.MessageTooLarge`, :class:`~dispatcher.errors.Conflict`,
 :class:`~dispatcher.errors.Unavailable`) plus the HTTP ones of
-:mod:`dispatcher.api.errors` (:class:`Unauthorized`, :class:`RateLimited`,
+:mod:`dispatcher.errors` (:class:`Unauthorized`, :class:`RateLimited`,
 :class:`ApiError` for anything else). A status lookup of an unknown id
 returns None.
 
@@ -30,9 +30,18 @@ from urllib.parse import quote
 import httpx
 
 from dispatcher.api import paths
-from dispatcher.api.errors import ApiError, NotFound, RateLimited, Unauthorized
 from dispatcher.api.signing import Algorithm, compute_sign
-from dispatcher.errors import Conflict, FieldError, InvalidMessage, MessageTooLarge, Unavailable
+from dispatcher.errors import (
+    ApiError,
+    Conflict,
+    FieldError,
+    InvalidMessage,
+    MessageTooLarge,
+    NotFound,
+    RateLimited,
+    Unauthorized,
+    Unavailable,
+)
 
 Payload = Mapping[str, Any] | bytes
 

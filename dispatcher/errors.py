@@ -7,6 +7,7 @@ Provider errors carry ``retryable`` so the delivery loop needs no other table.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 class DispatcherError(Exception):
@@ -84,3 +85,44 @@ class ProviderError(DeliveryError):
 
 class MediaError(DeliveryError):
     """Media could not be resolved or is outside the limits (Qiniu)."""
+
+
+# ---------------------------------------------------------------------------
+# Answers of the HTTP API other than 200 (the client raises the same classes)
+
+
+class ApiError(DispatcherError):
+    """An answer of the HTTP API other than 200, carrying the envelope's code and message."""
+
+    def __init__(self, code: int, message: str, data: Any = None) -> None:
+        self.code = code
+        self.message = message
+        self.data = data
+        super().__init__(f"{code}: {message}")
+
+
+class Unauthorized(ApiError):
+    """401: unknown client, channel not allowed, bad or missing sign, stale timestamp, replay."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(401, message)
+
+
+class RateLimited(ApiError):
+    """429: the client's submit rate limit is used up; ``retry_after`` in seconds."""
+
+    def __init__(self, client: str, retry_after: float, message: str | None = None) -> None:
+        self.client = client
+        self.retry_after = retry_after
+        super().__init__(
+            429,
+            message or f"submit rate limit of client {client!r} exceeded; retry later",
+            {"retryAfter": retry_after},
+        )
+
+
+class NotFound(ApiError):
+    """404: no such message, or it belongs to another client."""
+
+    def __init__(self, message: str = "not found") -> None:
+        super().__init__(404, message)

@@ -341,7 +341,7 @@ class Message(BaseModel):
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _field_errors(exc: ValidationError, prefix: str = "") -> list[FieldError]:
+def field_errors(exc: ValidationError, prefix: str = "") -> list[FieldError]:
     errors = []
     for error in exc.errors(include_url=False):
         path = ".".join(str(part) for part in error["loc"])
@@ -365,13 +365,19 @@ def parse_message(payload: Any, *, media_domain: str | None = None) -> Message:
     """
     if not isinstance(payload, dict):
         raise InvalidMessage([FieldError("body", "must be a JSON object")])
+    try:
+        json.dumps(payload, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        raise InvalidMessage([FieldError("body", "contains invalid Unicode (a lone surrogate)")]) from None
+    except (TypeError, ValueError):
+        raise InvalidMessage([FieldError("body", "must contain only JSON values")]) from None
     context = {"media_domain": media_domain}
     errors: list[FieldError] = []
     envelope: Envelope | None = None
     try:
         envelope = Envelope.model_validate(payload, context=context)
     except ValidationError as exc:
-        errors.extend(_field_errors(exc))
+        errors.extend(field_errors(exc))
 
     message_type = _known_type(payload.get("messageType"))
     info: _Info | None = None
@@ -380,7 +386,7 @@ def parse_message(payload: Any, *, media_domain: str | None = None) -> Message:
         try:
             info = INFO_MODELS[message_type].model_validate(raw_info, context=context)
         except ValidationError as exc:
-            errors.extend(_field_errors(exc, "messageInfo"))
+            errors.extend(field_errors(exc, "messageInfo"))
 
     ext: Ext | None = None
     raw_ext = payload.get("ext")
@@ -388,7 +394,7 @@ def parse_message(payload: Any, *, media_domain: str | None = None) -> Message:
         try:
             ext = Ext.model_validate(raw_ext)
         except ValidationError as exc:
-            errors.extend(_field_errors(exc, "ext"))
+            errors.extend(field_errors(exc, "ext"))
     if message_type is MessageType.TEMPLATE and (ext is None or ext.template is None):
         errors.append(FieldError("ext.template", "is required for a template message (type 9)"))
     if message_type is MessageType.EXTENSION and (ext is None or ext.expandMsg is None):

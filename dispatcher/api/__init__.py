@@ -8,7 +8,6 @@ Modules, one concern each:
 
 - ``paths``     the URL paths (shared with the client)
 - ``signing``   canonical string and HMAC (pure; shared with the client)
-- ``errors``    401/404/429 errors, on top of :mod:`dispatcher.errors`
 - ``auth``      who is calling: client, channel, sign, timestamp window
 - ``admission`` the per-client rate limit and the replay guard, one Redis call
 - ``envelope``  the seed's response envelope and its OpenAPI models

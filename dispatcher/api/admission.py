@@ -16,9 +16,8 @@ import redis
 
 from dispatcher import keys
 from dispatcher.api.auth import Caller
-from dispatcher.api.errors import RateLimited, Unauthorized
 from dispatcher.connections import REDIS_ERRORS
-from dispatcher.errors import Unavailable
+from dispatcher.errors import RateLimited, Unauthorized, Unavailable
 from dispatcher.ratelimit import Dimension
 
 # KEYS: rate key [, guard key]. ARGV: interval ms, tolerance ms, guard ttl ms.

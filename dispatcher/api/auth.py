@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from dispatcher import keys
-from dispatcher.api.errors import Unauthorized
 from dispatcher.api.signing import (
     ALGORITHM_BY_LENGTH,
     SIGN_PARAM,
@@ -25,6 +24,7 @@ from dispatcher.api.signing import (
     unsignable,
 )
 from dispatcher.config import Settings
+from dispatcher.errors import Unauthorized
 
 log = logging.getLogger(__name__)
 

@@ -24,13 +24,14 @@ from zoneinfo import ZoneInfo
 from pydantic import BaseModel, Field
 from starlette.responses import Response
 
-from dispatcher.api.errors import ApiError, RateLimited
 from dispatcher.config import Settings
 from dispatcher.errors import (
+    ApiError,
     Conflict,
     DispatcherError,
     InvalidMessage,
     MessageTooLarge,
+    RateLimited,
     Unavailable,
 )
 from dispatcher.models import StatusRecord

@@ -30,7 +30,6 @@ from dispatcher.api.envelope import (
     SubmitResponse,
     error_responses,
 )
-from dispatcher.api.errors import NotFound
 from dispatcher.api.metrics import ApiMetrics
 from dispatcher.api.paths import MAX_STATUS_IDS, STATUS, STATUS_MANY, SUBMIT
 from dispatcher.config import Settings
@@ -39,10 +38,11 @@ from dispatcher.errors import (
     FieldError,
     InvalidMessage,
     MessageTooLarge,
+    NotFound,
     Unavailable,
 )
 from dispatcher.ids import ID_PATTERN
-from dispatcher.models import Message, _field_errors
+from dispatcher.models import Message, field_errors
 from dispatcher.producer import Dispatcher, Submitted
 
 # A \uD800-\uDFFF escape may leave a lone surrogate that no UTF-8 writer accepts.
@@ -134,7 +134,7 @@ def parse_status_query(payload: Any) -> list[str]:
     try:
         return StatusQuery.model_validate(payload).getMessageIds
     except ValidationError as exc:
-        raise InvalidMessage(_field_errors(exc)) from None
+        raise InvalidMessage(field_errors(exc)) from None
 
 
 # ---------------------------------------------------------------------------

@@ -14,10 +14,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
 from dispatcher.api.app import create_app
-from dispatcher.api.errors import Unauthorized
 from dispatcher.api.signing import compute_sign
 from dispatcher.client import Client
 from dispatcher.config import ClientConfig
+from dispatcher.errors import Unauthorized
 from dispatcher.sandbox.server import ServerThread
 from tests.conftest import EASEMOB_APP, EASEMOB_ORG, settings_from_env
 

@@ -8,9 +8,9 @@ from typing import Any
 import httpx
 import pytest
 
+from dispatcher import keys
 from dispatcher.errors import InvalidMessage
 from dispatcher.sandbox.qiniu import seed_demo_objects
-from dispatcher import keys
 from tests.conftest import EASEMOB_APP, EASEMOB_ORG, QINIU_BUCKET, wait_for_state
 
 pytestmark = pytest.mark.integration

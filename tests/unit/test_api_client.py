@@ -10,10 +10,16 @@ from typing import Any
 import httpx
 import pytest
 
-from dispatcher.api.errors import RateLimited, Unauthorized
 from dispatcher.client import AsyncClient, Client
 from dispatcher.embedded import free_port
-from dispatcher.errors import Conflict, InvalidMessage, MessageTooLarge, Unavailable
+from dispatcher.errors import (
+    Conflict,
+    InvalidMessage,
+    MessageTooLarge,
+    RateLimited,
+    Unauthorized,
+    Unavailable,
+)
 from dispatcher.sandbox.server import ServerThread
 from tests.unit.test_api_support import SEED_BODY, TEXT, Harness, make_harness, unique_id
 

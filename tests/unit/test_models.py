@@ -200,3 +200,9 @@ def test_typed_but_random_message_info_never_crashes(message_type: int, info: di
         parse_message({"messageType": message_type, "from": "a", "to": "b", "messageInfo": info}, media_domain=DOMAIN)
     except InvalidMessage as exc:
         assert exc.errors
+
+
+def test_lone_surrogates_are_rejected_as_invalid_unicode() -> None:
+    assert fields_of(text(messageInfo={"textMessage": "bad \ud800 half"})) == {
+        "body": "contains invalid Unicode (a lone surrogate)"
+    }

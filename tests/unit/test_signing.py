@@ -13,9 +13,9 @@ import pytest
 
 from dispatcher import keys
 from dispatcher.api.auth import Authenticator
-from dispatcher.api.errors import Unauthorized
 from dispatcher.api.signing import canonical_string, compute_sign, sign_matches, unsignable
 from dispatcher.config import Settings
+from dispatcher.errors import Unauthorized
 from tests.unit.test_api_support import TEXT, Harness, body_of, envelope_ok, make_harness, unique_id
 
 # Reference values computed with `openssl dgst -<alg> -hmac s3cret` over the canonical string.
