@@ -305,12 +305,8 @@ def dlq_list(limit: int, offset: int) -> None:
     """List dead messages (JSON lines: id, diedAt, lastError)."""
     from dispatcher.producer import Dispatcher
 
-    d = Dispatcher(_settings())
-    entries = d.store.dead_letters(limit=limit, offset=offset)
-    records = d.status_many([message_id for message_id, _ in entries])
-    for (message_id, died), record in zip(entries, records, strict=True):
-        last_error = record.lastError.model_dump() if record and record.lastError else None
-        click.echo(json.dumps({"getMessageId": message_id, "diedAt": died, "lastError": last_error}, ensure_ascii=False))
+    for letter in Dispatcher(_settings()).dead_letters(limit=limit, offset=offset):
+        click.echo(letter.model_dump_json())
 
 
 @dlq.command("replay")

@@ -108,6 +108,13 @@ class Unauthorized(ApiError):
         super().__init__(401, message)
 
 
+class Forbidden(ApiError):
+    """403: the caller is authenticated but not an operator (admin client)."""
+
+    def __init__(self, message: str = "operators only: the client must be an admin") -> None:
+        super().__init__(403, message)
+
+
 class RateLimited(ApiError):
     """429: the client's submit rate limit is used up; ``retry_after`` in seconds."""
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import redis
 from celery import Celery
+from pydantic import BaseModel, Field
 from kombu.exceptions import KombuError, OperationalError
 
 from dispatcher.channels import pick_channel
@@ -24,7 +25,7 @@ from dispatcher.connections import REDIS_ERRORS, redis_client
 from dispatcher.errors import Conflict, Unavailable
 from dispatcher.health import RedisHealth
 from dispatcher.ids import new_message_id
-from dispatcher.models import Message, StatusRecord, parse_message
+from dispatcher.models import LastError, Message, StatusRecord, parse_message
 from dispatcher.status import StatusStore
 from dispatcher.worker import DELIVER_TASK, make_celery
 
@@ -37,6 +38,12 @@ PUBLISH_ERRORS: tuple[type[Exception], ...] = (
     OSError,
     *REDIS_ERRORS,
 )
+
+
+class DeadLetter(BaseModel):
+    getMessageId: str
+    diedAt: float = Field(description="unix seconds")
+    lastError: LastError | None
 
 
 @dataclass(frozen=True)
@@ -158,7 +165,24 @@ class Dispatcher:
         verdict = self.store.replay(message_id)
         if verdict == "ok":
             self.publish(message_id)
+            log.info("getMessageId=%s replayed from dead letters", message_id)
         return verdict
+
+    def dead_letters(self, limit: int = 100, offset: int = 0) -> list[DeadLetter]:
+        """Dead messages, oldest first, with the error that killed them."""
+        try:
+            entries = self.store.dead_letters(limit=limit, offset=offset)
+            records = self.store.get_many([message_id for message_id, _ in entries])
+        except REDIS_ERRORS as exc:
+            raise Unavailable(f"status store unavailable: {_reason(exc)}") from None
+        return [
+            DeadLetter(
+                getMessageId=message_id,
+                diedAt=died,
+                lastError=record.lastError if record else None,
+            )
+            for (message_id, died), record in zip(entries, records, strict=True)
+        ]
 
     def close(self) -> None:
         self.redis.close()

@@ -209,6 +209,7 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         400: "invalid request; every broken field in data.errors",
         401: "unknown client, channel not allowed, missing or wrong sign, stale timestamp, "
         "or replayed sign",
+        403: "operators only: the client is not an admin",
         404: "no such message (or it belongs to another client)",
         409: "getMessageId already used for a different message",
         413: "request body, or the provider message it makes, over the size limit",

@@ -17,7 +17,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic.json_schema import models_json_schema
 
-from dispatcher.api.routes import StatusQuery
+from dispatcher.api.routes import ReplayQuery, StatusQuery
 from dispatcher.config import Settings
 from dispatcher.models import INFO_MODELS, RESERVED_EXT_KEY, Envelope, Ext, MessageType
 
@@ -70,7 +70,8 @@ def _parameters(auth_enabled: bool) -> list[dict[str, Any]]:
 def _body_schemas() -> dict[str, dict[str, Any]]:
     """Component schemas of the request bodies, keyed by component name."""
     models = [
-        (model, "validation") for model in (*INFO_MODELS.values(), Ext, Envelope, StatusQuery)
+        (model, "validation")
+        for model in (*INFO_MODELS.values(), Ext, Envelope, StatusQuery, ReplayQuery)
     ]
     _, top = models_json_schema(models, by_alias=True, ref_template=REF)  # type: ignore[arg-type]
     components: dict[str, dict[str, Any]] = top.get("$defs", {})

@@ -6,3 +6,5 @@ SUBMIT = "/sender/v1/handleBasicMessage"
 STATUS = "/sender/v1/messages/{getMessageId}"
 STATUS_MANY = "/sender/v1/messages/status"
 MAX_STATUS_IDS = 100
+DEAD_LETTERS = "/sender/v1/dead-letters"
+DEAD_LETTERS_REPLAY = "/sender/v1/dead-letters/replay"

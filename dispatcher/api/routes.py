@@ -31,11 +31,19 @@ from dispatcher.api.envelope import (
     error_responses,
 )
 from dispatcher.api.metrics import ApiMetrics
-from dispatcher.api.paths import MAX_STATUS_IDS, STATUS, STATUS_MANY, SUBMIT
+from dispatcher.api.paths import (
+    DEAD_LETTERS,
+    DEAD_LETTERS_REPLAY,
+    MAX_STATUS_IDS,
+    STATUS,
+    STATUS_MANY,
+    SUBMIT,
+)
 from dispatcher.config import Settings
 from dispatcher.errors import (
     DispatcherError,
     FieldError,
+    Forbidden,
     InvalidMessage,
     MessageTooLarge,
     NotFound,
@@ -71,6 +79,17 @@ class StatusQuery(BaseModel):
     getMessageIds: list[Annotated[str, Field(pattern=ID_PATTERN.pattern)]] = Field(
         max_length=MAX_STATUS_IDS, description=f"at most {MAX_STATUS_IDS} ids"
     )
+
+
+class ReplayQuery(BaseModel):
+    """Body of ``POST /sender/v1/dead-letters/replay``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    getMessageIds: list[Annotated[str, Field(pattern=ID_PATTERN.pattern)]] = Field(
+        default_factory=list, max_length=MAX_STATUS_IDS, description=f"at most {MAX_STATUS_IDS} ids"
+    )
+    all: bool = Field(default=False, description="replay every dead letter (up to 10,000)")
 
 
 # ---------------------------------------------------------------------------
@@ -240,6 +259,65 @@ def build_router(rt: Runtime) -> APIRouter:
         except DispatcherError as exc:
             return envelope.error(exc)
         return envelope.ok(record)
+
+    def operator(request: Request, body: bytes) -> Caller:
+        caller = auth.authenticate(request.query_params.multi_items(), body)
+        if not caller.sees_everything:
+            raise Forbidden()
+        return caller
+
+    @router.get(
+        DEAD_LETTERS,
+        responses=error_responses(400, 401, 403, 503),
+        summary="List dead letters (operators)",
+        tags=["operations"],
+        openapi_extra={"x-dispatcher-signed": True},
+    )
+    async def dead_letters(request: Request, limit: int = 100, offset: int = 0) -> Response:
+        """Dead messages, oldest first, with the error that killed them. Admin clients only."""
+        try:
+            body = await read_body(request, limit=settings.max_request_bytes)
+            operator(request, body)
+            letters = await run_in_threadpool(
+                dispatcher.dead_letters, max(1, min(limit, 1000)), max(0, offset)
+            )
+        except DispatcherError as exc:
+            return envelope.error(exc)
+        return envelope.ok([letter.model_dump(mode="json") for letter in letters])
+
+    def replay(query: ReplayQuery) -> dict[str, Any]:
+        ids = list(query.getMessageIds)
+        if query.all:
+            ids += [letter.getMessageId for letter in dispatcher.dead_letters(limit=10_000)]
+        replayed, skipped = [], []
+        for message_id in dict.fromkeys(ids):
+            verdict = dispatcher.replay(message_id)
+            if verdict == "ok":
+                replayed.append(message_id)
+            else:
+                skipped.append({"getMessageId": message_id, "reason": verdict})
+        return {"replayed": replayed, "skipped": skipped}
+
+    @router.post(
+        DEAD_LETTERS_REPLAY,
+        responses=error_responses(400, 401, 403, 503),
+        summary="Replay dead letters (operators)",
+        tags=["operations"],
+        openapi_extra={"x-dispatcher-body": "ReplayQuery", "x-dispatcher-signed": True},
+    )
+    async def replay_dead_letters(request: Request) -> Response:
+        """Send dead messages round again with their attempts restored. Admin clients only."""
+        try:
+            body = await read_body(request, limit)
+            operator(request, body)
+            try:
+                query = ReplayQuery.model_validate(decode_json(body))
+            except ValidationError as exc:
+                raise InvalidMessage(field_errors(exc)) from None
+            result = await run_in_threadpool(replay, query)
+        except DispatcherError as exc:
+            return envelope.error(exc)
+        return envelope.ok(result)
 
     @router.get("/healthz", response_model=HealthResponse, tags=["operations"])
     async def healthz() -> Response:
