@@ -15,8 +15,8 @@ from typing import Any
 
 import redis
 from celery import Celery
-from pydantic import BaseModel, Field
 from kombu.exceptions import KombuError, OperationalError
+from pydantic import BaseModel, Field
 
 from dispatcher.channels import pick_channel
 from dispatcher.channels.easemob import check_size
