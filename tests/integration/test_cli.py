@@ -90,3 +90,29 @@ def test_celery_inspect_ping_answers_for_a_running_worker(worker_env: dict[str, 
     )
     assert result.returncode == 0, result.stderr
     assert "pong" in result.stdout
+
+
+def test_send_and_status_through_a_remote_signed_api(
+    worker_env: dict[str, str], dispatcher: Any, easemob: Any, start_worker: Any
+) -> None:
+    from dispatcher.api.app import create_app
+    from dispatcher.sandbox.server import ServerThread
+    from dispatcher.config import Settings
+    from tests.conftest import settings_from_env
+
+    start_worker()
+    clients = {"shop": {"secret": "s3cret-shop", "channels": ["web"]}}
+    settings = settings_from_env(worker_env).model_copy(update={"clients": Settings(clients=clients).clients})
+    remote = ["--client", "shop", "--secret", "s3cret-shop", "--channel", "web"]
+    with ServerThread(create_app(settings)) as api:
+        message_id = run(
+            worker_env, "send", "--api", api.url, *remote, "--type", "text", "--from", "u1", "--to", "u2", "--text", "hi"
+        ).stdout.strip()
+        assert wait_for_state(dispatcher, message_id).state == "delivered"
+        shown = json.loads(run(worker_env, "status", "--api", api.url, *remote, message_id).stdout)
+        assert shown["state"] == "delivered" and shown["client"] == "shop"
+        wrong = run(
+            worker_env, "status", "--api", api.url, "--client", "shop", "--secret", "nope", "--channel", "web",
+            message_id, check=False,
+        )  # fmt: skip
+        assert wrong.returncode != 0 and "401" in wrong.stderr
