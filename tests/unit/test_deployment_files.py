@@ -1,0 +1,56 @@
+"""docker-compose.yml and the Procfile describe the same deployment (no Docker engine here)."""
+
+from __future__ import annotations
+
+import os
+import shlex
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def compose() -> dict[str, Any]:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def procfile() -> dict[str, list[str]]:
+    entries = {}
+    for line in (ROOT / "Procfile").read_text().splitlines():
+        if line.strip():
+            name, command = line.split(":", 1)
+            expanded = os.path.expandvars(command.replace("${PORT:-8087}", "8087"))
+            entries[name.strip()] = shlex.split(expanded)
+    return entries
+
+
+def test_compose_commands_are_the_procfile_commands() -> None:
+    services = compose()["services"]
+    processes = procfile()
+    assert set(processes) == {"web", "worker"}
+    assert services["api"]["command"] == processes["web"]
+    assert services["worker"]["command"] == processes["worker"]
+
+
+def test_compose_redis_keeps_data_and_never_evicts() -> None:
+    command = compose()["services"]["redis"]["command"]
+    assert command[command.index("--appendonly") + 1] == "yes"
+    assert command[command.index("--maxmemory-policy") + 1] == "noeviction"
+    assert "redis-data:/data" in compose()["services"]["redis"]["volumes"]
+
+
+def test_compose_services_have_healthchecks_and_workers_scale() -> None:
+    services = compose()["services"]
+    for name in ("redis", "api", "worker"):
+        assert "test" in services[name]["healthcheck"], name
+    assert "ports" not in services["worker"]  # --scale worker=N needs no port clash
+    assert services["worker"]["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert services["sandbox"]["profiles"] == ["sandbox"]
+
+
+def test_every_service_is_built_from_the_one_dockerfile() -> None:
+    services = compose()["services"]
+    assert {services[name]["build"] for name in ("api", "worker", "sandbox")} == {"."}
+    assert (ROOT / "Dockerfile").read_text().count("FROM ") == 1
