@@ -20,6 +20,7 @@ import httpx
 import pytest
 import redis
 
+from dispatcher import keys
 from dispatcher.config import Settings
 from dispatcher.embedded import RedisServer, redis_answers
 
@@ -211,6 +212,10 @@ class WorkerProcess:
 
 @pytest.fixture()
 def worker_env(redis_url: str, easemob: Simulator, qiniu_sim: Simulator) -> dict[str, str]:
+    client = redis.Redis.from_url(redis_url)
+    for key in client.scan_iter(match=keys.media_cache("*", "*")):
+        client.delete(key)  # tests place the same keys with other metadata
+    client.close()
     env = base_env(redis_url, easemob.url, qiniu_sim.url)
     env["DISPATCHER_QUEUE"] = f"test-{uuid.uuid4().hex[:12]}"
     return env

@@ -20,30 +20,13 @@ from dispatcher.config import ClientConfig
 from dispatcher.errors import Unauthorized
 from dispatcher.sandbox.server import ServerThread
 from tests.conftest import EASEMOB_APP, EASEMOB_ORG, settings_from_env
+from tests.seed import SEED_BODY, SEED_CHANNEL, SEED_CLIENT, SEED_VIDEO
 
 pytestmark = pytest.mark.integration
 
-SEED_CLIENT = "70374ddd0f3641368d419b2d93127b8f"
-SEED_CHANNEL = "eba920d452d34adb8f2badb08b9e69bb"
 SEED_SECRET = "seed-client-secret"
-SEED_VIDEO = "661d21d918d8476c88fc9b90279c400f.mp4"
 MESSAGES_PATH = f"/{EASEMOB_ORG}/{EASEMOB_APP}/messages"
 
-# The seed's example body, byte for byte.
-SEED_BODY = b"""{
-    "to": "148992289019003396",
-    "channelType": 1,
-    "from": "u000193f6f02e01764a0f869be49a2be21e01",
-    "messageType": 4,
-    "ext": {
-        "chatClient": "9bf18c20d5f54f459e0232246c2305c8",
-        "chatType": "WX",
-        "chatChannel": "f2b91d57f9cb4db7a06926b2fd5d9caf"
-    },
-    "messageInfo": {
-        "videoMessage": "661d21d918d8476c88fc9b90279c400f.mp4"
-    }
-}"""
 TEXT_BODY = json.dumps(
     {
         "to": "148992289019003396",

@@ -8,31 +8,14 @@ from typing import Any
 import httpx
 import pytest
 
-from dispatcher import keys
 from dispatcher.errors import InvalidMessage
 from dispatcher.sandbox.qiniu import seed_demo_objects
-from tests.conftest import EASEMOB_APP, EASEMOB_ORG, QINIU_BUCKET, wait_for_state
+from tests.conftest import EASEMOB_APP, EASEMOB_ORG, wait_for_state
+from tests.seed import SEED_VIDEO, seed_payload
 
 pytestmark = pytest.mark.integration
 
 MESSAGES_PATH = f"/{EASEMOB_ORG}/{EASEMOB_APP}/messages"
-SEED_KEY = "661d21d918d8476c88fc9b90279c400f.mp4"
-
-
-def seed_body(video_key: str = SEED_KEY, **info: Any) -> dict[str, Any]:
-    """The seed page's example request body."""
-    return {
-        "to": "148992289019003396",
-        "channelType": 1,
-        "from": "u000193f6f02e01764a0f869be49a2be21e01",
-        "messageType": 4,
-        "ext": {
-            "chatClient": "9bf18c20d5f54f459e0232246c2305c8",
-            "chatType": "WX",
-            "chatChannel": "f2b91d57f9cb4db7a06926b2fd5d9caf",
-        },
-        "messageInfo": {"videoMessage": video_key, **info},
-    }
 
 
 def place(qiniu: Any, key: str, **meta: Any) -> None:
@@ -50,18 +33,17 @@ def sent_msgs(easemob: Any, message_id: str) -> list[dict[str, Any]]:
 def test_seed_example_with_only_the_video_key_is_delivered_with_resolved_media(
     dispatcher: Any, easemob: Any, qiniu_sim: Any, start_worker: Any
 ) -> None:
-    place(qiniu_sim, SEED_KEY, fsize=3_145_728, mimeType="video/mp4", duration=15.2, width=640, height=360)
-    dispatcher.redis.delete(keys.media_cache(QINIU_BUCKET, SEED_KEY))  # other tests place it too
+    place(qiniu_sim, SEED_VIDEO, fsize=3_145_728, mimeType="video/mp4", duration=15.2, width=640, height=360)
     start_worker()
-    message_id = dispatcher.submit(seed_body())
+    message_id = dispatcher.submit(seed_payload())
     record = wait_for_state(dispatcher, message_id)
     assert record.state == "delivered", record.history
     [msg] = sent_msgs(easemob, message_id)
     assert msg == {
         "type": "video",
-        "url": f"{qiniu_sim.url}/{SEED_KEY}",
-        "filename": SEED_KEY,
-        "thumb": f"{qiniu_sim.url}/{SEED_KEY}?vframe/jpg/offset/0",
+        "url": f"{qiniu_sim.url}/{SEED_VIDEO}",
+        "filename": SEED_VIDEO,
+        "thumb": f"{qiniu_sim.url}/{SEED_VIDEO}?vframe/jpg/offset/0",
         "length": 16,
         "file_length": 3_145_728,
     }
@@ -73,7 +55,7 @@ def test_video_with_a_thumbnail_key_uses_the_thumbnail_url(
     demo = seed_demo_objects(qiniu_sim.app)  # real MP4 and JPEG bytes
     assert "demo.mp4" in demo and "demo.jpg" in demo
     start_worker()
-    message_id = dispatcher.submit(seed_body("demo.mp4", thumbMessage="demo.jpg"))
+    message_id = dispatcher.submit(seed_payload("demo.mp4", thumbMessage="demo.jpg"))
     record = wait_for_state(dispatcher, message_id)
     assert record.state == "delivered", record.history
     [msg] = sent_msgs(easemob, message_id)
@@ -110,7 +92,7 @@ def test_media_outside_the_limits_or_missing_fails_without_an_easemob_call(
         place(qiniu_sim, key, mimeType="video/mp4" if key.endswith("mp4") else "image/jpeg", **meta)
     video = next((k for k in objects if k.endswith(".mp4")), f"missing{uuid.uuid4().hex}.mp4")
     start_worker()
-    message_id = dispatcher.submit(seed_body(video, **info))
+    message_id = dispatcher.submit(seed_payload(video, **info))
     record = wait_for_state(dispatcher, message_id)
     assert record.state == "failed"
     assert record.attempts == 1
@@ -126,7 +108,7 @@ def test_qiniu_503_twice_then_ok_is_delivered(
     place(qiniu_sim, key, fsize=5000, mimeType="video/mp4", duration=3, width=320, height=240)
     qiniu_sim.fault(path="^/stat/", status=503, body={"error": "service unavailable"}, times=2)
     start_worker()
-    message_id = dispatcher.submit(seed_body(key))
+    message_id = dispatcher.submit(seed_payload(key))
     record = wait_for_state(dispatcher, message_id)
     assert record.state == "delivered", record.history
     assert record.attempts == 3
@@ -137,7 +119,7 @@ def test_qiniu_503_twice_then_ok_is_delivered(
 def test_a_file_url_on_a_foreign_host_is_rejected_at_submit(dispatcher: Any) -> None:
     queue = dispatcher.settings.queue
     in_flight, queued = dispatcher.store.in_flight(), dispatcher.redis.llen(queue)
-    body = seed_body(fileUrl="http://169.254.169.254/latest/meta-data")
+    body = seed_payload(fileUrl="http://169.254.169.254/latest/meta-data")
     body["getMessageId"] = "foreignUrl" + uuid.uuid4().hex
     with pytest.raises(InvalidMessage) as caught:
         dispatcher.submit(body)

@@ -29,6 +29,8 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=".*starlette.testclient.*")
     from fastapi.testclient import TestClient
 
+from tests.seed import SEED_BODY  # noqa: F401  (shared by the API tests)
+
 CLIENTS: dict[str, dict[str, Any]] = {
     "c1": {"secret": "secret-one", "channels": ["ch1"]},
     "c2": {"secret": "secret-two", "channels": ["ch2", "ch2b"]},
@@ -43,23 +45,6 @@ TEXT = {
     "to": "u_receiver",
     "messageInfo": {"textMessage": "hi"},
 }
-
-# The seed's example body (2.1.4), byte for byte as the page shows it.
-SEED_BODY = b"""{
-    "to": "148992289019003396",
-    "channelType": 1,
-    "from": "u000193f6f02e01764a0f869be49a2be21e01",
-    "messageType": 4,
-    "ext": {
-        "chatClient": "9bf18c20d5f54f459e0232246c2305c8",
-        "chatType": "WX",
-        "chatChannel": "f2b91d57f9cb4db7a06926b2fd5d9caf"
-    },
-    "messageInfo": {
-        "videoMessage": "661d21d918d8476c88fc9b90279c400f.mp4"
-    }
-}"""
-
 
 def body_of(payload: Any) -> bytes:
     if isinstance(payload, bytes):

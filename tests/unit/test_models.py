@@ -11,20 +11,10 @@ from hypothesis import strategies as st
 from dispatcher.errors import InvalidMessage
 from dispatcher.ids import new_message_id
 from dispatcher.models import MessageType, VideoInfo, parse_message
+from tests.seed import seed_payload
 
 DOMAIN = "http://cdn.example.com"
-SEED_BODY = {
-    "to": "148992289019003396",
-    "channelType": 1,
-    "from": "u000193f6f02e01764a0f869be49a2be21e01",
-    "messageType": 4,
-    "ext": {
-        "chatClient": "9bf18c20d5f54f459e0232246c2305c8",
-        "chatType": "WX",
-        "chatChannel": "f2b91d57f9cb4db7a06926b2fd5d9caf",
-    },
-    "messageInfo": {"videoMessage": "661d21d918d8476c88fc9b90279c400f.mp4"},
-}
+SEED_BODY = seed_payload()
 
 
 def fields_of(payload: Any) -> dict[str, str]:
