@@ -96,8 +96,8 @@ def test_send_and_status_through_a_remote_signed_api(
     worker_env: dict[str, str], dispatcher: Any, easemob: Any, start_worker: Any
 ) -> None:
     from dispatcher.api.app import create_app
-    from dispatcher.sandbox.server import ServerThread
     from dispatcher.config import Settings
+    from dispatcher.sandbox.server import ServerThread
     from tests.conftest import settings_from_env
 
     start_worker()
