@@ -27,6 +27,8 @@ class Settings(BaseSettings):
     broker_url: str | None = None
     queue: str = "dispatcher"
     visibility_timeout: int = 3600
+    # Delivery is I/O-bound: threads, 32 per process, and one worker process per core won
+    # benchmark P2 (README "Benchmarks"; prefork -c 2 delivers ~12x less behind 50 ms calls).
     worker_pool: Literal["threads", "prefork", "solo", "gevent", "eventlet"] = "threads"
     worker_concurrency: int = 32
 

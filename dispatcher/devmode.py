@@ -143,9 +143,9 @@ def run_dev(
                 sys.executable, "-m", "celery", "-A", "dispatcher.worker", "worker",
                 "--pool", "threads", "-c", str(concurrency), "-l", settings.log_level,
                 "-n", f"dev-{os.getpid()}@%h", "--without-mingle", "--without-gossip",
-            ],  # fmt: skip
+            ],
             env=os.environ.copy(),
-            preexec_fn=die_with_parent,  # noqa: PLW1509
+            preexec_fn=die_with_parent,
         )
         notes.append(f"Worker     pid {worker.pid}, {concurrency} threads")
         servers.append(ServerThread(create_app(settings), port=api_port).start())

@@ -31,6 +31,8 @@ from dispatcher.errors import Unavailable
 
 log = logging.getLogger(__name__)
 
+_UNCHECKABLE: tuple[type[BaseException], ...] = (*REDIS_ERRORS, redis.ResponseError)
+
 
 @dataclass(frozen=True)
 class MemoryUsage:
@@ -83,7 +85,7 @@ def warn_redis_configuration(client: redis.Redis, who: str) -> list[str]:
     """Log :func:`redis_warnings` loudly; returns them. A Redis that is down is not checked."""
     try:
         warnings = redis_warnings(client)
-    except (*REDIS_ERRORS, redis.ResponseError) as exc:
+    except _UNCHECKABLE as exc:
         log.warning("%s: could not check the Redis configuration (%s)", who, exc)
         return []
     for warning in warnings:

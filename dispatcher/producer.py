@@ -1,6 +1,9 @@
 """The Python producer API: ``Dispatcher.from_env().submit({...})``.
 
-Submit = validate -> size check -> record ``queued`` -> publish. The record is
+Submit = validate -> size check -> record ``queued`` -> publish. When the
+broker is the status store's Redis (the default) both are one Lua call: the
+record and the Celery task message pushed onto the queue list, or neither
+(dispatcher/enqueue.py builds the message). With another broker the record is
 written first so a worker always finds it; if the publish fails the record is
 removed again, so a rejected submission leaves nothing behind.
 """
@@ -22,6 +25,7 @@ from dispatcher.channels import pick_channel
 from dispatcher.channels.easemob import check_size
 from dispatcher.config import Settings
 from dispatcher.connections import REDIS_ERRORS, redis_client
+from dispatcher.enqueue import TaskMessageTemplate
 from dispatcher.errors import Conflict, Unavailable
 from dispatcher.health import RedisHealth
 from dispatcher.ids import new_message_id
@@ -69,6 +73,11 @@ class Dispatcher:
         self.celery = celery or make_celery(settings)
         # Warns once about an unsafe Redis; refuses new work while Redis memory is nearly full.
         self.health = RedisHealth.from_settings(self.redis, settings)
+        # The broker is this Redis: queue the task in the script that records ``queued``.
+        self._enqueue_direct = settings.broker_url in (None, settings.redis_url) and (
+            self.celery.conf.broker_url == settings.redis_url
+        )
+        self._template: TaskMessageTemplate | None = None
 
     @classmethod
     def from_env(cls) -> Dispatcher:
@@ -95,9 +104,10 @@ class Dispatcher:
     def submit_message(self, message: Message, *, client: str | None = None) -> Submitted:
         message_id = message.getMessageId or new_message_id(self.settings.id_prefix)
         self.health.admit()
+        enqueue = self._queue_message(message_id)
         try:
             outcome = self.store.create(
-                message_id, message, channel=pick_channel(message), client=client
+                message_id, message, channel=pick_channel(message), client=client, enqueue=enqueue
             )
         except REDIS_ERRORS as exc:
             raise Unavailable(f"status store unavailable: {_reason(exc)}") from None
@@ -108,11 +118,12 @@ class Dispatcher:
                 "getMessageId=%s resubmitted with the same content: nothing queued", message_id
             )
             return Submitted(message_id, created=False)
-        try:
-            self.publish(message_id)
-        except PUBLISH_ERRORS as exc:
-            self._forget(message_id, message)
-            raise Unavailable(f"broker unavailable: {_reason(exc)}") from None
+        if enqueue is None:
+            try:
+                self.publish(message_id)
+            except PUBLISH_ERRORS as exc:
+                self._forget(message_id, message)
+                raise Unavailable(f"broker unavailable: {_reason(exc)}") from None
         log.info(
             "getMessageId=%s queued type=%d to=%s", message_id, message.messageType, message.to
         )
@@ -120,6 +131,23 @@ class Dispatcher:
 
     def publish(self, message_id: str) -> None:
         self.celery.send_task(DELIVER_TASK, args=(message_id,), queue=self.settings.queue)
+
+    def _queue_message(self, message_id: str) -> tuple[str, str] | None:
+        """(queue list key, task message) to push with the record; None: publish with kombu."""
+        if not self._enqueue_direct:
+            return None
+        template = self._template
+        if template is None or template.pid != os.getpid():  # origin names the process
+            try:
+                template = TaskMessageTemplate.capture(
+                    self.celery, DELIVER_TASK, self.settings.queue
+                )
+            except ValueError as exc:
+                log.warning("publishing through kombu: %s", exc)
+                self._enqueue_direct = False
+                return None
+            self._template = template
+        return template.queue_key, template.build(message_id)
 
     def _forget(self, message_id: str, message: Message) -> None:
         try:

@@ -29,18 +29,22 @@ class Reaper:
         interval: float,
         requeue_delay: float,
         batch: int = 500,
+        queue_key: str | None = None,
     ) -> None:
         self.store = store
         self.publish = publish
         self.interval = interval
         self.requeue_delay = requeue_delay
         self.batch = batch
+        self.queue_key = queue_key
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def run_once(self) -> list[str]:
         """Claim and re-publish one batch of overdue messages; returns their ids."""
-        claimed = self.store.claim_overdue(limit=self.batch, requeue_delay=self.requeue_delay)
+        claimed = self.store.claim_overdue(
+            limit=self.batch, requeue_delay=self.requeue_delay, queue_key=self.queue_key
+        )
         for message_id in claimed:
             self.publish(message_id)
             log.warning("getMessageId=%s recovered: re-enqueued after its deadline passed", message_id)

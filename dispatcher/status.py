@@ -64,6 +64,17 @@ return 'created'
 """
 )
 
+# _CREATE that also pushes a Celery task message onto the broker's queue list (the broker
+# is this Redis): both or neither. KEYS: message, history, in-flight index, queue list.
+# ARGV: as _CREATE with the queue message at 6 and the field/value pairs from 7. The push
+# comes first, so a push that fails (wrong key type, out of memory) has written nothing.
+_CREATE_ENQUEUE = _CREATE.replace("unpack(ARGV, 6)", "unpack(ARGV, 7)").replace(
+    "\nlocal now = now_ms()\nredis.call('HSET', KEYS[1], 'fp'",
+    "\nredis.call('LPUSH', KEYS[4], ARGV[6])"
+    "\nlocal now = now_ms()\nredis.call('HSET', KEYS[1], 'fp'",
+)
+assert "unpack(ARGV, 7)" in _CREATE_ENQUEUE and "LPUSH" in _CREATE_ENQUEUE
+
 # KEYS: message, history, in-flight index. ARGV: fingerprint, id.
 # Undo a create whose publish failed.
 _DISCARD = """
@@ -164,7 +175,8 @@ if not state then
 end
 if state ~= 'dead' then return 'state:' .. state end
 local now = now_ms()
-redis.call('HSET', KEYS[1], 'state', 'queued', 'attempts', 0, 'requeues', 0, 'updatedAt', now)
+redis.call('HSET', KEYS[1], 'state', 'queued', 'attempts', 0, 'requeues', 0, 'waits', 0,
+           'updatedAt', now)
 redis.call('ZREM', KEYS[3], ARGV[3])
 redis.call('ZADD', KEYS[4], now + tonumber(ARGV[5]), ARGV[3])
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
@@ -183,15 +195,30 @@ _CLAIM_DUE = (
 local now = now_ms()
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
 local claimed = {}
+-- A queued message is behind a backlog while the broker queue still holds work: leave it.
+local backlog = KEYS[4] and redis.call('LLEN', KEYS[4]) > 0
 for _, id in ipairs(due) do
   local mkey = ARGV[6] .. id
   local hkey = ARGV[7] .. id
-  local s = redis.call('HMGET', mkey, 'state', 'requeues')
+  local s = redis.call('HMGET', mkey, 'state', 'requeues', 'waits')
+  local ttl, limit = tonumber(ARGV[4]), tonumber(ARGV[5])
   if not s[1] or TERMINAL[s[1]] then
     redis.call('ZREM', KEYS[1], id)
+  elseif s[1] == 'queued' and backlog then
+    redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), id)
+  elseif s[1] ~= 'processing' then
+    -- Queued or retrying past its deadline: its queue entry may be lost, or only behind a
+    -- backlog. Publish again (a duplicate stands down) with a doubling delay, so a long
+    -- backlog is not flooded; no worker was lost, so it never counts toward poison.
+    local waits = tonumber(s[3] or '0') + 1
+    redis.call('HSET', mkey, 'waits', waits)
+    redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]) * 2 ^ math.min(waits - 1, 8), id)
+    redis.call('HINCRBY', KEYS[3], 'recovered', 1)
+    push_history(hkey, s[1], now, 'recovery: re-enqueued (' .. s[1] ..
+      ' past its deadline; its queue entry may be lost or behind a backlog)', limit, ttl)
+    table.insert(claimed, id)
   else
     local requeues = tonumber(s[2] or '0') + 1
-    local ttl, limit = tonumber(ARGV[4]), tonumber(ARGV[5])
     if requeues > tonumber(ARGV[3]) then
       local err = cjson.encode({code = 'worker_lost', retryable = true,
         message = 'recovered ' .. (requeues - 1) .. ' times without finishing (poison message?)'})
@@ -280,6 +307,7 @@ class StatusStore:
         self.max_requeues = max_requeues
         self._claim_due = client.register_script(_CLAIM_DUE)
         self._create = client.register_script(_CREATE)
+        self._create_enqueue = client.register_script(_CREATE_ENQUEUE)
         self._discard = client.register_script(_DISCARD)
         self._begin = client.register_script(_BEGIN)
         self._finish = client.register_script(_FINISH)
@@ -299,8 +327,19 @@ class StatusStore:
     # -- producer side -----------------------------------------------------
 
     def create(
-        self, message_id: str, message: Message, *, channel: str, client: str | None = None
+        self,
+        message_id: str,
+        message: Message,
+        *,
+        channel: str,
+        client: str | None = None,
+        enqueue: tuple[str, str] | None = None,
     ) -> CreateOutcome:
+        """Record ``queued``; with ``enqueue`` (queue list key, message) also push the task.
+
+        The push happens only when the record is created: a duplicate or a conflict queues
+        nothing.
+        """
         fields: list[str] = [
             "type",
             str(int(message.messageType)),
@@ -317,17 +356,21 @@ class StatusStore:
         ]
         if client:
             fields += ["client", client]
-        result = self._create(
-            keys=[keys.message(message_id), keys.history(message_id), keys.IN_FLIGHT],
-            args=[
-                message.fingerprint(),
-                self.ttl,
-                self.history_limit,
-                int(self.queued_grace * 1000),
-                message_id,
-                *fields,
-            ],
-        )
+        record_keys = [keys.message(message_id), keys.history(message_id), keys.IN_FLIGHT]
+        args: list[str | int] = [
+            message.fingerprint(),
+            self.ttl,
+            self.history_limit,
+            int(self.queued_grace * 1000),
+            message_id,
+        ]
+        if enqueue is not None:
+            queue_key, queue_message = enqueue
+            result = self._create_enqueue(
+                keys=[*record_keys, queue_key], args=[*args, queue_message, *fields]
+            )
+        else:
+            result = self._create(keys=record_keys, args=[*args, *fields])
         return _text(result)  # type: ignore[return-value]
 
     def discard(self, message_id: str, message: Message) -> bool:
@@ -435,15 +478,23 @@ class StatusStore:
         )
         return _text(result)
 
-    def claim_overdue(self, limit: int = 500, requeue_delay: float = 30.0) -> list[str]:
+    def claim_overdue(
+        self, limit: int = 500, requeue_delay: float = 30.0, queue_key: str | None = None
+    ) -> list[str]:
         """Ids to re-publish: lease expired, retry never ran, or queued too long.
 
-        Each claimed id's deadline moves ``requeue_delay`` ahead, so concurrent
-        reapers never publish the same id twice; one recovered more than
-        ``max_requeues`` times is dead-lettered instead (a poison message).
+        Each claimed id's deadline moves ahead, so concurrent reapers never
+        publish the same id twice: ``requeue_delay`` after an expired lease, and
+        doubling each time for a queued or retrying message (it may only be
+        behind a backlog). One whose lease expired more than ``max_requeues``
+        times is dead-lettered instead (a poison message: it keeps losing its
+        worker); waiting in a backlog never makes a message poison. With
+        ``queue_key`` (the broker's queue list, when the broker is this Redis) a
+        queued message is left alone while that queue is not empty: its entry is
+        most likely still ahead of it, and a duplicate would only grow the backlog.
         """
         claimed = self._claim_due(
-            keys=[keys.IN_FLIGHT, keys.DEAD_LETTERS, keys.STATS],
+            keys=[keys.IN_FLIGHT, keys.DEAD_LETTERS, keys.STATS, *([queue_key] if queue_key else [])],
             args=[
                 limit,
                 int(requeue_delay * 1000),

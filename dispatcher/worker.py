@@ -13,8 +13,10 @@ import logging
 from functools import cached_property
 from typing import Any
 
+import redis
 from celery import Celery, Task, signals
 from celery.worker.consumer import Consumer
+from kombu.transport import redis as kombu_redis
 
 from dispatcher import delivery
 from dispatcher.channels import EASEMOB
@@ -36,6 +38,11 @@ def make_celery(settings: Settings) -> Celery:
     celery = Celery("dispatcher", set_as_current=False)
     celery.conf.update(
         broker_url=settings.effective_broker_url,
+        broker_transport=(
+            "dispatcher.worker:BrokerTransport"
+            if settings.effective_broker_url.startswith("redis://")
+            else None
+        ),
         result_backend=None,
         task_ignore_result=True,
         task_serializer="json",
@@ -80,6 +87,47 @@ def make_celery(settings: Settings) -> Celery:
         task_send_sent_event=False,
     )
     return celery
+
+
+class _BrokerChannel(kombu_redis.Channel):
+    def _connparams(self, asynchronous: bool = False) -> Any:
+        if self.connection.client is None:
+            # kombu 5.7: closing a channel after the broker connection was lost restores
+            # its unacked messages through a new pool whose parameters are already gone;
+            # the AttributeError is "unrecoverable" to Celery and the worker exits while
+            # Redis is down (RELIABILITY F3). A connection error is ignored and the consumer
+            # reconnects; the unacked messages wait in Redis for the reaper.
+            raise redis.ConnectionError("broker connection already closed")
+        return super()._connparams(asynchronous=asynchronous)
+
+    def _create_client(self, asynchronous: bool = False) -> Any:
+        # kombu builds a new redis-py client object (on the same pool) for every publish
+        # and every ack: ~60 us of CPU each (redis-py issue 3624, PERFORMANCE.md). One per
+        # channel and pool does the same; connections still come from the pool per command.
+        if asynchronous:
+            return super()._create_client(asynchronous=True)
+        pool = self.pool
+        client = self.__dict__.get("_sync_client")
+        if client is None or client.connection_pool is not pool:
+            client = super()._create_client()
+            self.__dict__["_sync_client"] = client
+        return client
+
+    def _brpop_read(self, **options: Any) -> Any:
+        try:
+            return super()._brpop_read(**options)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            # Not a transport envelope (raw bytes pushed to the queue list): kombu's
+            # error would stop the worker. The item is already popped: trace it, go on.
+            log.exception("queue item is not a kombu message")
+            _trace_rejected("undecodable", f"not a transport envelope: {type(exc).__name__}", None)
+            return True
+
+
+class BrokerTransport(kombu_redis.Transport):
+    """kombu's Redis transport with :class:`_BrokerChannel`."""
+
+    Channel = _BrokerChannel
 
 
 settings = get_settings()
@@ -157,10 +205,12 @@ def make_reaper(store: StatusStore) -> Reaper:
         publish,
         interval=settings.reaper_interval,
         requeue_delay=max(settings.lease_seconds, 10),
+        # The queue list lives in the status store's Redis only when that is the broker.
+        queue_key=settings.queue if settings.broker_url in (None, settings.redis_url) else None,
     )
 
 
-class DispatcherConsumer(Consumer):  # type: ignore[misc]
+class DispatcherConsumer(Consumer):
     """Celery's consumer, leaving a trace of each queue message it has to drop (F14).
 
     Celery already acks or rejects such messages once (no redelivery loop); they
@@ -218,7 +268,7 @@ def _check_redis(sender: Any = None, **_: Any) -> None:
 def _start_reaper(sender: Any = None, **_: Any) -> None:
     # Every worker runs one; claims are atomic, so several never publish an id twice.
     if settings.reaper_interval > 0:
-        app.dispatcher_reaper = make_reaper(deliver.store).start()  # type: ignore[attr-defined]
+        app.dispatcher_reaper = make_reaper(deliver.store).start()
 
 
 @signals.worker_shutdown.connect

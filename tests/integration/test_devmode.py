@@ -84,7 +84,7 @@ class DevProcess:
                 "--easemob-port", str(free_port()),
                 "--qiniu-port", str(free_port()),
                 "--concurrency", "4",
-            ],  # fmt: skip
+            ],
             env=env,
             stdout=self.log_path.open("wb"),
             stderr=subprocess.STDOUT,

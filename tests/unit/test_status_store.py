@@ -5,6 +5,7 @@ from __future__ import annotations
 import fakeredis
 import pytest
 
+from dispatcher import keys
 from dispatcher.errors import DeliveryError
 from dispatcher.models import parse_message
 from dispatcher.status import Attempt, StandDown, StatusStore
@@ -112,14 +113,31 @@ def test_get_many_keeps_order_and_reports_unknown_ids(store: StatusStore) -> Non
 def test_overdue_messages_are_claimed_once_and_poison_is_dead_lettered() -> None:
     store = StatusStore(fakeredis.FakeRedis(), ttl=100, queued_grace=0, max_requeues=2)
     store.create("lost", text(), channel="easemob")
-    assert store.claim_overdue(requeue_delay=0) == ["lost"]
-    assert store.claim_overdue(requeue_delay=0) == ["lost"]
-    assert store.claim_overdue(requeue_delay=0) == []  # third recovery: poison
+    for _ in range(2):  # each attempt's worker dies: its lease (0 s here) runs out
+        store.begin_attempt("lost", "w", lease_seconds=0)
+        assert store.claim_overdue(requeue_delay=0) == ["lost"]
+    store.begin_attempt("lost", "w", lease_seconds=0)
+    assert store.claim_overdue(requeue_delay=0) == []  # third lost lease: poison
     record = store.get("lost")
     assert record is not None and record.state == "dead"
     assert record.lastError is not None and record.lastError.code == "worker_lost"
     assert [mid for mid, _ in store.dead_letters()] == ["lost"]
     assert store.in_flight() == 0
+
+
+def test_a_message_waiting_in_a_backlog_is_republished_with_backoff_and_never_poison() -> None:
+    store = StatusStore(fakeredis.FakeRedis(), ttl=100, queued_grace=0, max_requeues=1)
+    store.create("waiting", text(), channel="easemob")
+    for _ in range(5):
+        assert store.claim_overdue(requeue_delay=0) == ["waiting"]
+    record = store.get("waiting")
+    assert record is not None and record.state == "queued"
+    assert store.dead_letters() == []
+    store.redis.zadd(keys.IN_FLIGHT, {"waiting": 0})
+    store.claim_overdue(requeue_delay=10)
+    due = store.redis.zscore(keys.IN_FLIGHT, "waiting")
+    now_ms = store.redis.time()[0] * 1000
+    assert due is not None and due - now_ms > 10_000 * 2**4  # the sixth wait: 2**5 x 10 s
 
 
 def test_claimed_ids_are_not_claimed_again_before_the_requeue_delay() -> None:
@@ -145,3 +163,12 @@ def test_terminal_messages_leave_the_in_flight_index(store: StatusStore) -> None
     assert isinstance(attempt, Attempt)
     store.mark_delivered(attempt, "1", "ok")
     assert store.in_flight() == 0
+
+
+def test_queued_messages_behind_a_backlog_are_left_alone_until_the_queue_drains() -> None:
+    store = StatusStore(fakeredis.FakeRedis(), ttl=100, queued_grace=0)
+    store.create("waiting", text(), channel="easemob")
+    store.redis.lpush("work-queue", "some other task")
+    assert store.claim_overdue(requeue_delay=0, queue_key="work-queue") == []
+    store.redis.delete("work-queue")
+    assert store.claim_overdue(requeue_delay=0, queue_key="work-queue") == ["waiting"]

@@ -1,0 +1,117 @@
+"""A small HTTP/1.1 load generator: N signed submits over C keep-alive connections.
+
+    python -m benchmarks.loadgen URL N CONNECTIONS
+
+asyncio (uvloop when installed) on raw streams, requests built and signed
+before the clock starts, so the generator spends as little CPU per request
+as it can (it shares the machine with what it measures). Prints one JSON
+line: requests/s, latency percentiles, status counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+import uuid
+from collections import Counter
+from urllib.parse import urlencode, urlsplit
+
+from dispatcher.api.paths import SUBMIT
+from dispatcher.api.signing import compute_sign
+
+CLIENT = "bench"
+CHANNEL = "bench"
+SECRET = "bench-secret-0123456789"
+TEXT = {"messageType": 1, "from": "u1", "to": "u2", "messageInfo": {"textMessage": "hello"}}
+
+
+def build_requests(host: str, port: int, n: int) -> list[bytes]:
+    body = json.dumps(TEXT, separators=(",", ":")).encode()
+    now = str(int(time.time()))
+    requests = []
+    for _ in range(n):
+        params = {"client": CLIENT, "channel": CHANNEL, "timestamp": now, "nonce": uuid.uuid4().hex}
+        params["sign"] = compute_sign(SECRET, params, body)
+        head = (
+            f"POST {SUBMIT}?{urlencode(params)} HTTP/1.1\r\n"
+            f"Host: {host}:{port}\r\n"
+            "Content-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        )
+        requests.append(head.encode() + body)
+    return requests
+
+
+async def connection(
+    host: str, port: int, queue: list[bytes], latencies: list[float], statuses: Counter[int]
+) -> None:
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        while queue:
+            request = queue.pop()
+            started = time.perf_counter()
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = int(head[9:12])
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line[:15].lower() == b"content-length:":
+                    length = int(line[15:])
+            if length:
+                await reader.readexactly(length)
+            latencies.append(time.perf_counter() - started)
+            statuses[status] += 1
+    finally:
+        writer.close()
+
+
+async def run(url: str, n: int, connections: int) -> dict[str, object]:
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    # Enough to start every server thread (Celery builds its result backend once per thread).
+    warm = build_requests(host, port, connections * 16)
+    await asyncio.gather(*(connection(host, port, warm, [], Counter()) for _ in range(connections)))
+    queue = build_requests(host, port, n)
+    latencies: list[float] = []
+    statuses: Counter[int] = Counter()
+    cpu = time.process_time()
+    started = time.perf_counter()
+    await asyncio.gather(
+        *(connection(host, port, queue, latencies, statuses) for _ in range(connections))
+    )
+    elapsed = time.perf_counter() - started
+    latencies.sort()
+
+    def pct(p: float) -> float:
+        return round(1000 * latencies[min(len(latencies) - 1, int(p * len(latencies)))], 2)
+
+    return {
+        "per_second": round(len(latencies) / elapsed, 1),
+        "n": len(latencies),
+        "seconds": round(elapsed, 3),
+        "p50_ms": pct(0.50),
+        "p99_ms": pct(0.99),
+        "statuses": {str(k): v for k, v in sorted(statuses.items())},
+        "loadgen_cpu_ms_per_request": round(1000 * (time.process_time() - cpu) / max(n, 1), 3),
+    }
+
+
+def main() -> None:
+    url, n, connections = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    result = asyncio.run(run(url, n, connections))
+    print(json.dumps(result))
+    sys.stdout.flush()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,513 @@
+"""Benchmarks P1-P5 of issue 7, each beside a baseline measured in the same run.
+
+    python benchmarks/run.py --quick          # < 3 minutes on 2 cores
+    python benchmarks/run.py --only P1,P2     # a subset
+    python benchmarks/run.py --pool threads --concurrency 64   # try another worker setup
+
+Starts its own Redis (no AOF), the Easemob simulator and every worker/API
+process, runs, stops them and prints one JSON object with keys P1..P5, each
+``{"value", "baseline", "ratio", "goal", "met", ...details}``. Progress goes
+to stderr. Figures are ratios against baselines on the same Redis with the
+same pool and concurrency; absolute numbers move with the machine's load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import harness
+from benchmarks.baseline_app import NOOP_TASK, POST_TASK
+from benchmarks.baseline_app import app as baseline_celery
+from dispatcher import keys
+from dispatcher.config import Settings
+
+TEXT = {"messageType": 1, "from": "u1", "to": "u2", "messageInfo": {"textMessage": "hello"}}
+PROVIDER_LATENCY = 0.05
+P3_LIMIT = 100
+
+
+def say(text: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+def ratio(value: float | None, baseline: float | None) -> float | None:
+    if value is None or not baseline:
+        return None
+    return round(value / baseline, 3)
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.quick = args.quick
+        defaults = Settings(_env_file=None)
+        self.pool = args.pool or defaults.worker_pool
+        self.concurrency = args.concurrency or defaults.worker_concurrency
+        self.processes = args.processes
+        self.server, self.redis = harness.start_redis()
+        self.redis_url = self.server.url
+        self.results: dict[str, Any] = {}
+        self.worker_rss: dict[str, int] = {}
+
+    # -- helpers -----------------------------------------------------------
+
+    def n(self, quick: int, full: int) -> int:
+        return quick if self.quick else full
+
+    def dispatcher_env(self, sim: harness.Simulator, queue: str, **extra: str) -> dict[str, str]:
+        env = {
+            **harness.easemob_env(sim.url, sim.calls_per_second),
+            "DISPATCHER_REDIS_URL": self.redis_url,
+            "DISPATCHER_QUEUE": queue,
+            "DISPATCHER_LOG_LEVEL": "INFO",
+            "DISPATCHER_REAPER_INTERVAL": "5",
+        }
+        env.update(extra)
+        return env
+
+    def baseline_env(self, queue: str, sim: harness.Simulator | None = None) -> dict[str, str]:
+        env = {"BENCH_BROKER_URL": self.redis_url, "BENCH_QUEUE": queue}
+        if sim is not None:
+            env["BENCH_POST_URL"] = sim.messages_url
+            env["BENCH_TOKEN"] = sim.token()
+        return env
+
+    def our_workers(
+        self, env: dict[str, str], count: int, pool: str, concurrency: int
+    ) -> list[harness.Process]:
+        return [
+            harness.celery_worker(
+                f"dispatcher-{i}", "dispatcher.worker", env["DISPATCHER_QUEUE"], env,
+                pool=pool, concurrency=concurrency,
+            )
+            for i in range(count)
+        ]  # fmt: skip
+
+    def producer(self, env: dict[str, str]) -> Any:
+        from dispatcher.producer import Dispatcher
+
+        values: dict[str, Any] = {
+            k.removeprefix("DISPATCHER_").lower(): v for k, v in env.items()
+        }
+        return Dispatcher(Settings(**values))
+
+    def flush(self) -> None:
+        self.redis.flushall()
+
+    def other_cpu(self, sim: harness.Simulator | None) -> dict[str, float]:
+        """CPU seconds so far of the producer (this process), Redis and the simulator."""
+        cpu = {"producer": time.process_time(), "redis": harness.cpu_seconds(self.server.pid or 0)}
+        if sim is not None:
+            cpu["simulator"] = harness.cpu_seconds(sim.proc.pid)
+        return cpu
+
+    def delivered(self) -> int:
+        return int(self.redis.hget(keys.STATS, "state:delivered") or 0)
+
+    def run_ours(
+        self,
+        sim: harness.Simulator,
+        env: dict[str, str],
+        n: int,
+        *,
+        pool: str,
+        concurrency: int,
+        processes: int = 1,
+        timeout: float = 120,
+        prefill: bool = False,
+        on_timed_start: Callable[[], None] | None = None,
+    ) -> dict[str, Any]:
+        """Submit ``n`` texts with the producer API; time until all are delivered.
+
+        ``prefill``: submit them before the workers start and time only the delivery
+        (the workers' throughput, not the producer's).
+        """
+        self.flush()
+        dispatcher = self.producer(env)
+        # Warm up every worker thread (token, scripts, connections) before the clock starts.
+        warm = processes * concurrency
+        for _ in range(warm + (n if prefill else 0)):
+            dispatcher.submit(TEXT)
+        workers = self.our_workers(env, processes, pool, concurrency)
+        with harness.started(*workers):
+            harness.wait_until(lambda: self.delivered() >= warm, 60)
+            spy = harness.py_spy(workers[0].pid, "dispatcher")
+            cpu0 = [harness.cpu_seconds(w.pid) for w in workers]
+            others0 = self.other_cpu(sim)
+            if on_timed_start is not None:
+                on_timed_start()
+            started = time.monotonic()
+            self.timed_from = time.time()
+            if not prefill:
+                for _ in range(n):
+                    dispatcher.submit(TEXT)
+            submitted = time.monotonic()
+            done = harness.wait_until(lambda: self.delivered() >= n + warm, timeout)
+            cpu = sum(harness.cpu_seconds(w.pid) - c for w, c in zip(workers, cpu0, strict=True))
+            others = {k: v - others0[k] for k, v in self.other_cpu(sim).items()}
+            rss = max(harness.rss_bytes(w.pid) for w in workers)
+            harness.stop_py_spy(spy)
+        dispatcher.close()
+        elapsed = done - started
+        return {
+            "per_second": round(n / elapsed, 1),
+            "n": n,
+            "seconds": round(elapsed, 3),
+            "submit_seconds": round(submitted - started, 3),
+            "prefilled": prefill,
+            "worker_cpu_ms_per_message": round(1000 * cpu / n, 3),
+            **{f"{k}_cpu_ms_per_message": round(1000 * v / n, 3) for k, v in others.items()},
+            "worker_rss_bytes": rss,
+        }
+
+    def run_baseline(
+        self,
+        task: str,
+        env: dict[str, str],
+        n: int,
+        *,
+        sim: harness.Simulator | None = None,
+        pool: str,
+        concurrency: int,
+        timeout: float = 120,
+        prefill: bool = False,
+        processes: int = 1,
+    ) -> dict[str, Any]:
+        """Enqueue ``n`` bare tasks from this process; time until the broker is idle."""
+        self.flush()
+        queue = env["BENCH_QUEUE"]
+        workers = [
+            harness.celery_worker(
+                f"bare-{pool}{concurrency}-{i}",
+                "benchmarks.baseline_app",
+                queue,
+                env,
+                pool=pool,
+                concurrency=concurrency,
+            )
+            for i in range(processes)
+        ]
+        baseline_celery.conf.broker_url = self.redis_url
+
+        def send(i: int) -> None:
+            baseline_celery.send_task(task, args=(f"bench{i}",), queue=queue)
+
+        for i in range(processes * concurrency):  # warm up the worker threads, as for ours
+            send(-1 - i)
+        if prefill:
+            for i in range(n):
+                send(i)
+        with harness.started(*workers):
+            harness.wait_until(lambda: harness.broker_backlog(self.redis, queue) <= n, 60)
+            spy = harness.py_spy(workers[0].pid, f"bare-{task}")
+            cpu0 = [harness.cpu_seconds(w.pid) for w in workers]
+            others0 = self.other_cpu(sim)
+            started = time.monotonic()
+            if not prefill:
+                for i in range(n):
+                    send(i)
+            submitted = time.monotonic()
+            done = harness.wait_until(
+                lambda: harness.broker_idle(self.redis, queue)
+                and harness.broker_idle(self.redis, queue),
+                timeout,
+            )
+            cpu = sum(harness.cpu_seconds(w.pid) - c for w, c in zip(workers, cpu0, strict=True))
+            others = {k: v - others0[k] for k, v in self.other_cpu(sim).items()}
+            rss = max(harness.rss_bytes(w.pid) for w in workers)
+            harness.stop_py_spy(spy)
+        elapsed = done - started
+        return {
+            "per_second": round(n / elapsed, 1),
+            "n": n,
+            "seconds": round(elapsed, 3),
+            "submit_seconds": round(submitted - started, 3),
+            "prefilled": prefill,
+            "worker_cpu_ms_per_task": round(1000 * cpu / n, 3),
+            **{f"{k}_cpu_ms_per_task": round(1000 * v / n, 3) for k, v in others.items()},
+            "worker_rss_bytes": rss,
+        }
+
+    # -- P1 ----------------------------------------------------------------
+
+    def p1(self, sim: harness.Simulator) -> None:
+        n = self.n(2000, 10000)
+        sim.reset()
+        say(
+            f"P1 baseline: bare no-op, {self.pool} -c {self.concurrency} x{self.processes}, n={n}"
+        )
+        bare = self.run_baseline(
+            NOOP_TASK,
+            self.baseline_env(f"bare-{uuid.uuid4().hex[:6]}"),
+            n,
+            pool=self.pool,
+            concurrency=self.concurrency,
+            processes=self.processes,
+        )
+        say(f"P1 ours: n={n}")
+        sim.reset()
+        ours = self.run_ours(
+            sim,
+            self.dispatcher_env(sim, f"p1-{uuid.uuid4().hex[:6]}"),
+            n,
+            pool=self.pool,
+            concurrency=self.concurrency,
+            processes=self.processes,
+        )
+        self.worker_rss = {"ours": ours["worker_rss_bytes"], "bare": bare["worker_rss_bytes"]}
+        self.results["P1"] = {
+            "value": ours["per_second"],
+            "baseline": bare["per_second"],
+            "ratio": ratio(ours["per_second"], bare["per_second"]),
+            "goal": "ratio >= 0.6",
+            "met": (ratio(ours["per_second"], bare["per_second"]) or 0) >= 0.6,
+            "unit": "messages/s end to end (submit -> delivered) vs bare no-op tasks/s",
+            "pool": self.pool,
+            "concurrency": self.concurrency,
+            "worker_processes": self.processes,
+            "ours": ours,
+            "bare": bare,
+        }
+        self.p5_records()
+
+    # -- P2 ----------------------------------------------------------------
+
+    def p2(self, sim: harness.Simulator) -> None:
+        n = self.n(2000, 6000)
+        sim.reset(latency=PROVIDER_LATENCY)
+        say(f"P2 baseline: bare POST task, threads -c 64, n={n}")
+        bare = self.run_baseline(
+            POST_TASK,
+            self.baseline_env(f"bare-{uuid.uuid4().hex[:6]}", sim),
+            n,
+            sim=sim,
+            pool="threads",
+            concurrency=64,
+            prefill=True,
+        )
+        n_prefork = self.n(120, 400)
+        say(f"P2 baseline: bare POST task, prefork -c 2, n={n_prefork}")
+        prefork = self.run_baseline(
+            POST_TASK,
+            self.baseline_env(f"bare-{uuid.uuid4().hex[:6]}", sim),
+            n_prefork,
+            sim=sim,
+            pool="prefork",
+            concurrency=2,
+            prefill=True,
+        )
+        say(f"P2 ours: {self.pool} -c {self.concurrency} x{self.processes}, n={n}")
+        ours = self.run_ours(
+            sim,
+            self.dispatcher_env(sim, f"p2-{uuid.uuid4().hex[:6]}"),
+            n,
+            pool=self.pool,
+            concurrency=self.concurrency,
+            processes=self.processes,
+            prefill=True,
+        )
+        r = ratio(ours["per_second"], bare["per_second"])
+        r_prefork = ratio(ours["per_second"], prefork["per_second"])
+        self.results["P2"] = {
+            "value": ours["per_second"],
+            "baseline": bare["per_second"],
+            "ratio": r,
+            "goal": "ratio >= 1.0 and >= 10x the prefork -c 2 figure",
+            "met": (r or 0) >= 1.0 and (r_prefork or 0) >= 10,
+            "unit": f"delivered/s with {PROVIDER_LATENCY * 1000:.0f} ms provider latency "
+            "(queue filled first: the workers' rate, not the producer's)",
+            "pool": self.pool,
+            "concurrency": self.concurrency,
+            "worker_processes": self.processes,
+            "prefork_c2": prefork["per_second"],
+            "ratio_vs_prefork_c2": r_prefork,
+            "ours": ours,
+            "bare_threads_c64": bare,
+            "bare_prefork_c2": prefork,
+        }
+
+    # -- P3 ----------------------------------------------------------------
+
+    def p3(self) -> None:
+        n = self.n(600, 2000)
+        sim = harness.Simulator(calls_per_second=P3_LIMIT).start()
+        try:
+            sim.reset()
+            say(f"P3: 4 worker processes, simulator at {P3_LIMIT} calls/s, n={n}")
+            cold: dict[str, int] = {}
+            run = self.run_ours(
+                sim,
+                self.dispatcher_env(sim, f"p3-{uuid.uuid4().hex[:6]}"),
+                n,
+                on_timed_start=lambda: cold.update(sim.stats()),
+                pool=self.pool,
+                concurrency=self.concurrency,
+                processes=4,
+                timeout=max(60, 3 * n / P3_LIMIT),
+            )
+            stats = sim.stats()
+            if os.environ.get("BENCH_DUMP"):
+                Path(os.environ["BENCH_DUMP"]).write_text(json.dumps(sim.requests()))
+            calls = sorted(
+                r["receivedAt"]
+                for r in sim.requests()
+                if r["method"] == "POST"
+                and r["path"].endswith("/messages")
+                and r["receivedAt"] >= self.timed_from  # not the warm-up message
+            )
+        finally:
+            sim.stop()
+        span = calls[-1] - calls[0] if len(calls) > 1 else 0.0
+        achieved = round((len(calls) - 1) / span, 2) if span else None
+        cold_429 = cold.get("rate_limited_429", 0)
+        timed_429 = stats.get("rate_limited_429", 0) - cold_429
+        timed_403 = stats.get("quota_exceeded_403", 0) - cold.get("quota_exceeded_403", 0)
+        rejected = timed_429 + timed_403
+        self.results["P3"] = {
+            "value": achieved,
+            "baseline": P3_LIMIT,
+            "ratio": ratio(achieved, P3_LIMIT),
+            "goal": "ratio >= 0.95 and zero 429s once the workers are warm "
+            "(429s while 4x32 cold threads open their first connections: cold_start_429)",
+            "met": (ratio(achieved, P3_LIMIT) or 0) >= 0.95 and rejected == 0,
+            "unit": "provider calls/s achieved (simulator's own clock) vs its limit",
+            "received_429": timed_429,
+            "received_403_quota": timed_403,
+            "cold_start_429": cold_429,
+            "message_calls": len(calls),
+            "delivered": self.delivered(),
+            "worker_processes": 4,
+            "run": run,
+        }
+
+    # -- P5 ----------------------------------------------------------------
+
+    def p5_records(self) -> None:
+        """Bytes per delivered text message's status record (hash + history), from P1's data."""
+        ids = []
+        for key in self.redis.scan_iter(match=keys.message("*"), count=1000):
+            ids.append(key.decode().removeprefix(keys.message("")))
+            if len(ids) >= 200:
+                break
+        sizes = []
+        for message_id in ids:
+            size = int(self.redis.memory_usage(keys.message(message_id), samples=0) or 0)
+            size += int(self.redis.memory_usage(keys.history(message_id), samples=0) or 0)
+            sizes.append(size)
+        self.p5_sizes = sizes
+
+    def p5(self) -> None:
+        sizes = getattr(self, "p5_sizes", [])
+        per_record = round(statistics.mean(sizes)) if sizes else None
+        ours, bare = self.worker_rss.get("ours"), self.worker_rss.get("bare")
+        rss_ratio = ratio(ours, bare)
+        self.results["P5"] = {
+            "value": per_record,
+            "baseline": None,
+            "ratio": None,
+            "goal": "reported; our budget: <= 2048 bytes per delivered text record "
+            "and worker RSS <= 2x a bare Celery worker of the same pool",
+            "met": per_record is not None
+            and per_record <= 2048
+            and rss_ratio is not None
+            and rss_ratio <= 2.0,
+            "unit": "Redis bytes per status record (MEMORY USAGE of hash + history)",
+            "records_sampled": len(sizes),
+            "worker_rss_bytes": ours,
+            "bare_worker_rss_bytes": bare,
+            "worker_rss_ratio": rss_ratio,
+        }
+
+    # -- P4 ----------------------------------------------------------------
+
+    def p4(self) -> None:
+        from benchmarks import http_bench
+
+        self.results["P4"] = http_bench.run(self, say)
+
+    # -- all ---------------------------------------------------------------
+
+    def run(self, only: set[str]) -> dict[str, Any]:
+        started = time.monotonic()
+        try:
+            if only & {"P1", "P2", "P5"}:
+                sim = harness.Simulator().start()
+                try:
+                    if only & {"P1", "P5"}:
+                        self.p1(sim)
+                    if "P2" in only:
+                        self.p2(sim)
+                finally:
+                    sim.stop()
+            if "P3" in only:
+                self.p3()
+            if "P4" in only:
+                self.p4()
+            if "P5" in only:
+                self.p5()
+        finally:
+            self.redis.close()
+            self.server.cleanup()
+        out: dict[str, Any] = {k: self.results[k] for k in ("P1", "P2", "P3", "P4", "P5") if k in self.results}
+        out["machine"] = machine()
+        out["seconds"] = round(time.monotonic() - started, 1)
+        out["quick"] = self.quick
+        return out
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": model or platform.processor(),
+        "python": platform.python_version(),
+        "load_1min_at_end": load,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small N: under 3 minutes")
+    parser.add_argument("--only", default="P1,P2,P3,P4,P5", help="comma-separated subset")
+    parser.add_argument("--pool", default=None, help="worker pool (default: the product's)")
+    parser.add_argument("--concurrency", type=int, default=None)
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="worker processes for P1/P2 (default: one per core, the recommended setup)",
+    )
+    args = parser.parse_args(argv)
+    only = {p.strip().upper() for p in args.only.split(",") if p.strip()}
+    result = Bench(args).run(only)
+    print(json.dumps(result, indent=2))
+    # Process logs are kept only when asked (or when the run failed: the path is in the error).
+    if not os.environ.get("BENCH_KEEP_LOGS"):
+        shutil.rmtree(harness.LOG_DIR, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+

@@ -1,0 +1,167 @@
+"""The delivery task's queue message, built without kombu on the submit path.
+
+When the broker is the status store's Redis, the producer pushes the Celery
+task message onto the queue list in the same Lua call that records
+``queued`` (``StatusStore.create(..., enqueue=...)``): both or neither, one
+round trip, and no kombu objects per submit.
+
+The message is the one ``Celery.send_task(DELIVER_TASK, args=(id,), queue=q)``
+makes and kombu's Redis transport LPUSHes (task protocol 2, body in base64).
+It is captured once per process by running ``send_task`` itself against an
+in-memory kombu channel, so Celery's and kombu's own code decide every header
+and property; each submit only fills in the id, a new task id and a new
+delivery tag.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from celery import Celery
+from celery.utils.saferepr import saferepr
+from kombu import Connection
+from kombu.transport import memory
+from kombu.utils.json import dumps as kombu_dumps
+
+_ID = "__dispatcher_message_id__"
+_TASK_ID = "__dispatcher_task_id__"
+_TAG = "__dispatcher_delivery_tag__"
+_ARGSREPR = "__dispatcher_argsrepr__"
+_BODY = "__dispatcher_body__"
+
+
+class _CaptureChannel(memory.Channel):
+    """A memory channel that keeps what ``basic_publish`` would store instead of queuing it."""
+
+    captured: list[tuple[str, dict[str, Any]]]
+
+    def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
+        self.connection.captured.append((queue, message))
+
+
+class _CaptureTransport(memory.Transport):
+    Channel = _CaptureChannel
+
+    def __init__(self, client: Any, **kwargs: Any) -> None:
+        super().__init__(client, **kwargs)
+        self.captured: list[tuple[str, dict[str, Any]]] = []
+
+
+@dataclass(frozen=True)
+class TaskMessageTemplate:
+    """The queue list key and the message bytes for ``task(message_id)``, filled per call."""
+
+    queue_key: str
+    task_name: str
+    pid: int
+    _parts: tuple[str, ...]
+    _body_parts: tuple[str, str]
+    _argsrepr_maxsize: int
+    _argsrepr_maxlevels: int
+
+    @classmethod
+    def capture(cls, app: Celery, task_name: str, queue: str) -> TaskMessageTemplate:
+        """Run ``app.send_task`` once on an in-memory channel and keep its message as a template.
+
+        Raises ValueError when the message is not one a plain LPUSH to ``queue`` reproduces
+        (a priority other than 0, a key prefix, routing to another queue, another encoding).
+        """
+        options = app.conf.broker_transport_options or {}
+        if options.get("global_keyprefix"):
+            raise ValueError("a broker key prefix is configured")
+        with Connection(transport=_CaptureTransport) as connection:
+            app.send_task(
+                task_name, args=(_ID,), queue=queue, task_id=_TASK_ID, connection=connection
+            )
+            captured = connection.transport.captured
+        if len(captured) != 1:
+            raise ValueError(f"send_task stored {len(captured)} messages, expected 1")
+        target, message = captured[0]
+        props = message["properties"]
+        if target != queue or props.get("priority") not in (0, None):
+            raise ValueError(
+                f"send_task routed to {target!r} with priority {props.get('priority')}"
+            )
+        if props.get("body_encoding") != "base64" or message.get("content-type") != (
+            "application/json"
+        ):
+            raise ValueError("unexpected message encoding")
+        body = base64.b64decode(message["body"]).decode("utf-8")
+        body_json = json.dumps(_ID)
+        if body.count(body_json) != 1:
+            raise ValueError("message id not found once in the task body")
+        head, tail = body.split(body_json)
+
+        headers = message["headers"]
+        argsrepr_maxsize = app.amqp.argsrepr_maxsize
+        argsrepr_maxlevels = app.conf.task_repr_maxlevels
+        if headers.get("argsrepr") != saferepr(
+            (_ID,), argsrepr_maxsize, maxlevels=argsrepr_maxlevels
+        ):
+            raise ValueError("unexpected argsrepr")
+        for place, key in ((headers, "id"), (headers, "root_id"), (props, "correlation_id")):
+            if place.get(key) != _TASK_ID:
+                raise ValueError(f"task id not in {key}")
+        headers["argsrepr"] = _ARGSREPR
+        props["delivery_tag"] = _TAG
+        message["body"] = _BODY
+        text = kombu_dumps(message)  # kombu's Redis transport: client.lpush(key, dumps(message))
+        parts = _split(text, (json.dumps(p) for p in (_BODY, _TASK_ID, _ARGSREPR, _TAG)))
+        return cls(
+            queue_key=queue,
+            task_name=task_name,
+            pid=os.getpid(),
+            _parts=parts,
+            _body_parts=(head, tail),
+            _argsrepr_maxsize=argsrepr_maxsize,
+            _argsrepr_maxlevels=argsrepr_maxlevels,
+        )
+
+    def build(self, message_id: str) -> str:
+        """The queue message for one delivery of ``message_id``: a new task id and tag."""
+        id_json = json.dumps(message_id)
+        head, tail = self._body_parts
+        body = base64.b64encode(f"{head}{id_json}{tail}".encode()).decode("ascii")
+        if len(message_id) < 200 and message_id.isascii() and message_id.isalnum():
+            argsrepr = f"('{message_id}',)"  # what saferepr gives for a plain short id
+        else:
+            argsrepr = saferepr(
+                (message_id,), self._argsrepr_maxsize, maxlevels=self._argsrepr_maxlevels
+            )
+        values = {
+            _BODY: json.dumps(body),
+            _TASK_ID: json.dumps(str(uuid.uuid4())),  # Celery's task ids: kombu's uuid()
+            _ARGSREPR: json.dumps(argsrepr),
+            _TAG: json.dumps(str(uuid.uuid4())),
+        }
+        parts = self._parts
+        out = [parts[0]]
+        for i in range(1, len(parts), 2):
+            out.append(values[parts[i]])
+            out.append(parts[i + 1])
+        return "".join(out)
+
+
+def _split(text: str, placeholders: Any) -> tuple[str, ...]:
+    """``text`` cut at each JSON-quoted placeholder: literal, name, literal, name, ..., literal."""
+    names = {json.dumps(p): p for p in (_BODY, _TASK_ID, _ARGSREPR, _TAG)}
+    wanted = set(placeholders)
+    parts: list[str] = []
+    rest = text
+    while True:
+        hits = [(rest.find(q), q) for q in wanted if q in rest]
+        if not hits:
+            parts.append(rest)
+            break
+        at, quoted = min(hits)
+        parts.append(rest[:at])
+        parts.append(names[quoted])
+        rest = rest[at + len(quoted) :]
+    if any(quoted in parts[-1] for quoted in wanted) or parts.count(_BODY) != 1:
+        raise ValueError("placeholders not found in the message")
+    return tuple(parts)

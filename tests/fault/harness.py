@@ -1,0 +1,425 @@
+"""The fault harness of RELIABILITY.md: receipts at the provider, worker PIDs, invariants I1-I4.
+
+Fixtures live in ``conftest.py``; this module holds what tests import by name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import redis
+
+from dispatcher import keys
+from dispatcher.sandbox.control import _ConnectionDropped
+from tests.conftest import EASEMOB_APP, EASEMOB_ORG, ROOT
+
+MESSAGES_PATH = f"/{EASEMOB_ORG}/{EASEMOB_APP}/messages"
+TOKEN_PATH = f"/{EASEMOB_ORG}/{EASEMOB_APP}/token"
+TERMINAL = frozenset({"delivered", "failed", "dead"})
+MAX_WORKERS = 4
+"""The fault suite shares 2 cores: never more worker processes than this at once."""
+
+
+def new_id(prefix: str = "f") -> str:
+    return prefix + uuid.uuid4().hex
+
+
+def text_message(message_id: str, text: str = "fault test", to: str = "u2") -> dict[str, Any]:
+    return {
+        "messageType": 1,
+        "from": "u1",
+        "to": to,
+        "messageInfo": {"textMessage": text},
+        "getMessageId": message_id,
+    }
+
+
+# ---------------------------------------------------------------------------
+# What the provider received, seen from outside the simulator
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """One ``/messages`` call as the Easemob simulator answered it."""
+
+    message_id: str | None
+    status: int | None
+    """HTTP status sent, or None when the connection was dropped before any answer."""
+    dropped: bool
+    """A fault rule cut the connection (the request may or may not have been acted on)."""
+    received_at: float
+    answered_at: float
+
+    @property
+    def reached_provider(self) -> bool:
+        """The provider accepted it, or may have (answer lost): what I2 counts."""
+        return self.status == 200 or self.dropped
+
+
+class ReceiptLedger:
+    """Outer ASGI middleware around a simulator: which id each send carried, and its answer.
+
+    The simulator's own ledger records requests, not answers; I2 counts sends
+    the provider accepted (or may have: a lost answer), so a 401, 429 or
+    injected 503 is not a delivery.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self._lock = threading.Lock()
+        self._receipts: list[Receipt] = []
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or not scope["path"].endswith("/messages"):
+            await self.app(scope, receive, send)
+            return
+        received_at = time.time()
+        chunks: list[bytes] = []
+        while True:
+            event = await receive()
+            if event["type"] == "http.disconnect":
+                break
+            chunks.append(event.get("body", b""))
+            if not event.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        status: int | None = None
+        dropped = False
+        replayed = False
+
+        async def replay() -> Any:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def capture(event: Any) -> None:
+            nonlocal status
+            if event["type"] == "http.response.start":
+                status = event["status"]
+            await send(event)
+
+        try:
+            await self.app(scope, replay, capture)
+        except _ConnectionDropped:
+            dropped = True
+            raise
+        finally:
+            self._record(
+                Receipt(
+                    _message_id(body),
+                    None if dropped else status,
+                    dropped,
+                    received_at,
+                    time.time(),
+                )
+            )
+
+    def _record(self, receipt: Receipt) -> None:
+        with self._lock:
+            self._receipts.append(receipt)
+
+    def receipts(self) -> list[Receipt]:
+        with self._lock:
+            return list(self._receipts)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._receipts.clear()
+
+
+def _message_id(body: bytes) -> str | None:
+    try:
+        payload = json.loads(body)
+        return str(payload["ext"]["dispatcher"]["getMessageId"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+@dataclass
+class Easemob:
+    """A simulator of this test's own: its URL, app, and the receipt ledger."""
+
+    url: str
+    app: Any
+    ledger: ReceiptLedger
+
+    def fault(self, **rule: Any) -> None:
+        httpx.post(f"{self.url}/_sandbox/faults", json=rule, timeout=10).raise_for_status()
+
+    def clear_faults(self) -> None:
+        httpx.delete(f"{self.url}/_sandbox/faults", timeout=10).raise_for_status()
+
+    def expire_tokens(self) -> int:
+        reply = httpx.post(f"{self.url}/_sandbox/easemob/expire-tokens", timeout=10)
+        return int(reply.raise_for_status().json()["expired"])
+
+    def stats(self) -> dict[str, int]:
+        reply = httpx.get(f"{self.url}/_sandbox/easemob/stats", timeout=10)
+        return dict(reply.raise_for_status().json())
+
+    def receipts(self, message_id: str | None = None) -> list[Receipt]:
+        entries = self.ledger.receipts()
+        if message_id is None:
+            return entries
+        return [r for r in entries if r.message_id == message_id]
+
+    def reached(self) -> Counter[str]:
+        """Per id: sends that reached the provider (accepted, or answer lost)."""
+        return Counter(
+            r.message_id for r in self.ledger.receipts() if r.reached_provider and r.message_id
+        )
+
+    def token_calls(self) -> int:
+        return self.stats()["token_calls"]
+
+
+# ---------------------------------------------------------------------------
+# Worker processes with recorded PIDs
+
+
+@dataclass
+class FaultWorker:
+    """``celery -A dispatcher.worker worker`` as a child of the test; faults go to its PIDs."""
+
+    env: dict[str, str]
+    log_path: Path
+    extra_args: list[str] = field(default_factory=list)
+    process: subprocess.Popen[bytes] | None = None
+    known_children: set[int] = field(default_factory=set)
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def start(self, *, wait_ready: bool = True, timeout: float = 30.0) -> FaultWorker:
+        command = [
+            sys.executable, "-m", "celery", "-A", "dispatcher.worker", "worker",
+            "-Q", self.env["DISPATCHER_QUEUE"],
+            "-n", f"fault-{uuid.uuid4().hex[:8]}@%h",
+            "--without-heartbeat", "--without-mingle", "--without-gossip",
+            "-l", "INFO", *self.extra_args,
+        ]  # fmt: skip
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                command,
+                env={**os.environ, **self.env},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+            )
+        if wait_ready:
+            self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = 30.0) -> FaultWorker:
+        assert self.process is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"worker exited at start:\n{self.log()[-3000:]}")
+            if " ready." in self.log():
+                self.known_children |= set(self.children())
+                return self
+            time.sleep(0.1)
+        raise TimeoutError(f"worker not ready in {timeout}s:\n{self.log()[-3000:]}")
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def children(self) -> list[int]:
+        """PIDs of this worker's child processes (prefork pool), from /proc."""
+        found: list[int] = []
+        for task in Path(f"/proc/{self.pid}/task").glob("*"):
+            try:
+                found += [int(pid) for pid in (task / "children").read_text().split()]
+            except OSError:
+                continue
+        return sorted(set(found))
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def signal(self, signum: int) -> None:
+        assert self.process is not None
+        os.kill(self.pid, signum)
+
+    def kill(self) -> None:
+        """SIGKILL the main process, as a crash or the OOM killer would."""
+        self.known_children |= set(self.children()) if self.alive() else set()
+        self.signal(signal.SIGKILL)
+        assert self.process is not None
+        self.process.wait(10)
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        # Prefork children of a SIGKILLed parent: ours, so ours to end.
+        for pid in self.known_children:
+            _kill_if_ours(pid, self.env["DISPATCHER_QUEUE"])
+
+
+def _kill_if_ours(pid: int, queue: str) -> None:
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return
+    if f"DISPATCHER_QUEUE={queue}".encode() in environ:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+# ---------------------------------------------------------------------------
+# Invariants
+
+
+def submit_texts(dispatcher: Any, count: int, prefix: str = "f", **message: Any) -> list[str]:
+    ids = []
+    for _ in range(count):
+        message_id = new_id(prefix)
+        dispatcher.submit(text_message(message_id, **message))
+        ids.append(message_id)
+    return ids
+
+
+def records_of(dispatcher: Any, ids: list[str]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        found.update(zip(chunk, dispatcher.store.get_many(chunk), strict=True))
+    return found
+
+
+def wait_all_terminal(dispatcher: Any, ids: list[str], timeout: float) -> dict[str, Any]:
+    """I1: every id reaches a terminal state within ``timeout`` seconds; returns the records."""
+    deadline = time.monotonic() + timeout
+    pending = list(ids)
+    records: dict[str, Any] = {}
+    while True:
+        try:
+            current = records_of(dispatcher, pending)
+        except redis.RedisError:
+            current = {}
+        for message_id, record in current.items():
+            if record is not None and record.state.value in TERMINAL:
+                records[message_id] = record
+        pending = [m for m in pending if m not in records]
+        if not pending:
+            return records
+        if time.monotonic() > deadline:
+            sample = {m: current.get(m) for m in pending[:3]}
+            raise AssertionError(
+                f"I1: {len(pending)} of {len(ids)} ids not terminal after {timeout}s; e.g. {sample}"
+            )
+        time.sleep(0.1)
+
+
+def _details(record: Any) -> str:
+    return "\n".join(h.detail or "" for h in record.history)
+
+
+def check_no_needless_duplicates(
+    records: dict[str, Any], easemob: Easemob, *, allowed: dict[str, int] | None = None
+) -> Counter[str]:
+    """I2: one send reached the provider per id; two only when the history says why."""
+    reached = easemob.reached()
+    allowed = allowed or {}
+    for message_id, record in records.items():
+        details = _details(record)
+        explained = any(marker in details for marker in ("ambiguous:", "took over", "recovery:"))
+        limit = allowed.get(message_id, 2 if explained else 1)
+        assert reached[message_id] <= limit, (
+            f"I2: {message_id} reached the provider {reached[message_id]} times (limit {limit}); "
+            f"history: {[(h.state.value, h.detail) for h in record.history]}"
+        )
+        if record.state.value == "delivered":
+            assert reached[message_id] >= 1, f"I2: {message_id} delivered but never sent"
+    return reached
+
+
+def check_forward_only(records: dict[str, Any]) -> None:
+    """I3: once terminal, a history only moves on by an operator's replay of a dead letter."""
+    for message_id, record in records.items():
+        states = [h.state.value for h in record.history]
+        for index, entry in enumerate(record.history[:-1]):
+            if entry.state.value not in TERMINAL:
+                continue
+            after = record.history[index + 1]
+            replay = (
+                entry.state.value == "dead"
+                and after.state.value == "queued"
+                and "replay" in (after.detail or "")
+            )
+            assert replay, f"I3: {message_id} left {entry.state.value}: {states}"
+        assert record.state.value == states[-1], f"I3: {message_id} record/history disagree"
+
+
+BOUNDED_KEYS = frozenset({keys.IN_FLIGHT, keys.DEAD_LETTERS, keys.STATS, keys.REJECTED})
+"""Ours without a TTL: bounded by design (see dispatcher/keys.py)."""
+
+
+def check_bounded_keys(client: redis.Redis, queues: Iterable[str] = ()) -> dict[str, int]:
+    """I4: every key carries a TTL or is a bounded structure; returns counts by kind."""
+    allowed = set(BOUNDED_KEYS) | {"unacked", "unacked_index"} | set(queues)
+    counts: Counter[str] = Counter()
+    offenders = []
+    for raw in client.scan_iter(count=1000):
+        name = raw.decode()
+        if name in allowed or name.startswith("_kombu."):  # kombu bindings, per queue
+            counts["bounded"] += 1
+            continue
+        if client.ttl(name) == -1:
+            offenders.append(name)
+        else:
+            counts["ttl"] += 1
+    assert not offenders, f"I4: keys without a TTL: {offenders[:10]} ({len(offenders)})"
+    return dict(counts)
+
+
+def check_nothing_in_flight(client: redis.Redis, ids: Iterable[str]) -> None:
+    """The in-flight index holds no terminal message (it stays bounded)."""
+    left = [m for m in ids if client.zscore(keys.IN_FLIGHT, m) is not None]
+    assert not left, f"I4: terminal ids still in the in-flight index: {left[:5]}"
+
+
+def assert_invariants(
+    dispatcher: Any,
+    easemob: Easemob,
+    ids: list[str],
+    *,
+    timeout: float,
+    allowed: dict[str, int] | None = None,
+) -> dict[str, Any]:
+    """I1-I4 for ``ids``; returns their terminal records."""
+    records = wait_all_terminal(dispatcher, ids, timeout)
+    check_no_needless_duplicates(records, easemob, allowed=allowed)
+    check_forward_only(records)
+    client = dispatcher.redis
+    check_nothing_in_flight(client, ids)
+    check_bounded_keys(client, [dispatcher.settings.queue])
+    return records

@@ -1,0 +1,162 @@
+"""F3, F4, F5: Redis killed and restarted from its AOF, absent at start, connections cut."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import redis
+
+from dispatcher.errors import Unavailable
+from tests.fault.harness import (
+    MESSAGES_PATH,
+    assert_invariants,
+    new_id,
+    text_message,
+)
+
+pytestmark = pytest.mark.fault
+
+
+class Load:
+    """Submits through the API in a thread until stopped; records every answer with its time."""
+
+    def __init__(self, submit: Callable[[dict[str, Any]], Any], pause: float = 0.02) -> None:
+        self.submit = submit
+        self.pause = pause
+        self.accepted: list[str] = []
+        self.answers: list[tuple[float, int, str]] = []  # (monotonic time, status, id)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            message_id = new_id("load")
+            try:
+                status = self.submit(text_message(message_id)).status_code
+            except Exception:
+                status = -1  # the API itself did not answer: never an acceptance
+            self.answers.append((time.monotonic(), status, message_id))
+            if status == 200:
+                self.accepted.append(message_id)
+            self._stop.wait(self.pause)
+
+    def __enter__(self) -> Load:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def between(self, start: float, end: float) -> list[int]:
+        return [status for at, status, _ in self.answers if start <= at <= end]
+
+
+def test_redis_killed_under_load_and_restarted_from_its_aof_loses_no_accepted_message(
+    dispatcher: Any, easemob: Any, start_worker: Any, api: Any, redis_server: Any
+) -> None:
+    start_worker()
+    start_worker()
+    easemob.fault(path=MESSAGES_PATH, latency=0.3)
+    with Load(api.submit) as load:
+        time.sleep(3)
+        redis_server.kill()
+        down_at = time.monotonic()
+        time.sleep(3)
+        up_at = time.monotonic()
+        redis_server.start()  # same port and data dir: replays the AOF
+        time.sleep(4)
+    while_down = load.between(down_at + 0.5, up_at)
+    assert while_down, "the load kept submitting while Redis was down"
+    assert set(while_down) == {503}, f"only 503 while Redis is down, got {set(while_down)}"
+    after = load.between(up_at + 2, time.monotonic())
+    assert 200 in after, "the API accepts again once Redis is back, without a restart"
+    before = [s for at, s, _ in load.answers if at < down_at]
+    print(
+        f"\nF3: {len(load.accepted)} accepted ({len(before)} before the kill), "
+        f"{len(while_down)} answered 503 while Redis was down"
+    )
+    easemob.clear_faults()
+    records = assert_invariants(dispatcher, easemob, load.accepted, timeout=60)
+    assert all(r.state.value == "delivered" for r in records.values())
+
+
+def test_redis_absent_at_start_api_and_workers_connect_when_it_appears(
+    dispatcher: Any,
+    easemob: Any,
+    start_worker: Any,
+    api: Any,
+    redis_server: Any,
+) -> None:
+    redis_server.stop()
+    workers = [start_worker(wait_ready=False), start_worker(wait_ready=False)]
+    refused = 0
+    started = time.monotonic()
+    while time.monotonic() - started < 20:  # RELIABILITY F4: Redis appears 20 s later
+        reply = api.submit(text_message(new_id("absent")))
+        assert reply.status_code == 503, reply.text
+        refused += 1
+        with pytest.raises(Unavailable):
+            dispatcher.submit(text_message(new_id("absent")))
+        time.sleep(1)
+    assert all(w.alive() for w in workers), "workers wait for Redis instead of exiting"
+    redis_server.start()
+    appeared = time.monotonic()
+    for worker in workers:
+        worker.wait_ready(timeout=45)
+    ready_in = time.monotonic() - appeared
+
+    ids = []
+    for _ in range(10):
+        message_id = new_id("absent")
+        assert api.submit(text_message(message_id)).status_code == 200
+        ids.append(message_id)
+    ids.append(dispatcher.submit(text_message(new_id("absent"))))
+    records = assert_invariants(dispatcher, easemob, ids, timeout=30)
+    print(
+        f"\nF4: {refused} submissions answered 503 meanwhile; workers ready {ready_in:.1f}s after Redis"
+    )
+    assert all(r.state.value == "delivered" for r in records.values())
+
+
+def test_workers_keep_consuming_while_redis_client_connections_are_killed(
+    dispatcher: Any, easemob: Any, start_worker: Any, redis_server: Any
+) -> None:
+    workers = [start_worker(), start_worker()]
+    easemob.fault(path=MESSAGES_PATH, latency=0.2)
+    admin = redis.Redis.from_url(redis_server.url)
+    ids: list[str] = []
+    kills = 0
+    started = time.monotonic()
+    next_kill = started + 1.5
+    while time.monotonic() - started < 14:
+        for _ in range(5):
+            message_id = new_id("cut")
+            try:
+                dispatcher.submit(text_message(message_id))
+            except Unavailable:
+                continue  # our own connection was cut mid-call: nothing accepted
+            ids.append(message_id)
+        if time.monotonic() >= next_kill:
+            kills += 1
+            killed = admin.client_kill_filter(_type="normal", skipme=True)
+            assert killed > 0
+            next_kill += 2.0
+        time.sleep(0.25)
+    # After the last cut: every worker still consumes.
+    after = [dispatcher.submit(text_message(new_id("after"))) for _ in range(20)]
+    easemob.clear_faults()
+    records = assert_invariants(dispatcher, easemob, ids + after, timeout=45)
+    print(f"\nF5: {kills} rounds of CLIENT KILL TYPE normal; {len(ids) + len(after)} delivered")
+    assert kills >= 5
+    assert all(w.alive() for w in workers)
+    assert all(r.state.value == "delivered" for r in records.values())
+    logs = [w.log() for w in workers]
+    for worker, log in zip(workers, logs, strict=True):
+        consumed_after = sum(f"getMessageId={m} delivered" in log for m in after)
+        print(f"worker {worker.pid}: {consumed_after} of the last 20 after the cuts")
+    admin.close()
