@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Self
 
 import httpx
 import pytest
@@ -159,31 +159,38 @@ class WorkerProcess:
 
     env: dict[str, str]
     log_path: Path
-    process: subprocess.Popen[bytes] | None = None
     extra_args: list[str] = field(default_factory=list)
+    process: subprocess.Popen[bytes] | None = None
+    name_prefix: ClassVar[str] = "test"
 
     @property
     def pid(self) -> int:
         assert self.process is not None
         return self.process.pid
 
-    def start(self, timeout: float = 30.0) -> WorkerProcess:
+    def start(self, *, wait_ready: bool = True, timeout: float = 30.0) -> Self:
         command = [
             sys.executable, "-m", "celery", "-A", "dispatcher.worker", "worker",
             "-Q", self.env["DISPATCHER_QUEUE"],
-            "-n", f"test-{uuid.uuid4().hex[:8]}@%h",
+            "-n", f"{self.name_prefix}-{uuid.uuid4().hex[:8]}@%h",
             "--without-heartbeat", "--without-mingle", "--without-gossip",
             "-l", "INFO", *self.extra_args,
         ]  # fmt: skip
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            command,
-            env={**os.environ, **self.env},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-        )
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                command,
+                env={**os.environ, **self.env},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+            )
+        if wait_ready:
+            self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = 30.0) -> Self:
+        assert self.process is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -231,7 +238,7 @@ def start_worker(
     def start(*extra_args: str, **overrides: str) -> WorkerProcess:
         env = dict(worker_env)
         env.update({f"DISPATCHER_{k.upper()}": str(v) for k, v in overrides.items()})
-        worker = WorkerProcess(env, tmp_path / f"worker-{len(started)}.log", extra_args=list(extra_args))
+        worker = WorkerProcess(env, tmp_path / f"worker-{len(started)}.log", list(extra_args))
         started.append(worker)
         return worker.start()
 

@@ -9,8 +9,6 @@ import contextlib
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -18,14 +16,14 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Self
 
 import httpx
 import redis
 
 from dispatcher import keys
 from dispatcher.sandbox.control import _ConnectionDropped
-from tests.conftest import EASEMOB_APP, EASEMOB_ORG, ROOT
+from tests.conftest import EASEMOB_APP, EASEMOB_ORG, WorkerProcess
 
 MESSAGES_PATH = f"/{EASEMOB_ORG}/{EASEMOB_APP}/messages"
 TOKEN_PATH = f"/{EASEMOB_ORG}/{EASEMOB_APP}/token"
@@ -194,52 +192,16 @@ class Easemob:
 
 
 @dataclass
-class FaultWorker:
-    """``celery -A dispatcher.worker worker`` as a child of the test; faults go to its PIDs."""
+class FaultWorker(WorkerProcess):
+    """A test worker whose PIDs (main process and prefork children) faults are sent to."""
 
-    env: dict[str, str]
-    log_path: Path
-    extra_args: list[str] = field(default_factory=list)
-    process: subprocess.Popen[bytes] | None = None
     known_children: set[int] = field(default_factory=set)
+    name_prefix: ClassVar[str] = "fault"
 
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def start(self, *, wait_ready: bool = True, timeout: float = 30.0) -> FaultWorker:
-        command = [
-            sys.executable, "-m", "celery", "-A", "dispatcher.worker", "worker",
-            "-Q", self.env["DISPATCHER_QUEUE"],
-            "-n", f"fault-{uuid.uuid4().hex[:8]}@%h",
-            "--without-heartbeat", "--without-mingle", "--without-gossip",
-            "-l", "INFO", *self.extra_args,
-        ]  # fmt: skip
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                command,
-                env={**os.environ, **self.env},
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=ROOT,
-            )
-        if wait_ready:
-            self.wait_ready(timeout)
+    def wait_ready(self, timeout: float = 30.0) -> Self:
+        super().wait_ready(timeout)
+        self.known_children |= set(self.children())
         return self
-
-    def wait_ready(self, timeout: float = 30.0) -> FaultWorker:
-        assert self.process is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"worker exited at start:\n{self.log()[-3000:]}")
-            if " ready." in self.log():
-                self.known_children |= set(self.children())
-                return self
-            time.sleep(0.1)
-        raise TimeoutError(f"worker not ready in {timeout}s:\n{self.log()[-3000:]}")
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -254,12 +216,6 @@ class FaultWorker:
                 continue
         return sorted(set(found))
 
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
     def signal(self, signum: int) -> None:
         assert self.process is not None
         os.kill(self.pid, signum)
@@ -272,13 +228,7 @@ class FaultWorker:
         self.process.wait(10)
 
     def stop(self, timeout: float = 20.0) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        super().stop(timeout)
         # Prefork children of a SIGKILLed parent: ours, so ours to end.
         for pid in self.known_children:
             _kill_if_ours(pid, self.env["DISPATCHER_QUEUE"])
