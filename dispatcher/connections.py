@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import redis
+from redis.asyncio import Redis as AsyncRedis
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
@@ -29,3 +33,42 @@ def redis_client(settings: Settings, *, max_connections: int = 64) -> redis.Redi
         retry_on_error=[redis.ConnectionError, redis.TimeoutError],
         max_connections=max_connections,
     )
+
+
+def async_redis_client(settings: Settings, *, max_connections: int = 64) -> AsyncRedis:
+    """:func:`redis_client` for asyncio code (the HTTP API's submit path)."""
+    return AsyncRedis.from_url(
+        settings.redis_url,
+        socket_timeout=5,
+        socket_connect_timeout=2,
+        health_check_interval=15,
+        retry=AsyncRetry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+        max_connections=max_connections,
+    )
+
+
+class LoopRedis:
+    """An asyncio client for whichever event loop is running.
+
+    An asyncio connection belongs to the loop that opened it. A server has one
+    loop per process; code that runs the app on a new loop each time (test
+    clients without a lifespan) gets a new client for each loop.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._bound: tuple[asyncio.AbstractEventLoop, AsyncRedis] | None = None
+
+    def get(self) -> AsyncRedis:
+        loop = asyncio.get_running_loop()
+        bound = self._bound
+        if bound is None or bound[0] is not loop:
+            bound = self._bound = (loop, async_redis_client(self.settings))
+        return bound[1]
+
+    async def aclose(self) -> None:
+        """Close the client of the running loop (the one the server shuts down on)."""
+        bound, self._bound = self._bound, None
+        if bound is not None and bound[0] is asyncio.get_running_loop():
+            await bound[1].aclose()

@@ -144,6 +144,15 @@ class RedisHealth:
                 "nothing was accepted, retry later"
             )
 
+    def needs_redis(self) -> bool:
+        """True when the next :meth:`admit` asks Redis (else it only reads its cache)."""
+        if not self._warned:
+            return True
+        if self.refuse_ratio <= 0:
+            return False
+        checked_at = self._checked_at
+        return checked_at is None or self._clock() - checked_at >= self.check_interval
+
     def _cached_usage(self) -> MemoryUsage | None:
         now = self._clock()
         with self._lock:

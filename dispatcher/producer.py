@@ -10,6 +10,7 @@ removed again, so a rejected submission leaves nothing behind.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import Callable
@@ -20,17 +21,19 @@ import redis
 from celery import Celery
 from kombu.exceptions import KombuError, OperationalError
 from pydantic import BaseModel, Field
+from redis.asyncio import Redis as AsyncRedis
 
 from dispatcher.channels import pick_channel
 from dispatcher.channels.easemob import check_size
 from dispatcher.config import Settings
 from dispatcher.connections import REDIS_ERRORS, redis_client
 from dispatcher.enqueue import TaskMessageTemplate
-from dispatcher.errors import Conflict, Unavailable
+from dispatcher.errors import Conflict, RateLimited, Unauthorized, Unavailable
+from dispatcher.gate import REPLAYED, Gate
 from dispatcher.health import RedisHealth
 from dispatcher.ids import new_message_id
 from dispatcher.models import LastError, Message, StatusRecord, parse_message
-from dispatcher.status import StatusStore
+from dispatcher.status import CreateOutcome, StatusStore
 from dispatcher.worker import DELIVER_TASK, make_celery
 
 log = logging.getLogger(__name__)
@@ -101,33 +104,92 @@ class Dispatcher:
         """
         return self.submit_message(self.validate(payload), client=client).message_id
 
-    def submit_message(self, message: Message, *, client: str | None = None) -> Submitted:
+    def submit_message(
+        self, message: Message, *, client: str | None = None, gate: Gate | None = None
+    ) -> Submitted:
+        """Queue a validated message. With ``gate`` (the HTTP API) the submit also passes its
+        client's rate and its sign's replay guard in the same Redis call (dispatcher/gate.py)."""
         message_id = message.getMessageId or new_message_id(self.settings.id_prefix)
         self.health.admit()
         enqueue = self._queue_message(message_id)
         try:
             outcome = self.store.create(
-                message_id, message, channel=pick_channel(message), client=client, enqueue=enqueue
+                message_id,
+                message,
+                channel=pick_channel(message),
+                client=client,
+                enqueue=enqueue,
+                gate=gate,
             )
         except REDIS_ERRORS as exc:
             raise Unavailable(f"status store unavailable: {_reason(exc)}") from None
-        if outcome == "conflict":
-            raise Conflict(message_id)
-        if outcome == "duplicate":
-            log.info(
-                "getMessageId=%s resubmitted with the same content: nothing queued", message_id
-            )
-            return Submitted(message_id, created=False)
-        if enqueue is None:
+        if outcome == "created" and enqueue is None:
             try:
                 self.publish(message_id)
             except PUBLISH_ERRORS as exc:
                 self._forget(message_id, message)
                 raise Unavailable(f"broker unavailable: {_reason(exc)}") from None
-        log.info(
-            "getMessageId=%s queued type=%d to=%s", message_id, message.messageType, message.to
-        )
-        return Submitted(message_id, created=True)
+        return self._settle(message_id, message, outcome, gate)
+
+    async def submit_message_async(
+        self,
+        connection: AsyncRedis,
+        message: Message,
+        *,
+        client: str | None = None,
+        gate: Gate | None = None,
+    ) -> Submitted:
+        """:meth:`submit_message` for an event loop: the record is written through
+        ``connection`` (an asyncio client of the same Redis); the rare blocking steps (the
+        memory check every few seconds, a publish to a broker other than this Redis) run
+        in a thread."""
+        message_id = message.getMessageId or new_message_id(self.settings.id_prefix)
+        if self.health.needs_redis():
+            await asyncio.to_thread(self.health.admit)
+        else:
+            self.health.admit()
+        enqueue = self._queue_message(message_id)
+        try:
+            outcome = await self.store.create_async(
+                connection,
+                message_id,
+                message,
+                channel=pick_channel(message),
+                client=client,
+                enqueue=enqueue,
+                gate=gate,
+            )
+        except REDIS_ERRORS as exc:
+            raise Unavailable(f"status store unavailable: {_reason(exc)}") from None
+        if outcome == "created" and enqueue is None:
+            try:
+                await asyncio.to_thread(self.publish, message_id)
+            except PUBLISH_ERRORS as exc:
+                await asyncio.to_thread(self._forget, message_id, message)
+                raise Unavailable(f"broker unavailable: {_reason(exc)}") from None
+        return self._settle(message_id, message, outcome, gate)
+
+    def _settle(
+        self, message_id: str, message: Message, outcome: CreateOutcome, gate: Gate | None
+    ) -> Submitted:
+        """The answer to a submit once the store has spoken (raises for every refusal)."""
+        if outcome == "created":
+            log.info(
+                "getMessageId=%s queued type=%d to=%s", message_id, message.messageType, message.to
+            )
+            return Submitted(message_id, created=True)
+        if outcome == "duplicate":
+            log.info(
+                "getMessageId=%s resubmitted with the same content: nothing queued", message_id
+            )
+            return Submitted(message_id, created=False)
+        if outcome == "conflict":
+            raise Conflict(message_id)
+        if outcome == "replayed":
+            raise Unauthorized(REPLAYED)
+        if outcome.startswith("wait:") and gate is not None:
+            raise RateLimited(gate.client, int(outcome[5:]) / 1000)
+        raise RuntimeError(f"unexpected answer from the status store: {outcome!r}")
 
     def publish(self, message_id: str) -> None:
         self.celery.send_task(DELIVER_TASK, args=(message_id,), queue=self.settings.queue)

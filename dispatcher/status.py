@@ -15,10 +15,13 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import redis
+from redis.asyncio import Redis as AsyncRedis
+from redis.commands.core import AsyncScript
 
 from dispatcher import keys
 from dispatcher.config import Settings
 from dispatcher.errors import DeliveryError
+from dispatcher.gate import GATE_LUA, Gate
 from dispatcher.models import (
     HistoryEntry,
     LastError,
@@ -43,19 +46,33 @@ local function push_history(key, state, at, detail, limit, ttl)
 end
 """
 
-# KEYS: message, history, in-flight index. ARGV: fingerprint, ttl, history limit,
-# queued grace ms, id, field/value pairs...
+# Record ``queued``. KEYS: message, history, in-flight index, then the queue list when
+# ARGV[6] is a queue message (the broker is this Redis: the task is pushed with the record,
+# both or neither), then the gate's keys when ARGV[7] is set (dispatcher/gate.py: submit
+# rate key [, replay guard]). ARGV: fingerprint, ttl, history limit, queued grace ms, id,
+# queue message or '', gate interval ms or '', gate tolerance ms, guard ttl ms, then the
+# record's field/value pairs. Returns created, duplicate, conflict, replayed or wait:<ms>.
 _CREATE = (
     _PRELUDE
+    + GATE_LUA
     + """
+local enqueue = ARGV[6] ~= ''
+if ARGV[7] ~= '' then
+  local gate = enqueue and 5 or 4
+  local closed = pass_gate(KEYS[gate], KEYS[gate + 1], tonumber(ARGV[7]), tonumber(ARGV[8]),
+                           tonumber(ARGV[9]))
+  if closed then return closed end
+end
 local fp = redis.call('HGET', KEYS[1], 'fp')
 if fp then
   if fp == ARGV[1] then return 'duplicate' end
   return 'conflict'
 end
+-- The push first: one that fails (wrong key type, out of memory) has recorded nothing.
+if enqueue then redis.call('LPUSH', KEYS[4], ARGV[6]) end
 local now = now_ms()
 redis.call('HSET', KEYS[1], 'fp', ARGV[1], 'state', 'queued', 'attempts', 0,
-           'createdAt', now, 'updatedAt', now, unpack(ARGV, 6))
+           'createdAt', now, 'updatedAt', now, unpack(ARGV, 10))
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
 redis.call('ZADD', KEYS[3], now + tonumber(ARGV[4]), ARGV[5])
 redis.call('DEL', KEYS[2])
@@ -63,17 +80,6 @@ push_history(KEYS[2], 'queued', now, '', tonumber(ARGV[3]), tonumber(ARGV[2]))
 return 'created'
 """
 )
-
-# _CREATE that also pushes a Celery task message onto the broker's queue list (the broker
-# is this Redis): both or neither. KEYS: message, history, in-flight index, queue list.
-# ARGV: as _CREATE with the queue message at 6 and the field/value pairs from 7. The push
-# comes first, so a push that fails (wrong key type, out of memory) has written nothing.
-_CREATE_ENQUEUE = _CREATE.replace("unpack(ARGV, 6)", "unpack(ARGV, 7)").replace(
-    "\nlocal now = now_ms()\nredis.call('HSET', KEYS[1], 'fp'",
-    "\nredis.call('LPUSH', KEYS[4], ARGV[6])"
-    "\nlocal now = now_ms()\nredis.call('HSET', KEYS[1], 'fp'",
-)
-assert "unpack(ARGV, 7)" in _CREATE_ENQUEUE and "LPUSH" in _CREATE_ENQUEUE
 
 # KEYS: message, history, in-flight index. ARGV: fingerprint, id.
 # Undo a create whose publish failed.
@@ -264,7 +270,8 @@ _RECORD_FIELDS = (
 LATENCY_BUCKETS_MS = (50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000, 3600000)
 LATENCY_BUCKETS_ARG = ",".join(str(b) for b in LATENCY_BUCKETS_MS)
 
-CreateOutcome = Literal["created", "duplicate", "conflict"]
+CreateOutcome = str
+"""``created``, ``duplicate``, ``conflict``; with a gate also ``replayed`` or ``wait:<ms>``."""
 
 
 @dataclass(frozen=True)
@@ -307,7 +314,7 @@ class StatusStore:
         self.max_requeues = max_requeues
         self._claim_due = client.register_script(_CLAIM_DUE)
         self._create = client.register_script(_CREATE)
-        self._create_enqueue = client.register_script(_CREATE_ENQUEUE)
+        self._async_create: tuple[AsyncRedis, AsyncScript] | None = None
         self._discard = client.register_script(_DISCARD)
         self._begin = client.register_script(_BEGIN)
         self._finish = client.register_script(_FINISH)
@@ -334,13 +341,63 @@ class StatusStore:
         channel: str,
         client: str | None = None,
         enqueue: tuple[str, str] | None = None,
+        gate: Gate | None = None,
     ) -> CreateOutcome:
         """Record ``queued``; with ``enqueue`` (queue list key, message) also push the task.
 
-        The push happens only when the record is created: a duplicate or a conflict queues
-        nothing.
+        With ``gate`` the submit first passes its replay guard and rate (dispatcher/gate.py):
+        ``replayed`` or ``wait:<ms>`` when it does not, and then nothing is kept. The push
+        happens only when the record is created: a duplicate or a conflict queues nothing.
         """
-        fields: list[str] = [
+        script_keys, args = self._create_call(message_id, message, channel, client, enqueue, gate)
+        return _text(self._create(keys=script_keys, args=args))
+
+    async def create_async(
+        self,
+        connection: AsyncRedis,
+        message_id: str,
+        message: Message,
+        *,
+        channel: str,
+        client: str | None = None,
+        enqueue: tuple[str, str] | None = None,
+        gate: Gate | None = None,
+    ) -> CreateOutcome:
+        """:meth:`create` on an asyncio client (the HTTP API's event loop)."""
+        script_keys, args = self._create_call(message_id, message, channel, client, enqueue, gate)
+        bound = self._async_create
+        if bound is None or bound[0] is not connection:
+            bound = self._async_create = (connection, connection.register_script(_CREATE))
+        return _text(await bound[1](keys=script_keys, args=args))
+
+    def _create_call(
+        self,
+        message_id: str,
+        message: Message,
+        channel: str,
+        client: str | None,
+        enqueue: tuple[str, str] | None,
+        gate: Gate | None,
+    ) -> tuple[list[str], list[str | int | float]]:
+        script_keys = [keys.message(message_id), keys.history(message_id), keys.IN_FLIGHT]
+        args: list[str | int | float] = [
+            message.fingerprint(),
+            self.ttl,
+            self.history_limit,
+            int(self.queued_grace * 1000),
+            message_id,
+            "",
+            "",
+            0,
+            0,
+        ]
+        if enqueue is not None:
+            script_keys.append(enqueue[0])
+            args[5] = enqueue[1]
+        if gate is not None:
+            script_keys += gate.keys
+            args[6:9] = gate.args
+        args += [
             "type",
             str(int(message.messageType)),
             "from",
@@ -355,23 +412,8 @@ class StatusStore:
             json.dumps(message.to_payload(), ensure_ascii=False, separators=(",", ":")),
         ]
         if client:
-            fields += ["client", client]
-        record_keys = [keys.message(message_id), keys.history(message_id), keys.IN_FLIGHT]
-        args: list[str | int] = [
-            message.fingerprint(),
-            self.ttl,
-            self.history_limit,
-            int(self.queued_grace * 1000),
-            message_id,
-        ]
-        if enqueue is not None:
-            queue_key, queue_message = enqueue
-            result = self._create_enqueue(
-                keys=[*record_keys, queue_key], args=[*args, queue_message, *fields]
-            )
-        else:
-            result = self._create(keys=record_keys, args=[*args, *fields])
-        return _text(result)  # type: ignore[return-value]
+            args += ["client", client]
+        return script_keys, args
 
     def discard(self, message_id: str, message: Message) -> bool:
         """Remove a record that was created but never published."""

@@ -9,7 +9,8 @@ Modules, one concern each:
 - ``paths``     the URL paths (shared with the client)
 - ``signing``   canonical string and HMAC (pure; shared with the client)
 - ``auth``      who is calling: client, channel, sign, timestamp window
-- ``admission`` the per-client rate limit and the replay guard, one Redis call
+- ``admission`` a submit's gate (client rate + replay guard, checked by the
+                script that records it); the replay guard of reads
 - ``envelope``  the seed's response envelope and its OpenAPI models
 - ``metrics``   Prometheus counters and the Redis-backed collector
 - ``routes``    the endpoints

@@ -24,6 +24,7 @@ from dispatcher.api.metrics import ApiMetrics
 from dispatcher.api.openapi import build_openapi
 from dispatcher.api.routes import Runtime, build_router
 from dispatcher.config import Settings
+from dispatcher.connections import LoopRedis
 from dispatcher.errors import FieldError
 from dispatcher.producer import Dispatcher
 
@@ -67,6 +68,7 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
             burst=settings.submit_burst,
         ),
         envelope=envelope,
+        async_redis=LoopRedis(settings),
         metrics=ApiMetrics(store_probe, None if same_broker else broker_probe, settings.queue),
         probes={"redis": store_probe, "broker": broker_probe},
     )
@@ -74,6 +76,7 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
+        await runtime.async_redis.aclose()
         for client in {id(c): c for c in runtime.probes.values()}.values():
             client.close()
         if owns_dispatcher:

@@ -1,8 +1,9 @@
 """The endpoints. Each reads top to bottom: body -> caller -> input -> Redis -> envelope.
 
-CPU-only steps (signature, JSON, validation) run on the event loop; the steps
-that talk to Redis and the broker (blocking clients) run in one threadpool hop
-per request.
+CPU-only steps (signature, JSON, validation) run on the event loop. A submit
+then makes one Redis call on the loop's asyncio client (gate, record and queue
+in one script); the other endpoints use the blocking clients in one threadpool
+hop per request.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from dispatcher.api.paths import (
     SUBMIT,
 )
 from dispatcher.config import Settings
+from dispatcher.connections import LoopRedis
 from dispatcher.errors import (
     DispatcherError,
     FieldError,
@@ -67,6 +69,8 @@ class Runtime:
     admission: Admission
     envelope: EnvelopeWriter
     metrics: ApiMetrics
+    async_redis: LoopRedis
+    """The asyncio client of the submit path."""
     probes: dict[str, redis.Redis]
     """Short-timeout clients for /readyz: ``redis`` and ``broker`` (may be the same)."""
 
@@ -172,12 +176,14 @@ def build_router(rt: Runtime) -> APIRouter:
         except RecursionError:
             raise InvalidMessage([FieldError("body", "is nested too deeply")]) from None
 
-    def accept(caller: Caller, message: Message) -> Submitted:
-        admission.admit(caller)
+    async def accept(caller: Caller, message: Message) -> Submitted:
         try:
-            return dispatcher.submit_message(message, client=caller.client)
+            return await dispatcher.submit_message_async(
+                rt.async_redis.get(), message, client=caller.client, gate=admission.gate(caller)
+            )
         except Unavailable:
-            admission.release(caller)  # nothing was accepted: the same bytes may be retried
+            # Nothing was accepted: give the sign back so the same bytes may be retried.
+            await run_in_threadpool(admission.release, caller)
             raise
 
     @router.post(
@@ -200,7 +206,7 @@ def build_router(rt: Runtime) -> APIRouter:
             body = await read_body(request, limit)
             caller = auth.authenticate(request.query_params.multi_items(), body)
             message = validate(decode_json(body))
-            submitted = await run_in_threadpool(accept, caller, message)
+            submitted = await accept(caller, message)
         except DispatcherError as exc:
             response = envelope.error(exc)
             metrics.reject(response.status_code)

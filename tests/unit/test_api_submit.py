@@ -262,6 +262,17 @@ def test_after_the_retry_after_wait_the_same_bytes_are_accepted(redis_url: str) 
         api.close()
 
 
+def test_the_same_signed_request_twice_is_a_replay_and_queues_nothing(api: Harness) -> None:
+    body = body_of(_text(unique_id()))
+    params = api.params(body)
+    assert api.submit(body, params=params).status_code == 200
+    queued, records = api.queued(), api.record_count()
+    replayed = api.submit(body, params=params)
+    assert replayed.status_code == 401
+    assert "replayed" in replayed.json()["message"]
+    assert (api.queued(), api.record_count()) == (queued, records)
+
+
 def test_rate_limit_is_per_client(redis_url: str) -> None:
     api = make_harness(redis_url, submit_rate_per_second=0.01, submit_burst=1)
     try:

@@ -125,10 +125,7 @@ class Harness:
         return sum(1 for _ in self.redis.scan_iter(match=pattern, count=1000))
 
     def close(self) -> None:
-        runtime = self.app.state.runtime
-        runtime.dispatcher.close()
-        for probe in runtime.probes.values():
-            probe.close()
+        self.http.__exit__(None, None, None)  # the lifespan closes the app's clients
         self.redis.delete(self.settings.queue)
         self.redis.close()
 
@@ -152,7 +149,8 @@ def make_harness(redis_url: str, /, **overrides: Any) -> Harness:
     live = redis.Redis.from_url(redis_url)
     for key in live.scan_iter(match=keys.rate_limit("submit:*")):
         live.delete(key)  # each test starts with full submit budgets
-    client = TestClient(create_app(settings), raise_server_exceptions=False)
+    # One event loop and the lifespan for the whole harness, as a served app has.
+    client = TestClient(create_app(settings), raise_server_exceptions=False).__enter__()
     return Harness(settings, client, live)
 
 

@@ -29,7 +29,9 @@ def test_limiter_admits_at_the_configured_rate_and_reports_the_wait() -> None:
 
 def test_limiter_checks_every_dimension_and_commits_none_on_refusal() -> None:
     client = fakeredis.FakeRedis()
-    limiter = SharedRateLimiter(client, [Dimension("a", 1000, 1.0), Dimension("b", 1, 60.0)])
+    limiter = SharedRateLimiter(
+        client, [Dimension("a", 1000, 1.0, burst=10), Dimension("b", 1, 60.0)]
+    )
     assert limiter.try_acquire({"a": 1, "b": 1}) == 0
     before = client.get("dispatcher:rate:a")
     assert limiter.try_acquire({"a": 1, "b": 1}) > 50

@@ -136,7 +136,7 @@ def test_a_redis_error_is_unavailable_and_leaves_nothing(fake_dispatcher: Dispat
     def down(*_: Any, **__: Any) -> Any:
         raise redis.ConnectionError("down")
 
-    fake_dispatcher.store._create_enqueue = down  # type: ignore[method-assign]
+    fake_dispatcher.store._create = down  # type: ignore[method-assign]
     with pytest.raises(Unavailable):
         fake_dispatcher.submit_message(text(message_id="m0three"))
 

@@ -7,6 +7,7 @@ import pytest
 
 from dispatcher import keys
 from dispatcher.errors import DeliveryError
+from dispatcher.gate import Gate
 from dispatcher.models import parse_message
 from dispatcher.status import Attempt, StandDown, StatusStore
 
@@ -18,6 +19,35 @@ def store() -> StatusStore:
 
 def text(body: str = "hi") -> object:
     return parse_message({"messageType": 1, "from": "a", "to": "b", "messageInfo": {"textMessage": body}})
+
+
+def test_create_behind_a_gate_keeps_nothing_when_the_gate_refuses(store: StatusStore) -> None:
+    """The submit gate (replay guard + client rate) runs in the create script: a refusal
+    leaves no record, no guard and no used budget; a pass takes the guard and one unit."""
+    gate = Gate.for_client("c1", rate_per_second=1, burst=1, guard="g:1", guard_ttl_ms=5000)
+    assert store.create("id1", text(), channel="easemob", gate=gate) == "created"
+    assert store.redis.pttl("g:1") > 4000
+    rate_state = store.redis.get(keys.rate_limit("submit:c1"))
+    assert rate_state is not None
+
+    # The same sign again: refused before anything else, even for another id.
+    assert store.create("id2", text(), channel="easemob", gate=gate) == "replayed"
+    assert store.get("id2") is None
+
+    # A fresh sign, but the rate (1/s, burst 1) is used up: the wait, and the guard given back.
+    fresh = Gate.for_client("c1", rate_per_second=1, burst=1, guard="g:2", guard_ttl_ms=5000)
+    outcome = store.create("id2", text(), channel="easemob", gate=fresh)
+    assert outcome.startswith("wait:") and 900 <= int(outcome[5:]) <= 1000
+    assert store.get("id2") is None
+    assert not store.redis.exists("g:2")
+    assert store.redis.get(keys.rate_limit("submit:c1")) == rate_state
+
+    # Another client has its own budget; no rate limit at all means only the guard.
+    other = Gate.for_client("c2", rate_per_second=1, burst=1)
+    assert store.create("id2", text(), channel="easemob", gate=other) == "created"
+    unlimited = Gate.for_client("c1", rate_per_second=0, burst=1, guard="g:3", guard_ttl_ms=5000)
+    assert store.create("id3", text(), channel="easemob", gate=unlimited) == "created"
+    assert store.create("id4", text(), channel="easemob", gate=unlimited) == "replayed"
 
 
 def test_create_is_idempotent_for_the_same_content_and_conflicts_otherwise(store: StatusStore) -> None:
