@@ -94,7 +94,25 @@ def worker(celery_args: tuple[str, ...]) -> None:
     """
     from dispatcher.worker import app
 
+    pool = _pool_option(celery_args)
+    if pool is not None:
+        # Celery reads an explicit "--pool prefork" as its default and lets the configured
+        # pool win; what the command line names must win.
+        app.conf.worker_pool = pool
     app.worker_main(["worker", *celery_args])
+
+
+def _pool_option(args: tuple[str, ...]) -> str | None:
+    """The value of the last ``-P``/``--pool`` in celery worker arguments, if any."""
+    pool = None
+    for i, arg in enumerate(args):
+        if arg in ("-P", "--pool") and i + 1 < len(args):
+            pool = args[i + 1]
+        elif arg.startswith("--pool="):
+            pool = arg.split("=", 1)[1]
+        elif arg.startswith("-P") and len(arg) > 2:
+            pool = arg[2:]
+    return pool
 
 
 @main.command()

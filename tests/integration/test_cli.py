@@ -116,3 +116,27 @@ def test_send_and_status_through_a_remote_signed_api(
             message_id, check=False,
         )  # fmt: skip
         assert wrong.returncode != 0 and "401" in wrong.stderr
+
+
+def test_worker_pool_named_on_the_command_line_wins_over_the_configured_one(
+    worker_env: dict[str, str], dispatcher: Any, easemob: Any
+) -> None:
+    """Celery takes an explicit ``--pool prefork`` for its default; ours must not."""
+    env = {**os.environ, **worker_env, "DISPATCHER_WORKER_POOL": "threads"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dispatcher.cli", "worker", "--pool", "prefork", "-c", "1"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        message_id = dispatcher.submit(
+            {"messageType": 1, "from": "u1", "to": "u2", "messageInfo": {"textMessage": "hi"}}
+        )
+        record = wait_for_state(dispatcher, message_id)
+        assert record.state == "delivered", record.history
+    finally:
+        process.terminate()
+        output, _ = process.communicate(timeout=30)
+    assert "concurrency: 1 (prefork)" in output, output[-2000:]
