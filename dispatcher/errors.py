@@ -45,7 +45,15 @@ class Conflict(DispatcherError):
 
 
 class Unavailable(DispatcherError):
-    """Redis or the broker is unreachable or refusing writes: nothing was accepted."""
+    """Redis or the broker is unreachable or refusing writes: nothing was accepted.
+
+    The message is for operators (it may name hosts and ports); ``public`` is a
+    reason safe to show callers, when there is one worth more than "retry later".
+    """
+
+    def __init__(self, message: str, *, public: str | None = None) -> None:
+        self.public = public
+        super().__init__(message)
 
 
 class ConfigurationError(DispatcherError):

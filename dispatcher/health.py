@@ -98,6 +98,12 @@ def memory_usage(client: redis.Redis) -> MemoryUsage:
     return MemoryUsage(int(info.get("used_memory", 0)), int(info.get("maxmemory", 0)))
 
 
+MEMORY_FULL = (
+    "service unavailable: message storage is nearly full and new messages are refused "
+    "until it drains; nothing was accepted, retry later"
+)
+
+
 class RedisHealth:
     """The producer's gate: configuration warned about once, memory checked (cached)."""
 
@@ -141,7 +147,8 @@ class RedisHealth:
             raise Unavailable(
                 f"Redis memory nearly full: {usage.used} of {usage.limit} bytes used "
                 f"({ratio:.0%}, refusing new messages from {self.refuse_ratio:.0%}); "
-                "nothing was accepted, retry later"
+                "nothing was accepted, retry later",
+                public=MEMORY_FULL,
             )
 
     def needs_redis(self) -> bool:

@@ -120,7 +120,7 @@ class EnvelopeWriter:
         if isinstance(exc, Unavailable):
             # The reason (hosts, ports) is for operators, not callers.
             log.warning("503: %s", exc)
-            return self.answer(503)
+            return self.answer(503, exc.public)
         log.error("unexpected %s: %s", type(exc).__name__, exc)
         return self.answer(500)
 

@@ -79,6 +79,7 @@ def test_nearly_full_redis_refuses_new_work_with_a_clear_error_and_evicts_nothin
     refused_api = new_id("full")
     reply = api.submit(text_message(refused_api))
     assert reply.status_code == 503, reply.text
+    assert "storage is nearly full" in reply.json()["message"], reply.text
     print(f"\nF6: at {used_ratio(admin):.0%} of maxmemory: producer {refused!r} refused, API 503")
     for message_id in (refused, refused_api):
         assert admin.exists(keys.message(message_id)) == 0, "a refusal leaves no trace"
