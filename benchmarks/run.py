@@ -495,8 +495,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--processes",
         type=int,
-        default=os.cpu_count() or 1,
-        help="worker processes for P1/P2 (default: one per core, the recommended setup)",
+        default=2 * (os.cpu_count() or 1),
+        help="worker processes for P1/P2 (default: two per core, the recommended setup)",
     )
     args = parser.parse_args(argv)
     only = {p.strip().upper() for p in args.only.split(",") if p.strip()}
