@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import redis
 from redis.asyncio import Redis as AsyncRedis
@@ -22,16 +23,26 @@ REDIS_ERRORS: tuple[type[Exception], ...] = (
 """Redis errors that mean "unavailable right now", not "bug"."""
 
 
+# Short timeouts so a dead Redis becomes a clear error, not a hang; two quick retries.
+_TIMEOUTS: dict[str, Any] = {
+    "socket_timeout": 5,
+    "socket_connect_timeout": 2,
+    "health_check_interval": 15,
+    "retry_on_error": [redis.ConnectionError, redis.TimeoutError],
+}
+
+
+def _backoff() -> ExponentialBackoff:
+    return ExponentialBackoff(cap=0.5, base=0.05)
+
+
 def redis_client(settings: Settings, *, max_connections: int = 64) -> redis.Redis:
-    """A pooled client: short timeouts so a dead Redis becomes a clear error, not a hang."""
+    """A pooled client with the timeouts and retries of a long-running service."""
     return redis.Redis.from_url(
         settings.redis_url,
-        socket_timeout=5,
-        socket_connect_timeout=2,
-        health_check_interval=15,
-        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
-        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+        retry=Retry(_backoff(), retries=2),
         max_connections=max_connections,
+        **_TIMEOUTS,
     )
 
 
@@ -39,12 +50,9 @@ def async_redis_client(settings: Settings, *, max_connections: int = 64) -> Asyn
     """:func:`redis_client` for asyncio code (the HTTP API's submit path)."""
     return AsyncRedis.from_url(
         settings.redis_url,
-        socket_timeout=5,
-        socket_connect_timeout=2,
-        health_check_interval=15,
-        retry=AsyncRetry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
-        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+        retry=AsyncRetry(_backoff(), retries=2),
         max_connections=max_connections,
+        **_TIMEOUTS,
     )
 
 
