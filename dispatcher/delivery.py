@@ -65,7 +65,9 @@ def attempt(
     resolve_media: MediaResolver | None,
 ) -> Outcome:
     owner = attempt_owner()
-    lease = store.begin_attempt(message_id, owner, settings.lease_seconds)
+    # The lease script may also take the rate slot; only one channel's slot fits in it.
+    prepay = next((p for p in (c.rate_prepay() for c in channels.values()) if p), None)
+    lease = store.begin_attempt(message_id, owner, settings.lease_seconds, prepay=prepay)
     if isinstance(lease, StandDown):
         if lease.reason == "missing":
             # No record to dead-letter (expired, or never accepted): keep a bounded trace.
@@ -80,7 +82,7 @@ def attempt(
         channel = channels[pick_channel(message)]
         if message.messageType in MEDIA_TYPES:
             message = _resolved(message, resolve_media)
-        receipt = channel.send(message_id, message)
+        receipt = channel.send(message_id, message, prepaid=lease.prepaid)
     except DeliveryError as error:
         return _record_failure(message_id, lease, error, settings, store)
     except InvalidMessage as error:

@@ -18,34 +18,48 @@ import redis
 
 from dispatcher import keys
 
-# KEYS: one per dimension. ARGV: per dimension (interval ms, tolerance ms, cost).
-# Returns 0 when admitted (all dimensions committed), else microseconds to wait (whole
-# milliseconds, rounded up, made every caller ~0.5 ms late for each ~10 ms slot).
-_ACQUIRE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
-local wait = 0
-local new_tats = {}
-for i, key in ipairs(KEYS) do
-  local interval = tonumber(ARGV[3 * i - 2])
-  local tolerance = tonumber(ARGV[3 * i - 1])
-  local cost = tonumber(ARGV[3 * i])
-  if cost > 0 then
-    local tat = tonumber(redis.call('GET', key) or '0')
-    if tat < now then tat = now end
-    local allow_at = tat - tolerance
-    if allow_at > now and allow_at - now > wait then wait = allow_at - now end
-    new_tats[i] = tat + interval * cost
+# A Lua function for every script that takes a slot: admit a call costing costs[i] on each
+# dimension i (keys[i], intervals[i] ms, tolerances[i] ms). Returns 0 when admitted (all
+# dimensions committed), else microseconds to wait (whole milliseconds, rounded up, made
+# every caller ~0.5 ms late for each ~10 ms slot), with nothing committed.
+GCRA_LUA = """
+local function gcra_try(keys, intervals, tolerances, costs)
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+  local wait = 0
+  local new_tats = {}
+  for i, key in ipairs(keys) do
+    if costs[i] > 0 then
+      local tat = tonumber(redis.call('GET', key) or '0')
+      if tat < now then tat = now end
+      local allow_at = tat - tolerances[i]
+      if allow_at > now and allow_at - now > wait then wait = allow_at - now end
+      new_tats[i] = tat + intervals[i] * costs[i]
+    end
   end
-end
-if wait > 0 then return math.ceil(wait * 1000) end
-for i, key in ipairs(KEYS) do
-  if new_tats[i] then
-    redis.call('SET', key, tostring(new_tats[i]), 'PX', math.ceil(new_tats[i] - now) + 1000)
+  if wait > 0 then return math.ceil(wait * 1000) end
+  for i, key in ipairs(keys) do
+    if new_tats[i] then
+      redis.call('SET', key, tostring(new_tats[i]), 'PX', math.ceil(new_tats[i] - now) + 1000)
+    end
   end
+  return 0
 end
-return 0
 """
+
+# KEYS: one per dimension. ARGV: per dimension (interval ms, tolerance ms, cost).
+_ACQUIRE = (
+    GCRA_LUA
+    + """
+local intervals, tolerances, costs = {}, {}, {}
+for i = 1, #KEYS do
+  intervals[i] = tonumber(ARGV[3 * i - 2])
+  tolerances[i] = tonumber(ARGV[3 * i - 1])
+  costs[i] = tonumber(ARGV[3 * i])
+end
+return gcra_try(KEYS, intervals, tolerances, costs)
+"""
+)
 
 # KEYS: dimensions. ARGV: penalty ms. Nobody is admitted before now + penalty.
 _PENALIZE = """
@@ -80,6 +94,31 @@ class Dimension:
         return self.interval_ms * max(self.burst - 1, 0)
 
 
+@dataclass(frozen=True)
+class Prepay:
+    """A first try at a channel's rate slot, made by the script that leases the message.
+
+    It saves the delivery one Redis round trip. It applies only to messages of
+    ``channel`` whose type is in ``types`` (costs known before the send: no media to
+    resolve first), at ``user_costs`` per dimension for messages to users and
+    ``other_costs`` otherwise. When it does not admit, nothing is taken and the
+    channel waits for its slot as usual.
+    """
+
+    channel: str
+    keys: tuple[str, ...]
+    intervals_ms: tuple[float, ...]
+    tolerances_ms: tuple[float, ...]
+    user_costs: tuple[float, ...]
+    other_costs: tuple[float, ...]
+    types: frozenset[int]
+
+    def costs_for(self, target_type: str) -> dict[str, float]:
+        """The costs, by dimension key, the lease script charged for ``target_type``."""
+        costs = self.user_costs if target_type == "users" else self.other_costs
+        return dict(zip(self.keys, costs, strict=True))
+
+
 class SharedRateLimiter:
     """Blocks until every dimension admits the call."""
 
@@ -93,6 +132,31 @@ class SharedRateLimiter:
         # ~100 times per admitted call), and the CPU that burned delayed the sends enough
         # to bunch them past the provider's limit.
         self._turn = threading.Lock()
+
+    def prepay(
+        self,
+        channel: str,
+        *,
+        user_costs: dict[str, float],
+        other_costs: dict[str, float],
+        types: frozenset[int],
+    ) -> Prepay:
+        """The :class:`Prepay` of this limiter for ``channel`` (costs by dimension name)."""
+        return Prepay(
+            channel=channel,
+            keys=tuple(self._keys),
+            intervals_ms=tuple(d.interval_ms for d in self.dimensions),
+            tolerances_ms=tuple(d.tolerance_ms for d in self.dimensions),
+            user_costs=tuple(user_costs.get(d.name, 0.0) for d in self.dimensions),
+            other_costs=tuple(other_costs.get(d.name, 0.0) for d in self.dimensions),
+            types=types,
+        )
+
+    def charged(self, costs: dict[str, float]) -> dict[str, float]:
+        """``costs`` by dimension name, keyed by dimension key as :meth:`Prepay.costs_for`."""
+        return {
+            key: costs.get(d.name, 0.0) for key, d in zip(self._keys, self.dimensions, strict=True)
+        }
 
     def try_acquire(self, costs: dict[str, float]) -> float:
         """Admit now and return 0, or return seconds to wait (nothing consumed)."""

@@ -30,6 +30,7 @@ from dispatcher.models import (
     StatusRecord,
     from_millis,
 )
+from dispatcher.ratelimit import GCRA_LUA, Prepay
 
 _PRELUDE = """
 local function now_ms()
@@ -93,18 +94,23 @@ end
 return 0
 """
 
-# KEYS: message, history, in-flight index. ARGV: owner, lease ms, ttl, history limit, id.
+# KEYS: message, history, in-flight index, then a Prepay's rate keys (dispatcher/ratelimit.py).
+# ARGV: owner, lease ms, ttl, history limit, id, then the Prepay: channel ('' for none),
+# types as ",1,5,", and per rate key: interval ms, tolerance ms, cost to users, cost otherwise.
+# Returns {'ok', attempts, message, prepaid 0/1}, or why this worker stands down.
 _BEGIN = (
     _PRELUDE
+    + GCRA_LUA
     + """
-local s = redis.call('HMGET', KEYS[1], 'state', 'leaseOwner', 'leaseUntil', 'attempts', 'message')
+local s = redis.call('HMGET', KEYS[1], 'state', 'leaseOwner', 'leaseUntil', 'attempts', 'message',
+                     'channel', 'type', 'targetType')
 if not s[1] then
   redis.call('ZREM', KEYS[3], ARGV[5])
   return {'missing'}
 end
 if TERMINAL[s[1]] then return {'terminal', s[1]} end
 -- The same owner again: the client retried after a lost reply (owners are unique per attempt).
-if s[1] == 'processing' and s[2] == ARGV[1] then return {'ok', s[4], s[5]} end
+if s[1] == 'processing' and s[2] == ARGV[1] then return {'ok', s[4], s[5], '0'} end
 local now = now_ms()
 if s[1] == 'processing' and tonumber(s[3] or '0') > now then
   return {'busy', s[2] or '', tostring(tonumber(s[3]) - now)}
@@ -121,7 +127,20 @@ redis.call('HDEL', KEYS[1], 'dueAt')
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
 redis.call('ZADD', KEYS[3], now + tonumber(ARGV[2]), ARGV[5])
 push_history(KEYS[2], 'processing', now, detail, tonumber(ARGV[4]), tonumber(ARGV[3]))
-return {'ok', tostring(attempts), s[5]}
+local prepaid = '0'
+if ARGV[6] ~= '' and s[6] == ARGV[6] and string.find(ARGV[7], ',' .. (s[7] or '') .. ',', 1, true) then
+  local rate_keys, intervals, tolerances, costs = {}, {}, {}, {}
+  local to_users = s[8] == 'users'
+  for i = 4, #KEYS do
+    local at = 8 + 4 * (i - 4)
+    rate_keys[i - 3] = KEYS[i]
+    intervals[i - 3] = tonumber(ARGV[at])
+    tolerances[i - 3] = tonumber(ARGV[at + 1])
+    costs[i - 3] = tonumber(to_users and ARGV[at + 2] or ARGV[at + 3])
+  end
+  if gcra_try(rate_keys, intervals, tolerances, costs) == 0 then prepaid = '1' end
+end
+return {'ok', tostring(attempts), s[5], prepaid}
 """
 )
 
@@ -282,6 +301,8 @@ class Attempt:
     owner: str
     number: int
     payload: dict[str, Any]
+    prepaid: bool = False
+    """The lease script also took the message's rate slot (a :class:`Prepay`)."""
 
 
 @dataclass(frozen=True)
@@ -426,15 +447,40 @@ class StatusStore:
     # -- worker side -------------------------------------------------------
 
     def begin_attempt(
-        self, message_id: str, owner: str, lease_seconds: float
+        self, message_id: str, owner: str, lease_seconds: float, *, prepay: Prepay | None = None
     ) -> Attempt | StandDown:
-        result = self._begin(
-            keys=[keys.message(message_id), keys.history(message_id), keys.IN_FLIGHT],
-            args=[owner, int(lease_seconds * 1000), self.ttl, self.history_limit, message_id],
-        )
+        """Lease the message to ``owner``; with ``prepay`` also try its rate slot (one call)."""
+        script_keys = [keys.message(message_id), keys.history(message_id), keys.IN_FLIGHT]
+        args: list[str | int | float] = [
+            owner,
+            int(lease_seconds * 1000),
+            self.ttl,
+            self.history_limit,
+            message_id,
+        ]
+        if prepay is None:
+            args += ["", ""]
+        else:
+            script_keys += prepay.keys
+            args += [prepay.channel, "," + ",".join(str(t) for t in sorted(prepay.types)) + ","]
+            for dimension in zip(
+                prepay.intervals_ms,
+                prepay.tolerances_ms,
+                prepay.user_costs,
+                prepay.other_costs,
+                strict=True,
+            ):
+                args += dimension
+        result = self._begin(keys=script_keys, args=args)
         verdict = _text(result[0])
         if verdict == "ok":
-            return Attempt(message_id, owner, int(_text(result[1])), json.loads(_text(result[2])))
+            return Attempt(
+                message_id,
+                owner,
+                int(_text(result[1])),
+                json.loads(_text(result[2])),
+                prepaid=_text(result[3]) == "1",
+            )
         if verdict == "terminal":
             return StandDown(message_id, "terminal", f"already {_text(result[1])}")
         if verdict == "busy":

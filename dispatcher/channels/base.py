@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from dispatcher.models import Message
+from dispatcher.ratelimit import Prepay
 
 
 @dataclass(frozen=True)
@@ -25,8 +26,16 @@ class Receipt:
 class Channel(Protocol):
     name: str
 
-    def send(self, message_id: str, message: Message) -> Receipt:
-        """Deliver one message; raise DeliveryError on failure."""
+    def send(self, message_id: str, message: Message, *, prepaid: bool = False) -> Receipt:
+        """Deliver one message; raise DeliveryError on failure.
+
+        ``prepaid``: the lease script already took this message's rate slot for the
+        channel's :meth:`rate_prepay`.
+        """
+        ...
+
+    def rate_prepay(self) -> Prepay | None:
+        """A rate slot the lease script may take for the send (one round trip fewer), if any."""
         ...
 
     def check_size(self, message_id: str, message: Message) -> None:

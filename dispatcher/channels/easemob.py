@@ -30,11 +30,13 @@ from dispatcher.errors import (
     ProviderError,
 )
 from dispatcher.models import (
+    MEDIA_TYPES,
     CustomNewsInfo,
     ExtensionInfo,
     ImageInfo,
     LocationInfo,
     Message,
+    MessageType,
     NewsInfo,
     PassThroughInfo,
     TemplateInfo,
@@ -42,7 +44,7 @@ from dispatcher.models import (
     VideoInfo,
     VoiceInfo,
 )
-from dispatcher.ratelimit import Dimension, SharedRateLimiter
+from dispatcher.ratelimit import Dimension, Prepay, SharedRateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -292,6 +294,11 @@ class TokenCache:
             return token
         return self._refresh()
 
+    def is_warm(self) -> bool:
+        """True when :meth:`get` answers from this process's memory, without waiting."""
+        memo = self._memo
+        return memo is not None and time.monotonic() < memo[1]
+
     def invalidate(self, token: str) -> None:
         """Drop ``token`` unless another worker already replaced it."""
         self._revoked = token  # a thread that read it just before must not memo it again
@@ -388,6 +395,14 @@ class EasemobChannel:
                 ),
             ],
         )
+        # A message without media costs one call, and one user message when it goes to a user
+        # (one target per message): known before the send, so the lease may charge it.
+        self._prepay = self.limiter.prepay(
+            NAME,
+            user_costs={"easemob:calls": 1.0, "easemob:user-messages": 1.0},
+            other_costs={"easemob:calls": 1.0},
+            types=frozenset(int(t) for t in MessageType if t not in MEDIA_TYPES),
+        )
         self._local = threading.local()
         self._clients: list[httpx.Client | httpx.HTTPTransport] = []
         self._clients_lock = threading.Lock()
@@ -436,7 +451,17 @@ class EasemobChannel:
     def check_size(self, message_id: str, message: Message) -> None:
         check_size(message_id, message, self.settings.easemob_max_body_bytes)
 
-    def send(self, message_id: str, message: Message) -> Receipt:
+    def rate_prepay(self) -> Prepay | None:
+        """What the lease script may charge before the send (see :class:`Prepay`).
+
+        None until this process holds a token: a send that must first fetch one would
+        arrive late and bunch with the calls admitted after it (F11).
+        """
+        if not self.tokens.is_warm():
+            return None
+        return self._prepay
+
+    def send(self, message_id: str, message: Message, *, prepaid: bool = False) -> Receipt:
         body = build_body(message_id, message)
         payload = encode_body(body)
         if len(payload) > self.settings.easemob_max_body_bytes:
@@ -451,10 +476,13 @@ class EasemobChannel:
             costs["easemob:user-messages"] = float(len(body["target"]))
 
         # Token first, then the rate slot, then the call: a slow token fetch must not
-        # bunch admitted calls into a burst the provider would throttle (F11).
+        # bunch admitted calls into a burst the provider would throttle (F11). A slot the
+        # lease script took (only while the token is in memory) is the same slot, earlier.
         notes: list[str] = []
         token = self.tokens.get()
-        self._acquire(costs)
+        prepaid_costs = self._prepay.costs_for(message.target_type) if prepaid else None
+        if prepaid_costs != self.limiter.charged(costs):  # not prepaid, or not for these costs
+            self._acquire(costs)
         response = self._post_message(payload, token)
         if response.status_code == 401:
             # The token expired or was revoked: refresh once (shared) and resend.

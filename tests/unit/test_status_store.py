@@ -9,6 +9,7 @@ from dispatcher import keys
 from dispatcher.errors import DeliveryError
 from dispatcher.gate import Gate
 from dispatcher.models import parse_message
+from dispatcher.ratelimit import Dimension, Prepay, SharedRateLimiter
 from dispatcher.status import Attempt, StandDown, StatusStore
 
 
@@ -202,3 +203,57 @@ def test_queued_messages_behind_a_backlog_are_left_alone_until_the_queue_drains(
     assert store.claim_overdue(requeue_delay=0, queue_key="work-queue") == []
     store.redis.delete("work-queue")
     assert store.claim_overdue(requeue_delay=0, queue_key="work-queue") == ["waiting"]
+
+
+def _prepay(client: fakeredis.FakeRedis, calls_per_second: float = 1.0) -> Prepay:
+    limiter = SharedRateLimiter(
+        client,
+        [Dimension("calls", calls_per_second, 1.0), Dimension("user-messages", 60, 60.0)],
+    )
+    return limiter.prepay(
+        "easemob",
+        user_costs={"calls": 1, "user-messages": 1},
+        other_costs={"calls": 1},
+        types=frozenset({1, 5}),
+    )
+
+
+def test_lease_takes_the_rate_slot_of_a_message_whose_costs_are_known(store: StatusStore) -> None:
+    """One round trip for lease and slot: text to a user pays both dimensions, to a group
+    only calls; media (costs known only after resolution) and other channels pay nothing;
+    a slot not free now is not taken and the lease is still granted."""
+    prepay = _prepay(store.redis)
+    calls, users = (keys.rate_limit(n) for n in ("calls", "user-messages"))
+
+    store.create("to-user", text(), channel="easemob")
+    lease = store.begin_attempt("to-user", "w1", 30, prepay=prepay)
+    assert isinstance(lease, Attempt) and lease.prepaid
+    assert store.redis.exists(calls) and store.redis.exists(users)
+
+    # calls is 1/s with no burst: the next slot is a second away; nothing is taken.
+    store.redis.delete(users)
+    group = parse_message(
+        {"messageType": 1, "from": "a", "to": "12345", "messageInfo": {"textMessage": "hi"}}
+    )
+    store.create("to-group", group, channel="easemob")
+    before = store.redis.get(calls)
+    busy = store.begin_attempt("to-group", "w2", 30, prepay=prepay)
+    assert isinstance(busy, Attempt) and not busy.prepaid
+    assert store.redis.get(calls) == before and not store.redis.exists(users)
+
+    store.redis.delete(calls)  # the slot frees up: a group message pays calls only
+    store.create("to-group-2", group, channel="easemob")
+    paid = store.begin_attempt("to-group-2", "w3", 30, prepay=prepay)
+    assert isinstance(paid, Attempt) and paid.prepaid
+    assert store.redis.exists(calls) and not store.redis.exists(users)
+
+    store.redis.delete(calls)
+    image = parse_message(
+        {"messageType": 2, "from": "a", "to": "b", "messageInfo": {"imageMessage": "p.jpg"}}
+    )
+    store.create("media", image, channel="easemob")
+    store.create("elsewhere", text(), channel="wechat")
+    for message_id in ("media", "elsewhere"):
+        other = store.begin_attempt(message_id, "w4", 30, prepay=prepay)
+        assert isinstance(other, Attempt) and not other.prepaid
+    assert not store.redis.exists(calls) and not store.redis.exists(users)
