@@ -149,7 +149,9 @@ def run(bench: Any, say: Callable[[str], None]) -> dict[str, Any]:
         "p50_ms": ours["p50_ms"],
         "p99_ms": ours["p99_ms"],
         "bare_fastapi": bare["per_second"],
-        "ratio_vs_bare_fastapi": round(value / bare["per_second"], 3) if bare["per_second"] else None,
+        "ratio_vs_bare_fastapi": round(value / bare["per_second"], 3)
+        if bare["per_second"]
+        else None,
         "ours": ours,
         "bare_apply_async": enqueue,
         "bare_fastapi_detail": bare,

@@ -88,10 +88,14 @@ def main() -> None:
         total = sum(sent.values())
         print(f"attempts: {n}")
         print(f"redis round trips per attempt: {total / n:.2f}  {dict(sent)}")
-        print(f"cpu per attempt: {1000 * cpu / n:.3f} ms   wall per attempt: {1000 * wall / n:.3f} ms")
+        print(
+            f"cpu per attempt: {1000 * cpu / n:.3f} ms   wall per attempt: {1000 * wall / n:.3f} ms"
+        )
         if profiler:
             out = io.StringIO()
-            pstats.Stats(profiler, stream=out).sort_stats(sys.argv[-1] if sys.argv[-1] in ("tottime", "cumulative") else "cumulative").print_stats(45)
+            pstats.Stats(profiler, stream=out).sort_stats(
+                sys.argv[-1] if sys.argv[-1] in ("tottime", "cumulative") else "cumulative"
+            ).print_stats(45)
             print(out.getvalue())
     finally:
         sim.stop()

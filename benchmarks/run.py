@@ -99,9 +99,7 @@ class Bench:
     def producer(self, env: dict[str, str]) -> Any:
         from dispatcher.producer import Dispatcher
 
-        values: dict[str, Any] = {
-            k.removeprefix("DISPATCHER_").lower(): v for k, v in env.items()
-        }
+        values: dict[str, Any] = {k.removeprefix("DISPATCHER_").lower(): v for k, v in env.items()}
         return Dispatcher(Settings(**values))
 
     def flush(self) -> None:
@@ -221,8 +219,10 @@ class Bench:
                     send(i)
             submitted = time.monotonic()
             done = harness.wait_until(
-                lambda: harness.broker_idle(self.redis, queue)
-                and harness.broker_idle(self.redis, queue),
+                lambda: (
+                    harness.broker_idle(self.redis, queue)
+                    and harness.broker_idle(self.redis, queue)
+                ),
                 timeout,
             )
             cpu = sum(harness.cpu_seconds(w.pid) - c for w, c in zip(workers, cpu0, strict=True))
@@ -246,9 +246,7 @@ class Bench:
     def p1(self, sim: harness.Simulator) -> None:
         n = self.n(2000, 10000)
         sim.reset()
-        say(
-            f"P1 baseline: bare no-op, {self.pool} -c {self.concurrency} x{self.processes}, n={n}"
-        )
+        say(f"P1 baseline: bare no-op, {self.pool} -c {self.concurrency} x{self.processes}, n={n}")
         bare = self.run_baseline(
             NOOP_TASK,
             self.baseline_env(f"bare-{uuid.uuid4().hex[:6]}"),
@@ -461,7 +459,9 @@ class Bench:
         finally:
             self.redis.close()
             self.server.cleanup()
-        out: dict[str, Any] = {k: self.results[k] for k in ("P1", "P2", "P3", "P4", "P5") if k in self.results}
+        out: dict[str, Any] = {
+            k: self.results[k] for k in ("P1", "P2", "P3", "P4", "P5") if k in self.results
+        }
         out["machine"] = machine()
         out["seconds"] = round(time.monotonic() - started, 1)
         out["quick"] = self.quick
@@ -510,4 +510,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
-

@@ -278,7 +278,9 @@ def upload(path: str, key: str | None) -> None:
 
     size = os.path.getsize(path)
     try:
-        with click.progressbar(length=size, label=f"uploading {os.path.basename(path)}", file=sys.stderr) as bar:
+        with click.progressbar(
+            length=size, label=f"uploading {os.path.basename(path)}", file=sys.stderr
+        ) as bar:
             done = 0
 
             def progress(uploaded: int, total: int) -> None:
@@ -341,7 +343,11 @@ def dlq_replay(message_ids: tuple[str, ...], replay_all: bool) -> None:
     if not ids:
         raise click.UsageError("name message ids or pass --all")
     failures = 0
-    with click.progressbar(ids, label="replaying", file=sys.stderr) if len(ids) > 20 else _nullbar(ids) as bar:
+    with (
+        click.progressbar(ids, label="replaying", file=sys.stderr)
+        if len(ids) > 20
+        else _nullbar(ids) as bar
+    ):
         for message_id in bar:
             verdict = d.replay(message_id)
             if verdict != "ok":

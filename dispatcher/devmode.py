@@ -70,9 +70,7 @@ def run_dev(
             appendonly=True,
         ).start()
         env["DISPATCHER_REDIS_URL"] = redis_server.url
-        notes.append(
-            f"Redis      {redis_server.url} (embedded, AOF in {redis_server.data_dir})"
-        )
+        notes.append(f"Redis      {redis_server.url} (embedded, AOF in {redis_server.data_dir})")
 
     real_easemob = _has_all(
         configured, ["easemob_org", "easemob_app", "easemob_client_id", "easemob_client_secret"]
@@ -127,22 +125,43 @@ def run_dev(
             servers.append(
                 ServerThread(create_easemob_app_from_settings(settings), port=easemob_port).start()
             )
-            notes.append(f"Easemob    simulator http://127.0.0.1:{easemob_port}  (ledger: /_sandbox/requests)")
+            notes.append(
+                f"Easemob    simulator http://127.0.0.1:{easemob_port}  (ledger: /_sandbox/requests)"
+            )
         else:
-            notes.append(f"Easemob    {settings.easemob_base_url} (real credentials from the environment)")
+            notes.append(
+                f"Easemob    {settings.easemob_base_url} (real credentials from the environment)"
+            )
         if not real_qiniu:
             qiniu_app = create_qiniu_app_from_settings(settings)
             demo_keys = seed_demo_objects(qiniu_app)
             servers.append(ServerThread(qiniu_app, port=qiniu_port).start())
-            notes.append(f"Qiniu      simulator http://127.0.0.1:{qiniu_port}  (demo objects: {', '.join(demo_keys)})")
+            notes.append(
+                f"Qiniu      simulator http://127.0.0.1:{qiniu_port}  (demo objects: {', '.join(demo_keys)})"
+            )
         else:
-            notes.append(f"Qiniu      {settings.qiniu_domain} (real credentials from the environment)")
+            notes.append(
+                f"Qiniu      {settings.qiniu_domain} (real credentials from the environment)"
+            )
 
         worker = subprocess.Popen(
             [
-                sys.executable, "-m", "celery", "-A", "dispatcher.worker", "worker",
-                "--pool", "threads", "-c", str(concurrency), "-l", settings.log_level,
-                "-n", f"dev-{os.getpid()}@%h", "--without-mingle", "--without-gossip",
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "dispatcher.worker",
+                "worker",
+                "--pool",
+                "threads",
+                "-c",
+                str(concurrency),
+                "-l",
+                settings.log_level,
+                "-n",
+                f"dev-{os.getpid()}@%h",
+                "--without-mingle",
+                "--without-gossip",
             ],
             env=os.environ.copy(),
             preexec_fn=die_with_parent,

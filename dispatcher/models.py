@@ -368,7 +368,9 @@ def parse_message(payload: Any, *, media_domain: str | None = None) -> Message:
     try:
         json.dumps(payload, ensure_ascii=False).encode()
     except UnicodeEncodeError:
-        raise InvalidMessage([FieldError("body", "contains invalid Unicode (a lone surrogate)")]) from None
+        raise InvalidMessage(
+            [FieldError("body", "contains invalid Unicode (a lone surrogate)")]
+        ) from None
     except (TypeError, ValueError):
         raise InvalidMessage([FieldError("body", "must contain only JSON values")]) from None
     context = {"media_domain": media_domain}

@@ -47,7 +47,9 @@ class Reaper:
         )
         for message_id in claimed:
             self.publish(message_id)
-            log.warning("getMessageId=%s recovered: re-enqueued after its deadline passed", message_id)
+            log.warning(
+                "getMessageId=%s recovered: re-enqueued after its deadline passed", message_id
+            )
         return claimed
 
     def run(self) -> None:

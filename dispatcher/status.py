@@ -582,7 +582,12 @@ class StatusStore:
         most likely still ahead of it, and a duplicate would only grow the backlog.
         """
         claimed = self._claim_due(
-            keys=[keys.IN_FLIGHT, keys.DEAD_LETTERS, keys.STATS, *([queue_key] if queue_key else [])],
+            keys=[
+                keys.IN_FLIGHT,
+                keys.DEAD_LETTERS,
+                keys.STATS,
+                *([queue_key] if queue_key else []),
+            ],
             args=[
                 limit,
                 int(requeue_delay * 1000),

@@ -109,7 +109,9 @@ def qiniu_sim_session() -> Iterator[Simulator]:
     from dispatcher.sandbox.qiniu import create_qiniu_app
     from dispatcher.sandbox.server import ServerThread
 
-    app = create_qiniu_app(access_key=QINIU_ACCESS_KEY, secret_key=QINIU_SECRET_KEY, bucket=QINIU_BUCKET)
+    app = create_qiniu_app(
+        access_key=QINIU_ACCESS_KEY, secret_key=QINIU_SECRET_KEY, bucket=QINIU_BUCKET
+    )
     with ServerThread(app) as server:
         yield Simulator(server.url, app)
 

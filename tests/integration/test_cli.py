@@ -33,7 +33,12 @@ def run(env: dict[str, str], *args: str, check: bool = True) -> subprocess.Compl
 
 
 def test_upload_then_send_a_local_video_in_two_steps(
-    worker_env: dict[str, str], dispatcher: Any, easemob: Any, qiniu_sim: Any, start_worker: Any, tmp_path: Path
+    worker_env: dict[str, str],
+    dispatcher: Any,
+    easemob: Any,
+    qiniu_sim: Any,
+    start_worker: Any,
+    tmp_path: Path,
 ) -> None:
     start_worker()
     video = tmp_path / "holiday.mp4"
@@ -50,7 +55,19 @@ def test_upload_then_send_a_local_video_in_two_steps(
 
 
 def test_send_names_every_broken_field_and_exits_nonzero(worker_env: dict[str, str]) -> None:
-    result = run(worker_env, "send", "--type", "video", "--from", "u1", "--to", "u2", "--video", "clip.avi", check=False)
+    result = run(
+        worker_env,
+        "send",
+        "--type",
+        "video",
+        "--from",
+        "u1",
+        "--to",
+        "u2",
+        "--video",
+        "clip.avi",
+        check=False,
+    )
     assert result.returncode != 0
     assert "messageInfo.videoMessage" in result.stderr
 
@@ -67,7 +84,9 @@ def test_dlq_list_and_replay_round_trip(
     seed_demo_objects(qiniu_sim.app)
     start_worker(max_attempts="2")
     easemob.fault(path="/messages", status=503, body={"error": "down"}, times=2)
-    message_id = run(worker_env, "send", "--type", "text", "--from", "u1", "--to", "u2", "--text", "hi").stdout.strip()
+    message_id = run(
+        worker_env, "send", "--type", "text", "--from", "u1", "--to", "u2", "--text", "hi"
+    ).stdout.strip()
     assert wait_for_state(dispatcher, message_id).state == "dead"
     listed = [json.loads(line) for line in run(worker_env, "dlq", "list").stdout.splitlines()]
     [entry] = [e for e in listed if e["getMessageId"] == message_id]
@@ -79,10 +98,22 @@ def test_dlq_list_and_replay_round_trip(
     assert again.returncode == 1 and "not replayed" in again.stderr
 
 
-def test_celery_inspect_ping_answers_for_a_running_worker(worker_env: dict[str, str], start_worker: Any) -> None:
+def test_celery_inspect_ping_answers_for_a_running_worker(
+    worker_env: dict[str, str], start_worker: Any
+) -> None:
     start_worker()
     result = subprocess.run(
-        [sys.executable, "-m", "celery", "-A", "dispatcher.worker", "inspect", "ping", "--timeout", "5"],
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "dispatcher.worker",
+            "inspect",
+            "ping",
+            "--timeout",
+            "5",
+        ],
         env={**os.environ, **worker_env},
         capture_output=True,
         text=True,
@@ -102,11 +133,25 @@ def test_send_and_status_through_a_remote_signed_api(
 
     start_worker()
     clients = {"shop": {"secret": "s3cret-shop", "channels": ["web"]}}
-    settings = settings_from_env(worker_env).model_copy(update={"clients": Settings(clients=clients).clients})
+    settings = settings_from_env(worker_env).model_copy(
+        update={"clients": Settings(clients=clients).clients}
+    )
     remote = ["--client", "shop", "--secret", "s3cret-shop", "--channel", "web"]
     with ServerThread(create_app(settings)) as api:
         message_id = run(
-            worker_env, "send", "--api", api.url, *remote, "--type", "text", "--from", "u1", "--to", "u2", "--text", "hi"
+            worker_env,
+            "send",
+            "--api",
+            api.url,
+            *remote,
+            "--type",
+            "text",
+            "--from",
+            "u1",
+            "--to",
+            "u2",
+            "--text",
+            "hi",
         ).stdout.strip()
         assert wait_for_state(dispatcher, message_id).state == "delivered"
         shown = json.loads(run(worker_env, "status", "--api", api.url, *remote, message_id).stdout)

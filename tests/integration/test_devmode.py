@@ -69,9 +69,7 @@ class DevProcess:
     def __init__(self, tmp_path: Path) -> None:
         self.api_port = free_port()
         self.log_path = tmp_path / "dev.log"
-        env = {
-            k: v for k, v in os.environ.items() if not k.startswith("DISPATCHER_")
-        }
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCHER_")}
         env.update(
             DISPATCHER_REDIS_URL=f"redis://127.0.0.1:{closed_port()}/0",  # "no Redis running"
             XDG_DATA_HOME=str(tmp_path / "data"),
@@ -79,11 +77,18 @@ class DevProcess:
         )
         self.process = subprocess.Popen(
             [
-                sys.executable, "-m", "dispatcher.cli", "dev",
-                "--port", str(self.api_port),
-                "--easemob-port", str(free_port()),
-                "--qiniu-port", str(free_port()),
-                "--concurrency", "4",
+                sys.executable,
+                "-m",
+                "dispatcher.cli",
+                "dev",
+                "--port",
+                str(self.api_port),
+                "--easemob-port",
+                str(free_port()),
+                "--qiniu-port",
+                str(free_port()),
+                "--concurrency",
+                "4",
             ],
             env=env,
             stdout=self.log_path.open("wb"),
@@ -108,7 +113,9 @@ class DevProcess:
 
     def printed_curl(self) -> str:
         lines = self.output().splitlines()
-        start = next(i for i, line in enumerate(lines) if line.strip().startswith("curl -s -X POST"))
+        start = next(
+            i for i, line in enumerate(lines) if line.strip().startswith("curl -s -X POST")
+        )
         return lines[start].strip().rstrip("\\") + " " + lines[start + 1].strip()
 
     def kill_all(self) -> None:
@@ -124,12 +131,16 @@ def dev(tmp_path: Path) -> Iterator[DevProcess]:
     process.kill_all()
 
 
-def test_dev_without_redis_starts_embedded_valkey_and_the_printed_curl_is_delivered(dev: DevProcess) -> None:
+def test_dev_without_redis_starts_embedded_valkey_and_the_printed_curl_is_delivered(
+    dev: DevProcess,
+) -> None:
     dev.wait_ready()
     out = dev.output()
     assert "(embedded, AOF in" in out
     assert "Signature checks are OFF" in out
-    reply = subprocess.run(["bash", "-c", dev.printed_curl()], capture_output=True, text=True, timeout=30)
+    reply = subprocess.run(
+        ["bash", "-c", dev.printed_curl()], capture_output=True, text=True, timeout=30
+    )
     envelope = json.loads(reply.stdout)
     assert envelope["code"] == 200, envelope
     message_id = envelope["data"]["getMessageId"]
@@ -158,7 +169,9 @@ def test_stopping_dev_leaves_no_process_behind(dev: DevProcess, how: signal.Sign
     assert wait_gone(children) == set()
 
 
-def test_procfile_web_and_worker_deliver_under_honcho(worker_env: dict[str, str], tmp_path: Path) -> None:
+def test_procfile_web_and_worker_deliver_under_honcho(
+    worker_env: dict[str, str], tmp_path: Path
+) -> None:
     port = free_port()
     env = {**os.environ, **worker_env, "PORT": str(port), "DISPATCHER_AUTH_ENABLED": "false"}
     log = (tmp_path / "honcho.log").open("wb")
@@ -176,10 +189,21 @@ def test_procfile_web_and_worker_deliver_under_honcho(worker_env: dict[str, str]
             except httpx.HTTPError:
                 pass
             time.sleep(0.3)
-        body = {"messageType": 1, "from": "u1", "to": "u2", "messageInfo": {"textMessage": "via Procfile"}}
+        body = {
+            "messageType": 1,
+            "from": "u1",
+            "to": "u2",
+            "messageInfo": {"textMessage": "via Procfile"},
+        }
         reply = httpx.post(
             f"{base}/sender/v1/handleBasicMessage",
-            params={"apiVersion": "01", "client": "any", "channel": "any", "version": "2.0", "sign": "x"},
+            params={
+                "apiVersion": "01",
+                "client": "any",
+                "channel": "any",
+                "version": "2.0",
+                "sign": "x",
+            },
             json=body,
             timeout=10,
         ).json()
@@ -188,7 +212,10 @@ def test_procfile_web_and_worker_deliver_under_honcho(worker_env: dict[str, str]
         state = None
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and state != "delivered":
-            state = (httpx.get(f"{base}/sender/v1/messages/{message_id}", timeout=5).json().get("data") or {}).get("state")
+            state = (
+                httpx.get(f"{base}/sender/v1/messages/{message_id}", timeout=5).json().get("data")
+                or {}
+            ).get("state")
             time.sleep(0.2)
         assert state == "delivered", (tmp_path / "honcho.log").read_text()[-3000:]
     finally:

@@ -12,9 +12,13 @@ from tests.conftest import EASEMOB_CLIENT_SECRET, wait_for_state
 pytestmark = pytest.mark.integration
 
 
-def test_json_logs_name_the_message_and_hide_secrets(dispatcher: Any, easemob: Any, start_worker: Any) -> None:
+def test_json_logs_name_the_message_and_hide_secrets(
+    dispatcher: Any, easemob: Any, start_worker: Any
+) -> None:
     worker = start_worker(log_format="json")
-    message_id = dispatcher.submit({"messageType": 1, "from": "a", "to": "b", "messageInfo": {"textMessage": "log me"}})
+    message_id = dispatcher.submit(
+        {"messageType": 1, "from": "a", "to": "b", "messageInfo": {"textMessage": "log me"}}
+    )
     assert wait_for_state(dispatcher, message_id).state == "delivered"
     worker.stop()
     text = worker.log()

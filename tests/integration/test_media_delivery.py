@@ -26,14 +26,23 @@ def sent_msgs(easemob: Any, message_id: str) -> list[dict[str, Any]]:
     return [
         entry["json"]["msg"]
         for entry in easemob.requests(MESSAGES_PATH)
-        if (entry["json"] or {}).get("ext", {}).get("dispatcher", {}).get("getMessageId") == message_id
+        if (entry["json"] or {}).get("ext", {}).get("dispatcher", {}).get("getMessageId")
+        == message_id
     ]
 
 
 def test_seed_example_with_only_the_video_key_is_delivered_with_resolved_media(
     dispatcher: Any, easemob: Any, qiniu_sim: Any, start_worker: Any
 ) -> None:
-    place(qiniu_sim, SEED_VIDEO, fsize=3_145_728, mimeType="video/mp4", duration=15.2, width=640, height=360)
+    place(
+        qiniu_sim,
+        SEED_VIDEO,
+        fsize=3_145_728,
+        mimeType="video/mp4",
+        duration=15.2,
+        width=640,
+        height=360,
+    )
     start_worker()
     message_id = dispatcher.submit(seed_payload())
     record = wait_for_state(dispatcher, message_id)
@@ -71,7 +80,10 @@ def test_video_with_a_thumbnail_key_uses_the_thumbnail_url(
     [
         ({"big.mp4": {"fsize": 10 * 1024 * 1024, "duration": 5}}, {}, "media_too_large"),
         (
-            {"ok.mp4": {"fsize": 1000, "duration": 5}, "fat.jpg": {"fsize": 65537, "width": 10, "height": 10}},
+            {
+                "ok.mp4": {"fsize": 1000, "duration": 5},
+                "fat.jpg": {"fsize": 65537, "width": 10, "height": 10},
+            },
             {"thumbMessage": "fat.jpg"},
             "media_too_large",
         ),

@@ -89,24 +89,49 @@ def media_cases(domain: str) -> list[tuple[dict[str, Any], dict[str, Any]]]:
 
 
 PLAIN_CASES: list[tuple[dict[str, Any], dict[str, Any], dict[str, Any]]] = [
-    ({"messageType": 1, "messageInfo": {"textMessage": "你好 👋 مرحبا\u200b"}}, {}, {"type": "txt", "msg": "你好 👋 مرحبا\u200b"}),
     (
-        {"messageType": 5, "messageInfo": {"latitude": 39.966, "longitude": 116.322, "address": "北京"}},
+        {"messageType": 1, "messageInfo": {"textMessage": "你好 👋 مرحبا\u200b"}},
+        {},
+        {"type": "txt", "msg": "你好 👋 مرحبا\u200b"},
+    ),
+    (
+        {
+            "messageType": 5,
+            "messageInfo": {"latitude": 39.966, "longitude": 116.322, "address": "北京"},
+        },
         {},
         {"type": "loc", "lat": "39.966", "lng": "116.322", "addr": "北京"},
     ),
-    ({"messageType": 6, "messageInfo": {"action": "refresh_inbox"}}, {}, {"type": "cmd", "action": "refresh_inbox"}),
     (
-        {"messageType": 7, "messageInfo": {"title": "News", "url": "https://example.com/n/1", "picUrl": "https://example.com/p.jpg"}},
+        {"messageType": 6, "messageInfo": {"action": "refresh_inbox"}},
+        {},
+        {"type": "cmd", "action": "refresh_inbox"},
+    ),
+    (
+        {
+            "messageType": 7,
+            "messageInfo": {
+                "title": "News",
+                "url": "https://example.com/n/1",
+                "picUrl": "https://example.com/p.jpg",
+            },
+        },
         {},
         {
             "type": "custom",
             "customEvent": "news",
-            "customExts": {"title": "News", "url": "https://example.com/n/1", "picUrl": "https://example.com/p.jpg"},
+            "customExts": {
+                "title": "News",
+                "url": "https://example.com/n/1",
+                "picUrl": "https://example.com/p.jpg",
+            },
         },
     ),
     (
-        {"messageType": 8, "messageInfo": {"title": "Deal", "url": "https://example.com/d", "price": "9.90"}},
+        {
+            "messageType": 8,
+            "messageInfo": {"title": "Deal", "url": "https://example.com/d", "price": "9.90"},
+        },
         {},
         {
             "type": "custom",
@@ -116,13 +141,13 @@ PLAIN_CASES: list[tuple[dict[str, Any], dict[str, Any], dict[str, Any]]] = [
     ),
     (
         {"messageType": 9, "messageInfo": {"textMessage": "Your order shipped"}},
-        {"template": {"templetId": 42, "content": "{\"order\": \"A1\"}"}},
+        {"template": {"templetId": 42, "content": '{"order": "A1"}'}},
         {"type": "txt", "msg": "Your order shipped"},
     ),
     (
         {"messageType": 10, "messageInfo": {"textMessage": "Card"}},
-        {"expandMsg": {"MsgType": "card", "Content": "{\"id\": 7}"}},
-        {"type": "custom", "customEvent": "card", "customExts": {"content": "{\"id\": 7}"}},
+        {"expandMsg": {"MsgType": "card", "Content": '{"id": 7}'}},
+        {"type": "custom", "customEvent": "card", "customExts": {"content": '{"id": 7}'}},
     ),
 ]
 
@@ -134,13 +159,26 @@ def test_every_message_type_is_delivered_with_the_prescribed_easemob_body(
     cases: list[tuple[dict[str, Any], dict[str, Any], dict[str, Any]]] = list(PLAIN_CASES)
     place(qiniu_sim, "cat.png", fsize=2048, mimeType="image/png", width=640, height=480)
     place(qiniu_sim, "hello.amr", fsize=4096, mimeType="audio/amr", duration=7)
-    place(qiniu_sim, "clip.mp4", fsize=1_000_000, mimeType="video/mp4", duration=12, width=320, height=240)
+    place(
+        qiniu_sim,
+        "clip.mp4",
+        fsize=1_000_000,
+        mimeType="video/mp4",
+        duration=12,
+        width=320,
+        height=240,
+    )
     place(qiniu_sim, "clip.jpg", fsize=5000, mimeType="image/jpeg", width=320, height=240)
     cases += [(payload, {}, msg) for payload, msg in media_cases(qiniu_sim.url)]
 
     submitted = []
     for index, (payload, ext, expected_msg) in enumerate(cases):
-        body = {"from": "u_sender", "to": f"u_receiver{index}", **payload, "ext": {"chatType": "WX", **ext}}
+        body = {
+            "from": "u_sender",
+            "to": f"u_receiver{index}",
+            **payload,
+            "ext": {"chatType": "WX", **ext},
+        }
         submitted.append((dispatcher.submit(body), body, expected_msg))
 
     for message_id, body, expected_msg in submitted:
@@ -159,22 +197,38 @@ def test_every_message_type_is_delivered_with_the_prescribed_easemob_body(
         assert [h.state for h in record.history] == ["queued", "processing", "delivered"]
 
 
-def test_unicode_reaches_the_provider_byte_for_byte(dispatcher: Any, easemob: Any, start_worker: Any) -> None:
+def test_unicode_reaches_the_provider_byte_for_byte(
+    dispatcher: Any, easemob: Any, start_worker: Any
+) -> None:
     start_worker()
     text = "emoji 🧪👩\u200d💻 RTL שלום zero\u200bwidth 𝔘𝔫𝔦"
-    message_id = dispatcher.submit({"messageType": 1, "from": "a", "to": "b", "messageInfo": {"textMessage": text}})
+    message_id = dispatcher.submit(
+        {"messageType": 1, "from": "a", "to": "b", "messageInfo": {"textMessage": text}}
+    )
     record = wait_for_state(dispatcher, message_id)
     assert record.state == "delivered"
     bodies = sent_bodies(easemob, message_id)
     assert len(bodies) == 1, record.history
     sent = bodies[0]
     assert sent["msg"]["msg"] == text
-    assert json.dumps(sent["msg"]["msg"], ensure_ascii=False).encode() == json.dumps(text, ensure_ascii=False).encode()
+    assert (
+        json.dumps(sent["msg"]["msg"], ensure_ascii=False).encode()
+        == json.dumps(text, ensure_ascii=False).encode()
+    )
 
 
-def test_group_id_recipient_is_sent_as_chatgroups(dispatcher: Any, easemob: Any, start_worker: Any) -> None:
+def test_group_id_recipient_is_sent_as_chatgroups(
+    dispatcher: Any, easemob: Any, start_worker: Any
+) -> None:
     start_worker()
-    message_id = dispatcher.submit({"messageType": 1, "from": "a", "to": "148992289019003396", "messageInfo": {"textMessage": "hi"}})
+    message_id = dispatcher.submit(
+        {
+            "messageType": 1,
+            "from": "a",
+            "to": "148992289019003396",
+            "messageInfo": {"textMessage": "hi"},
+        }
+    )
     assert wait_for_state(dispatcher, message_id).state == "delivered"
     [sent] = sent_bodies(easemob, message_id)
     assert sent["target_type"] == "chatgroups"

@@ -29,7 +29,8 @@ def receipts(easemob: Any, message_id: str) -> list[dict[str, Any]]:
     return [
         entry
         for entry in easemob.requests(MESSAGES_PATH)
-        if (entry["json"] or {}).get("ext", {}).get("dispatcher", {}).get("getMessageId") == message_id
+        if (entry["json"] or {}).get("ext", {}).get("dispatcher", {}).get("getMessageId")
+        == message_id
     ]
 
 
@@ -158,7 +159,9 @@ def test_lost_response_is_retried_and_recorded_as_ambiguous(
 ) -> None:
     start_worker()
     message_id = new_id()
-    easemob.fault(path=MESSAGES_PATH, body_contains=message_id, after_handling=True, reset=True, times=1)
+    easemob.fault(
+        path=MESSAGES_PATH, body_contains=message_id, after_handling=True, reset=True, times=1
+    )
     dispatcher.submit(text_message(message_id))
     record = wait_for_state(dispatcher, message_id)
     assert record.state == "delivered"

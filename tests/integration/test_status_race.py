@@ -19,7 +19,9 @@ TERMINAL = {"delivered", "failed", "dead"}
 
 def test_racing_writers_never_move_a_terminal_state_back(redis_url: str) -> None:
     store = StatusStore(redis.Redis.from_url(redis_url), ttl=600)
-    message = parse_message({"messageType": 1, "from": "a", "to": "b", "messageInfo": {"textMessage": "race"}})
+    message = parse_message(
+        {"messageType": 1, "from": "a", "to": "b", "messageInfo": {"textMessage": "race"}}
+    )
     ids = [f"race{uuid.uuid4().hex}" for _ in range(200)]
     for message_id in ids:
         store.create(message_id, message, channel="easemob")

@@ -24,7 +24,9 @@ def make_dead(api: Harness) -> str:
     message_id = unique_id()
     store.create(message_id, parse_message(TEXT), channel="easemob", client="c1")
     store.begin_attempt(message_id, "w1", 10)
-    store.mark_dead(message_id, "w1", DeliveryError("down", "Easemob answered 503", retryable=True), "gave up")
+    store.mark_dead(
+        message_id, "w1", DeliveryError("down", "Easemob answered 503", retryable=True), "gave up"
+    )
     return message_id
 
 
@@ -34,14 +36,20 @@ def test_an_admin_client_lists_dead_letters_with_their_last_error(api: Harness) 
     envelope = envelope_ok(response)
     assert response.status_code == 200
     [letter] = [d for d in envelope["data"] if d["getMessageId"] == message_id]
-    assert letter["lastError"] == {"code": "down", "message": "Easemob answered 503", "retryable": True}
+    assert letter["lastError"] == {
+        "code": "down",
+        "message": "Easemob answered 503",
+        "retryable": True,
+    }
 
 
 def test_a_plain_client_may_not_touch_dead_letters(api: Harness) -> None:
     make_dead(api)
     assert api.http.get(DEAD_LETTERS, params=api.params(b"", client="c1")).status_code == 403
     body = body_of({"all": True})
-    response = api.http.post(DEAD_LETTERS_REPLAY, params=api.params(body, client="c1"), content=body)
+    response = api.http.post(
+        DEAD_LETTERS_REPLAY, params=api.params(body, client="c1"), content=body
+    )
     assert response.status_code == 403
     assert envelope_ok(response)["code"] == 403
 
@@ -50,20 +58,26 @@ def test_replay_requeues_once_and_reports_what_it_skipped(api: Harness) -> None:
     message_id = make_dead(api)
     queued = api.queued()
     body = body_of({"getMessageIds": [message_id, "neverSeen"]})
-    response = api.http.post(DEAD_LETTERS_REPLAY, params=api.params(body, client="ops"), content=body)
+    response = api.http.post(
+        DEAD_LETTERS_REPLAY, params=api.params(body, client="ops"), content=body
+    )
     data = envelope_ok(response)["data"]
     assert data["replayed"] == [message_id]
     assert data["skipped"] == [{"getMessageId": "neverSeen", "reason": "missing"}]
     assert api.queued() == queued + 1
     body = body_of({"getMessageIds": [message_id]})
     again = api.http.post(DEAD_LETTERS_REPLAY, params=api.params(body, client="ops"), content=body)
-    assert envelope_ok(again)["data"]["skipped"] == [{"getMessageId": message_id, "reason": "state:queued"}]
+    assert envelope_ok(again)["data"]["skipped"] == [
+        {"getMessageId": message_id, "reason": "state:queued"}
+    ]
     assert api.queued() == queued + 1
 
 
 def test_replay_body_is_validated(api: Harness) -> None:
     body = body_of({"getMessageIds": ["bad-id"], "extra": 1})
-    response = api.http.post(DEAD_LETTERS_REPLAY, params=api.params(body, client="ops"), content=body)
+    response = api.http.post(
+        DEAD_LETTERS_REPLAY, params=api.params(body, client="ops"), content=body
+    )
     assert response.status_code == 400
     fields = {e["field"] for e in envelope_ok(response)["data"]["errors"]}
     assert {"getMessageIds.0", "extra"} <= fields

@@ -46,6 +46,7 @@ TEXT = {
     "messageInfo": {"textMessage": "hi"},
 }
 
+
 def body_of(payload: Any) -> bytes:
     if isinstance(payload, bytes):
         return payload

@@ -60,7 +60,11 @@ def test_video_without_resolved_fields_cannot_be_mapped() -> None:
 def test_extension_maps_expand_msg_to_custom_event() -> None:
     msg = build_body(
         "m",
-        message(10, {"textMessage": "fallback"}, ext={"expandMsg": {"MsgType": "order/v1", "Content": "{}"}}),
+        message(
+            10,
+            {"textMessage": "fallback"},
+            ext={"expandMsg": {"MsgType": "order/v1", "Content": "{}"}},
+        ),
     )["msg"]
     assert msg == {"type": "custom", "customEvent": "order/v1", "customExts": {"content": "{}"}}
 
@@ -83,7 +87,14 @@ def test_size_check_counts_worst_case_media_urls_before_resolution() -> None:
     ("status", "body", "retryable"),
     [
         (429, {"error": "reach_limit"}, True),
-        (403, {"error": "forbidden_op", "error_description": "Forbidden for url: [...] message limit"}, True),
+        (
+            403,
+            {
+                "error": "forbidden_op",
+                "error_description": "Forbidden for url: [...] message limit",
+            },
+            True,
+        ),
         (403, {"error": "forbidden_op", "error_description": "user is not in group"}, False),
         (500, None, True),
         (503, {"error": "x"}, True),

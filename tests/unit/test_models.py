@@ -24,7 +24,13 @@ def fields_of(payload: Any) -> dict[str, str]:
 
 
 def text(**overrides: Any) -> dict[str, Any]:
-    return {"messageType": 1, "from": "a", "to": "b", "messageInfo": {"textMessage": "hi"}, **overrides}
+    return {
+        "messageType": 1,
+        "from": "a",
+        "to": "b",
+        "messageInfo": {"textMessage": "hi"},
+        **overrides,
+    }
 
 
 def test_seed_example_body_is_valid_and_targets_a_group() -> None:
@@ -52,7 +58,9 @@ def test_message_type_out_of_range_or_mistyped_is_rejected(value: Any) -> None:
 
 
 def test_message_info_of_the_wrong_shape_names_the_missing_and_unknown_fields() -> None:
-    errors = fields_of({"messageType": 4, "from": "a", "to": "b", "messageInfo": {"textMessage": "hi"}})
+    errors = fields_of(
+        {"messageType": 4, "from": "a", "to": "b", "messageInfo": {"textMessage": "hi"}}
+    )
     assert errors["messageInfo.videoMessage"] == "is required"
     assert errors["messageInfo.textMessage"] == "is not a known field"
 
@@ -64,8 +72,14 @@ def test_message_info_of_the_wrong_shape_names_the_missing_and_unknown_fields() 
         ({"videoMessage": "a.mp4", "thumbMessage": "a.png"}, "messageInfo.thumbMessage"),
         ({"videoMessage": "a.mp4", "fileLength": 10485760}, "messageInfo.fileLength"),
         ({"videoMessage": "a.mp4", "thumbFileLength": 65537}, "messageInfo.thumbFileLength"),
-        ({"videoMessage": "a.mp4", "fileUrl": "http://169.254.169.254/latest"}, "messageInfo.fileUrl"),
-        ({"videoMessage": "a.mp4", "thumbFileUrl": "file:///etc/passwd"}, "messageInfo.thumbFileUrl"),
+        (
+            {"videoMessage": "a.mp4", "fileUrl": "http://169.254.169.254/latest"},
+            "messageInfo.fileUrl",
+        ),
+        (
+            {"videoMessage": "a.mp4", "thumbFileUrl": "file:///etc/passwd"},
+            "messageInfo.thumbFileUrl",
+        ),
     ],
 )
 def test_video_rules_of_the_seed_are_enforced(info: dict[str, Any], field: str) -> None:
@@ -109,7 +123,9 @@ def test_video_limits_accept_the_edges() -> None:
     ],
 )
 def test_type_specific_rules(message_type: int, info: dict[str, Any], field: str) -> None:
-    assert field in fields_of({"messageType": message_type, "from": "a", "to": "b", "messageInfo": info})
+    assert field in fields_of(
+        {"messageType": message_type, "from": "a", "to": "b", "messageInfo": info}
+    )
 
 
 def test_template_and_extension_need_their_ext_and_json_content() -> None:
@@ -162,7 +178,10 @@ def test_fingerprint_ignores_the_id_and_notices_content() -> None:
 @given(
     st.recursive(
         st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
-        lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=6),
+        lambda children: (
+            st.lists(children, max_size=4)
+            | st.dictionaries(st.text(max_size=12), children, max_size=6)
+        ),
         max_leaves=20,
     )
 )
@@ -178,16 +197,34 @@ def test_arbitrary_json_never_crashes_validation(payload: Any) -> None:
     message_type=st.integers(min_value=1, max_value=10),
     info=st.dictionaries(
         st.sampled_from(
-            ["textMessage", "videoMessage", "imageMessage", "voiceMessage", "fileLength", "duration",
-             "latitude", "longitude", "address", "action", "title", "url", "fileUrl"]
+            [
+                "textMessage",
+                "videoMessage",
+                "imageMessage",
+                "voiceMessage",
+                "fileLength",
+                "duration",
+                "latitude",
+                "longitude",
+                "address",
+                "action",
+                "title",
+                "url",
+                "fileUrl",
+            ]
         ),
         st.none() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=20),
         max_size=5,
     ),
 )
-def test_typed_but_random_message_info_never_crashes(message_type: int, info: dict[str, Any]) -> None:
+def test_typed_but_random_message_info_never_crashes(
+    message_type: int, info: dict[str, Any]
+) -> None:
     try:
-        parse_message({"messageType": message_type, "from": "a", "to": "b", "messageInfo": info}, media_domain=DOMAIN)
+        parse_message(
+            {"messageType": message_type, "from": "a", "to": "b", "messageInfo": info},
+            media_domain=DOMAIN,
+        )
     except InvalidMessage as exc:
         assert exc.errors
 

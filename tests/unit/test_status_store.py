@@ -19,7 +19,9 @@ def store() -> StatusStore:
 
 
 def text(body: str = "hi") -> object:
-    return parse_message({"messageType": 1, "from": "a", "to": "b", "messageInfo": {"textMessage": body}})
+    return parse_message(
+        {"messageType": 1, "from": "a", "to": "b", "messageInfo": {"textMessage": body}}
+    )
 
 
 def test_create_behind_a_gate_keeps_nothing_when_the_gate_refuses(store: StatusStore) -> None:
@@ -51,7 +53,9 @@ def test_create_behind_a_gate_keeps_nothing_when_the_gate_refuses(store: StatusS
     assert store.create("id4", text(), channel="easemob", gate=unlimited) == "replayed"
 
 
-def test_create_is_idempotent_for_the_same_content_and_conflicts_otherwise(store: StatusStore) -> None:
+def test_create_is_idempotent_for_the_same_content_and_conflicts_otherwise(
+    store: StatusStore,
+) -> None:
     assert store.create("id1", text(), channel="easemob") == "created"
     assert store.create("id1", text(), channel="easemob") == "duplicate"
     assert store.create("id1", text("other"), channel="easemob") == "conflict"
