@@ -1,4 +1,4 @@
-"""The code stays as ``ruff check`` and ``ruff format`` leave it (pyproject.toml's rules)."""
+"""The code stays as ``ruff check``, ``ruff format`` and ``mypy`` (pyproject.toml settings) leave it."""
 
 from __future__ import annotations
 
@@ -20,4 +20,15 @@ def ruff(*args: str) -> subprocess.CompletedProcess[str]:
 @pytest.mark.parametrize("args", [("check", "."), ("format", "--check", ".")])
 def test_ruff_is_clean(args: tuple[str, ...]) -> None:
     result = ruff(*args)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_mypy_finds_no_type_errors_in_the_package() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "mypy", "dispatcher"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
