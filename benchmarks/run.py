@@ -142,34 +142,19 @@ class Bench:
         workers = self.our_workers(env, processes, pool, concurrency)
         with harness.started(*workers):
             harness.wait_until(lambda: self.delivered() >= warm, 60)
-            spy = harness.py_spy(workers[0].pid, "dispatcher")
-            cpu0 = [harness.cpu_seconds(w.pid) for w in workers]
-            others0 = self.other_cpu(sim)
-            if on_timed_start is not None:
-                on_timed_start()
-            started = time.monotonic()
-            self.timed_from = time.time()
-            if not prefill:
-                for _ in range(n):
-                    dispatcher.submit(TEXT)
-            submitted = time.monotonic()
-            done = harness.wait_until(lambda: self.delivered() >= n + warm, timeout)
-            cpu = sum(harness.cpu_seconds(w.pid) - c for w, c in zip(workers, cpu0, strict=True))
-            others = {k: v - others0[k] for k, v in self.other_cpu(sim).items()}
-            rss = max(harness.rss_bytes(w.pid) for w in workers)
-            harness.stop_py_spy(spy)
+            result = self.timed(
+                workers,
+                sim,
+                n,
+                submit=None if prefill else lambda i: dispatcher.submit(TEXT),
+                finished=lambda: self.delivered() >= n + warm,
+                timeout=timeout,
+                label="dispatcher",
+                unit="message",
+                on_timed_start=on_timed_start,
+            )
         dispatcher.close()
-        elapsed = done - started
-        return {
-            "per_second": round(n / elapsed, 1),
-            "n": n,
-            "seconds": round(elapsed, 3),
-            "submit_seconds": round(submitted - started, 3),
-            "prefilled": prefill,
-            "worker_cpu_ms_per_message": round(1000 * cpu / n, 3),
-            **{f"{k}_cpu_ms_per_message": round(1000 * v / n, 3) for k, v in others.items()},
-            "worker_rss_bytes": rss,
-        }
+        return {**result, "prefilled": prefill}
 
     def run_baseline(
         self,
@@ -210,34 +195,61 @@ class Bench:
                 send(i)
         with harness.started(*workers):
             harness.wait_until(lambda: harness.broker_backlog(self.redis, queue) <= n, 60)
-            spy = harness.py_spy(workers[0].pid, f"bare-{task}")
-            cpu0 = [harness.cpu_seconds(w.pid) for w in workers]
-            others0 = self.other_cpu(sim)
-            started = time.monotonic()
-            if not prefill:
-                for i in range(n):
-                    send(i)
-            submitted = time.monotonic()
-            done = harness.wait_until(
-                lambda: (
+            result = self.timed(
+                workers,
+                sim,
+                n,
+                submit=None if prefill else send,
+                # Twice: an idle moment between a fetch and its unacked entry must not count.
+                finished=lambda: (
                     harness.broker_idle(self.redis, queue)
                     and harness.broker_idle(self.redis, queue)
                 ),
-                timeout,
+                timeout=timeout,
+                label=f"bare-{task}",
+                unit="task",
             )
-            cpu = sum(harness.cpu_seconds(w.pid) - c for w, c in zip(workers, cpu0, strict=True))
-            others = {k: v - others0[k] for k, v in self.other_cpu(sim).items()}
-            rss = max(harness.rss_bytes(w.pid) for w in workers)
-            harness.stop_py_spy(spy)
+        return {**result, "prefilled": prefill}
+
+    def timed(
+        self,
+        workers: list[harness.Process],
+        sim: harness.Simulator | None,
+        n: int,
+        *,
+        submit: Callable[[int], Any] | None,
+        finished: Callable[[], bool],
+        timeout: float,
+        label: str,
+        unit: str,
+        on_timed_start: Callable[[], None] | None = None,
+    ) -> dict[str, Any]:
+        """The clocked part of a run: submit ``n`` (unless prefilled) and wait for ``finished``,
+        with the workers' and the other processes' CPU per ``unit`` and the workers' RSS."""
+        spy = harness.py_spy(workers[0].pid, label)
+        cpu0 = [harness.cpu_seconds(w.pid) for w in workers]
+        others0 = self.other_cpu(sim)
+        if on_timed_start is not None:
+            on_timed_start()
+        started = time.monotonic()
+        self.timed_from = time.time()
+        if submit is not None:
+            for i in range(n):
+                submit(i)
+        submitted = time.monotonic()
+        done = harness.wait_until(finished, timeout)
+        cpu = sum(harness.cpu_seconds(w.pid) - c for w, c in zip(workers, cpu0, strict=True))
+        others = {k: v - others0[k] for k, v in self.other_cpu(sim).items()}
+        rss = max(harness.rss_bytes(w.pid) for w in workers)
+        harness.stop_py_spy(spy)
         elapsed = done - started
         return {
             "per_second": round(n / elapsed, 1),
             "n": n,
             "seconds": round(elapsed, 3),
             "submit_seconds": round(submitted - started, 3),
-            "prefilled": prefill,
-            "worker_cpu_ms_per_task": round(1000 * cpu / n, 3),
-            **{f"{k}_cpu_ms_per_task": round(1000 * v / n, 3) for k, v in others.items()},
+            f"worker_cpu_ms_per_{unit}": round(1000 * cpu / n, 3),
+            **{f"{k}_cpu_ms_per_{unit}": round(1000 * v / n, 3) for k, v in others.items()},
             "worker_rss_bytes": rss,
         }
 

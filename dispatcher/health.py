@@ -155,16 +155,17 @@ class RedisHealth:
         """True when the next :meth:`admit` asks Redis (else it only reads its cache)."""
         if not self._warned:
             return True
-        if self.refuse_ratio <= 0:
-            return False
+        return self.refuse_ratio > 0 and not self._fresh(self._clock())
+
+    def _fresh(self, now: float) -> bool:
+        """The cached memory figure is recent enough to go by."""
         checked_at = self._checked_at
-        return checked_at is None or self._clock() - checked_at >= self.check_interval
+        return checked_at is not None and now - checked_at < self.check_interval
 
     def _cached_usage(self) -> MemoryUsage | None:
         now = self._clock()
         with self._lock:
-            fresh = self._checked_at is not None and now - self._checked_at < self.check_interval
-            if fresh:
+            if self._fresh(now):
                 return self._usage
         try:
             usage: MemoryUsage | None = memory_usage(self.redis)

@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +34,7 @@ from dispatcher.gate import REPLAYED, Gate
 from dispatcher.health import RedisHealth
 from dispatcher.ids import new_message_id
 from dispatcher.models import LastError, Message, StatusRecord, parse_message
-from dispatcher.status import CreateOutcome, StatusStore
+from dispatcher.status import CreateCall, CreateOutcome, StatusStore
 from dispatcher.worker import DELIVER_TASK, make_celery
 
 log = logging.getLogger(__name__)
@@ -109,26 +110,12 @@ class Dispatcher:
     ) -> Submitted:
         """Queue a validated message. With ``gate`` (the HTTP API) the submit also passes its
         client's rate and its sign's replay guard in the same Redis call (dispatcher/gate.py)."""
-        message_id = message.getMessageId or new_message_id(self.settings.id_prefix)
         self.health.admit()
-        enqueue = self._queue_message(message_id)
-        try:
-            outcome = self.store.create(
-                message_id,
-                message,
-                channel=pick_channel(message),
-                client=client,
-                enqueue=enqueue,
-                gate=gate,
-            )
-        except REDIS_ERRORS as exc:
-            raise Unavailable(f"status store unavailable: {_reason(exc)}") from None
-        if outcome == "created" and enqueue is None:
-            try:
-                self.publish(message_id)
-            except PUBLISH_ERRORS as exc:
-                self._forget(message_id, message)
-                raise Unavailable(f"broker unavailable: {_reason(exc)}") from None
+        message_id, call, publish = self._prepare(message, client, gate)
+        with _unavailable("status store"):
+            outcome = self.store.run_create(call)
+        if outcome == "created" and publish:
+            self._publish_or_forget(message_id, message)
         return self._settle(message_id, message, outcome, gate)
 
     async def submit_message_async(
@@ -143,31 +130,41 @@ class Dispatcher:
         ``connection`` (an asyncio client of the same Redis); the rare blocking steps (the
         memory check every few seconds, a publish to a broker other than this Redis) run
         in a thread."""
-        message_id = message.getMessageId or new_message_id(self.settings.id_prefix)
         if self.health.needs_redis():
             await asyncio.to_thread(self.health.admit)
         else:
             self.health.admit()
-        enqueue = self._queue_message(message_id)
-        try:
-            outcome = await self.store.create_async(
-                connection,
-                message_id,
-                message,
-                channel=pick_channel(message),
-                client=client,
-                enqueue=enqueue,
-                gate=gate,
-            )
-        except REDIS_ERRORS as exc:
-            raise Unavailable(f"status store unavailable: {_reason(exc)}") from None
-        if outcome == "created" and enqueue is None:
-            try:
-                await asyncio.to_thread(self.publish, message_id)
-            except PUBLISH_ERRORS as exc:
-                await asyncio.to_thread(self._forget, message_id, message)
-                raise Unavailable(f"broker unavailable: {_reason(exc)}") from None
+        message_id, call, publish = self._prepare(message, client, gate)
+        with _unavailable("status store"):
+            outcome = await self.store.run_create_async(connection, call)
+        if outcome == "created" and publish:
+            await asyncio.to_thread(self._publish_or_forget, message_id, message)
         return self._settle(message_id, message, outcome, gate)
+
+    def _prepare(
+        self, message: Message, client: str | None, gate: Gate | None
+    ) -> tuple[str, CreateCall, bool]:
+        """The id, the create call, and whether the task still has to be published after it
+        (a broker other than this Redis: the script records but cannot push)."""
+        message_id = message.getMessageId or new_message_id(self.settings.id_prefix)
+        enqueue = self._queue_message(message_id)
+        call = self.store.create_call(
+            message_id,
+            message,
+            channel=pick_channel(message),
+            client=client,
+            enqueue=enqueue,
+            gate=gate,
+        )
+        return message_id, call, enqueue is None
+
+    def _publish_or_forget(self, message_id: str, message: Message) -> None:
+        """Publish the recorded message; if the broker refuses, remove the record again."""
+        try:
+            self.publish(message_id)
+        except PUBLISH_ERRORS as exc:
+            self._forget(message_id, message)
+            raise Unavailable(f"broker unavailable: {_reason(exc)}") from None
 
     def _settle(
         self, message_id: str, message: Message, outcome: CreateOutcome, gate: Gate | None
@@ -222,16 +219,12 @@ class Dispatcher:
             )
 
     def status(self, message_id: str) -> StatusRecord | None:
-        try:
+        with _unavailable("status store"):
             return self.store.get(message_id)
-        except REDIS_ERRORS as exc:
-            raise Unavailable(f"status store unavailable: {_reason(exc)}") from None
 
     def status_many(self, message_ids: list[str]) -> list[StatusRecord | None]:
-        try:
+        with _unavailable("status store"):
             return self.store.get_many(message_ids)
-        except REDIS_ERRORS as exc:
-            raise Unavailable(f"status store unavailable: {_reason(exc)}") from None
 
     def upload(
         self,
@@ -260,11 +253,9 @@ class Dispatcher:
 
     def dead_letters(self, limit: int = 100, offset: int = 0) -> list[DeadLetter]:
         """Dead messages, oldest first, with the error that killed them."""
-        try:
+        with _unavailable("status store"):
             entries = self.store.dead_letters(limit=limit, offset=offset)
             records = self.store.get_many([message_id for message_id, _ in entries])
-        except REDIS_ERRORS as exc:
-            raise Unavailable(f"status store unavailable: {_reason(exc)}") from None
         return [
             DeadLetter(
                 getMessageId=message_id,
@@ -276,6 +267,15 @@ class Dispatcher:
 
     def close(self) -> None:
         self.redis.close()
+
+
+@contextmanager
+def _unavailable(what: str) -> Iterator[None]:
+    """Redis errors inside become :class:`Unavailable` naming ``what`` (nothing was kept)."""
+    try:
+        yield
+    except REDIS_ERRORS as exc:
+        raise Unavailable(f"{what} unavailable: {_reason(exc)}") from None
 
 
 def _reason(exc: BaseException) -> str:

@@ -113,11 +113,6 @@ class Prepay:
     other_costs: tuple[float, ...]
     types: frozenset[int]
 
-    def costs_for(self, target_type: str) -> dict[str, float]:
-        """The costs, by dimension key, the lease script charged for ``target_type``."""
-        costs = self.user_costs if target_type == "users" else self.other_costs
-        return dict(zip(self.keys, costs, strict=True))
-
 
 class SharedRateLimiter:
     """Blocks until every dimension admits the call."""
@@ -151,12 +146,6 @@ class SharedRateLimiter:
             other_costs=tuple(other_costs.get(d.name, 0.0) for d in self.dimensions),
             types=types,
         )
-
-    def charged(self, costs: dict[str, float]) -> dict[str, float]:
-        """``costs`` by dimension name, keyed by dimension key as :meth:`Prepay.costs_for`."""
-        return {
-            key: costs.get(d.name, 0.0) for key, d in zip(self._keys, self.dimensions, strict=True)
-        }
 
     def try_acquire(self, costs: dict[str, float]) -> float:
         """Admit now and return 0, or return seconds to wait (nothing consumed)."""

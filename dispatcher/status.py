@@ -294,6 +294,14 @@ CreateOutcome = str
 
 
 @dataclass(frozen=True)
+class CreateCall:
+    """One call of the create script (:meth:`StatusStore.create_call`)."""
+
+    keys: list[str]
+    args: list[str | int | float]
+
+
+@dataclass(frozen=True)
 class Attempt:
     """A lease on a message: this worker may try to deliver it now."""
 
@@ -370,12 +378,23 @@ class StatusStore:
         ``replayed`` or ``wait:<ms>`` when it does not, and then nothing is kept. The push
         happens only when the record is created: a duplicate or a conflict queues nothing.
         """
-        script_keys, args = self._create_call(message_id, message, channel, client, enqueue, gate)
-        return _text(self._create(keys=script_keys, args=args))
+        call = self.create_call(
+            message_id, message, channel=channel, client=client, enqueue=enqueue, gate=gate
+        )
+        return self.run_create(call)
 
-    async def create_async(
+    def run_create(self, call: CreateCall) -> CreateOutcome:
+        return _text(self._create(keys=call.keys, args=call.args))
+
+    async def run_create_async(self, connection: AsyncRedis, call: CreateCall) -> CreateOutcome:
+        """:meth:`run_create` on an asyncio client (the HTTP API's event loop)."""
+        bound = self._async_create
+        if bound is None or bound[0] is not connection:
+            bound = self._async_create = (connection, connection.register_script(_CREATE))
+        return _text(await bound[1](keys=call.keys, args=call.args))
+
+    def create_call(
         self,
-        connection: AsyncRedis,
         message_id: str,
         message: Message,
         *,
@@ -383,23 +402,8 @@ class StatusStore:
         client: str | None = None,
         enqueue: tuple[str, str] | None = None,
         gate: Gate | None = None,
-    ) -> CreateOutcome:
-        """:meth:`create` on an asyncio client (the HTTP API's event loop)."""
-        script_keys, args = self._create_call(message_id, message, channel, client, enqueue, gate)
-        bound = self._async_create
-        if bound is None or bound[0] is not connection:
-            bound = self._async_create = (connection, connection.register_script(_CREATE))
-        return _text(await bound[1](keys=script_keys, args=args))
-
-    def _create_call(
-        self,
-        message_id: str,
-        message: Message,
-        channel: str,
-        client: str | None,
-        enqueue: tuple[str, str] | None,
-        gate: Gate | None,
-    ) -> tuple[list[str], list[str | int | float]]:
+    ) -> CreateCall:
+        """The keys and arguments of :meth:`create`'s script, for either kind of client."""
         script_keys = [keys.message(message_id), keys.history(message_id), keys.IN_FLIGHT]
         args: list[str | int | float] = [
             message.fingerprint(),
@@ -434,7 +438,7 @@ class StatusStore:
         ]
         if client:
             args += ["client", client]
-        return script_keys, args
+        return CreateCall(script_keys, args)
 
     def discard(self, message_id: str, message: Message) -> bool:
         """Remove a record that was created but never published."""

@@ -364,6 +364,14 @@ def _credentials(settings: Settings) -> tuple[str, str, str, str]:
     )
 
 
+def call_costs(target_type: str) -> dict[str, float]:
+    """What one send costs on each rate dimension: one call, and one user message when it
+    goes to a user (a message has one target, :func:`build_body`)."""
+    if target_type == "users":
+        return {"easemob:calls": 1.0, "easemob:user-messages": 1.0}
+    return {"easemob:calls": 1.0}
+
+
 # ---------------------------------------------------------------------------
 # The channel
 
@@ -395,12 +403,11 @@ class EasemobChannel:
                 ),
             ],
         )
-        # A message without media costs one call, and one user message when it goes to a user
-        # (one target per message): known before the send, so the lease may charge it.
+        # Costs depend on the target type only, so the lease may charge them before the send.
         self._prepay = self.limiter.prepay(
             NAME,
-            user_costs={"easemob:calls": 1.0, "easemob:user-messages": 1.0},
-            other_costs={"easemob:calls": 1.0},
+            user_costs=call_costs("users"),
+            other_costs=call_costs("chatgroups"),
             types=frozenset(int(t) for t in MessageType if t not in MEDIA_TYPES),
         )
         self._local = threading.local()
@@ -471,17 +478,14 @@ class EasemobChannel:
                 f"{self.settings.easemob_max_body_bytes}",
                 retryable=False,
             )
-        costs = {"easemob:calls": 1.0}
-        if message.target_type == "users":
-            costs["easemob:user-messages"] = float(len(body["target"]))
+        costs = call_costs(message.target_type)
 
         # Token first, then the rate slot, then the call: a slow token fetch must not
         # bunch admitted calls into a burst the provider would throttle (F11). A slot the
         # lease script took (only while the token is in memory) is the same slot, earlier.
         notes: list[str] = []
         token = self.tokens.get()
-        prepaid_costs = self._prepay.costs_for(message.target_type) if prepaid else None
-        if prepaid_costs != self.limiter.charged(costs):  # not prepaid, or not for these costs
+        if not prepaid:
             self._acquire(costs)
         response = self._post_message(payload, token)
         if response.status_code == 401:
