@@ -9,11 +9,13 @@ Modules, one concern each:
 - ``paths``     the URL paths (shared with the client)
 - ``signing``   canonical string and HMAC (pure; shared with the client)
 - ``auth``      who is calling: client, channel, sign, timestamp window
+- ``body``      reading a body: size limit, strict UTF-8 and JSON
 - ``admission`` a submit's gate (client rate + replay guard, checked by the
                 script that records it); the replay guard of reads
 - ``envelope``  the seed's response envelope and its OpenAPI models
 - ``metrics``   Prometheus counters and the Redis-backed collector
-- ``routes``    the endpoints
+- ``routes``    the endpoints, their one dependency (read, authenticate) and the
+                error mapping
 - ``openapi``   the OpenAPI document (request bodies from the real models)
 - ``app``       ``create_app`` (wiring, error handlers) and ``run_api``
 """
