@@ -5,16 +5,23 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class ClientConfig(BaseModel):
     """An upstream caller of the HTTP API: its signing secret and allowed channels."""
 
+    # A misspelt flag must not be ignored silently: this is the security configuration.
+    model_config = ConfigDict(extra="forbid")
+
     secret: SecretStr
     channels: list[str] = Field(default_factory=list)
     admin: bool = False
+    legacy_signing: bool = False
+    """Also accept the seed's signature (query + body; no timestamp needed): docs/security.md."""
+    md5: bool = False
+    """Also accept HMAC-MD5 signs (32 hex characters)."""
 
 
 class Settings(BaseSettings):

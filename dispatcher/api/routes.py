@@ -15,6 +15,7 @@ hop per request.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
@@ -55,11 +56,14 @@ from dispatcher.errors import (
     Forbidden,
     InvalidMessage,
     NotFound,
+    Unauthorized,
     Unavailable,
 )
 from dispatcher.ids import ID_PATTERN
 from dispatcher.models import Message, field_errors
 from dispatcher.producer import Dispatcher
+
+log = logging.getLogger(__name__)
 
 Body = TypeVar("Body", bound=BaseModel)
 
@@ -123,7 +127,10 @@ async def signed(request: Request) -> SignedCall:
     """Read the body and authenticate the request (the dependency of every signed endpoint)."""
     rt = runtime(request)
     body = await read_body(request, rt.settings.max_request_bytes)
-    caller = rt.auth.authenticate(request.query_params.multi_items(), body)
+    # The path exactly as sent (percent-encoding included) is what the client signed.
+    raw_path = request.scope.get("raw_path")
+    path = raw_path.decode("latin-1") if raw_path else request.url.path
+    caller = rt.auth.authenticate(request.method, path, request.query_params.multi_items(), body)
     return SignedCall(rt, caller, body)
 
 
@@ -142,6 +149,11 @@ async def render_error(request: Request, exc: Exception) -> Response:
     """The envelope for any :class:`DispatcherError` an endpoint or dependency raised."""
     assert isinstance(exc, DispatcherError)
     rt = runtime(request)
+    if isinstance(exc, Unauthorized):
+        # The caller is told only "authentication failed"; the reason is for operators.
+        client = request.query_params.get("client", "")
+        path = request.url.path[:200]
+        log.info("401 %s %r client=%r: %s", request.method, path, client[:64], exc.reason)
     response = rt.envelope.error(exc)
     if request.url.path == SUBMIT:
         rt.metrics.count_submit(response.status_code)
@@ -189,7 +201,7 @@ async def handle_basic_message(call: SignedRequest) -> Response:
             gate=rt.admission.gate(call.caller),
         )
     except Unavailable:
-        # Nothing was accepted: give the sign back so the same bytes may be retried.
+        # Nothing was accepted: give the nonce back so the same bytes may be retried.
         await run_in_threadpool(rt.admission.release, call.caller)
         raise
     rt.metrics.count_submit(200)
