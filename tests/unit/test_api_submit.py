@@ -404,7 +404,12 @@ BAD_INPUT: dict[str, tuple[Any, int, set[str]]] = {
         400,
         {"ext.template"},
     ),
-    "Easemob body over the provider limit": ({**TEXT, "ext": {"blob": "x" * 6000}}, 413, {"body"}),
+    "Easemob body over the provider limit": (
+        {**TEXT, "messageInfo": {"textMessage": "x" * 3000}, "ext": {"blob": "x" * 3000}},
+        413,
+        {"body"},
+    ),
+    "ext alone over the provider limit": ({**TEXT, "ext": {"blob": "x" * 6000}}, 413, {"ext"}),
     "request body over 64 KiB": ({**TEXT, "ext": {"blob": "x" * 70_000}}, 413, {"body"}),
     "getMessageId with a dash": ({**TEXT, "getMessageId": "abc-123"}, 400, {"getMessageId"}),
     "getMessageId with a space": ({**TEXT, "getMessageId": "abc 123"}, 400, {"getMessageId"}),
