@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     submit_burst: int = 2000
     timezone: str = "Asia/Shanghai"
     service_phone: str = "400800400"
+    metrics_token: SecretStr | None = None
+    api_docs: bool = True
+    dev_allow_no_auth: bool = False
 
     # Messages and delivery
     id_prefix: str = Field(default="m0", pattern=r"^[A-Za-z0-9]{1,8}$")
@@ -111,6 +114,34 @@ class Settings(BaseSettings):
     @property
     def effective_broker_url(self) -> str:
         return self.broker_url or self.redis_url
+
+
+PROVIDER_CREDENTIALS = {
+    "Easemob": ("easemob_org", "easemob_app", "easemob_client_id", "easemob_client_secret"),
+    "Qiniu": ("qiniu_access_key", "qiniu_secret_key", "qiniu_bucket", "qiniu_domain"),
+}
+"""Settings that, all set, make ``dispatcher dev`` use the real provider, not its simulator."""
+
+
+def unsafe_dev_mode(settings: Settings, *, auth: bool) -> str | None:
+    """Why ``dispatcher dev`` must not start, or None.
+
+    Dev mode turns signature checks off; in front of real providers that would let
+    anyone who reaches the API send messages on the real account.
+    """
+    real = [
+        name
+        for name, fields in PROVIDER_CREDENTIALS.items()
+        if all(getattr(settings, field) for field in fields)
+    ]
+    if auth or not real or settings.dev_allow_no_auth:
+        return None
+    return (
+        f"refusing to start: real {' and '.join(real)} credentials are configured and dev mode "
+        "turns signature checks off, so anyone reaching the API could send through them. "
+        "Run `dispatcher dev --auth`, unset the credentials to use the simulators, or set "
+        "DISPATCHER_DEV_ALLOW_NO_AUTH=true if this machine is yours alone."
+    )
 
 
 @lru_cache(maxsize=1)

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dispatcher.config import Settings
+from dispatcher.config import Settings, unsafe_dev_mode
 from dispatcher.embedded import RedisServer, die_with_parent, port_is_free, redis_answers
 from dispatcher.logs import configure_logging
 from dispatcher.sandbox.server import ServerThread
@@ -58,6 +58,8 @@ def run_dev(
 
     configured = Settings()
     configure_logging(configured.log_level, configured.log_format)
+    if refusal := unsafe_dev_mode(configured, auth=auth):
+        sys.exit(refusal)
     env: dict[str, str] = {}
     notes: list[str] = []
 

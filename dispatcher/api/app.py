@@ -86,9 +86,10 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
         title="dispatcher",
         version=VERSION,
         lifespan=lifespan,
-        docs_url="/docs",
+        # DISPATCHER_API_DOCS=false: no /docs and no /openapi.json (docs/security.md).
+        docs_url="/docs" if settings.api_docs else None,
         redoc_url=None,
-        openapi_url="/openapi.json",
+        openapi_url="/openapi.json" if settings.api_docs else None,
     )
     app.state.runtime = runtime
     app.include_router(router)

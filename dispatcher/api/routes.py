@@ -15,6 +15,7 @@ hop per request.
 
 from __future__ import annotations
 
+import hmac
 import logging
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
@@ -51,6 +52,7 @@ from dispatcher.api.paths import (
 from dispatcher.config import Settings
 from dispatcher.connections import LoopRedis
 from dispatcher.errors import (
+    AUTHENTICATION_FAILED,
     DispatcherError,
     FieldError,
     Forbidden,
@@ -349,9 +351,25 @@ def _ping_all(probes: dict[str, redis.Redis]) -> dict[str, str]:
 @router.get(
     METRICS,
     response_class=Response,
-    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}},
+    responses={
+        200: {"content": {"text/plain": {}}, "description": "Prometheus text format"},
+        401: {"description": "DISPATCHER_METRICS_TOKEN is set and the bearer token is not it"},
+    },
     tags=["operations"],
 )
 def prometheus_metrics(request: Request) -> Response:
-    """Prometheus text format: this process's counters and the fleet's, from Redis."""
-    return Response(runtime(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    """Prometheus text format: this process's counters and the fleet's, from Redis.
+
+    With ``DISPATCHER_METRICS_TOKEN`` set, only for ``Authorization: Bearer <token>``.
+    """
+    rt = runtime(request)
+    token = rt.settings.metrics_token
+    if token is not None:
+        given = request.headers.get("authorization", "").encode()
+        expected = b"Bearer " + token.get_secret_value().encode()
+        if not hmac.compare_digest(given, expected):
+            log.info("401 GET %s: missing or wrong bearer token", METRICS)
+            return rt.envelope.answer(
+                401, AUTHENTICATION_FAILED, headers={"WWW-Authenticate": "Bearer"}
+            )
+    return Response(rt.metrics.render(), media_type=CONTENT_TYPE_LATEST)
