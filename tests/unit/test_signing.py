@@ -4,6 +4,8 @@ API's 401 answers."""
 from __future__ import annotations
 
 import logging
+import re
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -380,3 +382,48 @@ def test_refusals_log_the_reason_but_never_the_secret_or_the_sign(
     assert "401" in text and "does not match" in text and "channel is not allowed" in text
     assert params["sign"] not in text
     assert "secret-one" not in text and "wrong-secret" not in text
+
+
+# ---------------------------------------------------------------------------
+# The worked examples in the docs
+
+
+def _worked_example(path: Path) -> dict[str, str]:
+    text = path.read_text(encoding="utf-8")
+    found = {
+        name: re.search(rf"^{name}='(.*)'$", text, re.MULTILINE)
+        for name in ("METHOD", "URL_PATH", "QUERY", "BODY", "SECRET")
+    }
+    assert all(found.values()), (path, found)
+    return {name: match.group(1) for name, match in found.items() if match}
+
+
+@pytest.mark.parametrize("page", ["docs/security.md", "README.md"])
+def test_worked_signing_example_reproduces_with_our_signer(page: str) -> None:
+    example = _worked_example(ROOT / page)
+    text = (ROOT / page).read_text(encoding="utf-8")
+    params = [(n, v) for n, _, v in (p.partition("=") for p in example["QUERY"].split("&"))]
+    body = example["BODY"].encode()
+    sign = compute_sign(example["SECRET"], example["METHOD"], example["URL_PATH"], params, body)
+    canonical = canonical_request(example["METHOD"], example["URL_PATH"], params, body)
+    assert (
+        canonical
+        == "\n".join(
+            [example["METHOD"], example["URL_PATH"], example["QUERY"], example["BODY"]]
+        ).encode()
+    )  # the query is already sorted
+    assert f"= {sign}" in text  # openssl's output line, as printed on the page
+    assert f"&sign={sign}" in text or page == "README.md"
+
+
+@pytest.mark.parametrize("page", ["docs/security.md", "README.md"])
+def test_worked_signing_example_reproduces_with_openssl(page: str) -> None:
+    """The page's own shell lines, run as they stand, print the sign the page shows."""
+    text = (ROOT / page).read_text(encoding="utf-8")
+    block = re.search(r"```sh\n(METHOD=.*?)```", text, re.DOTALL)
+    assert block, page
+    script = block.group(1)
+    printed = re.findall(r"^# .*= ([0-9a-f]{64})$", script, re.MULTILINE)
+    assert printed, script
+    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True)
+    assert out.stdout.split()[-1] == printed[0]
