@@ -34,7 +34,7 @@ def build_requests(host: str, port: int, n: int) -> list[bytes]:
     requests = []
     for _ in range(n):
         params = {"client": CLIENT, "channel": CHANNEL, "timestamp": now, "nonce": uuid.uuid4().hex}
-        params["sign"] = compute_sign(SECRET, params, body)
+        params["sign"] = compute_sign(SECRET, "POST", SUBMIT, params, body)
         head = (
             f"POST {SUBMIT}?{urlencode(params)} HTTP/1.1\r\n"
             f"Host: {host}:{port}\r\n"

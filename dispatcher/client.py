@@ -13,8 +13,11 @@ Answers other than 200 raise the same errors as the Python producer API
 :class:`ApiError` for anything else). A status lookup of an unknown id
 returns None.
 
-Each request is signed (SPEC §3.4) with a fresh ``timestamp`` and ``nonce``,
-so a retry of the same message is never mistaken for a replay.
+Each request is signed with signature v2 (method, path, query and body;
+docs/security.md) and a fresh ``timestamp`` and ``nonce``, so a retry of the same
+message is never mistaken for a replay. ``legacy_signing=True`` signs the
+seed's way instead (query and body only), for servers that know the client as
+legacy; ``algorithm="md5"`` uses HMAC-MD5, for clients configured for it.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from urllib.parse import quote
 import httpx
 
 from dispatcher.api import paths
-from dispatcher.api.signing import Algorithm, compute_sign
+from dispatcher.api.signing import Algorithm, compute_legacy_sign, compute_sign
 from dispatcher.errors import (
     ApiError,
     Conflict,
@@ -58,14 +61,12 @@ class _Signer:
         api_version: str | None,
         version: str | None,
         algorithm: Algorithm,
-        timestamp: bool,
-        nonce: bool,
+        legacy_signing: bool,
     ) -> None:
         self.client_id = client_id
         self._secret = secret.encode()
         self.algorithm = algorithm
-        self.timestamp = timestamp
-        self.nonce = nonce
+        self.legacy_signing = legacy_signing
         self._fixed = {"client": client_id, "channel": channel}
         if api_version is not None:
             self._fixed["apiVersion"] = api_version
@@ -75,13 +76,15 @@ class _Signer:
     def __repr__(self) -> str:
         return f"<signer client={self.client_id!r} algorithm={self.algorithm}>"
 
-    def sign(self, body: bytes) -> dict[str, str]:
+    def sign(self, method: str, path: str, body: bytes) -> dict[str, str]:
+        """The query parameters of one request, ``sign`` included."""
         params = dict(self._fixed)
-        if self.timestamp:
-            params["timestamp"] = str(int(time.time()))
-        if self.nonce:
-            params["nonce"] = uuid.uuid4().hex
-        params["sign"] = compute_sign(self._secret, params, body, self.algorithm)
+        params["timestamp"] = str(int(time.time()))
+        params["nonce"] = uuid.uuid4().hex
+        if self.legacy_signing:
+            params["sign"] = compute_legacy_sign(self._secret, params, body, self.algorithm)
+        else:
+            params["sign"] = compute_sign(self._secret, method, path, params, body, self.algorithm)
         return params
 
 
@@ -137,8 +140,7 @@ class _Base:
         api_version: str | None = "01",
         version: str | None = "2.0",
         algorithm: Algorithm = "sha256",
-        timestamp: bool = True,
-        nonce: bool = True,
+        legacy_signing: bool = False,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.signer = _Signer(
@@ -148,20 +150,20 @@ class _Base:
             api_version=api_version,
             version=version,
             algorithm=algorithm,
-            timestamp=timestamp,
-            nonce=nonce,
+            legacy_signing=legacy_signing,
         )
 
     def _submit_request(self, payload: Payload) -> tuple[str, dict[str, str], bytes]:
         body = encode_payload(payload)
-        return paths.SUBMIT, self.signer.sign(body), body
+        return paths.SUBMIT, self.signer.sign("POST", paths.SUBMIT, body), body
 
     def _status_request(self, message_id: str) -> tuple[str, dict[str, str]]:
-        return paths.STATUS.format(getMessageId=quote(message_id, safe="")), self.signer.sign(b"")
+        path = paths.STATUS.format(getMessageId=quote(message_id, safe=""))
+        return path, self.signer.sign("GET", path, b"")
 
     def _status_many_request(self, ids: Sequence[str]) -> tuple[str, dict[str, str], bytes]:
         body = encode_payload({"getMessageIds": list(ids)})
-        return paths.STATUS_MANY, self.signer.sign(body), body
+        return paths.STATUS_MANY, self.signer.sign("POST", paths.STATUS_MANY, body), body
 
 
 _HEADERS = {"Content-Type": "application/json"}

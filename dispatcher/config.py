@@ -5,16 +5,23 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class ClientConfig(BaseModel):
     """An upstream caller of the HTTP API: its signing secret and allowed channels."""
 
+    # A misspelt flag must not be ignored silently: this is the security configuration.
+    model_config = ConfigDict(extra="forbid")
+
     secret: SecretStr
     channels: list[str] = Field(default_factory=list)
     admin: bool = False
+    legacy_signing: bool = False
+    """Also accept the seed's signature (query + body; no timestamp needed): docs/security.md."""
+    md5: bool = False
+    """Also accept HMAC-MD5 signs (32 hex characters)."""
 
 
 class Settings(BaseSettings):
@@ -65,6 +72,9 @@ class Settings(BaseSettings):
     submit_burst: int = 2000
     timezone: str = "Asia/Shanghai"
     service_phone: str = "400800400"
+    metrics_token: SecretStr | None = None
+    api_docs: bool = True
+    dev_allow_no_auth: bool = False
 
     # Messages and delivery
     id_prefix: str = Field(default="m0", pattern=r"^[A-Za-z0-9]{1,8}$")
@@ -104,6 +114,34 @@ class Settings(BaseSettings):
     @property
     def effective_broker_url(self) -> str:
         return self.broker_url or self.redis_url
+
+
+PROVIDER_CREDENTIALS = {
+    "Easemob": ("easemob_org", "easemob_app", "easemob_client_id", "easemob_client_secret"),
+    "Qiniu": ("qiniu_access_key", "qiniu_secret_key", "qiniu_bucket", "qiniu_domain"),
+}
+"""Settings that, all set, make ``dispatcher dev`` use the real provider, not its simulator."""
+
+
+def unsafe_dev_mode(settings: Settings, *, auth: bool) -> str | None:
+    """Why ``dispatcher dev`` must not start, or None.
+
+    Dev mode turns signature checks off; in front of real providers that would let
+    anyone who reaches the API send messages on the real account.
+    """
+    real = [
+        name
+        for name, fields in PROVIDER_CREDENTIALS.items()
+        if all(getattr(settings, field) for field in fields)
+    ]
+    if auth or not real or settings.dev_allow_no_auth:
+        return None
+    return (
+        f"refusing to start: real {' and '.join(real)} credentials are configured and dev mode "
+        "turns signature checks off, so anyone reaching the API could send through them. "
+        "Run `dispatcher dev --auth`, unset the credentials to use the simulators, or set "
+        "DISPATCHER_DEV_ALLOW_NO_AUTH=true if this machine is yours alone."
+    )
 
 
 @lru_cache(maxsize=1)

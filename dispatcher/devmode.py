@@ -14,10 +14,11 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
-from dispatcher.config import Settings
+from dispatcher.config import Settings, unsafe_dev_mode
 from dispatcher.embedded import RedisServer, die_with_parent, port_is_free, redis_answers
 from dispatcher.logs import configure_logging
 from dispatcher.sandbox.server import ServerThread
@@ -57,6 +58,8 @@ def run_dev(
 
     configured = Settings()
     configure_logging(configured.log_level, configured.log_format)
+    if refusal := unsafe_dev_mode(configured, auth=auth):
+        sys.exit(refusal)
     env: dict[str, str] = {}
     notes: list[str] = []
 
@@ -192,6 +195,7 @@ def run_dev(
 
 
 def _banner(notes: list[str], api_port: int, auth: bool, secret: str, redis_url: str) -> None:
+    from dispatcher.api.paths import SUBMIT
     from dispatcher.api.signing import compute_sign
 
     base = f"http://127.0.0.1:{api_port}"
@@ -205,7 +209,11 @@ def _banner(notes: list[str], api_port: int, auth: bool, secret: str, redis_url:
         separators=(",", ":"),
     )
     query = {"apiVersion": "01", "client": DEV_CLIENT, "channel": DEV_CHANNEL, "version": "2.0"}
-    query["sign"] = compute_sign(secret, query, body.encode()) if auth else "unsigned"
+    if auth:  # signature v2: this sign is good once, for the next five minutes
+        query.update(timestamp=str(int(time.time())), nonce=secrets.token_hex(8))
+    query["sign"] = (
+        compute_sign(secret, "POST", SUBMIT, query, body.encode()) if auth else "unsigned"
+    )
     query_text = "&".join(f"{k}={v}" for k, v in query.items())
     lines = ["", "dispatcher dev is up", *(f"  {note}" for note in notes), ""]
     if auth:

@@ -109,11 +109,19 @@ class ApiError(DispatcherError):
         super().__init__(f"{code}: {message}")
 
 
-class Unauthorized(ApiError):
-    """401: unknown client, channel not allowed, bad or missing sign, stale timestamp, replay."""
+AUTHENTICATION_FAILED = "authentication failed"
 
-    def __init__(self, message: str) -> None:
-        super().__init__(401, message)
+
+class Unauthorized(ApiError):
+    """401: unknown client, channel not allowed, bad or missing sign, stale timestamp, replay.
+
+    Every one of them answers the same ``message``, so a caller cannot tell which check
+    failed (no enumeration of clients or channels); ``reason`` is for the server's log.
+    """
+
+    def __init__(self, reason: str = AUTHENTICATION_FAILED) -> None:
+        self.reason = reason
+        super().__init__(401, AUTHENTICATION_FAILED)
 
 
 class Forbidden(ApiError):

@@ -1,9 +1,9 @@
-"""The gate an HTTP submit passes: its sign's replay guard and its client's submit rate.
+"""The gate an HTTP submit passes: its (client, nonce) replay guard and its client's submit rate.
 
 The gate is checked inside the script that records the message
 (:meth:`dispatcher.status.StatusStore.create`), so a submit costs one Redis
 round trip for everything, and a refused submit keeps nothing: a request
-refused for its rate gives its sign back, so the caller may retry the very
+refused for its rate gives its nonce back, so the caller may retry the very
 same bytes after Retry-After.
 
 The rate is the same GCRA as :class:`dispatcher.ratelimit.SharedRateLimiter`
@@ -47,7 +47,7 @@ end
 ANONYMOUS = "-"
 """Rate-limit bucket of requests that name no client (possible only with auth off)."""
 
-REPLAYED = "replayed request: this sign was already used within the signature window"
+REPLAYED = "replayed request: this nonce was already used within the signature window"
 
 
 def submit_bucket(client: str) -> str:
@@ -57,7 +57,7 @@ def submit_bucket(client: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Gate:
-    """What one submit must pass: ``client``'s rate (if limited) and its sign's guard (if any)."""
+    """What one submit must pass: ``client``'s rate (if limited) and its nonce's guard (if any)."""
 
     client: str
     interval_ms: float

@@ -53,6 +53,6 @@ def media_cache(bucket: str, key: str) -> str:
     return f"{PREFIX}:media:{bucket}:{key}"
 
 
-def replay_guard(client: str, sign: str) -> str:
-    """Marks a (client, sign) pair seen within the signature window."""
-    return f"{PREFIX}:sig:{client}:{sign}"
+def replay_guard(client: str, nonce: str) -> str:
+    """Marks a (client, nonce) pair seen within the signature window."""
+    return f"{PREFIX}:nonce:{client}:{nonce}"

@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -60,10 +61,19 @@ MEDIA_TYPES = frozenset({MessageType.IMAGE, MessageType.VOICE, MessageType.VIDEO
 class _Info(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
 
+    @field_validator("*")
+    @classmethod
+    def _plain_text(cls, value: Any) -> Any:
+        if isinstance(value, str) and CONTROL_IN_TEXT.search(value):
+            raise ValueError("must not contain control characters other than tab and newlines")
+        return value
+
 
 def _media_key(value: str, extensions: tuple[str, ...]) -> str:
     if not value or len(value.encode()) > 750 or "\x00" in value:
         raise ValueError("must be a Qiniu key of 1..750 bytes")
+    if problem := _ambiguous_key(value):
+        raise ValueError(problem)
     if not value.lower().endswith(tuple(f".{ext}" for ext in extensions)):
         raise ValueError(f"must be a file name ending in {'/'.join(extensions)}")
     return value
@@ -74,15 +84,72 @@ def _media_url(value: str | None, info: ValidationInfo) -> str | None:
     if value is None:
         return None
     domain = (info.context or {}).get("media_domain")
-    parsed = urlsplit(value)
-    if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise ValueError("must be an http(s) URL")
+    parsed = urlsplit(_web_url(value))
     if not domain:
         raise ValueError("media URLs are accepted only when DISPATCHER_QINIU_DOMAIN is configured")
     allowed = urlsplit(domain)
     if parsed.hostname != allowed.hostname or (parsed.port or None) != (allowed.port or None):
         raise ValueError(f"must be on the configured Qiniu domain {allowed.netloc}")
     return value
+
+
+# ---------------------------------------------------------------------------
+# Input hardening (docs/security.md): control characters, media keys, URLs, ext depth
+
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+CONTROL_IN_TEXT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+"""Control characters a text field refuses: all but tab, line feed and carriage return."""
+MAX_EXT_DEPTH = 16
+
+
+def _no_control_characters(value: str) -> str:
+    if CONTROL_CHARACTERS.search(value):
+        raise ValueError("must not contain control characters (U+0000-U+001F, U+007F)")
+    return value
+
+
+def _ambiguous_key(key: str) -> str | None:
+    """Why a media key could be read as another object than it names, or None.
+
+    Qiniu keys are flat strings, but anything that resolves paths (a CDN, a proxy,
+    a download tool) would read ``a/../b.jpg`` as ``b.jpg``: one key, one object.
+    """
+    if CONTROL_CHARACTERS.search(key):
+        return "must not contain control characters"
+    if "\\" in key:
+        return "must not contain backslashes"
+    if key.startswith("/"):
+        return "must not start with '/'"
+    if any(segment in ("", ".", "..") for segment in key.split("/")):
+        return "must not contain empty, '.' or '..' path segments"
+    return None
+
+
+def _web_url(value: str) -> str:
+    """An absolute http(s) URL: never javascript:, data:, file: or a relative one."""
+    parsed = urlsplit(value)
+    if CONTROL_CHARACTERS.search(value) or " " in value:
+        raise ValueError("must be a URL without spaces or control characters")
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise ValueError("must be an http(s) URL")
+    return value
+
+
+def _nesting_over(value: Any, limit: int) -> bool:
+    """Whether objects and arrays in ``value`` nest deeper than ``limit`` levels."""
+    pending = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict):
+            children = list(item.values())
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        pending.extend((child, depth + 1) for child in children)
+    return False
 
 
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -151,6 +218,8 @@ class NewsInfo(_Info):
     url: str = Field(min_length=1, max_length=2048)
     picUrl: str | None = Field(default=None, max_length=2048)
 
+    _urls = field_validator("url", "picUrl")(lambda v: None if v is None else _web_url(v))
+
 
 class CustomNewsInfo(NewsInfo):
     """News plus any extra string fields, all passed on as customExts."""
@@ -163,6 +232,8 @@ class CustomNewsInfo(NewsInfo):
         for name, value in extras.items():
             if not isinstance(value, str):
                 raise ValueError(f"extra field {name!r} must be a string")
+            if CONTROL_IN_TEXT.search(value):
+                raise ValueError(f"extra field {name!r} must not contain control characters")
         if len(self.model_dump(exclude_none=True)) > MAX_CUSTOM_EXTS:
             raise ValueError(f"at most {MAX_CUSTOM_EXTS} fields in all (Easemob's customExts cap)")
         return self
@@ -265,7 +336,11 @@ class Ext(BaseModel):
 
 
 TargetType = Literal["users", "chatgroups", "chatrooms"]
-EasemobName = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^\S+$")]
+EasemobName = Annotated[
+    str,
+    Field(min_length=1, max_length=128, pattern=r"^\S+$"),
+    AfterValidator(_no_control_characters),
+]
 
 
 class Envelope(BaseModel):
@@ -294,6 +369,13 @@ class Envelope(BaseModel):
     def _only_easemob(cls, value: int | None) -> int | None:
         if value is not None and value != 1:
             raise ValueError("only 1 (Easemob) is supported; the message center picks the channel")
+        return value
+
+    @field_validator("ext", mode="before")
+    @classmethod
+    def _shallow_ext(cls, value: Any) -> Any:
+        if _nesting_over(value, MAX_EXT_DEPTH):
+            raise ValueError(f"must not nest objects or arrays deeper than {MAX_EXT_DEPTH} levels")
         return value
 
 

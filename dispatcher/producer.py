@@ -109,7 +109,7 @@ class Dispatcher:
         self, message: Message, *, client: str | None = None, gate: Gate | None = None
     ) -> Submitted:
         """Queue a validated message. With ``gate`` (the HTTP API) the submit also passes its
-        client's rate and its sign's replay guard in the same Redis call (dispatcher/gate.py)."""
+        client's rate and its nonce's replay guard in the same Redis call (dispatcher/gate.py)."""
         self.health.admit()
         message_id, call, publish = self._prepare(message, client, gate)
         with _unavailable("status store"):

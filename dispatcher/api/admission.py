@@ -3,7 +3,7 @@
 A submit's replay guard and its client's rate limit are checked by the script
 that records the message (:mod:`dispatcher.gate`): one round trip for all.
 Reads (status lookups, operator calls) are not rate limited; they only claim
-their sign's guard.
+their nonce's guard.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ class Admission:
         self.burst = burst
 
     def gate(self, caller: Caller) -> Gate:
-        """What a submit by ``caller`` must pass: its client's rate and its sign's guard."""
+        """What a submit by ``caller`` must pass: its client's rate and its nonce's guard."""
         return Gate.for_client(
             caller.client,
             rate_per_second=self.rate_per_second,
@@ -48,7 +48,7 @@ class Admission:
             raise Unauthorized(REPLAYED)
 
     def release(self, caller: Caller) -> None:
-        """Give a sign back after a failure that accepted nothing (best effort)."""
+        """Give a nonce back after a failure that accepted nothing (best effort)."""
         if not caller.guard:
             return
         with contextlib.suppress(*REDIS_ERRORS):

@@ -22,10 +22,10 @@ from dispatcher.api.auth import Authenticator
 from dispatcher.api.envelope import EnvelopeWriter
 from dispatcher.api.metrics import ApiMetrics
 from dispatcher.api.openapi import build_openapi
-from dispatcher.api.routes import Runtime, build_router
+from dispatcher.api.routes import Runtime, render_error, router
 from dispatcher.config import Settings
 from dispatcher.connections import LoopRedis
-from dispatcher.errors import FieldError
+from dispatcher.errors import DispatcherError, FieldError
 from dispatcher.producer import Dispatcher
 
 log = logging.getLogger(__name__)
@@ -86,12 +86,13 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
         title="dispatcher",
         version=VERSION,
         lifespan=lifespan,
-        docs_url="/docs",
+        # DISPATCHER_API_DOCS=false: no /docs and no /openapi.json (docs/security.md).
+        docs_url="/docs" if settings.api_docs else None,
         redoc_url=None,
-        openapi_url="/openapi.json",
+        openapi_url="/openapi.json" if settings.api_docs else None,
     )
     app.state.runtime = runtime
-    app.include_router(build_router(runtime))
+    app.include_router(router)
     _install_error_handlers(app, envelope)
     app.openapi = lambda: build_openapi(app, settings)  # type: ignore[method-assign]
     auth.warn_about_configuration()
@@ -118,6 +119,7 @@ def _install_error_handlers(app: FastAPI, envelope: EnvelopeWriter) -> None:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return envelope.answer(500)
 
+    app.add_exception_handler(DispatcherError, render_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(Exception, unexpected_error)

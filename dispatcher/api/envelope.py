@@ -207,8 +207,8 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """``responses=`` for FastAPI: these error codes, in the envelope."""
     descriptions = {
         400: "invalid request; every broken field in data.errors",
-        401: "unknown client, channel not allowed, missing or wrong sign, stale timestamp, "
-        "or replayed sign",
+        401: "authentication failed, always in the same words: unknown client, channel not "
+        "allowed, missing or wrong sign, stale timestamp, or replayed nonce",
         403: "operators only: the client is not an admin",
         404: "no such message (or it belongs to another client)",
         409: "getMessageId already used for a different message",

@@ -74,8 +74,13 @@ class ApiMetrics:
         self._rejected_other = self.rejected.labels("other")
         self.registry.register(RedisCollector(store, broker, queue))
 
-    def reject(self, code: int) -> None:
-        self._rejected.get(code, self._rejected_other).inc()
+    def count_submit(self, code: int) -> None:
+        """One submit answered ``code``."""
+        self.submitted.inc()
+        if code == 200:
+            self.accepted.inc()
+        else:
+            self._rejected.get(code, self._rejected_other).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -29,12 +29,13 @@ The message center's sender API (seed section 2.1.4).
 Every answer is the seed's envelope `{code, message, data, page, foot}` and its
 HTTP status equals `code`.
 
-**Signing.** Signed operations take `client`, `channel` and `sign` in the query
-(plus the seed's `apiVersion` and `version`, and optional `timestamp` and
-`nonce`). `sign` is the lowercase hex HMAC-SHA256 (or legacy HMAC-MD5) keyed
-by the client's secret of: the query parameters except `sign`, sorted by name,
-joined as `k=v` with `&`, a newline, then the raw body bytes. See `docs/api.md`
-for a worked example.
+**Signing (v2).** Signed operations take `client`, `channel`, `timestamp`,
+`nonce` and `sign` in the query (plus the seed's `apiVersion` and `version`).
+`sign` is the lowercase hex HMAC-SHA256, keyed by the client's secret, of
+`{METHOD}\\n{path}\\n{query}\\n{body}`: the upper-case method, the URL path as
+sent, the query parameters except `sign` sorted by name and joined as `k=v`
+with `&`, then the raw body bytes. Every authentication failure is the same
+401. See `docs/security.md` for a worked example.
 """
 
 
@@ -55,13 +56,19 @@ def _parameters(auth_enabled: bool) -> list[dict[str, Any]]:
         param("version", "the caller's version (the seed sends `2.0`); signed, not interpreted"),
         param(
             "timestamp",
-            "unix seconds; when given it must be within the signature window of server "
-            "time, and the same sign is refused a second time (replay)",
+            "unix seconds, within the signature window of server time",
+            auth_enabled,
         ),
-        param("nonce", "any string; makes two otherwise identical requests sign differently"),
+        param(
+            "nonce",
+            "1..128 of A-Z a-z 0-9 . _ ~ -, new for every request: the same (client, nonce) "
+            "within the window is refused as a replay",
+            auth_enabled,
+        ),
         param(
             "sign",
-            "lowercase hex HMAC-SHA256 (64 characters) or HMAC-MD5 (32) of the canonical string",
+            "lowercase hex HMAC-SHA256 (64 characters) of the canonical request; HMAC-MD5 "
+            "(32) only for clients configured for it",
             auth_enabled,
         ),
     ]

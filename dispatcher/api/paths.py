@@ -8,3 +8,4 @@ STATUS_MANY = "/sender/v1/messages/status"
 MAX_STATUS_IDS = 100
 DEAD_LETTERS = "/sender/v1/dead-letters"
 DEAD_LETTERS_REPLAY = "/sender/v1/dead-letters/replay"
+METRICS = "/metrics"

@@ -1,15 +1,22 @@
-"""Request signatures (SPEC §3.4), pure functions shared by the server and the client.
+"""Request signatures (docs/security.md), pure functions shared by the server and the client.
 
-The canonical string is the query parameters except ``sign``, sorted by name
-(then by value, for a name given twice), joined as ``k=v`` with ``&``, then a
-newline, then the raw request body bytes. Names and values are taken as they
-are *after* URL decoding, so the same parameters sign the same however a
-client percent-encodes them. ``sign`` is the lowercase hex HMAC of that string
-keyed by the client's secret: HMAC-SHA256 (64 hex characters) or, for clients
-of the legacy 32-character format, HMAC-MD5 (32).
+Signature v2, every client's default, covers the whole request::
 
->>> compute_sign("s3cret", {"client": "c1", "channel": "ch1"}, b'{"a":1}')[:16]
-'495ddfe3e4da3aca'
+    {METHOD}\\n{path}\\n{query}\\n{body}
+
+the upper-case method, the URL path exactly as sent, the query parameters
+except ``sign`` sorted by name (then by value, for a name given twice) and
+joined as ``k=v`` with ``&``, then the raw body bytes (empty for a GET). Names
+and values are taken as they are *after* URL decoding, so the same parameters
+sign the same however a client percent-encodes them. ``sign`` is the lowercase
+hex HMAC-SHA256 of that string keyed by the client's secret.
+
+The seed's scheme (v1: ``{query}\\n{body}``) is kept for clients configured
+``legacy_signing``, and HMAC-MD5 (32 hex characters) for clients configured
+``md5``.
+
+>>> compute_sign("s3cret", "POST", "/p", {"client": "c1", "channel": "ch1"}, b'{"a":1}')[:16]
+'830d4d1bd592c228'
 """
 
 from __future__ import annotations
@@ -41,8 +48,15 @@ def canonical_query(params: Params) -> str:
     return "&".join(f"{k}={v}" for k, v in sorted(p for p in _items(params) if p[0] != SIGN_PARAM))
 
 
+def canonical_request(method: str, path: str, params: Params, body: bytes) -> bytes:
+    """What v2 signs: method, path, canonical query and raw body, one per line."""
+    head = f"{method.upper()}\n{path}\n{canonical_query(params)}\n"
+    return head.encode() + body
+
+
 def canonical_string(params: Params, body: bytes) -> bytes:
-    """What gets signed: the canonical query, a newline, the raw body."""
+    """What v1 (the seed's scheme, legacy clients only) signs: the canonical query, a
+    newline, the raw body."""
     return canonical_query(params).encode() + b"\n" + body
 
 
@@ -52,9 +66,21 @@ def hmac_hex(secret: str | bytes, message: bytes, algorithm: Algorithm = "sha256
 
 
 def compute_sign(
+    secret: str | bytes,
+    method: str,
+    path: str,
+    params: Params,
+    body: bytes = b"",
+    algorithm: Algorithm = "sha256",
+) -> str:
+    """The v2 ``sign`` of a request."""
+    return hmac_hex(secret, canonical_request(method, path, params, body), algorithm)
+
+
+def compute_legacy_sign(
     secret: str | bytes, params: Params, body: bytes = b"", algorithm: Algorithm = "sha256"
 ) -> str:
-    """The ``sign`` value for these query parameters and body."""
+    """The v1 ``sign`` (the seed's scheme, accepted only from ``legacy_signing`` clients)."""
     return hmac_hex(secret, canonical_string(params, body), algorithm)
 
 

@@ -184,6 +184,10 @@ def body_size(message_id: str, message: Message) -> int:
 
 
 def check_size(message_id: str, message: Message, limit: int) -> None:
+    if message.ext is not None and (ext_size := len(encode_body(message.ext))) > limit:
+        raise MessageTooLarge(
+            [FieldError("ext", f"is {ext_size} bytes serialized, over the limit of {limit} bytes")]
+        )
     size = body_size(message_id, message)
     if size > limit:
         raise MessageTooLarge(

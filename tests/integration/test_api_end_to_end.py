@@ -4,7 +4,6 @@ endpoint shows ``delivered`` and ``/metrics`` moved with the traffic."""
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
@@ -14,7 +13,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
 from dispatcher.api.app import create_app
-from dispatcher.api.signing import compute_sign
+from dispatcher.api.paths import SUBMIT
+from dispatcher.api.signing import compute_legacy_sign, compute_sign
 from dispatcher.client import Client
 from dispatcher.config import ClientConfig
 from dispatcher.errors import Unauthorized
@@ -26,17 +26,6 @@ pytestmark = pytest.mark.integration
 
 SEED_SECRET = "seed-client-secret"
 MESSAGES_PATH = f"/{EASEMOB_ORG}/{EASEMOB_APP}/messages"
-
-TEXT_BODY = json.dumps(
-    {
-        "to": "148992289019003396",
-        "from": "u000193f6f02e01764a0f869be49a2be21e01",
-        "messageType": 1,
-        "ext": {"chatType": "WX"},
-        "messageInfo": {"textMessage": "视频稍后发送 🎬"},
-    },
-    ensure_ascii=False,
-).encode()
 
 
 def scrape(url: str) -> dict[str, float]:
@@ -61,45 +50,53 @@ def wait_delivered(api: Client, message_id: str, timeout: float = 30.0) -> dict[
     raise AssertionError(f"{message_id} not terminal in {timeout}s: {record}")
 
 
+SEED_QUERY = {"apiVersion": "01", "client": SEED_CLIENT, "channel": SEED_CHANNEL, "version": "2.0"}
+"""The seed's four query parameters, exactly."""
+
+
+def place_seed_video(qiniu_sim: Any) -> None:
+    placed = {
+        "fsize": 1_048_576,
+        "mimeType": "video/mp4",
+        "duration": 9,
+        "width": 640,
+        "height": 360,
+    }
+    httpx.put(
+        f"{qiniu_sim.url}/_sandbox/objects/{SEED_VIDEO}", json=placed, timeout=10
+    ).raise_for_status()
+
+
+def seed_settings(worker_env: dict[str, str], **flags: bool) -> Any:
+    client = ClientConfig(secret=SecretStr(SEED_SECRET), channels=[SEED_CHANNEL], **flags)
+    return settings_from_env(worker_env).model_copy(update={"clients": {SEED_CLIENT: client}})
+
+
+def post_seed(url: str, params: dict[str, str]) -> httpx.Response:
+    return httpx.post(
+        f"{url}{SUBMIT}",
+        params=params,
+        content=SEED_BODY,
+        headers={"Content-Type": "application/json"},
+        timeout=10,
+    )
+
+
 def test_seed_request_over_http_is_delivered_and_counted(
     worker_env: dict[str, str], easemob: Any, qiniu_sim: Any, start_worker: Any
 ) -> None:
-    clients = {SEED_CLIENT: ClientConfig(secret=SecretStr(SEED_SECRET), channels=[SEED_CHANNEL])}
-    settings = settings_from_env(worker_env).model_copy(update={"clients": clients})
-    if qiniu_sim is not None:
-        placed = {
-            "fsize": 1_048_576,
-            "mimeType": "video/mp4",
-            "duration": 9,
-            "width": 640,
-            "height": 360,
-        }
-        httpx.put(
-            f"{qiniu_sim.url}/_sandbox/objects/{SEED_VIDEO}", json=placed, timeout=10
-        ).raise_for_status()
-        body = SEED_BODY
-    else:  # the Qiniu simulator is not there yet: the same request with a text message
-        body = TEXT_BODY
+    settings = seed_settings(worker_env)
+    place_seed_video(qiniu_sim)
+    body = SEED_BODY
     start_worker()
 
     with ServerThread(create_app(settings)) as server:
         before = scrape(server.url)
 
-        # 1. Exactly the seed's request form: the seed's four query parameters plus sign.
-        params = {
-            "apiVersion": "01",
-            "client": SEED_CLIENT,
-            "channel": SEED_CHANNEL,
-            "version": "2.0",
-        }
-        params["sign"] = compute_sign(SEED_SECRET, params, body)
-        response = httpx.post(
-            f"{server.url}/sender/v1/handleBasicMessage",
-            params=params,
-            content=body,
-            headers={"Content-Type": "application/json"},
-            timeout=10,
-        )
+        # 1. The seed's query parameters plus timestamp and nonce, signed v2.
+        params = {**SEED_QUERY, "timestamp": str(int(time.time())), "nonce": "seed0001"}
+        params["sign"] = compute_sign(SEED_SECRET, "POST", SUBMIT, params, body)
+        response = post_seed(server.url, params)
         assert response.status_code == 200, response.text
         envelope = response.json()
         assert (
@@ -120,7 +117,7 @@ def test_seed_request_over_http_is_delivered_and_counted(
             ]
             # A client that is refused does not move the accepted counter.
             intruder = Client(server.url, SEED_CLIENT, "wrong", channel=SEED_CHANNEL)
-            with intruder, pytest.raises(Unauthorized, match="sign"):
+            with intruder, pytest.raises(Unauthorized, match="authentication failed"):
                 intruder.submit(body)
         after = scrape(server.url)
 
@@ -140,11 +137,10 @@ def test_seed_request_over_http_is_delivered_and_counted(
     assert 1 <= len(sent) <= seed_record["attempts"], (seed_record["history"], sent)
     assert sent[0]["target"] == ["148992289019003396"]
     assert sent[0]["ext"]["chatChannel"] == "f2b91d57f9cb4db7a06926b2fd5d9caf"
-    if qiniu_sim is not None:
-        assert sent[0]["msg"]["type"] == "video"
-        assert sent[0]["msg"]["filename"] == SEED_VIDEO
-        assert sent[0]["msg"]["length"] == 9
-        assert sent[0]["msg"]["file_length"] == 1_048_576
+    assert sent[0]["msg"]["type"] == "video"
+    assert sent[0]["msg"]["filename"] == SEED_VIDEO
+    assert sent[0]["msg"]["length"] == 9
+    assert sent[0]["msg"]["file_length"] == 1_048_576
 
     def moved(name: str) -> float:
         return after.get(name, 0) - before.get(name, 0)
@@ -157,3 +153,30 @@ def test_seed_request_over_http_is_delivered_and_counted(
     assert moved("dispatcher_delivery_latency_seconds_bucket{le=+Inf}") >= 2
     assert after["dispatcher_queue_depth"] == 0
     assert after["dispatcher_redis_up"] == after["dispatcher_broker_up"] == 1
+
+
+def test_the_seeds_exact_query_is_delivered_for_a_legacy_client_only(
+    worker_env: dict[str, str], easemob: Any, qiniu_sim: Any, start_worker: Any
+) -> None:
+    """The seed's request byte for byte (no timestamp, no nonce, sign over query and body):
+    401 for a client on signature v2, delivered for one configured ``legacy_signing``."""
+    place_seed_video(qiniu_sim)
+    params = {**SEED_QUERY, "sign": compute_legacy_sign(SEED_SECRET, SEED_QUERY, SEED_BODY)}
+    with ServerThread(create_app(seed_settings(worker_env))) as server:
+        refused = post_seed(server.url, params)
+    assert refused.status_code == 401, refused.text
+
+    start_worker()
+    with ServerThread(create_app(seed_settings(worker_env, legacy_signing=True))) as server:
+        response = post_seed(server.url, params)
+        assert response.status_code == 200, response.text
+        message_id = response.json()["data"]["getMessageId"]
+        with Client(server.url, SEED_CLIENT, SEED_SECRET, channel=SEED_CHANNEL) as api:
+            record = wait_delivered(api, message_id)
+    assert record["state"] == "delivered", record
+    [sent] = [
+        e["json"]
+        for e in easemob.requests(MESSAGES_PATH)
+        if (e["json"] or {}).get("ext", {}).get("dispatcher", {}).get("getMessageId") == message_id
+    ][:1]
+    assert sent["msg"]["type"] == "video" and sent["msg"]["filename"] == SEED_VIDEO

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from dispatcher import keys
 from dispatcher.sandbox.qiniu import seed_demo_objects
 from tests.conftest import wait_for_state
 
@@ -154,6 +155,8 @@ def test_send_and_status_through_a_remote_signed_api(
             "hi",
         ).stdout.strip()
         assert wait_for_state(dispatcher, message_id).state == "delivered"
+        # Signed v2: the server guarded the request's (client, nonce).
+        assert list(dispatcher.redis.scan_iter(match=keys.replay_guard("shop", "*")))
         shown = json.loads(run(worker_env, "status", "--api", api.url, *remote, message_id).stdout)
         assert shown["state"] == "delivered" and shown["client"] == "shop"
         wrong = run(

@@ -229,3 +229,33 @@ def test_procfile_web_and_worker_deliver_under_honcho(
     assert wait_gone(children) == set()
     text = (tmp_path / "honcho.log").read_text()
     assert re.search(r"web\.1\s+\|", text) and re.search(r"worker\.1\s+\|", text)
+
+
+def test_dev_refuses_to_run_without_auth_in_front_of_real_easemob_credentials(
+    tmp_path: Path,
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCHER_")}
+    env.update(
+        DISPATCHER_REDIS_URL=f"redis://127.0.0.1:{closed_port()}/0",
+        DISPATCHER_EASEMOB_ORG="acme",
+        DISPATCHER_EASEMOB_APP="chat",
+        DISPATCHER_EASEMOB_CLIENT_ID="YXA6-real-looking",
+        DISPATCHER_EASEMOB_CLIENT_SECRET="real-looking-secret",
+        XDG_DATA_HOME=str(tmp_path / "data"),
+    )
+    command = [sys.executable, "-m", "dispatcher.cli", "dev", "--port", str(free_port())]
+    process = subprocess.Popen(
+        command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        output, _ = process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        output, _ = process.communicate()
+        raise AssertionError(f"dispatcher dev started anyway:\n{output[-3000:]}") from None
+    assert process.returncode != 0
+    assert "refusing to start" in output and "Easemob" in output
+    assert "dispatcher dev --auth" in output and "DISPATCHER_DEV_ALLOW_NO_AUTH" in output
+    assert "real-looking-secret" not in output
+    assert "dispatcher dev is up" not in output

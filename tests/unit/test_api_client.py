@@ -63,10 +63,21 @@ def test_raw_bytes_are_sent_as_given(served: tuple[Harness, str]) -> None:
     assert harness.has_record(message_id)
 
 
-def test_legacy_md5_client_is_accepted(served: tuple[Harness, str]) -> None:
+def test_md5_is_accepted_only_from_a_client_configured_for_it(served: tuple[Harness, str]) -> None:
     _, url = served
-    with client_for(url, algorithm="md5") as api:
+    with client_for(url, "old", "secret-old", "old", algorithm="md5") as api:
         assert api.submit(TEXT)
+    with client_for(url, algorithm="md5") as api, pytest.raises(Unauthorized):
+        api.submit(TEXT)
+
+
+def test_legacy_signing_client_works_with_v1_signs(served: tuple[Harness, str]) -> None:
+    _, url = served
+    with client_for(url, "old", "secret-old", "old", legacy_signing=True) as api:
+        message_id = api.submit(TEXT)
+        assert api.status(message_id) is not None
+    with client_for(url, legacy_signing=True) as api, pytest.raises(Unauthorized):
+        api.submit(TEXT)
 
 
 def test_unknown_status_is_none(served: tuple[Harness, str]) -> None:
@@ -110,7 +121,10 @@ def test_conflict_raises_conflict_with_the_id(served: tuple[Harness, str]) -> No
 
 def test_wrong_secret_raises_unauthorized(served: tuple[Harness, str]) -> None:
     _, url = served
-    with client_for(url, secret="wrong") as api, pytest.raises(Unauthorized, match="sign"):
+    with (
+        client_for(url, secret="wrong") as api,
+        pytest.raises(Unauthorized, match="authentication failed"),
+    ):
         api.submit(TEXT)
 
 

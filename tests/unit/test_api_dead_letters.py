@@ -32,7 +32,10 @@ def make_dead(api: Harness) -> str:
 
 def test_an_admin_client_lists_dead_letters_with_their_last_error(api: Harness) -> None:
     message_id = make_dead(api)
-    response = api.http.get(DEAD_LETTERS, params=api.params(b"", client="ops", limit="1000"))
+    response = api.http.get(
+        DEAD_LETTERS,
+        params=api.params(b"", method="GET", path=DEAD_LETTERS, client="ops", limit="1000"),
+    )
     envelope = envelope_ok(response)
     assert response.status_code == 200
     [letter] = [d for d in envelope["data"] if d["getMessageId"] == message_id]
@@ -45,10 +48,17 @@ def test_an_admin_client_lists_dead_letters_with_their_last_error(api: Harness) 
 
 def test_a_plain_client_may_not_touch_dead_letters(api: Harness) -> None:
     make_dead(api)
-    assert api.http.get(DEAD_LETTERS, params=api.params(b"", client="c1")).status_code == 403
+    assert (
+        api.http.get(
+            DEAD_LETTERS, params=api.params(b"", method="GET", path=DEAD_LETTERS, client="c1")
+        ).status_code
+        == 403
+    )
     body = body_of({"all": True})
     response = api.http.post(
-        DEAD_LETTERS_REPLAY, params=api.params(body, client="c1"), content=body
+        DEAD_LETTERS_REPLAY,
+        params=api.params(body, path=DEAD_LETTERS_REPLAY, client="c1"),
+        content=body,
     )
     assert response.status_code == 403
     assert envelope_ok(response)["code"] == 403
@@ -59,14 +69,20 @@ def test_replay_requeues_once_and_reports_what_it_skipped(api: Harness) -> None:
     queued = api.queued()
     body = body_of({"getMessageIds": [message_id, "neverSeen"]})
     response = api.http.post(
-        DEAD_LETTERS_REPLAY, params=api.params(body, client="ops"), content=body
+        DEAD_LETTERS_REPLAY,
+        params=api.params(body, path=DEAD_LETTERS_REPLAY, client="ops"),
+        content=body,
     )
     data = envelope_ok(response)["data"]
     assert data["replayed"] == [message_id]
     assert data["skipped"] == [{"getMessageId": "neverSeen", "reason": "missing"}]
     assert api.queued() == queued + 1
     body = body_of({"getMessageIds": [message_id]})
-    again = api.http.post(DEAD_LETTERS_REPLAY, params=api.params(body, client="ops"), content=body)
+    again = api.http.post(
+        DEAD_LETTERS_REPLAY,
+        params=api.params(body, path=DEAD_LETTERS_REPLAY, client="ops"),
+        content=body,
+    )
     assert envelope_ok(again)["data"]["skipped"] == [
         {"getMessageId": message_id, "reason": "state:queued"}
     ]
@@ -76,7 +92,9 @@ def test_replay_requeues_once_and_reports_what_it_skipped(api: Harness) -> None:
 def test_replay_body_is_validated(api: Harness) -> None:
     body = body_of({"getMessageIds": ["bad-id"], "extra": 1})
     response = api.http.post(
-        DEAD_LETTERS_REPLAY, params=api.params(body, client="ops"), content=body
+        DEAD_LETTERS_REPLAY,
+        params=api.params(body, path=DEAD_LETTERS_REPLAY, client="ops"),
+        content=body,
     )
     assert response.status_code == 400
     fields = {e["field"] for e in envelope_ok(response)["data"]["errors"]}

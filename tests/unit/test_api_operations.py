@@ -192,7 +192,8 @@ def test_wrong_method_is_405_in_the_envelope(api: Harness) -> None:
 
 
 def test_request_validation_errors_use_the_envelope_not_fastapis_shape(api: Harness) -> None:
-    response = api.http.get("/sender/v1/messages/" + "x" * 65)
+    path = "/sender/v1/messages/" + "x" * 65
+    response = api.http.get(path, params=api.params(method="GET", path=path))
     assert response.status_code == 400
     assert "detail" not in response.json()
     assert "getMessageId" in field_errors(response)

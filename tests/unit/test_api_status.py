@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from dispatcher.api.paths import STATUS
+from dispatcher.api.paths import STATUS, STATUS_MANY
 from tests.unit.test_api_support import (
     TEXT,
     Harness,
@@ -86,8 +86,8 @@ def test_status_lookup_needs_a_valid_sign(api: Harness) -> None:
 
 def test_replayed_status_lookup_is_refused(api: Harness) -> None:
     message_id = submit(api)
-    params = api.params(b"")
     path = STATUS.format(getMessageId=message_id)
+    params = api.params(b"", method="GET", path=path)
     assert api.http.get(path, params=params).status_code == 200
     assert api.http.get(path, params=params).status_code == 401
 
@@ -140,7 +140,8 @@ def test_more_than_a_hundred_ids_is_400(api: Harness) -> None:
     ],
 )
 def test_bad_status_query_is_400_naming_the_field(api: Harness, body: bytes, field: str) -> None:
-    response = api.http.post("/sender/v1/messages/status", params=api.params(body), content=body)
+    params = api.params(body, path=STATUS_MANY)
+    response = api.http.post(STATUS_MANY, params=params, content=body)
     assert response.status_code == 400, response.text
     assert field in field_errors(response)
 

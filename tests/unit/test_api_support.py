@@ -21,7 +21,7 @@ import redis
 from dispatcher import keys
 from dispatcher.api.app import create_app
 from dispatcher.api.paths import STATUS, STATUS_MANY, SUBMIT
-from dispatcher.api.signing import Algorithm, compute_sign
+from dispatcher.api.signing import Algorithm, compute_legacy_sign, compute_sign
 from dispatcher.config import Settings
 
 with warnings.catch_warnings():
@@ -35,6 +35,7 @@ CLIENTS: dict[str, dict[str, Any]] = {
     "c1": {"secret": "secret-one", "channels": ["ch1"]},
     "c2": {"secret": "secret-two", "channels": ["ch2", "ch2b"]},
     "ops": {"secret": "secret-ops", "channels": ["ops"], "admin": True},
+    "old": {"secret": "secret-old", "channels": ["old"], "legacy_signing": True, "md5": True},
 }
 SECRETS = {name: config["secret"] for name, config in CLIENTS.items()}
 CHANNELS = {name: config["channels"][0] for name, config in CLIENTS.items()}
@@ -73,22 +74,34 @@ class Harness:
         self,
         body: bytes = b"",
         *,
+        method: str = "POST",
+        path: str = SUBMIT,
         client: str = "c1",
         secret: str | None = None,
         channel: str | None = None,
         algorithm: Algorithm = "sha256",
         timestamp: int | bool | None = True,
+        nonce: str | bool | None = True,
+        legacy: bool = False,
         **extra: str,
     ) -> dict[str, str]:
+        """Signed query parameters: v2 for ``method`` and ``path`` with a fresh timestamp and
+        nonce, unless told otherwise (``legacy`` signs the seed's v1 way)."""
         params = {"apiVersion": "01", "client": client, "version": "2.0", **extra}
         params["channel"] = channel if channel is not None else CHANNELS.get(client, "none")
         if timestamp is True:
             params["timestamp"] = str(int(time.time()))
-            params["nonce"] = uuid.uuid4().hex
         elif timestamp not in (None, False):
             params["timestamp"] = str(timestamp)
+        if nonce is True:
+            params["nonce"] = uuid.uuid4().hex
+        elif nonce not in (None, False):
+            params["nonce"] = str(nonce)
         key = secret if secret is not None else SECRETS.get(client, "unknown")
-        params["sign"] = compute_sign(key, params, body, algorithm)
+        if legacy:
+            params["sign"] = compute_legacy_sign(key, params, body, algorithm)
+        else:
+            params["sign"] = compute_sign(key, method, path, params, body, algorithm)
         return params
 
     def submit(
@@ -103,13 +116,13 @@ class Harness:
         )
 
     def status(self, message_id: str, **sign: Any) -> httpx.Response:
-        return self.http.get(
-            STATUS.format(getMessageId=message_id), params=self.params(b"", **sign)
-        )
+        path = STATUS.format(getMessageId=message_id)
+        return self.http.get(path, params=self.params(b"", method="GET", path=path, **sign))
 
     def status_many(self, ids: list[str], **sign: Any) -> httpx.Response:
         body = body_of({"getMessageIds": ids})
-        return self.http.post(STATUS_MANY, params=self.params(body, **sign), content=body)
+        params = self.params(body, path=STATUS_MANY, **sign)
+        return self.http.post(STATUS_MANY, params=params, content=body)
 
     # -- what was left behind ----------------------------------------------
 

@@ -54,3 +54,22 @@ def test_every_service_is_built_from_the_one_dockerfile() -> None:
     services = compose()["services"]
     assert {services[name]["build"] for name in ("api", "worker", "sandbox")} == {"."}
     assert (ROOT / "Dockerfile").read_text().count("FROM ") == 1
+
+
+def test_compose_sandbox_is_on_an_internal_network_publishes_nothing_and_gets_fake_credentials() -> (
+    None
+):
+    spec = compose()
+    sandbox = spec["services"]["sandbox"]
+    assert "ports" not in sandbox
+    assert sandbox["networks"] == ["sandbox"]
+    assert spec["networks"]["sandbox"] == {"internal": True}
+    for name in ("api", "worker"):  # they can reach it
+        assert "sandbox" in spec["services"][name]["networks"], name
+    environment = sandbox["environment"]
+    assert environment is not spec["x-dispatcher-env"]
+    assert not [v for v in environment.values() if "${" in str(v)], environment
+    credentials = {k: v for k, v in environment.items() if "EASEMOB" in k or "QINIU" in k}
+    assert len(credentials) == 7
+    assert all(str(v).startswith("sandbox-") for v in credentials.values()), credentials
+    assert "DISPATCHER_CLIENTS" not in environment
