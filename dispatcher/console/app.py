@@ -293,7 +293,7 @@ class Console:
         )  # fmt: skip
 
     async def live(self, request: Request, session: Session) -> Response:
-        return self.page(request, session, "live.html", section="live")
+        return self.page(request, session, "live.html", section="live", zone=self.settings.timezone)
 
     async def live_data(self, request: Request, session: Session) -> Response:
         data = await run_in_threadpool(snapshot, self.dispatcher, self.roster)

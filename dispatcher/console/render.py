@@ -9,6 +9,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from jinja2 import Environment, PackageLoader, select_autoescape
+from markupsafe import Markup
 from starlette.responses import HTMLResponse, Response
 
 STATIC_FILES = {
@@ -29,14 +30,17 @@ def security_headers(nonce: str | None = None) -> dict[str, str]:
         ),
         "X-Content-Type-Options": "nosniff",
         "X-Frame-Options": "DENY",
-        "Referrer-Policy": "no-referrer",
+        # same-origin, not no-referrer: with no-referrer chromium sends "Origin: null" on forms.
+        "Referrer-Policy": "same-origin",
         "Cache-Control": "no-store",
     }
 
 
 def static_file(name: str) -> bytes | None:
-    if name not in STATIC_FILES:
-        return None
+    return _read_static(name) if name in STATIC_FILES else None
+
+
+def _read_static(name: str) -> bytes:
     return resources.files("dispatcher.console").joinpath("static", name).read_bytes()
 
 
@@ -53,7 +57,8 @@ class Pages:
         )
         self.env.filters["when"] = self.when
         self.env.filters["duration"] = duration
-        self.env.globals["static_css"] = lambda: static_file("console.css").decode()  # type: ignore[union-attr]
+        # The sign-in page inlines the stylesheet (assets need a session); our file, not input.
+        self.env.globals["static_css"] = lambda: Markup(_read_static("console.css").decode())
 
     def when(self, value: datetime | float | None) -> str:
         """A time in the configured zone, to the millisecond."""

@@ -3,6 +3,7 @@
 "use strict";
 (() => {
   const KEEP = 150; // readings: 5 minutes at one every 2 s
+  const SPAN = 30; // the x axis spans at least a minute, then slides
   const PERIOD = 2000;
   const SVG = "http://www.w3.org/2000/svg";
   const COLORS = ["#0550ae", "#bc4c00", "#116329", "#8250df", "#a40e26", "#57606a"];
@@ -39,11 +40,13 @@
     let peak = 0;
     names.forEach((name) => byName[name].forEach((v) => { if (v !== null && v > peak) peak = v; }));
     const top = roundUp(peak);
+    const longest = Math.max(0, ...names.map((name) => byName[name].length));
+    const span = Math.min(KEEP, Math.max(SPAN, longest));
     const drawn = names.map((name, i) => {
       const values = byName[name];
-      const offset = KEEP - values.length;
+      const offset = span - values.length;
       const points = values
-        .map((v, j) => `${((offset + j) * 300) / (KEEP - 1)},${100 - ((v || 0) / top) * 100}`)
+        .map((v, j) => `${((offset + j) * 300) / (span - 1)},${100 - ((v || 0) / top) * 100}`)
         .join(" ");
       const line = document.createElementNS(SVG, "polyline");
       line.setAttribute("points", points);
@@ -59,9 +62,11 @@
     figure.querySelector("output.now").textContent = first.length ? format(latest) : "–";
     const label = figure.querySelector("figcaption").firstChild.textContent.trim();
     svg.setAttribute("aria-label", `${label}: now ${format(latest)}, peak ${format(peak)}, scale 0 to ${format(top)}, last 5 minutes`);
+    figure.querySelector(".axis .from").textContent = `−${Math.round(((span - 1) * PERIOD) / 60000)} min`;
+    figure.querySelector(".axis .scale").textContent = `top ${format(top)}`;
     const legend = figure.querySelector(".legend");
     if (legend) {
-      legend.replaceChildren(`Scale 0–${format(top)}.`, ...names.flatMap((name, i) => {
+      legend.replaceChildren(...names.flatMap((name, i) => {
         const swatch = document.createElement("span");
         swatch.className = "swatch";
         swatch.setAttribute("aria-hidden", "true");
@@ -120,7 +125,8 @@
     previous = data;
     figures.forEach(draw);
     tables(data);
-    status.textContent = `Updated ${new Date(data.at * 1000).toLocaleTimeString()}.`;
+    const clock = new Date(data.at * 1000).toLocaleTimeString([], { timeZone: status.dataset.zone, hour12: false });
+    status.textContent = `Updated ${clock} (${status.dataset.zone}).`;
     status.dataset.updated = String(data.at);
   }
 
