@@ -7,6 +7,12 @@ sign-in link (``dispatcher dev`` prints one). See docs/console.md.
 from __future__ import annotations
 
 from dispatcher.console.app import CONSOLE_PATH, create_console, mount_console
-from dispatcher.console.sessions import issue_login_link
+from dispatcher.console.sessions import dev_banner_line, issue_login_link
 
-__all__ = ["CONSOLE_PATH", "create_console", "issue_login_link", "mount_console"]
+__all__ = [
+    "CONSOLE_PATH",
+    "create_console",
+    "dev_banner_line",
+    "issue_login_link",
+    "mount_console",
+]

@@ -168,6 +168,17 @@ def issue_login_link(
     return f"{base_url.rstrip('/')}/console/login/once?token={token}"
 
 
+def dev_banner_line(settings: Settings, base_url: str) -> str:
+    """The ``dispatcher dev`` banner's console line: its URL and a fresh one-time link."""
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        link = issue_login_link(client, base_url, user="dev (one-time link)")
+    finally:
+        client.close()
+    # The link on a line of its own (aligned under the banner's values): easy to copy.
+    return f"Console    {base_url.rstrip('/')}/console  one-time sign-in link:\n{' ' * 13}{link}"
+
+
 def console_root(request: Request) -> str:
     """The console's path prefix (where the app is mounted)."""
     return request.scope.get("root_path", "").rstrip("/") or "/"
