@@ -45,6 +45,16 @@ local function push_history(key, state, at, detail, limit, ttl)
   redis.call('LTRIM', key, -limit, -1)
   redis.call('EXPIRE', key, ttl)
 end
+-- Why an operator's action on a dead letter does not apply, or nil when the message is dead.
+local function not_dead(message_key, dead_key, id)
+  local state = redis.call('HGET', message_key, 'state')
+  if not state then
+    redis.call('ZREM', dead_key, id)
+    return 'missing'
+  end
+  if state ~= 'dead' then return 'state:' .. state end
+  return nil
+end
 """
 
 # Record ``queued``. KEYS: message, history, in-flight index, then the queue list when
@@ -195,12 +205,8 @@ return 'ok'
 _REPLAY = (
     _PRELUDE
     + """
-local state = redis.call('HGET', KEYS[1], 'state')
-if not state then
-  redis.call('ZREM', KEYS[3], ARGV[3])
-  return 'missing'
-end
-if state ~= 'dead' then return 'state:' .. state end
+local refused = not_dead(KEYS[1], KEYS[3], ARGV[3])
+if refused then return refused end
 local now = now_ms()
 redis.call('HSET', KEYS[1], 'state', 'queued', 'attempts', 0, 'requeues', 0, 'waits', 0,
            'updatedAt', now)
@@ -218,12 +224,8 @@ return 'ok'
 _DISCARD_DEAD = (
     _PRELUDE
     + """
-local state = redis.call('HGET', KEYS[1], 'state')
-if not state then
-  redis.call('ZREM', KEYS[3], ARGV[1])
-  return 'missing'
-end
-if state ~= 'dead' then return 'state:' .. state end
+local refused = not_dead(KEYS[1], KEYS[3], ARGV[1])
+if refused then return refused end
 if redis.call('ZREM', KEYS[3], ARGV[1]) == 0 then return 'not_listed' end
 local now = now_ms()
 redis.call('HSET', KEYS[1], 'updatedAt', now)

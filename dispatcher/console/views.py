@@ -25,25 +25,14 @@ RESOLVED_LATER = "(filled in from Qiniu at send time)"
 MAX_TABLE_ROWS = 200
 MEDIA_FIGURES = ("fileUrl", "thumbFileUrl", "fileLength", "duration", "imageWidth", "imageHeight")
 """What the worker asks Qiniu for when the caller left it out."""
-SHOWN_FIELDS = frozenset(
-    {
-        "getMessageId",
-        "state",
-        "messageType",
-        "from",
-        "to",
-        "targetType",
-        "channel",
-        "client",
-        "attempts",
-        "createdAt",
-        "updatedAt",
-        "deliveredAt",
-        "providerMessageId",
-        "lastError",
-        "history",
-    }
-)
+# Spelled out, not taken from StatusRecord: a field the record gains later (receipts,
+# webhook attempts, recipients) must show up as an extra until message.html places it.
+SHOWN_FIELDS = frozenset({
+    "getMessageId", "state", "messageType", "from", "to", "targetType", "channel", "client",
+    "attempts", "createdAt", "updatedAt", "deliveredAt", "providerMessageId", "lastError",
+    "history",
+})  # fmt: skip
+"""Fields message.html shows in places of their own."""
 _SECRET_WORDS = ("secret", "password", "passwd", "token", "credential", "apikey", "accesskey")
 _SECRET_NAMES = frozenset({"sign", "signature", "authorization", "privatekey", "pwd"})
 
