@@ -121,3 +121,12 @@ def test_the_message_page_renders_extra_tables_with_headers() -> None:
     assert "<h2>Webhook attempts</h2>" in html and '<th scope="col">endpoint</th>' in html
     assert "2026-01-02 11:04:05.000" in html  # UTC 03:04 in Asia/Shanghai
     assert 'name="csrf_token"' in html and "Refresh every 2 s" not in html  # delivered: final
+
+
+def test_after_sign_in_the_browser_only_goes_somewhere_inside_the_console() -> None:
+    from dispatcher.console.app import safe_next
+
+    assert safe_next("/console", "/console/messages/m1") == "/console/messages/m1"
+    for elsewhere in ["https://evil.example/", "//evil.example/console/", "/docs", "", "/console"]:
+        assert safe_next("/console", elsewhere) == "/console/"
+    assert safe_next("/console", "/console/\\evil") == "/console/"
