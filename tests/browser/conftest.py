@@ -109,8 +109,10 @@ def api(worker_env: dict[str, str], tmp_path: Path) -> Iterator[ApiProcess]:
     assert PASSWORD not in server.log() and ADMIN_SECRET not in server.log()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium() -> Iterator[Any]:
+    # Module scope: Playwright's sync API keeps an event loop running in this thread while
+    # it is open, which asyncio.run() in later tests of the session would trip over.
     from playwright.sync_api import sync_playwright
 
     if not Path(CHROMIUM).exists():
