@@ -84,6 +84,9 @@ class DeadLetterPage:
     """Dead letters of the time range looked at; the next page starts at this offset."""
     exhausted: bool
     """Every dead letter of the time range was looked at."""
+    first_died: float | None = None
+    """When the first letter looked at died: passed as ``until`` with ``offset=scanned``,
+    later pages ignore letters that died since (they would shift the offsets)."""
 
 
 @dataclass(frozen=True)
@@ -303,6 +306,7 @@ class Dispatcher:
         ``offset`` on) are looked at per call."""
         found: list[DeadLetter] = []
         scanned = offset
+        first_died: float | None = None
         with _unavailable("status store"):
             while len(found) < limit and scanned - offset < scan_limit:
                 chunk = self.store.dead_letters(
@@ -313,7 +317,9 @@ class Dispatcher:
                     newest_first=True,
                 )
                 if not chunk:
-                    return DeadLetterPage(found, scanned, exhausted=True)
+                    return DeadLetterPage(found, scanned, exhausted=True, first_died=first_died)
+                if first_died is None:
+                    first_died = chunk[0][1]
                 for letter in self._dead_letters(chunk):
                     scanned += 1
                     if where.matches(letter):
@@ -323,7 +329,7 @@ class Dispatcher:
             more = self.store.dead_letters(
                 limit=1, offset=scanned, since=where.since, until=where.until, newest_first=True
             )
-        return DeadLetterPage(found, scanned, exhausted=not more)
+        return DeadLetterPage(found, scanned, exhausted=not more, first_died=first_died)
 
     def _dead_letters(self, entries: list[tuple[str, float]]) -> list[DeadLetter]:
         records = self.store.get_many([message_id for message_id, _ in entries], with_history=False)

@@ -11,9 +11,7 @@ the threadpool, never on the event loop. See docs/console.md.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
 from typing import Any
 from urllib.parse import parse_qs, quote, urlencode
 
@@ -23,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
 from dispatcher.config import Settings
+from dispatcher.connections import REDIS_ERRORS
 from dispatcher.console.actions import ACTIONS, apply_action, parse_filter, parse_ids
 from dispatcher.console.live import WorkerRoster, snapshot
 from dispatcher.console.render import STATIC_FILES, Pages, security_headers, static_file
@@ -48,6 +47,8 @@ MAX_FORM_BYTES = 65536
 DEAD_LETTERS_PER_PAGE = 100
 
 Handler = Callable[[Request, Session], Awaitable[Response]]
+UNAVAILABLE: tuple[type[Exception], ...] = (Unavailable, *REDIS_ERRORS)
+"""Redis or the broker is down: the page says so (503) instead of failing."""
 
 
 class Console:
@@ -90,7 +91,13 @@ class Console:
         """``handler`` behind a session (and, for an action, the session's CSRF token)."""
 
         async def guarded(request: Request) -> Response:
-            session = await run_in_threadpool(self.sessions.read, request)
+            try:
+                session = await run_in_threadpool(self.sessions.read, request)
+            except REDIS_ERRORS as exc:
+                log.warning("console: sessions unreadable: %s", exc)
+                return Response(
+                    "Redis is unavailable", 503, headers=security_headers(), media_type="text/plain"
+                )
             if session is None:
                 return self.refuse_anonymous(request)
             if action:
@@ -107,10 +114,10 @@ class Console:
                     )  # fmt: skip
             try:
                 return await handler(request, session)
-            except Unavailable as exc:
+            except UNAVAILABLE as exc:
                 return self.pages.page(
                     "error.html", 503, session=session, root=console_root(request),
-                    title="Unavailable", text=str(exc),
+                    title="Unavailable", text=f"Redis or the broker is unavailable: {exc}",
                 )  # fmt: skip
 
         return guarded
@@ -242,9 +249,6 @@ class Console:
         query = request.query_params
         where, problems = parse_filter(query, self.pages.zone)
         offset = int(query["offset"]) if query.get("offset", "").isdigit() else 0
-        # Later pages keep the first page's end, so letters dying meanwhile shift nothing.
-        pinned = where.until if where.until is not None else time.time()
-        where = replace(where, until=pinned)
         result: DeadLetterPage | None = None
         if not problems:
             result = await run_in_threadpool(
@@ -254,8 +258,12 @@ class Console:
             )
         root = console_root(request)
         here = f"{root}/dead-letters" + (f"?{request.url.query}" if request.url.query else "")
-        following = {k: v for k, v in query.items() if k not in ("offset", "before")}
-        following.update(offset=str(result.scanned if result else 0), before=repr(pinned))
+        # Later pages keep the first page's newest letter as their end: letters dying
+        # meanwhile would shift the offsets.
+        following = {k: v for k, v in query.items() if k != "offset"}
+        following["offset"] = str(result.scanned if result else 0)
+        if result and result.first_died is not None and "before" not in query:
+            following["before"] = repr(result.first_died)
         return self.page(
             request, session, "dead_letters.html", section="dead", where=where, query=query,
             problems=problems, result=result, offset=offset, zone=self.settings.timezone,

@@ -346,3 +346,18 @@ def test_mounting_the_console_adds_nothing_to_the_submit_path(settings_model: Se
     assert mount.matches(scope)[0] is Match.NONE
     assert "/console" not in [getattr(route, "path", "") for route in without.routes]
     assert not any(p.startswith("/console") for p in with_console.openapi()["paths"])
+
+
+def test_older_dead_letters_page_on_without_shifting_when_more_die(
+    app: FastAPI, browser: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("dispatcher.console.app.DEAD_LETTERS_PER_PAGE", 1)
+    older, newer = dead_message(app, "older"), dead_message(app, "newer")
+    assert sign_in(browser).status_code == 303
+    first = browser.get("/console/dead-letters", params={"client": PLAIN})
+    assert newer in first.text and older not in first.text
+    link = re.search(r'<a href="([^"]+)">Older dead letters', first.text)
+    assert link, first.text
+    dead_message(app, "died meanwhile")
+    second = browser.get(link.group(1).replace("&amp;", "&"))
+    assert older in second.text and newer not in second.text
