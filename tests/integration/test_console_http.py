@@ -361,3 +361,27 @@ def test_older_dead_letters_page_on_without_shifting_when_more_die(
     dead_message(app, "died meanwhile")
     second = browser.get(link.group(1).replace("&amp;", "&"))
     assert older in second.text and newer not in second.text
+
+
+def test_workers_are_listed_from_inspect_and_stay_with_their_last_seen_time(
+    browser: TestClient, start_worker: Any
+) -> None:
+    worker = start_worker()
+    args = list(worker.process.args)
+    node = str(args[args.index("-n") + 1]).split("@")[0]
+    assert sign_in(browser).status_code == 303
+
+    def listed() -> dict[str, Any] | None:
+        workers = browser.get("/console/live/data").json()["workers"]
+        return next((w for w in workers if w["name"].startswith(f"{node}@")), None)
+
+    deadline = time.monotonic() + 30
+    while (seen := listed()) is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert seen is not None and seen["pid"] == worker.pid and seen["concurrency"] == 32
+    worker.stop()
+    deadline = time.monotonic() + 30
+    while (seen := listed()) is not None and seen["seenAgo"] < 8 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    # Gone quiet, still listed, with how long ago it last answered.
+    assert seen is not None and seen["seenAgo"] >= 8
