@@ -94,6 +94,12 @@ class Settings(BaseSettings):
     memory_refuse_ratio: float = Field(default=0.9, ge=0, le=1)
     memory_check_interval: float = Field(default=2.0, ge=0)
 
+    # Operator console (docs/console.md)
+    console_enabled: bool = True
+    console_password: SecretStr | None = None
+    console_session_secret: SecretStr | None = None
+    console_session_seconds: int = Field(default=28800, ge=60)
+
     # Logging
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"

@@ -53,6 +53,7 @@ def run_dev(
     *, api_port: int, easemob_port: int, qiniu_port: int, concurrency: int, auth: bool
 ) -> None:
     from dispatcher.api.app import create_app
+    from dispatcher.console import dev_banner_line
     from dispatcher.sandbox.easemob import create_easemob_app_from_settings
     from dispatcher.sandbox.qiniu import create_qiniu_app_from_settings, seed_demo_objects
 
@@ -172,6 +173,7 @@ def run_dev(
         notes.append(f"Worker     pid {worker.pid}, {concurrency} threads")
         servers.append(ServerThread(create_app(settings), port=api_port).start())
         notes.insert(0, f"API        http://127.0.0.1:{api_port}  (docs: /docs)")
+        notes.insert(1, dev_banner_line(settings, f"http://127.0.0.1:{api_port}"))
         _banner(notes, api_port, auth, secret, settings.redis_url)
 
         while not stop.wait(0.5):

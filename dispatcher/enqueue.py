@@ -147,6 +147,18 @@ class TaskMessageTemplate:
         return "".join(out)
 
 
+def message_id_in(entry: bytes | str | None) -> str | None:
+    """The getMessageId a queue list entry delivers (None for anything else)."""
+    if entry is None:
+        return None
+    try:
+        body = json.loads(base64.b64decode(json.loads(entry)["body"]))
+        message_id = body[0][0]
+    except (ValueError, TypeError, KeyError, IndexError):
+        return None
+    return message_id if isinstance(message_id, str) else None
+
+
 def _split(text: str, placeholders: Any) -> tuple[str, ...]:
     """``text`` cut at each JSON-quoted placeholder: literal, name, literal, name, ..., literal."""
     names = {json.dumps(p): p for p in (_BODY, _TASK_ID, _ARGSREPR, _TAG)}

@@ -56,3 +56,25 @@ def media_cache(bucket: str, key: str) -> str:
 def replay_guard(client: str, nonce: str) -> str:
     """Marks a (client, nonce) pair seen within the signature window."""
     return f"{PREFIX}:nonce:{client}:{nonce}"
+
+
+CONSOLE_SIGNING_KEY = f"{PREFIX}:console:signing-key"
+"""The console's session-signing key when DISPATCHER_CONSOLE_SESSION_SECRET is not set."""
+
+CONSOLE_WORKERS = f"{PREFIX}:console:workers"
+"""Hash of Celery worker name -> JSON of its last answer to the console's inspect."""
+
+
+def console_session(session_id: str) -> str:
+    """One signed-in console session (user, CSRF token); expires with the session."""
+    return f"{PREFIX}:console:session:{session_id}"
+
+
+def console_login_link(token_hash: str) -> str:
+    """A one-time console login link, by the SHA-256 of its token."""
+    return f"{PREFIX}:console:login-link:{token_hash}"
+
+
+def console_login_failures(who: str) -> str:
+    """Failed console sign-ins of one remote address, counted for a few minutes."""
+    return f"{PREFIX}:console:login-failures:{who}"

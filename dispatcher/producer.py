@@ -24,6 +24,7 @@ from kombu.exceptions import KombuError, OperationalError
 from pydantic import BaseModel, Field
 from redis.asyncio import Redis as AsyncRedis
 
+from dispatcher.backlog import QueueBacklog, broker_depth, read_backlog
 from dispatcher.channels import pick_channel
 from dispatcher.channels.easemob import check_size
 from dispatcher.config import Settings
@@ -52,6 +53,40 @@ class DeadLetter(BaseModel):
     getMessageId: str
     diedAt: float = Field(description="unix seconds")
     lastError: LastError | None
+    client: str | None = Field(default=None, description="the client that submitted it")
+
+
+@dataclass(frozen=True)
+class DeadLetterFilter:
+    """Which dead letters an operator wants to see; None matches anything."""
+
+    client: str | None = None
+    code: str | None = None
+    """``lastError.code``, exactly."""
+    since: float | None = None
+    """Died at or after (unix seconds)."""
+    until: float | None = None
+    """Died at or before (unix seconds)."""
+
+    def matches(self, letter: DeadLetter) -> bool:
+        if self.client is not None and letter.client != self.client:
+            return False
+        code = letter.lastError.code if letter.lastError else None
+        return self.code is None or code == self.code
+
+
+@dataclass(frozen=True)
+class DeadLetterPage:
+    """Matching dead letters, newest first, and how far the search looked."""
+
+    letters: list[DeadLetter]
+    scanned: int
+    """Dead letters of the time range looked at; the next page starts at this offset."""
+    exhausted: bool
+    """Every dead letter of the time range was looked at."""
+    first_died: float | None = None
+    """When the first letter looked at died: passed as ``until`` with ``offset=scanned``,
+    later pages ignore letters that died since (they would shift the offsets)."""
 
 
 @dataclass(frozen=True)
@@ -243,27 +278,93 @@ class Dispatcher:
         with QiniuClient.from_settings(self.settings) as client:
             return client.upload(source, key, progress=progress)
 
-    def replay(self, message_id: str) -> str:
-        """Send a dead letter round again; returns the store's verdict (``ok`` when requeued)."""
-        verdict = self.store.replay(message_id)
+    def replay(self, message_id: str, *, by: str | None = None) -> str:
+        """Send a dead letter round again; returns the store's verdict (``ok`` when requeued).
+        ``by`` names the operator in the message's history."""
+        detail = "replayed from dead letters" + (f" by {by}" if by else "")
+        verdict = self.store.replay(message_id, detail)
         if verdict == "ok":
             self.publish(message_id)
-            log.info("getMessageId=%s replayed from dead letters", message_id)
+            log.info("getMessageId=%s %s", message_id, detail)
         return verdict
 
     def dead_letters(self, limit: int = 100, offset: int = 0) -> list[DeadLetter]:
         """Dead messages, oldest first, with the error that killed them."""
         with _unavailable("status store"):
-            entries = self.store.dead_letters(limit=limit, offset=offset)
-            records = self.store.get_many([message_id for message_id, _ in entries])
+            return self._dead_letters(self.store.dead_letters(limit=limit, offset=offset))
+
+    def find_dead_letters(
+        self,
+        where: DeadLetterFilter,
+        *,
+        limit: int = 100,
+        offset: int = 0,
+        scan_limit: int = 10_000,
+    ) -> DeadLetterPage:
+        """Dead letters matching ``where``, newest first. Client and error code are read
+        from each record, so at most ``scan_limit`` dead letters of the time range (from
+        ``offset`` on) are looked at per call."""
+        found: list[DeadLetter] = []
+        scanned = offset
+        first_died: float | None = None
+        with _unavailable("status store"):
+            while len(found) < limit and scanned - offset < scan_limit:
+                chunk = self.store.dead_letters(
+                    limit=min(500, scan_limit - (scanned - offset)),
+                    offset=scanned,
+                    since=where.since,
+                    until=where.until,
+                    newest_first=True,
+                )
+                if not chunk:
+                    return DeadLetterPage(found, scanned, exhausted=True, first_died=first_died)
+                if first_died is None:
+                    first_died = chunk[0][1]
+                for letter in self._dead_letters(chunk):
+                    scanned += 1
+                    if where.matches(letter):
+                        found.append(letter)
+                        if len(found) == limit:
+                            break
+            more = self.store.dead_letters(
+                limit=1, offset=scanned, since=where.since, until=where.until, newest_first=True
+            )
+        return DeadLetterPage(found, scanned, exhausted=not more, first_died=first_died)
+
+    def _dead_letters(self, entries: list[tuple[str, float]]) -> list[DeadLetter]:
+        records = self.store.get_many([message_id for message_id, _ in entries], with_history=False)
         return [
             DeadLetter(
                 getMessageId=message_id,
                 diedAt=died,
                 lastError=record.lastError if record else None,
+                client=record.client if record else None,
             )
             for (message_id, died), record in zip(entries, records, strict=True)
         ]
+
+    def discard_dead_letter(self, message_id: str, *, by: str) -> str:
+        """Give up on a dead message: off the dead-letter list, never replayed by ``--all``;
+        its record stays until it expires. ``ok``, or why not (``missing``, ``not_listed``,
+        ``state:<state>``)."""
+        with _unavailable("status store"):
+            verdict = self.store.discard_dead_letter(message_id, f"discarded by {by}")
+        if verdict == "ok":
+            log.info("getMessageId=%s discarded from dead letters by %s", message_id, by)
+        return verdict
+
+    def stored_message(self, message_id: str) -> dict[str, Any] | None:
+        """The message as accepted and recorded (what the worker delivers from)."""
+        with _unavailable("status store"):
+            return self.store.load_payload(message_id)
+
+    def queue_backlog(self, queues: list[str] | None = None) -> list[QueueBacklog]:
+        """Depth and oldest entry's age of each delivery queue (default: the configured one)."""
+        names = queues or [self.settings.queue]
+        with _unavailable("broker"):
+            if self.settings.effective_broker_url == self.settings.redis_url:
+                return read_backlog(self.redis, self.store, names)
+            return [QueueBacklog(name, broker_depth(self.celery, name), None) for name in names]
 
     def close(self) -> None:
         self.redis.close()

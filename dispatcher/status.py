@@ -45,6 +45,16 @@ local function push_history(key, state, at, detail, limit, ttl)
   redis.call('LTRIM', key, -limit, -1)
   redis.call('EXPIRE', key, ttl)
 end
+-- Why an operator's action on a dead letter does not apply, or nil when the message is dead.
+local function not_dead(message_key, dead_key, id)
+  local state = redis.call('HGET', message_key, 'state')
+  if not state then
+    redis.call('ZREM', dead_key, id)
+    return 'missing'
+  end
+  if state ~= 'dead' then return 'state:' .. state end
+  return nil
+end
 """
 
 # Record ``queued``. KEYS: message, history, in-flight index, then the queue list when
@@ -146,7 +156,8 @@ return {'ok', tostring(attempts), s[5], prepaid}
 
 # KEYS: message, history, dead letters, stats, in-flight index. ARGV: owner, new state, ttl,
 # history limit, detail, lastError JSON or '', providerMessageId or '', retry delay ms or '',
-# dead cap, id, latency bucket bounds (ms, comma separated), retry grace ms.
+# dead cap, id, latency bucket bounds (ms, comma separated), retry grace ms, the provider's
+# HTTP status of the error or '' (counted as ``provider:<status>``: the console's 429 chart).
 _FINISH = (
     _PRELUDE
     + """
@@ -160,6 +171,7 @@ redis.call('HSET', KEYS[1], 'state', new, 'updatedAt', now)
 redis.call('HDEL', KEYS[1], 'leaseOwner', 'leaseUntil')
 if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'lastError', ARGV[6]) end
 redis.call('HINCRBY', KEYS[4], 'state:' .. new, 1)
+if ARGV[13] ~= '' then redis.call('HINCRBY', KEYS[4], 'provider:' .. ARGV[13], 1) end
 if new == 'delivered' then
   redis.call('HSET', KEYS[1], 'deliveredAt', now)
   if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'providerMessageId', ARGV[7]) end
@@ -193,12 +205,8 @@ return 'ok'
 _REPLAY = (
     _PRELUDE
     + """
-local state = redis.call('HGET', KEYS[1], 'state')
-if not state then
-  redis.call('ZREM', KEYS[3], ARGV[3])
-  return 'missing'
-end
-if state ~= 'dead' then return 'state:' .. state end
+local refused = not_dead(KEYS[1], KEYS[3], ARGV[3])
+if refused then return refused end
 local now = now_ms()
 redis.call('HSET', KEYS[1], 'state', 'queued', 'attempts', 0, 'requeues', 0, 'waits', 0,
            'updatedAt', now)
@@ -206,6 +214,22 @@ redis.call('ZREM', KEYS[3], ARGV[3])
 redis.call('ZADD', KEYS[4], now + tonumber(ARGV[5]), ARGV[3])
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
 push_history(KEYS[2], 'queued', now, ARGV[4], tonumber(ARGV[2]), tonumber(ARGV[1]))
+return 'ok'
+"""
+)
+
+# KEYS: message, history, dead letters. ARGV: id, detail, ttl, history limit.
+# An operator gives up on a dead message: it leaves the dead-letter index, its record stays
+# (state ``dead``, with the discard in its history) until it expires.
+_DISCARD_DEAD = (
+    _PRELUDE
+    + """
+local refused = not_dead(KEYS[1], KEYS[3], ARGV[1])
+if refused then return refused end
+if redis.call('ZREM', KEYS[3], ARGV[1]) == 0 then return 'not_listed' end
+local now = now_ms()
+redis.call('HSET', KEYS[1], 'updatedAt', now)
+push_history(KEYS[2], 'dead', now, ARGV[2], tonumber(ARGV[4]), tonumber(ARGV[3]))
 return 'ok'
 """
 )
@@ -348,6 +372,7 @@ class StatusStore:
         self._begin = client.register_script(_BEGIN)
         self._finish = client.register_script(_FINISH)
         self._replay = client.register_script(_REPLAY)
+        self._discard_dead = client.register_script(_DISCARD_DEAD)
 
     @classmethod
     def from_settings(cls, client: redis.Redis, settings: Settings) -> StatusStore:
@@ -551,6 +576,7 @@ class StatusStore:
                 message_id,
                 LATENCY_BUCKETS_ARG,
                 int(self.retry_grace * 1000),
+                error.status if error is not None and error.status else "",
             ],
         )
         return _text(result)
@@ -567,6 +593,15 @@ class StatusStore:
                 keys.IN_FLIGHT,
             ],
             args=[self.ttl, self.history_limit, message_id, detail, int(self.queued_grace * 1000)],
+        )
+        return _text(result)
+
+    def discard_dead_letter(self, message_id: str, detail: str) -> str:
+        """Take a dead message off the dead-letter index for good (``detail`` goes to its
+        history): ``ok``, ``missing``, ``not_listed`` (already discarded) or ``state:<s>``."""
+        result = self._discard_dead(
+            keys=[keys.message(message_id), keys.history(message_id), keys.DEAD_LETTERS],
+            args=[message_id, detail, self.ttl, self.history_limit],
         )
         return _text(result)
 
@@ -629,28 +664,54 @@ class StatusStore:
         """How many messages are not yet terminal."""
         return int(self.redis.zcard(keys.IN_FLIGHT))
 
-    def dead_letters(self, limit: int = 100, offset: int = 0) -> list[tuple[str, float]]:
-        """Dead message ids with the time they died (unix seconds), oldest first."""
-        rows: list[tuple[bytes, float]] = self.redis.zrange(  # type: ignore[assignment]
-            keys.DEAD_LETTERS, offset, offset + limit - 1, withscores=True
-        )
+    def dead_letters(
+        self,
+        limit: int = 100,
+        offset: int = 0,
+        *,
+        since: float | None = None,
+        until: float | None = None,
+        newest_first: bool = False,
+    ) -> list[tuple[str, float]]:
+        """Dead message ids with the time they died (unix seconds), oldest first (or newest
+        first), optionally only those that died between ``since`` and ``until`` (inclusive)."""
+        low = "-inf" if since is None else int(since * 1000)
+        high = "+inf" if until is None else int(until * 1000)
+        rows: list[tuple[bytes, float]]
+        if newest_first:
+            rows = self.redis.zrevrangebyscore(  # type: ignore[assignment]
+                keys.DEAD_LETTERS, high, low, start=offset, num=limit, withscores=True
+            )
+        else:
+            rows = self.redis.zrangebyscore(  # type: ignore[assignment]
+                keys.DEAD_LETTERS, low, high, start=offset, num=limit, withscores=True
+            )
         return [(_text(member), float(score) / 1000) for member, score in rows]
+
+    def dead_letter_count(self) -> int:
+        return int(self.redis.zcard(keys.DEAD_LETTERS))
 
     # -- reading -----------------------------------------------------------
 
     def get(self, message_id: str) -> StatusRecord | None:
         return self.get_many([message_id])[0]
 
-    def get_many(self, message_ids: list[str]) -> list[StatusRecord | None]:
+    def get_many(
+        self, message_ids: list[str], *, with_history: bool = True
+    ) -> list[StatusRecord | None]:
+        """Records in the order asked (None where there is none); without their history
+        lists when ``with_history`` is false (one read per message instead of two)."""
         if not message_ids:
             return []
         pipe = self.redis.pipeline(transaction=False)
         for message_id in message_ids:
             pipe.hmget(keys.message(message_id), _RECORD_FIELDS)
-            pipe.lrange(keys.history(message_id), 0, -1)
+            if with_history:
+                pipe.lrange(keys.history(message_id), 0, -1)
         replies = pipe.execute()
+        step = 2 if with_history else 1
         return [
-            _record(message_id, replies[2 * i], replies[2 * i + 1])
+            _record(message_id, replies[step * i], replies[step * i + 1] if with_history else [])
             for i, message_id in enumerate(message_ids)
         ]
 

@@ -25,6 +25,7 @@ from dispatcher.api.openapi import build_openapi
 from dispatcher.api.routes import Runtime, render_error, router
 from dispatcher.config import Settings
 from dispatcher.connections import LoopRedis
+from dispatcher.console import mount_console
 from dispatcher.errors import DispatcherError, FieldError
 from dispatcher.producer import Dispatcher
 
@@ -93,6 +94,7 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
     )
     app.state.runtime = runtime
     app.include_router(router)
+    mount_console(app, settings, dispatcher)
     _install_error_handlers(app, envelope)
     app.openapi = lambda: build_openapi(app, settings)  # type: ignore[method-assign]
     auth.warn_about_configuration()
