@@ -69,6 +69,19 @@ def dead_message(app: FastAPI, text: str = "doomed") -> str:
     return message_id
 
 
+def next_millisecond(app: FastAPI) -> None:
+    """Return once Redis's clock has moved on to a later millisecond (bounded)."""
+    client = app.state.runtime.dispatcher.store.redis
+
+    def now_ms() -> int:
+        seconds, micros = client.time()
+        return int(seconds) * 1000 + int(micros) // 1000
+
+    start, deadline = now_ms(), time.monotonic() + 5
+    while now_ms() == start and time.monotonic() < deadline:
+        time.sleep(0.001)
+
+
 def login_token(page: str) -> str:
     match = re.search(r'name="login_token" value="([^"]+)"', page)
     assert match, page
@@ -352,7 +365,11 @@ def test_older_dead_letters_page_on_without_shifting_when_more_die(
     app: FastAPI, browser: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr("dispatcher.console.app.DEAD_LETTERS_PER_PAGE", 1)
-    older, newer = dead_message(app, "older"), dead_message(app, "newer")
+    older = dead_message(app, "older")
+    # Dead letters are ordered by the millisecond they died: make the two deaths distinct.
+    next_millisecond(app)
+    newer = dead_message(app, "newer")
+    next_millisecond(app)
     assert sign_in(browser).status_code == 303
     first = browser.get("/console/dead-letters", params={"client": PLAIN})
     assert newer in first.text and older not in first.text
