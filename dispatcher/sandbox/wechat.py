@@ -350,6 +350,10 @@ def create_wechat_app(
     async def expire_tokens() -> dict[str, int]:
         return {"expired": state.expire_tokens()}
 
+    @api.get("/_sandbox/wechat/media", tags=["sandbox"])
+    async def media() -> dict[str, dict[str, Any]]:
+        return state.media()
+
     @api.post("/_sandbox/wechat/expire-media", tags=["sandbox"])
     async def expire_media() -> dict[str, int]:
         return {"expired": state.expire_media()}

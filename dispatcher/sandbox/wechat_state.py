@@ -440,6 +440,18 @@ class WeChatState:
         if self.clock() >= media.created_at + MEDIA_LIFETIME:
             raise WeChatError(40007)
 
+    def media(self) -> dict[str, dict[str, Any]]:
+        """Every media_id uploaded so far, with its type, size and upload time."""
+        with self._lock:
+            return {
+                media.media_id: {
+                    "type": media.media_type,
+                    "size": media.size,
+                    "created_at": media.created_at,
+                }
+                for media in self._media.values()
+            }
+
     def expire_media(self) -> int:
         with self._lock:
             for media in self._media.values():

@@ -432,6 +432,8 @@ def test_upload_accepts_every_allowed_format(sim: Sim) -> None:
     assert sim.upload("voice", "a.amr", asset("demo.amr"), token)["type"] == "voice"
     assert sim.upload("video", "a.mp4", asset("demo.mp4"), token)["type"] == "video"
     assert sim.control("GET", "stats")["uploads"] == 4
+    media = sim.control("GET", "media")
+    assert sorted(item["type"] for item in media.values()) == ["image", "video", "voice", "voice"]
 
 
 # -- template messages ---------------------------------------------------------------
