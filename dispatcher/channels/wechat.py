@@ -62,6 +62,7 @@ PATHS = {
 CONNECT_TIMEOUT = 5.0
 MAX_RATE_WAIT = 20.0  # seconds a call may wait for its rate slot before the attempt is retried
 SLOT_SLACK = 1.5  # limiter burst in calls, as for Easemob (dispatcher.channels.easemob)
+JSON_HEADERS = {"Content-Type": "application/json; charset=utf-8"}
 RECEIPT_INDEX_SECONDS = 7 * 86400  # how long a template msgid finds its getMessageId
 
 
@@ -280,7 +281,7 @@ class WeChatChannel:
             raise ProviderError("rate_limited_locally", str(exc), retryable=True) from None
         url = f"{self.config.base_url}{PATHS[operation]}"
         query = {"access_token": token, **(params or {})}
-        headers = {"Content-Type": "application/json; charset=utf-8"} if payload else None
+        headers = JSON_HEADERS if payload else None
         try:
             response = self._http.post(
                 url, params=query, content=payload, files=files, headers=headers
@@ -308,7 +309,9 @@ class WeChatChannel:
         }
         try:
             response = self._http.post(
-                f"{self.config.base_url}/cgi-bin/stable_token", content=encode_body(body)
+                f"{self.config.base_url}/cgi-bin/stable_token",
+                content=encode_body(body),
+                headers=JSON_HEADERS,
             )
         except httpx.HTTPError as exc:
             raise transport_error(exc, "stable_token") from None
