@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -28,6 +29,7 @@ from dispatcher.config import Settings
 from dispatcher.connections import LoopRedis
 from dispatcher.console import mount_console
 from dispatcher.errors import DispatcherError, FieldError
+from dispatcher.health import warn_redis_configuration
 from dispatcher.producer import Dispatcher
 
 log = logging.getLogger(__name__)
@@ -78,6 +80,8 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Said once per API process; /readyz lists the same warnings for monitoring.
+        await asyncio.to_thread(warn_redis_configuration, store_probe, "api")
         yield
         await runtime.async_redis.aclose()
         for client in {id(c): c for c in runtime.probes.values()}.values():
