@@ -86,14 +86,42 @@ def api(host: str | None, port: int | None, workers: int) -> None:
     add_help_option=False,
 )
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
-def worker(celery_args: tuple[str, ...]) -> None:
-    """A delivery worker: the same as ``celery -A dispatcher.worker worker [ARGS]``.
+@click.pass_context
+def worker(ctx: click.Context, celery_args: tuple[str, ...]) -> None:
+    """Run a delivery worker: Celery on the dispatcher queue, with any celery worker option.
 
-    Defaults: pool and concurrency from DISPATCHER_WORKER_POOL /
-    DISPATCHER_WORKER_CONCURRENCY (threads, 32). Any celery worker option works.
+    \b
+    Pool and concurrency come from DISPATCHER_WORKER_POOL and
+    DISPATCHER_WORKER_CONCURRENCY (default: threads, 32). Delivery waits on
+    HTTP, so threads deliver far more than processes (README "Benchmarks").
+    Run two worker processes per CPU core, on as many machines as you like:
+    they share one Redis, one Easemob token and one rate limit.
+
+    \b
+    Options (every other `celery worker` option is passed through as well):
+      -P, --pool POOL        threads, prefork, solo, gevent or eventlet;
+                             overrides DISPATCHER_WORKER_POOL
+      -c, --concurrency N    threads (or processes) of this worker
+      -Q, --queues NAME      default DISPATCHER_QUEUE (dispatcher)
+      -n, --hostname NAME    this worker's name, e.g. worker1@%h
+      -l, --loglevel LEVEL   e.g. INFO (Celery's default: WARNING)
+      --celery-help          Celery's own list of every worker option
+      -h, --help             this text
+
+    \b
+    Examples:
+      dispatcher worker                        # threads, 32: start two per core
+      dispatcher worker -l INFO -n w1@%h
+      dispatcher worker -P prefork -c 2        # processes instead of threads
     """
+    if "-h" in celery_args or "--help" in celery_args:
+        click.echo(ctx.get_help())
+        ctx.exit(0)
     from dispatcher.worker import app
 
+    if "--celery-help" in celery_args:
+        app.worker_main(["worker", "--help"])
+        return
     pool = _pool_option(celery_args)
     if pool is not None:
         # Celery reads an explicit "--pool prefork" as its default and lets the configured
