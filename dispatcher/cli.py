@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from datetime import UTC, datetime
 from typing import Any
 
 import click
@@ -350,11 +351,21 @@ def dlq() -> None:
 @click.option("--limit", default=100, show_default=True)
 @click.option("--offset", default=0, show_default=True)
 def dlq_list(limit: int, offset: int) -> None:
-    """List dead messages (JSON lines: id, diedAt, lastError)."""
+    """List dead messages (JSON lines: getMessageId, diedAt, lastError)."""
     from dispatcher.producer import Dispatcher
 
     for letter in Dispatcher(_settings()).dead_letters(limit=limit, offset=offset):
-        click.echo(letter.model_dump_json())
+        line = letter.model_dump(mode="json")
+        line["diedAt"] = _iso_time(letter.diedAt)
+        click.echo(json.dumps(line, ensure_ascii=False))
+
+
+def _iso_time(unix_seconds: float) -> str:
+    """ISO 8601 in UTC, written as ``status`` writes its times (pydantic's JSON form)."""
+    from pydantic import TypeAdapter
+
+    moment = datetime.fromtimestamp(unix_seconds, tz=UTC)
+    return str(TypeAdapter(datetime).dump_python(moment, mode="json"))
 
 
 @dlq.command("replay")
