@@ -150,11 +150,15 @@ def _pool_option(args: tuple[str, ...]) -> str | None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 def sandbox(easemob_port: int, qiniu_port: int, host: str) -> None:
     """Run the Easemob and Qiniu simulators (credentials from DISPATCHER_* settings)."""
-    from dispatcher.sandbox.server import serve_sandbox
+    from dispatcher.sandbox.server import PortInUse, serve_sandbox
 
     settings = _settings()
     configure_logging(settings.log_level, settings.log_format)
-    serve_sandbox(settings, easemob_port=easemob_port, qiniu_port=qiniu_port, host=host)
+    try:
+        serve_sandbox(settings, easemob_port=easemob_port, qiniu_port=qiniu_port, host=host)
+    except PortInUse as exc:
+        option = "--easemob-port" if exc.port == easemob_port else "--qiniu-port"
+        raise click.ClickException(f"{exc.strerror}: choose another with {option}") from None
 
 
 def _remote_options(func: Any) -> Any:
