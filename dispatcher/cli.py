@@ -50,6 +50,7 @@ def main() -> None:
 @click.option("--port", default=8087, show_default=True, help="HTTP API port.")
 @click.option("--easemob-port", default=9101, show_default=True, help="Easemob simulator port.")
 @click.option("--qiniu-port", default=9102, show_default=True, help="Qiniu simulator port.")
+# Stable across runs, so the messages of the kept data come back on the same URL.
 @click.option("--redis-port", default=6390, show_default=True, help="Port of dev mode's own Redis.")
 @click.option(
     "--redis-url",

