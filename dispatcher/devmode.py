@@ -104,13 +104,13 @@ def busy_ports_message(busy: list[Listener]) -> str:
     )
 
 
-def explicit_redis_url(option: str | None) -> tuple[str, str] | None:
-    """The Redis the user named, and where: ``--redis-url`` first, then the environment."""
+def explicit_redis_url(option: str | None, settings: Settings) -> tuple[str, str] | None:
+    """The Redis the user named, and where: ``--redis-url`` first, then the environment
+    (set there, not the default, which may be another program's Redis)."""
     if option:
         return option, "--redis-url"
-    from_env = os.environ.get("DISPATCHER_REDIS_URL", "").strip()
-    if from_env:
-        return from_env, "DISPATCHER_REDIS_URL"
+    if "redis_url" in settings.model_fields_set and settings.redis_url.strip():
+        return settings.redis_url.strip(), "DISPATCHER_REDIS_URL"
     return None
 
 
@@ -124,7 +124,7 @@ def run_dev(options: DevOptions) -> None:
     if refusal := unsafe_dev_mode(configured, auth=options.auth):
         raise DevModeError(refusal)
     ports = options.ports
-    named = explicit_redis_url(options.redis_url)
+    named = explicit_redis_url(options.redis_url, configured)
     if named and options.fresh:
         raise DevModeError(
             f"--fresh empties dev mode's own Redis only; it leaves {named[0]} "
