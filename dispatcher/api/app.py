@@ -89,17 +89,15 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
         if owns_dispatcher:
             dispatcher.close()
 
-    # /docs with Swagger UI's files from the fastapi-offline wheel: no CDN, works offline.
-    app = FastAPIOffline(
-        static_url=DOCS_ASSETS,
-        title="dispatcher",
-        version=VERSION,
-        lifespan=lifespan,
-        # DISPATCHER_API_DOCS=false: no /docs and no /openapi.json (docs/security.md).
-        docs_url="/docs" if settings.api_docs else None,
-        redoc_url=None,
-        openapi_url="/openapi.json" if settings.api_docs else None,
-    )
+    common: dict[str, Any] = {"title": "dispatcher", "version": VERSION, "lifespan": lifespan}
+    if settings.api_docs:
+        # Swagger UI's files come from the fastapi-offline wheel: no CDN, /docs works offline.
+        app = FastAPIOffline(
+            docs_url="/docs", redoc_url=None, openapi_url="/openapi.json",
+            static_url=DOCS_ASSETS, **common,
+        )  # fmt: skip
+    else:  # DISPATCHER_API_DOCS=false: no /docs and no /openapi.json (docs/security.md).
+        app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None, **common)
     app.state.runtime = runtime
     app.include_router(router)
     mount_console(app, settings, dispatcher)

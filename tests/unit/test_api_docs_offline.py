@@ -73,3 +73,10 @@ def test_docs_oauth_redirect_page_is_served(served_api: str) -> None:
     answer = httpx.get(f"{served_api}/docs/oauth2-redirect", timeout=10)
     assert answer.status_code == 200
     assert "<script" in answer.text
+
+
+def test_with_docs_switched_off_their_assets_are_not_served(redis_url: str) -> None:
+    settings = make_settings(redis_url, api_docs=False)
+    with ServerThread(create_app(settings)) as server:
+        for path in ("/docs", "/docs/assets/swagger-ui-bundle.js", "/openapi.json"):
+            assert httpx.get(f"{server.url}{path}", timeout=10).status_code == 404, path
