@@ -14,13 +14,13 @@ import redis
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, SecretStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from dispatcher.api.admission import Admission
 from dispatcher.api.auth import Authenticator
+from dispatcher.api.docs_assets import install_docs
 from dispatcher.api.envelope import EnvelopeWriter
 from dispatcher.api.metrics import ApiMetrics
 from dispatcher.api.openapi import build_openapi
@@ -35,7 +35,6 @@ from dispatcher.producer import Dispatcher
 log = logging.getLogger(__name__)
 
 VERSION = "1"
-DOCS_ASSETS = "/docs/assets"
 PROBE_TIMEOUT = 1.0
 """Seconds /readyz and /metrics wait for Redis before calling it unreachable."""
 
@@ -89,18 +88,20 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
         if owns_dispatcher:
             dispatcher.close()
 
-    common: dict[str, Any] = {"title": "dispatcher", "version": VERSION, "lifespan": lifespan}
-    if settings.api_docs:
-        # Swagger UI's files come from the fastapi-offline wheel: no CDN, /docs works offline.
-        app = FastAPIOffline(
-            docs_url="/docs", redoc_url=None, openapi_url="/openapi.json",
-            static_url=DOCS_ASSETS, **common,
-        )  # fmt: skip
-    else:  # DISPATCHER_API_DOCS=false: no /docs and no /openapi.json (docs/security.md).
-        app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None, **common)
+    app = FastAPI(
+        title="dispatcher",
+        version=VERSION,
+        lifespan=lifespan,
+        docs_url=None,  # install_docs below: Swagger UI without a CDN
+        redoc_url=None,
+        # DISPATCHER_API_DOCS=false: no /docs and no /openapi.json (docs/security.md).
+        openapi_url="/openapi.json" if settings.api_docs else None,
+    )
     app.state.runtime = runtime
     app.include_router(router)
     mount_console(app, settings, dispatcher)
+    if settings.api_docs:
+        install_docs(app)
     _install_error_handlers(app, envelope)
     app.openapi = lambda: build_openapi(app, settings)  # type: ignore[method-assign]
     auth.warn_about_configuration()
