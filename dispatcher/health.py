@@ -6,8 +6,9 @@ Two things would silently break "nothing lost" (RELIABILITY.md F3, F6):
   queue entries and the in-flight index under memory pressure;
 - no persistence (neither AOF nor RDB snapshots) loses everything on a restart.
 
-:func:`redis_warnings` finds both; workers log them at start-up and the
-producer (hence the HTTP API) on its first contact with Redis.
+:func:`redis_warnings` finds both. Workers and the HTTP API log them once at
+start-up and ``/readyz`` lists them; short-lived producers (the CLI's ``send``,
+``status``) stay quiet, so the warning is said where an operator looks.
 :class:`RedisHealth` also refuses new submissions with :class:`Unavailable`
 (503 at the API) while Redis memory is nearly full, reading ``INFO memory`` at
 most once per ``memory_check_interval`` seconds, so a full Redis turns into a
@@ -93,6 +94,14 @@ def warn_redis_configuration(client: redis.Redis, who: str) -> list[str]:
     return warnings
 
 
+def configuration_warnings(client: redis.Redis) -> list[str]:
+    """:func:`redis_warnings`, or none when Redis cannot be asked (down, CONFIG refused)."""
+    try:
+        return redis_warnings(client)
+    except _UNCHECKABLE:
+        return []
+
+
 def memory_usage(client: redis.Redis) -> MemoryUsage:
     info = client.info("memory")
     return MemoryUsage(int(info.get("used_memory", 0)), int(info.get("maxmemory", 0)))
@@ -105,7 +114,7 @@ MEMORY_FULL = (
 
 
 class RedisHealth:
-    """The producer's gate: configuration warned about once, memory checked (cached)."""
+    """The producer's gate: new work is refused while Redis memory is nearly full."""
 
     def __init__(
         self,
@@ -113,16 +122,13 @@ class RedisHealth:
         *,
         refuse_ratio: float,
         check_interval: float,
-        who: str = "producer",
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.redis = client
         self.refuse_ratio = refuse_ratio
         self.check_interval = check_interval
-        self.who = who
         self._clock = clock
         self._lock = threading.Lock()
-        self._warned = False
         self._checked_at: float | None = None
         self._usage: MemoryUsage | None = None
 
@@ -136,8 +142,6 @@ class RedisHealth:
 
     def admit(self) -> None:
         """Raise Unavailable when Redis memory is nearly full (or Redis is down)."""
-        if not self._warned:
-            self._warn_once()
         if self.refuse_ratio <= 0:
             return
         usage = self._cached_usage()
@@ -153,8 +157,6 @@ class RedisHealth:
 
     def needs_redis(self) -> bool:
         """True when the next :meth:`admit` asks Redis (else it only reads its cache)."""
-        if not self._warned:
-            return True
         return self.refuse_ratio > 0 and not self._fresh(self._clock())
 
     def _fresh(self, now: float) -> bool:
@@ -176,18 +178,3 @@ class RedisHealth:
         with self._lock:
             self._usage, self._checked_at = usage, now
         return usage
-
-    def _warn_once(self) -> None:
-        try:
-            warnings = redis_warnings(self.redis)
-        except REDIS_ERRORS:
-            return  # Redis is down: submit answers Unavailable; check on the next contact
-        except redis.ResponseError as exc:
-            log.info("%s: Redis configuration not checked (%s)", self.who, exc)
-            warnings = []
-        with self._lock:
-            if self._warned:
-                return
-            self._warned = True
-        for warning in warnings:
-            log.warning("UNSAFE REDIS CONFIGURATION (%s): %s", self.who, warning)

@@ -110,7 +110,7 @@ class Dispatcher:
         self.redis = client or redis_client(settings)
         self.store = StatusStore.from_settings(self.redis, settings)
         self.celery = celery or make_celery(settings)
-        # Warns once about an unsafe Redis; refuses new work while Redis memory is nearly full.
+        # Refuses new work while Redis memory is nearly full.
         self.health = RedisHealth.from_settings(self.redis, settings)
         # The broker is this Redis: queue the task in the script that records ``queued``.
         self._enqueue_direct = settings.broker_url in (None, settings.redis_url) and (

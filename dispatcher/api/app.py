@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -19,6 +20,7 @@ from starlette.responses import Response
 
 from dispatcher.api.admission import Admission
 from dispatcher.api.auth import Authenticator
+from dispatcher.api.docs_assets import install_docs
 from dispatcher.api.envelope import EnvelopeWriter
 from dispatcher.api.metrics import ApiMetrics
 from dispatcher.api.openapi import build_openapi
@@ -27,6 +29,7 @@ from dispatcher.config import Settings
 from dispatcher.connections import LoopRedis
 from dispatcher.console import mount_console
 from dispatcher.errors import DispatcherError, FieldError
+from dispatcher.health import warn_redis_configuration
 from dispatcher.producer import Dispatcher
 
 log = logging.getLogger(__name__)
@@ -76,6 +79,8 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Said once per API process; /readyz lists the same warnings for monitoring.
+        await asyncio.to_thread(warn_redis_configuration, store_probe, "api")
         yield
         await runtime.async_redis.aclose()
         for client in {id(c): c for c in runtime.probes.values()}.values():
@@ -87,14 +92,16 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
         title="dispatcher",
         version=VERSION,
         lifespan=lifespan,
-        # DISPATCHER_API_DOCS=false: no /docs and no /openapi.json (docs/security.md).
-        docs_url="/docs" if settings.api_docs else None,
+        docs_url=None,  # install_docs below: Swagger UI without a CDN
         redoc_url=None,
+        # DISPATCHER_API_DOCS=false: no /docs and no /openapi.json (docs/security.md).
         openapi_url="/openapi.json" if settings.api_docs else None,
     )
     app.state.runtime = runtime
     app.include_router(router)
     mount_console(app, settings, dispatcher)
+    if settings.api_docs:
+        install_docs(app)
     _install_error_handlers(app, envelope)
     app.openapi = lambda: build_openapi(app, settings)  # type: ignore[method-assign]
     auth.warn_about_configuration()

@@ -197,6 +197,10 @@ class HealthResponse(_Envelope):
 class ReadyData(BaseModel):
     redis: str = Field(examples=["ok"], description="'ok' or 'unreachable'")
     broker: str = Field(examples=["ok"], description="'ok' or 'unreachable'")
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="what is unsafe in the Redis configuration (eviction policy, persistence)",
+    )
 
 
 class ReadyResponse(_Envelope):

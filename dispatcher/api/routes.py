@@ -61,6 +61,7 @@ from dispatcher.errors import (
     Unauthorized,
     Unavailable,
 )
+from dispatcher.health import configuration_warnings
 from dispatcher.ids import ID_PATTERN
 from dispatcher.models import Message, field_errors
 from dispatcher.producer import Dispatcher
@@ -334,7 +335,8 @@ async def readyz(request: Request) -> Response:
     down = sorted(name for name, state in states.items() if state != "ok")
     if down:
         return rt.envelope.answer(503, f"not ready: {', '.join(down)} unreachable", states)
-    return rt.envelope.ok(states)
+    warnings = await run_in_threadpool(configuration_warnings, rt.probes["redis"])
+    return rt.envelope.ok({**states, "warnings": warnings})
 
 
 def _ping_all(probes: dict[str, redis.Redis]) -> dict[str, str]:

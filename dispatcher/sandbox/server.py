@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import signal
 import socket
@@ -63,6 +64,15 @@ def _config(app: Any) -> uvicorn.Config:
     )
 
 
+class PortInUse(OSError):
+    """Another process already listens on the port a server was asked to take."""
+
+    def __init__(self, host: str, port: int) -> None:
+        super().__init__(errno.EADDRINUSE, f"port {port} on {host} is already in use")
+        self.host = host
+        self.port = port
+
+
 def _bind(host: str, port: int) -> socket.socket:
     """A listening-ready socket; binding here makes port 0 and port clashes visible at once."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -72,8 +82,10 @@ def _bind(host: str, port: int) -> socket.socket:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
-    except OSError:
+    except OSError as exc:
         sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise PortInUse(host, port) from None
         raise
     return sock
 

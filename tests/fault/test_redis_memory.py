@@ -8,12 +8,15 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 import redis
 
 from dispatcher import Dispatcher, keys
+from dispatcher.api.app import create_app
 from dispatcher.errors import Unavailable
 from dispatcher.health import redis_warnings
+from dispatcher.sandbox.server import ServerThread
 from tests.conftest import settings_from_env
 from tests.fault.harness import (
     assert_invariants,
@@ -114,7 +117,7 @@ def test_nearly_full_redis_refuses_new_work_with_a_clear_error_and_evicts_nothin
     assert int(admin.info("stats")["evicted_keys"]) == 0
 
 
-def test_unsafe_redis_settings_are_warned_about_by_workers_and_the_producer(
+def test_unsafe_redis_settings_are_warned_about_by_workers_and_the_api_not_producers(
     easemob: Any,
     start_worker: Any,
     admin: redis.Redis,
@@ -132,14 +135,18 @@ def test_unsafe_redis_settings_are_warned_about_by_workers_and_the_producer(
     assert "UNSAFE REDIS CONFIGURATION (worker)" in worker.log()
     assert "maxmemory-policy is 'allkeys-lru'" in worker.log()
 
-    producer = Dispatcher(settings_from_env(fault_env))
-    try:
-        with caplog.at_level(logging.WARNING, logger="dispatcher.health"):
+    settings = settings_from_env({**fault_env, "DISPATCHER_AUTH_ENABLED": "false"})
+    with caplog.at_level(logging.WARNING, logger="dispatcher.health"):
+        producer = Dispatcher(settings)
+        try:
             for _ in range(3):
                 producer.submit(text_message(new_id("warn")))
-    finally:
-        producer.close()
-    unsafe = [
-        r for r in caplog.records if "UNSAFE REDIS CONFIGURATION (producer)" in r.getMessage()
-    ]
-    assert len(unsafe) == 2, "each problem said once, not per submission"
+        finally:
+            producer.close()
+        assert not [r for r in caplog.records if "UNSAFE" in r.getMessage()], "producers stay quiet"
+        with ServerThread(create_app(settings)) as server:
+            for _ in range(3):
+                ready = httpx.get(f"{server.url}/readyz", timeout=10).json()["data"]
+    unsafe = [r for r in caplog.records if "UNSAFE REDIS CONFIGURATION (api)" in r.getMessage()]
+    assert len(unsafe) == 2, "each problem said once, at start-up"
+    assert ready["warnings"] == warnings

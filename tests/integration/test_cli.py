@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +94,12 @@ def test_dlq_list_and_replay_round_trip(
     listed = [json.loads(line) for line in run(worker_env, "dlq", "list").stdout.splitlines()]
     [entry] = [e for e in listed if e["getMessageId"] == message_id]
     assert entry["lastError"]["retryable"] is True
+    shown = json.loads(run(worker_env, "status", message_id).stdout)
+    # One time format in CLI output: ISO 8601 in UTC, as status prints.
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", entry["diedAt"]), entry
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", shown["updatedAt"]), shown
+    died = datetime.fromisoformat(entry["diedAt"])
+    assert abs((died - datetime.fromisoformat(shown["updatedAt"])).total_seconds()) < 5
     replayed = run(worker_env, "dlq", "replay", message_id)
     assert "replayed 1 of 1" in replayed.stdout
     assert wait_for_state(dispatcher, message_id).state == "delivered"
