@@ -401,7 +401,7 @@ def dlq_replay(message_ids: tuple[str, ...], replay_all: bool) -> None:
     d = Dispatcher(_settings())
     ids = list(message_ids)
     if replay_all:
-        ids += [mid for mid, _ in d.store.dead_letters(limit=1_000_000)]
+        ids += [letter.getMessageId for letter in d.dead_letters(limit=1_000_000)]
     if not ids:
         raise click.UsageError("name message ids or pass --all")
     failures = 0

@@ -11,8 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from datetime import UTC, datetime
-from enum import IntEnum, StrEnum
+from enum import IntEnum
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -283,6 +282,8 @@ def _json_string(value: str) -> str:
 
 
 class Template(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
     templetId: StrictInt
     content: str
 
@@ -290,6 +291,8 @@ class Template(BaseModel):
 
 
 class ExpandMsg(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
     MsgType: str
     Content: str
 
@@ -366,9 +369,14 @@ class Envelope(BaseModel):
 
     @field_validator("channelType")
     @classmethod
-    def _only_easemob(cls, value: int | None) -> int | None:
-        if value is not None and value != 1:
-            raise ValueError("only 1 (Easemob) is supported; the message center picks the channel")
+    def _registered_channel(cls, value: int | None) -> int | None:
+        # The registry's channel modules import this module: ask it at call time.
+        from dispatcher.channels import registry
+
+        known = registry().channel_types
+        if value is not None and value not in known:
+            names = ", ".join(f"{number} ({name})" for number, name in sorted(known.items()))
+            raise ValueError(f"must be one of {names}; the message center picks the channel")
         return value
 
     @field_validator("ext", mode="before")
@@ -380,7 +388,9 @@ class Envelope(BaseModel):
 
 
 class Message(BaseModel):
-    """A validated message, as stored with its status record and read by workers."""
+    """A validated message: built once by :func:`parse_message` at the boundary, recorded
+    as :meth:`stored` with its status, and rebuilt by the worker with :meth:`from_stored`
+    (no second validation)."""
 
     model_config = ConfigDict(populate_by_name=True)
 
@@ -388,7 +398,7 @@ class Message(BaseModel):
     sender: str = Field(alias="from")
     to: str
     messageInfo: MessageInfo
-    ext: dict[str, Any] | None = None
+    ext: Ext | None = None
     getMessageId: str | None = None
     targetType: TargetType | None = None
 
@@ -407,20 +417,63 @@ class Message(BaseModel):
             "messageInfo": self.messageInfo.model_dump(exclude_none=True),
         }
         if self.ext is not None:
-            payload["ext"] = self.ext
+            payload["ext"] = self.ext.model_dump(exclude_unset=True)
         if self.targetType is not None:
             payload["targetType"] = self.targetType
         if self.getMessageId is not None:
             payload["getMessageId"] = self.getMessageId
         return payload
 
-    def fingerprint(self) -> str:
-        """Identity of the content, for idempotent resubmission (the id itself excluded)."""
+    def stored(self) -> str:
+        """The one canonical encoding: sorted keys, the target type resolved, the id left
+        out (the record's key holds it). Kept with the status record; its hash is the
+        :meth:`fingerprint`."""
         payload = self.to_payload()
         payload.pop("getMessageId", None)
         payload["targetType"] = self.target_type
-        canonical = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()
+        return json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+    def fingerprint(self) -> str:
+        """Identity of the content, for idempotent resubmission (the id itself excluded)."""
+        return fingerprint_of(self.stored())
+
+    @classmethod
+    def from_stored(cls, stored: str) -> Message:
+        """The message :meth:`stored` wrote, rebuilt without validating it again.
+
+        Raises InvalidMessage when the record does not hold such a message.
+        """
+        try:
+            data = json.loads(stored)
+            message_type = MessageType(data["messageType"])
+            info: Any = INFO_MODELS[message_type].model_construct(**data["messageInfo"])
+            ext = data.get("ext")
+            return cls.model_construct(
+                messageType=message_type,
+                sender=data["from"],
+                to=data["to"],
+                messageInfo=info,
+                ext=None if ext is None else _stored_ext(ext),
+                targetType=data.get("targetType"),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidMessage(
+                [FieldError("body", f"the stored message is unreadable ({exc!r})")]
+            ) from None
+
+
+def fingerprint_of(stored: str) -> str:
+    """The :meth:`Message.fingerprint` of a message's :meth:`Message.stored` form."""
+    return hashlib.sha256(stored.encode()).hexdigest()
+
+
+def _stored_ext(data: dict[str, Any]) -> Ext:
+    nested: dict[str, Any] = {}
+    if isinstance(data.get("template"), dict):
+        nested["template"] = Template.model_construct(**data["template"])
+    if isinstance(data.get("expandMsg"), dict):
+        nested["expandMsg"] = ExpandMsg.model_construct(**data["expandMsg"])
+    return Ext.model_construct(**{**data, **nested})
 
 
 def field_errors(exc: ValidationError, prefix: str = "") -> list[FieldError]:
@@ -491,7 +544,7 @@ def parse_message(payload: Any, *, media_domain: str | None = None) -> Message:
         sender=envelope.sender,
         to=envelope.to,
         messageInfo=info,
-        ext=envelope.ext,
+        ext=ext,
         getMessageId=envelope.getMessageId,
         targetType=envelope.targetType,
     )
@@ -511,66 +564,3 @@ def _dedupe(errors: list[FieldError]) -> list[FieldError]:
     for error in errors:
         seen.setdefault((error.field, error.error), error)
     return list(seen.values())
-
-
-# ---------------------------------------------------------------------------
-# Status record (SPEC §7)
-
-
-class State(StrEnum):
-    QUEUED = "queued"
-    PROCESSING = "processing"
-    RETRYING = "retrying"
-    DELIVERED = "delivered"
-    FAILED = "failed"
-    DEAD = "dead"
-
-    @property
-    def terminal(self) -> bool:
-        return self in TERMINAL_STATES
-
-
-TERMINAL_STATES = frozenset({State.DELIVERED, State.FAILED, State.DEAD})
-
-
-class LastError(BaseModel):
-    code: str
-    message: str
-    retryable: bool
-
-
-class HistoryEntry(BaseModel):
-    state: State
-    at: datetime
-    detail: str | None = None
-
-
-class StatusRecord(BaseModel):
-    """What anyone holding a getMessageId can read back."""
-
-    getMessageId: str
-    state: State
-    messageType: MessageType
-    sender: str = Field(alias="from")
-    to: str
-    targetType: TargetType
-    channel: str
-    client: str | None = None
-    attempts: int = 0
-    createdAt: datetime
-    updatedAt: datetime
-    deliveredAt: datetime | None = None
-    providerMessageId: str | None = None
-    lastError: LastError | None = None
-    history: list[HistoryEntry] = Field(default_factory=list)
-
-    model_config = ConfigDict(populate_by_name=True)
-
-    def public(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", by_alias=True)
-
-
-def from_millis(value: str | int | None) -> datetime | None:
-    if value in (None, ""):
-        return None
-    return datetime.fromtimestamp(int(value) / 1000, tz=UTC)

@@ -89,6 +89,7 @@ def apply_action(dispatcher: Dispatcher, action: str, ids: list[str], user: str)
     """Replay or discard each id; one outcome per id, in order (blocking: run in a thread)."""
     outcomes: list[Outcome] = []
     for message_id in ids:
+        verdict: str
         if action == "replay":
             verdict = dispatcher.replay(message_id, by=f"{user} (console)")
         else:

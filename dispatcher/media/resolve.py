@@ -26,6 +26,7 @@ from typing import Any, TypeVar, cast
 import redis
 
 from dispatcher import keys
+from dispatcher.connections import text
 from dispatcher.errors import MediaError
 from dispatcher.media.qiniu import AvInfo, ImageMeta, ObjectStat, QiniuClient
 from dispatcher.models import (
@@ -250,7 +251,7 @@ class _Lookup:
                 except redis.RedisError as exc:
                     self._give_up_cache(exc)
                 else:
-                    self._entries[key] = {_text(k): _text(v) for k, v in raw.items()}
+                    self._entries[key] = {text(k): text(v) for k, v in raw.items()}
         return self._entries[key]
 
     def _store(self, key: str, name: str, value: str) -> None:
@@ -270,7 +271,3 @@ class _Lookup:
         # One failure is enough: each further try could cost the client's full retry budget.
         logger.warning("media cache unavailable, asking Qiniu directly: %s", exc)
         self._cache = None
-
-
-def _text(value: str | bytes) -> str:
-    return value.decode() if isinstance(value, bytes) else value

@@ -261,7 +261,7 @@ def records_of(dispatcher: Any, ids: list[str]) -> dict[str, Any]:
     found: dict[str, Any] = {}
     for start in range(0, len(ids), 500):
         chunk = ids[start : start + 500]
-        found.update(zip(chunk, dispatcher.store.get_many(chunk), strict=True))
+        found.update(zip(chunk, dispatcher.status_many(chunk), strict=True))
     return found
 
 
