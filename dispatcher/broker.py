@@ -88,24 +88,24 @@ class _BrokerChannel(kombu_redis.Channel):
             # Redis is down (F3 in docs/reliability.md). A connection error is ignored and the consumer
             # reconnects; the unacked messages wait in Redis for the reaper.
             raise redis.ConnectionError("broker connection already closed")
-        return super()._connparams(asynchronous=asynchronous)
+        return super()._connparams(asynchronous=asynchronous)  # type: ignore[no-untyped-call]
 
     def _create_client(self, asynchronous: bool = False) -> Any:
         # kombu builds a new redis-py client object (on the same pool) for every publish
         # and every ack: ~60 us of CPU each (redis-py issue 3624; docs/architecture.md, "Costs"). One per
         # channel and pool does the same; connections still come from the pool per command.
         if asynchronous:
-            return super()._create_client(asynchronous=True)
+            return super()._create_client(asynchronous=True)  # type: ignore[no-untyped-call]
         pool = self.pool
         client = self.__dict__.get("_sync_client")
         if client is None or client.connection_pool is not pool:
-            client = super()._create_client()
+            client = super()._create_client()  # type: ignore[no-untyped-call]
             self.__dict__["_sync_client"] = client
         return client
 
     def _brpop_read(self, **options: Any) -> Any:
         try:
-            return super()._brpop_read(**options)
+            return super()._brpop_read(**options)  # type: ignore[no-untyped-call]
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             # Not a transport envelope (raw bytes pushed to the queue list): kombu's
             # error would stop the worker. The item is already popped: trace it, go on.
@@ -120,7 +120,7 @@ class BrokerTransport(kombu_redis.Transport):
     Channel = _BrokerChannel
 
 
-class DispatcherConsumer(Consumer):
+class DispatcherConsumer(Consumer):  # type: ignore[misc]  # celery is untyped
     """Celery's consumer, leaving a trace of each queue message it has to drop (F14 in docs/reliability.md).
 
     Celery already acks or rejects such messages once (no redelivery loop); they

@@ -29,7 +29,7 @@ from typing import Any
 
 from celery import Celery
 from celery.utils.saferepr import saferepr
-from kombu import Connection
+from kombu.connection import Connection
 from kombu.transport import memory
 from kombu.utils.json import dumps as kombu_dumps
 
@@ -65,7 +65,7 @@ class _CaptureTransport(memory.Transport):
     Channel = _CaptureChannel
 
     def __init__(self, client: Any, **kwargs: Any) -> None:
-        super().__init__(client, **kwargs)
+        super().__init__(client, **kwargs)  # type: ignore[no-untyped-call]
         self.captured: list[tuple[str, dict[str, Any]]] = []
 
 
@@ -91,7 +91,7 @@ class TaskMessageTemplate:
         options = app.conf.broker_transport_options or {}
         if options.get("global_keyprefix"):
             raise ValueError("a broker key prefix is configured")
-        with Connection(transport=_CaptureTransport) as connection:
+        with Connection(transport=_CaptureTransport) as connection:  # type: ignore[no-untyped-call]
             app.send_task(
                 task_name, args=(_ID,), queue=queue, task_id=_TASK_ID, connection=connection
             )
@@ -127,7 +127,8 @@ class TaskMessageTemplate:
         headers["argsrepr"] = _ARGSREPR
         props["delivery_tag"] = _TAG
         message["body"] = _BODY
-        text = kombu_dumps(message)  # kombu's Redis transport: client.lpush(key, dumps(message))
+        # kombu's Redis transport: client.lpush(key, dumps(message))
+        text: str = kombu_dumps(message)  # type: ignore[no-untyped-call]
         parts = _split(text, (json.dumps(p) for p in (_BODY, _TASK_ID, _ARGSREPR, _TAG)))
         return cls(
             queue_key=queue,

@@ -29,7 +29,7 @@ from dispatcher.store import Reaper, StatusStore
 log = logging.getLogger(__name__)
 
 
-class DeliveryTask(Task):
+class DeliveryTask(Task):  # type: ignore[misc]  # celery is untyped
     """Holds the per-process runtime of the delivery task."""
 
     @cached_property

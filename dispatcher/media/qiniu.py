@@ -425,13 +425,14 @@ class QiniuClient:
         uploader = FormUploader(
             self.bucket, regions=[self._region], preferred_scheme=self._up_scheme
         )
-        return uploader.upload(
+        result: tuple[dict[str, Any] | None, Any] = uploader.upload(
             key=key,
             file_name=file_name or key,
             mime_type=mime,
             up_token=token,
             **_sdk_source(source),
         )
+        return result
 
     def _resumable(
         self,
@@ -455,7 +456,7 @@ class QiniuClient:
                 progress_handler=progress,
                 concurrent_executor=pool,
             )
-            return uploader.upload(
+            result: tuple[dict[str, Any] | None, Any] = uploader.upload(
                 key=key,
                 data_size=size,
                 file_name=file_name or key,
@@ -463,6 +464,7 @@ class QiniuClient:
                 up_token=token,
                 **_sdk_source(source),
             )
+        return result
 
     # -- errors ----------------------------------------------------------------
 

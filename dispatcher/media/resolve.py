@@ -21,7 +21,7 @@ import json
 import logging
 import math
 from dataclasses import asdict
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import redis
 
@@ -94,11 +94,11 @@ def resolve_media(
     """
     lookup = _Lookup(client, cache, cache_ttl)
     if isinstance(info, ImageInfo):
-        return cast(MediaInfo, _image(info, lookup))
+        return _image(info, lookup)
     if isinstance(info, VoiceInfo):
-        return cast(MediaInfo, _voice(info, lookup))
+        return _voice(info, lookup)
     if isinstance(info, VideoInfo):
-        return cast(MediaInfo, _video(info, lookup))
+        return _video(info, lookup)
     raise TypeError(f"resolve_media takes ImageInfo, VoiceInfo or VideoInfo, not {type(info)!r}")
 
 
