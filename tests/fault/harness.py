@@ -22,7 +22,7 @@ import httpx
 import redis
 
 from dispatcher import keys
-from dispatcher.sandbox.control import _ConnectionDropped
+from dispatcher.sandbox.control import ConnectionDropped
 from tests.conftest import EASEMOB_APP, EASEMOB_ORG, WorkerProcess
 
 MESSAGES_PATH = f"/{EASEMOB_ORG}/{EASEMOB_APP}/messages"
@@ -114,7 +114,7 @@ class ReceiptLedger:
 
         try:
             await self.app(scope, replay, capture)
-        except _ConnectionDropped:
+        except ConnectionDropped:
             dropped = True
             raise
         finally:
