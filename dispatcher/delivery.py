@@ -36,21 +36,24 @@ class MediaResolver(Protocol):
 
 
 class AttemptOutcome(StrEnum):
+    """What one attempt came to. ``STOOD_DOWN``: there was nothing to do here (done,
+    gone, held by another worker, or a late retry refused)."""
+
     DELIVERED = "delivered"
     RETRYING = "retrying"
     FAILED = "failed"
     DEAD = "dead"
     STOOD_DOWN = "stood-down"
-    """Nothing to do here: done, gone, held by another worker, or a late retry refused."""
 
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
+    """An attempt's outcome: when ``RETRYING``, the seconds until the next attempt;
+    when ``STOOD_DOWN``, why."""
+
     state: AttemptOutcome
     retry_in: float | None = None
-    """Seconds until the next attempt, for ``RETRYING``."""
     reason: str = ""
-    """Why this worker stood down."""
 
 
 def backoff_delay(

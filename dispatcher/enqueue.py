@@ -78,8 +78,8 @@ class TaskMessageTemplate:
     pid: int
     _parts: tuple[str, ...]
     _body_parts: tuple[str, str]
-    _argsrepr_maxsize: int
-    _argsrepr_maxlevels: int
+    _argsrepr_limits: tuple[int, int]
+    """``saferepr``'s maximum size and nesting, as Celery passes them."""
 
     @classmethod
     def capture(cls, app: Celery, task_name: str, queue: str) -> TaskMessageTemplate:
@@ -136,8 +136,7 @@ class TaskMessageTemplate:
             pid=os.getpid(),
             _parts=parts,
             _body_parts=(head, tail),
-            _argsrepr_maxsize=argsrepr_maxsize,
-            _argsrepr_maxlevels=argsrepr_maxlevels,
+            _argsrepr_limits=(argsrepr_maxsize, argsrepr_maxlevels),
         )
 
     def build(self, ref: MessageRef) -> str:
@@ -150,7 +149,7 @@ class TaskMessageTemplate:
             argsrepr = f"('{member}',)"  # what saferepr gives for a plain short argument
         else:
             argsrepr = saferepr(
-                (member,), self._argsrepr_maxsize, maxlevels=self._argsrepr_maxlevels
+                (member,), self._argsrepr_limits[0], maxlevels=self._argsrepr_limits[1]
             )
         values = {
             _BODY: json.dumps(body),

@@ -8,14 +8,13 @@ message's type.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING
 
 from dispatcher.channels.base import Channel, ChannelSpec
 from dispatcher.config import Settings
+from dispatcher.plugins import discover
 
 if TYPE_CHECKING:
     import redis
@@ -50,14 +49,7 @@ class Registry:
 @cache
 def registry() -> Registry:
     """The channels of this installation, found once per process."""
-    package = importlib.import_module("dispatcher.channels")
-    specs = []
-    for module in pkgutil.iter_modules(package.__path__):
-        found = getattr(
-            importlib.import_module(f"{package.__name__}.{module.name}"), "CHANNEL", None
-        )
-        if isinstance(found, ChannelSpec):
-            specs.append(found)
+    specs = discover("dispatcher.channels", "CHANNEL", ChannelSpec)
     return Registry(tuple(sorted(specs, key=lambda spec: spec.channel_type)))
 
 

@@ -16,6 +16,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -81,44 +82,40 @@ class SlidingWindow:
 # The simulated app: credentials, tokens, limits, counters.
 
 
+@dataclass(frozen=True)
+class EasemobApp:
+    """The simulated app: its credentials and the limits it enforces."""
+
+    org: str
+    app: str
+    client_id: str
+    client_secret: str
+    token_ttl: int = DEFAULT_TOKEN_TTL
+    calls_per_second: int = 100
+    messages_per_minute: int = 6000
+    token_calls_per_second: int = 300
+    max_body_bytes: int = 5120
+    max_users_per_call: int = 600
+
+
 class EasemobSimulator:
     """State of one simulated Easemob app. Safe to use from any thread."""
 
-    def __init__(
-        self,
-        *,
-        org: str,
-        app: str,
-        client_id: str,
-        client_secret: str,
-        token_ttl: int = DEFAULT_TOKEN_TTL,
-        calls_per_second: int = 100,
-        messages_per_minute: int = 6000,
-        token_calls_per_second: int = 300,
-        max_body_bytes: int = 5120,
-        max_users_per_call: int = 600,
-        clock: Clock = time.monotonic,
-    ) -> None:
-        self.org = org
-        self.app = app
-        self.client_id = client_id
-        self.client_secret = client_secret
-        self.token_ttl = token_ttl
-        self.messages_per_minute = messages_per_minute
-        self.max_body_bytes = max_body_bytes
+    def __init__(self, config: EasemobApp, clock: Clock = time.monotonic) -> None:
+        self.config = config
         self.caps = {
-            "users": max_users_per_call,
+            "users": config.max_users_per_call,
             "chatgroups": GROUPS_PER_CALL,
             "chatrooms": ROOMS_PER_CALL,
         }
         # Stable across restarts so recorded envelopes stay comparable.
-        self.application = str(uuid.uuid5(uuid.NAMESPACE_URL, f"easemob:{org}#{app}"))
+        self.application = str(uuid.uuid5(uuid.NAMESPACE_URL, f"easemob:{config.org}#{config.app}"))
         self._clock = clock
         self._lock = threading.Lock()
         self._tokens: dict[str, float | None] = {}  # token -> expiry on the clock, None = never
-        self.call_window = SlidingWindow(calls_per_second, 1.0, clock)
-        self.token_window = SlidingWindow(token_calls_per_second, 1.0, clock)
-        self.message_window = SlidingWindow(messages_per_minute, 60.0, clock)
+        self.call_window = SlidingWindow(config.calls_per_second, 1.0, clock)
+        self.token_window = SlidingWindow(config.token_calls_per_second, 1.0, clock)
+        self.message_window = SlidingWindow(config.messages_per_minute, 60.0, clock)
         # Snowflake-like: milliseconds shifted left, then a counter: 19 digits, increasing.
         self._ids = itertools.count(int(time.time() * 1000) << 22)
         self._stats = dict.fromkeys(
@@ -196,7 +193,7 @@ class EasemobSimulator:
     # -- request checks shared by the handlers ---------------------------------
 
     def check_app(self, org: str, app: str, path: str) -> None:
-        if org != self.org or app != self.app:
+        if org != self.config.org or app != self.config.app:
             raise EasemobError(
                 404,
                 "organization_application_not_found",
@@ -205,7 +202,7 @@ class EasemobSimulator:
             )
 
     def check_size(self, body: bytes) -> None:
-        if len(body) > self.max_body_bytes:
+        if len(body) > self.config.max_body_bytes:
             raise EasemobError(
                 413, "Request Entity Too Large", "Request Entity Too Large", WEB_APPLICATION
             )
@@ -227,37 +224,13 @@ def _duration_ms(request: Request) -> int:
     return 0 if started is None else int((time.monotonic() - started) * 1000)
 
 
-def create_easemob_app(
-    *,
-    org: str,
-    app: str,
-    client_id: str,
-    client_secret: str,
-    token_ttl: int = DEFAULT_TOKEN_TTL,
-    calls_per_second: int = 100,
-    messages_per_minute: int = 6000,
-    token_calls_per_second: int = 300,
-    max_body_bytes: int = 5120,
-    max_users_per_call: int = 600,
-    clock: Clock = time.monotonic,
-) -> FastAPI:
+def create_easemob_app(*, clock: Clock = time.monotonic, **options: Any) -> FastAPI:
     """The Easemob simulator as an ASGI app; ``app.state.easemob`` is its :class:`EasemobSimulator`.
 
-    ``clock`` drives token expiry and the rate windows; tests pass a fake one.
+    ``options`` are :class:`EasemobApp`'s fields; ``clock`` drives token expiry and the
+    rate windows (tests pass a fake one).
     """
-    sim = EasemobSimulator(
-        org=org,
-        app=app,
-        client_id=client_id,
-        client_secret=client_secret,
-        token_ttl=token_ttl,
-        calls_per_second=calls_per_second,
-        messages_per_minute=messages_per_minute,
-        token_calls_per_second=token_calls_per_second,
-        max_body_bytes=max_body_bytes,
-        max_users_per_call=max_users_per_call,
-        clock=clock,
-    )
+    sim = EasemobSimulator(EasemobApp(**options), clock)
     api = simulator_app(
         "Easemob simulator",
         version="2022",
@@ -276,8 +249,8 @@ def create_easemob_app(
             "data": data,
             "timestamp": now_ms(),
             "duration": _duration_ms(request),
-            "organization": sim.org,
-            "applicationName": sim.app,
+            "organization": sim.config.org,
+            "applicationName": sim.config.app,
         }
 
     def accept(
@@ -291,7 +264,7 @@ def create_easemob_app(
                     403,
                     "forbidden_op",
                     f"Forbidden for url: [{_uri(request)}], message send reach limit: "
-                    f"{sim.messages_per_minute} messages per minute to users",
+                    f"{sim.config.messages_per_minute} messages per minute to users",
                     FORBIDDEN_OP,
                 )
             raise EasemobError(403, "message_send_error", "message send reach limit", FORBIDDEN_OP)
@@ -299,26 +272,24 @@ def create_easemob_app(
         # One id per recipient; a repeated target keeps the last one, as a map does.
         return {target: sim.next_message_id() if reply_ids else "success" for target in targets}
 
-    async def authorised_body(request: Request, org: str, app_name: str) -> dict[str, Any]:
+    async def checked_body(
+        request: Request, org: str, app_name: str, *, token_call: bool = False
+    ) -> dict[str, Any]:
+        """A call's JSON body once the app, the token (sends only) and the rate admit it."""
         request.state.started = time.monotonic()
-        sim.count("message_calls")
+        sim.count("token_calls" if token_call else "message_calls")
         body = await request.body()
         # The front proxy refuses oversized bodies before the app sees anything.
         sim.check_size(body)
         sim.check_app(org, app_name, request.url.path)
-        sim.authenticate(request.headers.get("authorization"))
-        sim.admit_call(sim.call_window)
+        if not token_call:
+            sim.authenticate(request.headers.get("authorization"))
+        sim.admit_call(sim.token_window if token_call else sim.call_window)
         return json_object(request, body)
 
     @api.post("/{org}/{app_name}/token", tags=["easemob"])
     async def token(org: str, app_name: str, request: Request) -> dict[str, Any]:
-        request.state.started = time.monotonic()
-        sim.count("token_calls")
-        body = await request.body()
-        sim.check_size(body)
-        sim.check_app(org, app_name, request.url.path)
-        sim.admit_call(sim.token_window)
-        payload = json_object(request, body)
+        payload = await checked_body(request, org, app_name, token_call=True)
         grant_type = payload.get("grant_type")
         if grant_type != "client_credentials":
             raise EasemobError(
@@ -327,11 +298,11 @@ def create_easemob_app(
                 f"unsupported grant type: {grant_type}",
                 MANAGEMENT,
             )
-        if not _same(payload.get("client_id"), sim.client_id):
+        if not _same(payload.get("client_id"), sim.config.client_id):
             raise EasemobError(400, "invalid_grant", "client_id does not match", MANAGEMENT)
-        if not _same(payload.get("client_secret"), sim.client_secret):
+        if not _same(payload.get("client_secret"), sim.config.client_secret):
             raise EasemobError(400, "invalid_grant", "client_secret does not match", MANAGEMENT)
-        ttl = payload.get("ttl", sim.token_ttl)
+        ttl = payload.get("ttl", sim.config.token_ttl)
         if not is_count(ttl):
             raise illegal("ttl must be a non-negative integer")
         return {
@@ -342,7 +313,7 @@ def create_easemob_app(
 
     @api.post("/{org}/{app_name}/messages", tags=["easemob"])
     async def send_classic(org: str, app_name: str, request: Request) -> dict[str, Any]:
-        payload = await authorised_body(request, org, app_name)
+        payload = await checked_body(request, org, app_name)
         target_type, targets = check_classic_send(payload, sim.caps)
         reply_ids = request.query_params.get("useMsgId", "").lower() == "true"
         data = accept(request, target_type, targets, classic=True, reply_ids=reply_ids)
@@ -356,7 +327,7 @@ def create_easemob_app(
             raise EasemobError(
                 404, "service_resource_not_found", "Service resource not found", NOT_FOUND
             )
-        payload = await authorised_body(request, org, app_name)
+        payload = await checked_body(request, org, app_name)
         targets = check_new_send(payload, sim.caps[target_type])
         data = accept(request, target_type, targets, classic=False, reply_ids=True)
         return envelope(request, f"/messages/{target_type}", data)

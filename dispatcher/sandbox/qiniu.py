@@ -50,6 +50,7 @@ from dispatcher.sandbox.qiniu_bucket import (
     MAX_PARTS,
     MIN_PART_SIZE,
     Block,
+    Multipart,
     ObjectMetadata,
     QiniuError,
     QiniuSimulator,
@@ -252,6 +253,13 @@ def create_qiniu_app(
             raise QiniuError(631, "no such bucket")
         return policy, _decode_key(encoded_key)
 
+    def _v2_upload(
+        request: Request, bucket: str, encoded_key: str, upload_id: str
+    ) -> tuple[dict[str, Any], str | None, Multipart]:
+        """The upload's policy, key and multipart state (the token checked first)."""
+        policy, key = _v2_context(request, bucket, encoded_key)
+        return policy, key, sim.multipart(upload_id, bucket, key)
+
     @api.post("/buckets/{bucket}/objects/{encoded_key}/uploads", tags=["up"])
     async def init_parts(bucket: str, encoded_key: str, request: Request) -> Response:
         policy, key = _v2_context(request, bucket, encoded_key)
@@ -264,8 +272,7 @@ def create_qiniu_app(
     async def upload_part(
         bucket: str, encoded_key: str, upload_id: str, part: str, request: Request
     ) -> Response:
-        _, key = _v2_context(request, bucket, encoded_key)
-        upload = sim.multipart(upload_id, bucket, key)
+        _, _, upload = _v2_upload(request, bucket, encoded_key, upload_id)
         if not part.isdigit() or not 1 <= int(part) <= MAX_PARTS:
             raise QiniuError(400, "invalid partNumber")
         data = await request.body()
@@ -280,8 +287,7 @@ def create_qiniu_app(
     async def list_parts(
         bucket: str, encoded_key: str, upload_id: str, request: Request
     ) -> Response:
-        _, key = _v2_context(request, bucket, encoded_key)
-        upload = sim.multipart(upload_id, bucket, key)
+        _, _, upload = _v2_upload(request, bucket, encoded_key, upload_id)
         parts = [
             {"partNumber": n, "etag": etag, "size": len(data)}
             for n, (etag, data) in sorted(upload.parts.items())
@@ -300,8 +306,7 @@ def create_qiniu_app(
     async def abort_parts(
         bucket: str, encoded_key: str, upload_id: str, request: Request
     ) -> Response:
-        _, key = _v2_context(request, bucket, encoded_key)
-        sim.multipart(upload_id, bucket, key)
+        _v2_upload(request, bucket, encoded_key, upload_id)
         sim.finish_multipart(upload_id)
         return _json(200, {})
 
@@ -309,8 +314,7 @@ def create_qiniu_app(
     async def complete_parts(
         bucket: str, encoded_key: str, upload_id: str, request: Request
     ) -> Response:
-        policy, key = _v2_context(request, bucket, encoded_key)
-        upload = sim.multipart(upload_id, bucket, key)
+        policy, key, upload = _v2_upload(request, bucket, encoded_key, upload_id)
         try:
             body = json.loads(await request.body())
             wanted = [(int(p["partNumber"]), str(p["etag"])) for p in body["parts"]]

@@ -10,8 +10,6 @@ it from the ``DISPATCHER_*`` settings.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +20,7 @@ from starlette.responses import Response
 
 from dispatcher.config import Settings
 from dispatcher.errors import ConfigurationError
+from dispatcher.plugins import discover
 from dispatcher.sandbox.control import SandboxState, install_control
 
 ErrorAnswer = Callable[[Request, Any], Response]
@@ -38,14 +37,7 @@ class Simulator:
 
 def simulators() -> list[Simulator]:
     """Every simulator module's ``SIMULATOR``, by default port."""
-    package = importlib.import_module("dispatcher.sandbox")
-    found = []
-    for module in pkgutil.iter_modules(package.__path__):
-        simulator = getattr(
-            importlib.import_module(f"{package.__name__}.{module.name}"), "SIMULATOR", None
-        )
-        if isinstance(simulator, Simulator):
-            found.append(simulator)
+    found = discover("dispatcher.sandbox", "SIMULATOR", Simulator)
     return sorted(found, key=lambda simulator: simulator.default_port)
 
 

@@ -46,11 +46,12 @@ class Lease:
 
 
 class StandDownReason(StrEnum):
+    """``MISSING``: no status record (expired, or never accepted); ``TERMINAL``: done
+    already; ``BUSY``: another worker holds a live lease."""
+
     MISSING = "missing"
-    """No status record: expired, or never accepted."""
     TERMINAL = "terminal"
     BUSY = "busy"
-    """Another worker holds a live lease."""
 
 
 @dataclass(frozen=True, slots=True)

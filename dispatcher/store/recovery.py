@@ -17,6 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 import redis
@@ -162,27 +163,22 @@ class RecoveryStore:
         pipe.execute()
 
 
+@dataclass
 class Reaper:
-    """The recovery loop: every ``interval`` seconds, claim and re-publish what is overdue."""
+    """The recovery loop: every ``interval`` seconds, claim and re-publish what is overdue.
 
-    def __init__(
-        self,
-        store: RecoveryStore,
-        publish: Callable[[MessageRef], None],
-        *,
-        interval: float,
-        requeue_delay: float,
-        batch: int = 500,
-        queue_key: str | None = None,
-    ) -> None:
-        self.store = store
-        self.publish = publish
-        self.interval = interval
-        self.requeue_delay = requeue_delay
-        self.batch = batch
-        self.queue_key = queue_key
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+    ``requeue_delay``: seconds before a claimed message may be claimed again;
+    ``queue_key``: the broker's queue list when it lives in the store's Redis.
+    """
+
+    store: RecoveryStore
+    publish: Callable[[MessageRef], None]
+    interval: float
+    requeue_delay: float
+    batch: int = 500
+    queue_key: str | None = None
+    _stop: threading.Event = field(default_factory=threading.Event, init=False)
+    _thread: threading.Thread | None = field(default=None, init=False)
 
     def run_once(self) -> list[MessageRef]:
         """Claim and re-publish one batch of overdue messages; returns them."""

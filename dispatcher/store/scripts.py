@@ -20,7 +20,7 @@ import hashlib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, cached_property
 from importlib import resources
 from typing import Any
 
@@ -58,13 +58,12 @@ class Script:
 
     name: str
     source: str
-    sha: str
     keys: tuple[_Name, ...]
     args: tuple[_Name, ...]
 
-    @property
-    def key_names(self) -> tuple[str, ...]:
-        return tuple(k.name for k in self.keys)
+    @cached_property
+    def sha(self) -> str:
+        return hashlib.sha1(self.source.encode(), usedforsecurity=False).hexdigest()
 
     def bind(self, keys: Mapping[str, KeyValue], args: Mapping[str, ArgValue]) -> list[Value]:
         """``EVALSHA``'s operands after the SHA: key count, keys, then arguments."""
@@ -167,6 +166,4 @@ def load(name: str) -> Script:
         raise ValueError(f"{name}.lua: optional keys and a rest of keys do not mix")
     parts = [_read(include) for include in header.get("include", [])]
     parts += [_prelude(keys, args), body]
-    source = "\n".join(parts)
-    sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
-    return Script(name, source, sha, keys, args)
+    return Script(name, "\n".join(parts), keys, args)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import redis
 from redis.asyncio import Redis as AsyncRedis
@@ -26,22 +26,23 @@ if TYPE_CHECKING:
 
 
 class CreateOutcome(StrEnum):
+    """``DUPLICATE``: the same id and content were accepted before, nothing new is queued;
+    ``CONFLICT``: the id is taken by other content; ``REPLAYED``: the gate's replay guard
+    saw this sign already; ``RATE_LIMITED``: the gate's rate, retry after
+    ``CreateResult.retry_after``."""
+
     CREATED = "created"
     DUPLICATE = "duplicate"
-    """The same id with the same content was accepted before: nothing new queued."""
     CONFLICT = "conflict"
-    """The id is taken by other content."""
     REPLAYED = "replayed"
-    """The gate's replay guard: this sign was used already."""
     RATE_LIMITED = "wait"
-    """The gate's rate: retry after ``CreateResult.retry_after``."""
 
 
-@dataclass(frozen=True, slots=True)
-class CreateResult:
+class CreateResult(NamedTuple):
+    """The store's answer to a create; ``retry_after`` in seconds for ``RATE_LIMITED``."""
+
     outcome: CreateOutcome
     retry_after: float = 0.0
-    """Seconds, for ``RATE_LIMITED``."""
 
     @classmethod
     def from_reply(cls, reply: bytes | str) -> CreateResult:

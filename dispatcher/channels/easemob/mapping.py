@@ -13,20 +13,9 @@ from typing import Any
 
 import httpx
 
+from dispatcher import message_info as kinds
 from dispatcher.errors import FieldError, MediaError, MessageTooLarge, ProviderError
-from dispatcher.models import (
-    CustomNewsInfo,
-    ExtensionInfo,
-    ImageInfo,
-    LocationInfo,
-    Message,
-    NewsInfo,
-    PassThroughInfo,
-    TemplateInfo,
-    TextInfo,
-    VideoInfo,
-    VoiceInfo,
-)
+from dispatcher.models import Message
 
 DISPATCHER_EXT_KEY = "dispatcher"
 # Room for a signed Qiniu download URL when the size check runs before resolution.
@@ -45,67 +34,59 @@ def _require(value: Any, what: str, message_id: str) -> Any:
 
 def build_msg(message_id: str, message: Message) -> dict[str, Any]:
     """The ``msg`` object for the classic endpoint (docs/extending.md, "The Easemob channel")."""
-    info = message.messageInfo
-    if isinstance(info, TextInfo | TemplateInfo):
-        return {"type": "txt", "msg": info.textMessage}
-    if isinstance(info, ImageInfo):
-        return {
-            "type": "img",
-            "url": _require(info.fileUrl, "image fileUrl", message_id),
-            "filename": info.imageMessage,
-            "size": {
-                "width": _require(info.imageWidth, "imageWidth", message_id),
-                "height": _require(info.imageHeight, "imageHeight", message_id),
-            },
-        }
-    if isinstance(info, VoiceInfo):
-        return {
-            "type": "audio",
-            "url": _require(info.fileUrl, "voice fileUrl", message_id),
-            "filename": info.voiceMessage,
-            "length": _require(info.duration, "voice duration", message_id),
-        }
-    if isinstance(info, VideoInfo):
-        return {
-            "type": "video",
-            "url": _require(info.fileUrl, "video fileUrl", message_id),
-            "filename": info.videoMessage,
-            "thumb": _require(info.thumbFileUrl, "video thumbFileUrl", message_id),
-            "length": _require(info.duration, "video duration", message_id),
-            "file_length": _require(info.fileLength, "video fileLength", message_id),
-        }
-    if isinstance(info, LocationInfo):
-        # Easemob's send examples carry coordinates as strings.
-        return {
-            "type": "loc",
-            "lat": _coordinate(info.latitude),
-            "lng": _coordinate(info.longitude),
-            "addr": info.address,
-        }
-    if isinstance(info, PassThroughInfo):
-        return {"type": "cmd", "action": info.action}
-    if isinstance(info, CustomNewsInfo):
-        return {
-            "type": "custom",
-            "customEvent": "customNews",
-            "customExts": info.model_dump(exclude_none=True),
-        }
-    if isinstance(info, NewsInfo):
-        return {
-            "type": "custom",
-            "customEvent": "news",
-            "customExts": info.model_dump(exclude_none=True),
-        }
-    if isinstance(info, ExtensionInfo):
-        expand = message.ext.expandMsg if message.ext else None
-        if expand is None:  # parse_message requires it for this type
-            raise TypeError("an extension message without ext.expandMsg")
-        return {
-            "type": "custom",
-            "customEvent": expand.MsgType,
-            "customExts": {"content": expand.Content},
-        }
-    raise TypeError(f"no Easemob mapping for {type(info).__name__}")
+
+    def resolved(value: Any, what: str) -> Any:
+        return _require(value, what, message_id)
+
+    match message.messageInfo:
+        case kinds.TextInfo() | kinds.TemplateInfo() as text:
+            return {"type": "txt", "msg": text.textMessage}
+        case kinds.ImageInfo() as image:
+            width = resolved(image.imageWidth, "imageWidth")
+            height = resolved(image.imageHeight, "imageHeight")
+            url = resolved(image.fileUrl, "image fileUrl")
+            return {
+                "type": "img",
+                "url": url,
+                "filename": image.imageMessage,
+                "size": {"width": width, "height": height},
+            }
+        case kinds.VoiceInfo() as voice:
+            url, length = resolved(voice.fileUrl, "voice fileUrl"), voice.duration
+            return {
+                "type": "audio",
+                "url": url,
+                "filename": voice.voiceMessage,
+                "length": resolved(length, "voice duration"),
+            }
+        case kinds.VideoInfo() as video:
+            return {
+                "type": "video",
+                "url": resolved(video.fileUrl, "video fileUrl"),
+                "filename": video.videoMessage,
+                "thumb": resolved(video.thumbFileUrl, "video thumbFileUrl"),
+                "length": resolved(video.duration, "video duration"),
+                "file_length": resolved(video.fileLength, "video fileLength"),
+            }
+        case kinds.LocationInfo() as place:
+            # Easemob's send examples carry coordinates as strings.
+            lat, lng = _coordinate(place.latitude), _coordinate(place.longitude)
+            return {"type": "loc", "lat": lat, "lng": lng, "addr": place.address}
+        case kinds.PassThroughInfo() as command:
+            return {"type": "cmd", "action": command.action}
+        case kinds.CustomNewsInfo() | kinds.NewsInfo() as news:
+            event = "customNews" if isinstance(news, kinds.CustomNewsInfo) else "news"
+            return _custom(event, news.model_dump(exclude_none=True))
+        case kinds.ExtensionInfo():
+            expand = message.ext.expandMsg if message.ext else None
+            if expand is None:  # parse_message requires it for this type
+                raise TypeError("an extension message without ext.expandMsg")
+            return _custom(expand.MsgType, {"content": expand.Content})
+    raise TypeError(f"no Easemob mapping for {type(message.messageInfo).__name__}")
+
+
+def _custom(event: str, exts: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "custom", "customEvent": event, "customExts": exts}
 
 
 def _coordinate(value: float) -> str:
@@ -133,7 +114,7 @@ def encode_body(body: dict[str, Any]) -> bytes:
 def _with_placeholders(message: Message) -> Message:
     """The message with every unresolved media URL/figure replaced by a worst-case stand-in."""
     info = message.messageInfo
-    if not isinstance(info, ImageInfo | VoiceInfo | VideoInfo):
+    if not isinstance(info, kinds.ImageInfo | kinds.VoiceInfo | kinds.VideoInfo):
         return message
     fill: dict[str, Any] = {}
     url = "u" * URL_PLACEHOLDER_LENGTH
