@@ -1,6 +1,6 @@
 """Checks of the Redis that holds our state: its configuration and how full it is.
 
-Two things would silently break "nothing lost" (RELIABILITY.md F3, F6):
+Two things would silently break "nothing lost" (F3, F6 in docs/reliability.md):
 
 - an eviction policy other than ``noeviction`` lets Redis drop status records,
   queue entries and the in-flight index under memory pressure;

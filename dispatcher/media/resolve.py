@@ -1,4 +1,4 @@
-"""Fill a media message's missing fields from Qiniu and check the limits (SPEC §4).
+"""Fill a media message's missing fields from Qiniu and check the limits (README.md, "Message types").
 
 ``resolve_media`` is what a worker calls before building the provider body:
 

@@ -1,4 +1,4 @@
-"""A local Easemob REST API (providers.md A2-A4, A7, A8, A10).
+"""A local Easemob REST API (docs/providers.md, "Easemob").
 
 It checks the same credentials, issues tokens that expire, answers with the
 usergrid error bodies and enforces the 2022+ limits, so the channel code meets

@@ -1,4 +1,4 @@
-"""A local Qiniu Kodo (providers.md B9): upload host, RS host and download domain on one port.
+"""A local Qiniu Kodo (docs/providers.md, "Qiniu"): upload host, RS host and download domain on one port.
 
 Point ``DISPATCHER_QINIU_UP_HOST``, ``DISPATCHER_QINIU_RS_HOST`` and
 ``DISPATCHER_QINIU_DOMAIN`` at the same URL. The simulator checks the same

@@ -63,7 +63,7 @@ class QiniuError(Exception):
 
 
 # ---------------------------------------------------------------------------
-# Signatures (providers.md B1)
+# Signatures (docs/providers.md, "Qiniu")
 
 
 def b64url(data: bytes) -> str:
@@ -470,7 +470,7 @@ def upload_reply(policy: dict[str, Any], obj: StoredObject, fname: str | None) -
 
 
 # ---------------------------------------------------------------------------
-# avinfo / imageInfo answers (shapes of providers.md B6)
+# avinfo / imageInfo answers (their shapes: docs/providers.md, "Qiniu")
 
 
 def avinfo_body(obj: StoredObject) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The fault harness of RELIABILITY.md: receipts at the provider, worker PIDs, invariants I1-I4.
+"""The fault harness of docs/reliability.md: receipts at the provider, worker PIDs, invariants I1-I4.
 
 Fixtures live in ``conftest.py``; this module holds what tests import by name.
 """

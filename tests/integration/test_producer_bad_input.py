@@ -1,4 +1,4 @@
-"""RELIABILITY.md's bad-input list at the Python producer: a named field error, no trace left."""
+"""The bad-input list of docs/reliability.md at the Python producer: a named field error, no trace left."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Retry rules of SPEC §8, proven against the Easemob simulator with a real worker."""
+"""Retry rules (docs/reliability.md, "What is retried"), proven against the Easemob simulator with a real worker."""
 
 from __future__ import annotations
 

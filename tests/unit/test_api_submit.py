@@ -1,5 +1,5 @@
-"""``POST /sender/v1/handleBasicMessage``: the seed's envelope, every error code of SPEC §3.1,
-and the bad-input list of RELIABILITY.md. Every rejection is checked for what it left
+"""``POST /sender/v1/handleBasicMessage``: the seed's envelope, every error code of docs/api.md,
+and the bad-input list of docs/reliability.md. Every rejection is checked for what it left
 behind: nothing queued, no status record."""
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ def test_escaped_surrogate_pair_is_valid_unicode(api: Harness) -> None:
 
 
 # ---------------------------------------------------------------------------
-# Every error code of SPEC §3.1, table-driven
+# Every error code of docs/api.md, table-driven
 
 
 @dataclass
@@ -298,7 +298,7 @@ def test_broker_down_removes_the_record_and_gives_the_nonce_back(redis_url: str)
 
 
 # ---------------------------------------------------------------------------
-# RELIABILITY.md "Bad input", at the API
+# docs/reliability.md "Bad input", at the API
 
 
 def _video(**info: Any) -> dict[str, Any]:
