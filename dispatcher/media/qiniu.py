@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
 from typing import Any, Self
 from urllib.parse import quote, urlsplit
 
@@ -37,10 +36,7 @@ from dispatcher.media.facts import (
     qiniu_etag,
     sniff_extension,
 )
-from dispatcher.media.upload import upload
-
-Progress = Callable[[int, int], None]
-"""``progress(uploaded_bytes, total_bytes)``, called as an upload advances."""
+from dispatcher.media.upload import Progress, upload
 
 # Qiniu answers a few permanent conditions with 5xx/6xx codes; these are the
 # ones another attempt can fix (the SDK's own need_retry() table agrees).

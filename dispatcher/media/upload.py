@@ -1,13 +1,15 @@
-"""Uploads to the bucket of a :class:`~dispatcher.media.qiniu.QiniuClient` through the
-official SDK: form uploads, and resumable (v2 multipart) ones above its threshold."""
+"""Uploads to a Qiniu bucket through the official SDK: form uploads, and resumable
+(v2 multipart) ones above its threshold. :class:`~dispatcher.media.qiniu.QiniuClient`
+is the :class:`Bucket` its ``upload`` passes."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from io import BytesIO
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import qiniu
 import qiniu.config
@@ -16,12 +18,24 @@ from qiniu.services.storage.uploaders import FormUploader, ResumeUploaderV2
 from dispatcher.errors import MediaError
 from dispatcher.media.facts import BLOCK_SIZE, guess_mime_type, qiniu_etag, sniff_extension
 
-if TYPE_CHECKING:
-    from dispatcher.media.qiniu import Progress, QiniuClient
+Progress = Callable[[int, int], None]
+"""``progress(uploaded_bytes, total_bytes)``, called as an upload advances."""
+
+
+class Bucket(Protocol):
+    """What an upload needs of the client: where to send, a token, and error mapping."""
+
+    bucket: str
+    region: qiniu.Region
+    up_scheme: str
+
+    def upload_token(self, key: str | None = None) -> str: ...
+
+    def sdk_error(self, info: Any, *, operation: str, key: str) -> MediaError: ...
 
 
 def upload(
-    client: QiniuClient,
+    client: Bucket,
     data: bytes | str | os.PathLike[str],
     key: str | None = None,
     *,
@@ -71,7 +85,7 @@ def _content_key(source: bytes | Path) -> str:
 
 
 def _form(
-    client: QiniuClient,
+    client: Bucket,
     token: str,
     key: str,
     source: bytes | Path,
@@ -92,7 +106,7 @@ def _form(
 
 
 def _resumable(
-    client: QiniuClient,
+    client: Bucket,
     token: str,
     key: str,
     source: bytes | Path,
