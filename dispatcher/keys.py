@@ -42,6 +42,9 @@ MESSAGE_KEY_PARTS = (_TAG_OPEN, _RECORD, _HISTORY)
 ALL_RECORDS = f"{_TAG_OPEN}*{_RECORD}"
 """SCAN pattern matching every message's record."""
 
+ALL_HISTORIES = f"{_TAG_OPEN}*{_HISTORY}"
+"""SCAN pattern matching every message's history."""
+
 
 def ref_of_record(key: str) -> MessageRef:
     """The reference whose record :func:`message` names ``key``."""

@@ -92,9 +92,9 @@ def test_volume_run_leaves_only_expiring_keys_and_memory_returns_to_baseline(
 
     # Past the TTL every record and history is gone, and memory is back near its baseline.
     expires_by = time.monotonic() + TTL + 60
-    while count_keys(client, f"{keys.PREFIX}:msg:*") and time.monotonic() < expires_by:
+    while count_keys(client, keys.ALL_RECORDS) and time.monotonic() < expires_by:
         time.sleep(1)
-    left = count_keys(client, f"{keys.PREFIX}:msg:*") + count_keys(client, f"{keys.PREFIX}:hist:*")
+    left = count_keys(client, keys.ALL_RECORDS) + count_keys(client, keys.ALL_HISTORIES)
     time.sleep(2)
     after = used_memory(client)
     print(
