@@ -22,7 +22,6 @@ from typing import Any
 import redis
 from celery import Celery
 from kombu.exceptions import KombuError, OperationalError
-from pydantic import BaseModel, Field
 from redis.asyncio import Redis as AsyncRedis
 
 from dispatcher.backlog import QueueBacklog, broker_depth, read_backlog
@@ -36,7 +35,7 @@ from dispatcher.gate import REPLAYED, Gate
 from dispatcher.health import RedisHealth
 from dispatcher.ids import DEFAULT_NAMESPACE, MessageRef, new_message_id
 from dispatcher.models import Message, parse_message
-from dispatcher.record import LastError, StatusRecord
+from dispatcher.record import DeadLetter, DeadLetterFilter, DeadLetterPage, StatusRecord
 from dispatcher.store import (
     CreateCall,
     CreateOutcome,
@@ -55,46 +54,6 @@ PUBLISH_ERRORS: tuple[type[Exception], ...] = (
     OSError,
     *REDIS_ERRORS,
 )
-
-
-class DeadLetter(BaseModel):
-    getMessageId: str
-    diedAt: float = Field(description="unix seconds")
-    lastError: LastError | None
-    client: str | None = Field(default=None, description="the client that submitted it")
-
-
-@dataclass(frozen=True)
-class DeadLetterFilter:
-    """Which dead letters an operator wants to see; None matches anything."""
-
-    client: str | None = None
-    code: str | None = None
-    """``lastError.code``, exactly."""
-    since: float | None = None
-    """Died at or after (unix seconds)."""
-    until: float | None = None
-    """Died at or before (unix seconds)."""
-
-    def matches(self, letter: DeadLetter) -> bool:
-        if self.client is not None and letter.client != self.client:
-            return False
-        code = letter.lastError.code if letter.lastError else None
-        return self.code is None or code == self.code
-
-
-@dataclass(frozen=True)
-class DeadLetterPage:
-    """Matching dead letters, newest first, and how far the search looked."""
-
-    letters: list[DeadLetter]
-    scanned: int
-    """Dead letters of the time range looked at; the next page starts at this offset."""
-    exhausted: bool
-    """Every dead letter of the time range was looked at."""
-    first_died: float | None = None
-    """When the first letter looked at died: passed as ``until`` with ``offset=scanned``,
-    later pages ignore letters that died since (they would shift the offsets)."""
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,12 @@
-"""The status record dispatcher keeps for each message, as callers read it back.
+"""The status record dispatcher keeps for each message, and its dead letters, as callers
+read them back.
 
 States and their transitions: docs/architecture.md, "Status state machine".
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -71,3 +73,43 @@ def from_millis(value: str | int | None) -> datetime | None:
     if value in (None, ""):
         return None
     return datetime.fromtimestamp(int(value) / 1000, tz=UTC)
+
+
+class DeadLetter(BaseModel):
+    getMessageId: str
+    diedAt: float = Field(description="unix seconds")
+    lastError: LastError | None
+    client: str | None = Field(default=None, description="the client that submitted it")
+
+
+@dataclass(frozen=True)
+class DeadLetterFilter:
+    """Which dead letters an operator wants to see; None matches anything."""
+
+    client: str | None = None
+    code: str | None = None
+    """``lastError.code``, exactly."""
+    since: float | None = None
+    """Died at or after (unix seconds)."""
+    until: float | None = None
+    """Died at or before (unix seconds)."""
+
+    def matches(self, letter: DeadLetter) -> bool:
+        if self.client is not None and letter.client != self.client:
+            return False
+        code = letter.lastError.code if letter.lastError else None
+        return self.code is None or code == self.code
+
+
+@dataclass(frozen=True)
+class DeadLetterPage:
+    """Matching dead letters, newest first, and how far the search looked."""
+
+    letters: list[DeadLetter]
+    scanned: int
+    """Dead letters of the time range looked at; the next page starts at this offset."""
+    exhausted: bool
+    """Every dead letter of the time range was looked at."""
+    first_died: float | None = None
+    """When the first letter looked at died: passed as ``until`` with ``offset=scanned``,
+    later pages ignore letters that died since (they would shift the offsets)."""

@@ -9,7 +9,8 @@ from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from dispatcher.ids import ID_PATTERN
-from dispatcher.producer import DeadLetterFilter, Dispatcher
+from dispatcher.producer import Dispatcher
+from dispatcher.record import DeadLetterFilter
 
 log = logging.getLogger(__name__)
 

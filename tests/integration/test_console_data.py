@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from dispatcher.errors import ProviderError
-from dispatcher.producer import DeadLetterFilter
+from dispatcher.record import DeadLetterFilter
 from dispatcher.store import Lease, StatusStore
 from tests.conftest import ref
 
