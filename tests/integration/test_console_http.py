@@ -309,14 +309,14 @@ def test_message_page_shows_the_timeline_and_the_masked_provider_request(
         }
     )
     store = dispatcher.store
-    lease = store.begin_attempt(message_id, "w1", 10)
-    store.mark_retrying(
+    lease = store.lease.begin(ref(message_id), "w1", 10)
+    store.lease.mark_retrying(
         lease, ProviderError("reach_limit", "429 from Easemob", retryable=True, status=429),
         0.01, "throttled; next attempt in 0.01s",
     )  # fmt: skip
     time.sleep(0.05)
-    lease = store.begin_attempt(message_id, "w2", 10)
-    store.mark_delivered(lease, "easemob-id-1", "delivered via easemob")
+    lease = store.lease.begin(ref(message_id), "w2", 10)
+    store.lease.mark_delivered(lease, "easemob-id-1", "delivered via easemob")
     assert sign_in(browser).status_code == 303
 
     page = browser.get("/console/messages", params={"id": message_id})
