@@ -116,7 +116,7 @@ def run(bench: Any, say: Callable[[str], None]) -> dict[str, Any]:
         spy = harness.py_spy(api.pid, "api", subprocesses=True)
         ours = load(url, n)
         harness.stop_py_spy(spy)
-        accepted = sum(1 for _ in bench.redis.scan_iter(match=keys.message("*"), count=1000))
+        accepted = sum(1 for _ in bench.redis.scan_iter(match=keys.ALL_RECORDS, count=1000))
     ours["status_records"] = accepted
 
     port = free_port()

@@ -25,13 +25,12 @@ import redis.connection
 
 from benchmarks import harness
 from dispatcher import delivery
-from dispatcher.channels import EASEMOB
-from dispatcher.channels.easemob import EasemobChannel
+from dispatcher.channels.easemob import NAME, EasemobChannel
 from dispatcher.config import Settings
 from dispatcher.connections import redis_client
-from dispatcher.ids import new_message_id
+from dispatcher.ids import DEFAULT_NAMESPACE, MessageRef, new_message_id
 from dispatcher.models import parse_message
-from dispatcher.status import StatusStore
+from dispatcher.store import StatusStore
 
 TEXT = {"messageType": 1, "from": "u1", "to": "u2", "messageInfo": {"textMessage": "hello"}}
 
@@ -63,11 +62,13 @@ def main() -> None:
         settings = Settings(redis_url=server.url, **values)
         client = redis_client(settings)
         store = StatusStore.from_settings(client, settings)
-        channels = {EASEMOB: EasemobChannel(settings, client)}
+        channels = {NAME: EasemobChannel(settings, client)}
         message = parse_message(TEXT)
-        ids = [new_message_id(settings.id_prefix) for _ in range(n + 1)]
-        for message_id in ids:
-            store.create(message_id, message, channel=EASEMOB)
+        ids = [
+            MessageRef(DEFAULT_NAMESPACE, new_message_id(settings.id_prefix)) for _ in range(n + 1)
+        ]
+        for ref in ids:
+            store.submit.create(store.submit.prepare(ref, message, channel=NAME))
         kwargs = {"settings": settings, "store": store, "channels": channels, "resolve_media": None}
         delivery.attempt(ids.pop(), **kwargs)  # type: ignore[arg-type]  # warm-up: token, scripts
 
@@ -77,8 +78,8 @@ def main() -> None:
         wall = time.monotonic()
         if profiler:
             profiler.enable()
-        for message_id in ids:
-            outcome = delivery.attempt(message_id, **kwargs)  # type: ignore[arg-type]
+        for ref in ids:
+            outcome = delivery.attempt(ref, **kwargs)  # type: ignore[arg-type]
             assert outcome.state == "delivered", outcome
         if profiler:
             profiler.disable()

@@ -407,15 +407,15 @@ class Bench:
 
     def p5_records(self) -> None:
         """Bytes per delivered text message's status record (hash + history), from P1's data."""
-        ids = []
-        for key in self.redis.scan_iter(match=keys.message("*"), count=1000):
-            ids.append(key.decode().removeprefix(keys.message("")))
-            if len(ids) >= 200:
+        refs = []
+        for key in self.redis.scan_iter(match=keys.ALL_RECORDS, count=1000):
+            refs.append(keys.ref_of_record(key.decode()))
+            if len(refs) >= 200:
                 break
         sizes = []
-        for message_id in ids:
-            size = int(self.redis.memory_usage(keys.message(message_id), samples=0) or 0)
-            size += int(self.redis.memory_usage(keys.history(message_id), samples=0) or 0)
+        for ref in refs:
+            size = int(self.redis.memory_usage(keys.message(ref), samples=0) or 0)
+            size += int(self.redis.memory_usage(keys.history(ref), samples=0) or 0)
             sizes.append(size)
         self.p5_sizes = sizes
 

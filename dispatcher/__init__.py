@@ -21,8 +21,9 @@ from dispatcher.errors import (
     ProviderError,
     Unavailable,
 )
-from dispatcher.models import Message, MessageType, State, StatusRecord, parse_message
+from dispatcher.models import Message, MessageType, parse_message
 from dispatcher.producer import Dispatcher
+from dispatcher.record import State, StatusRecord
 
 __all__ = [
     "Conflict",

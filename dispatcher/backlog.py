@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import redis
 from celery import Celery
 
-from dispatcher.enqueue import message_id_in
-from dispatcher.status import StatusStore
+from dispatcher.enqueue import ref_in
+from dispatcher.store import StatusStore
 
 
 @dataclass(frozen=True)
@@ -35,9 +35,12 @@ def read_backlog(client: redis.Redis, store: StatusStore, queues: list[str]) -> 
         pipe.lindex(name, -1)
     pipe.time()
     *replies, (seconds, micros) = pipe.execute()
-    heads = [message_id_in(replies[2 * i + 1]) for i in range(len(queues))]
-    records = store.get_many([head for head in heads if head], with_history=False)
-    queued_at = {r.getMessageId: r.updatedAt.timestamp() for r in records if r is not None}
+    heads = [ref_in(replies[2 * i + 1]) for i in range(len(queues))]
+    known = [head for head in heads if head]
+    records = store.read.get_many(known, with_history=False)
+    queued_at = {
+        ref: r.updatedAt.timestamp() for ref, r in zip(known, records, strict=True) if r is not None
+    }
     now = seconds + micros / 1e6
     return [
         QueueBacklog(

@@ -9,22 +9,10 @@ from typing import Any
 
 import click
 
+from dispatcher.cli_message import TYPE_NAMES, json_object, message_info
 from dispatcher.config import Settings
 from dispatcher.errors import DispatcherError, InvalidMessage
 from dispatcher.logs import configure_logging
-
-TYPE_NAMES = {
-    "text": 1,
-    "image": 2,
-    "voice": 3,
-    "video": 4,
-    "location": 5,
-    "cmd": 6,
-    "news": 7,
-    "custom-news": 8,
-    "template": 9,
-    "extension": 10,
-}
 
 
 def _settings() -> Settings:
@@ -235,8 +223,8 @@ def send(
     **fields: Any,
 ) -> None:
     """Submit one message and print its getMessageId."""
-    info = _message_info(type_name, fields)
-    info.update(_json_object(info_json, "--info"))
+    info = message_info(type_name, fields)
+    info.update(json_object(info_json, "--info"))
     payload: dict[str, Any] = {
         "messageType": TYPE_NAMES[type_name],
         "from": sender,
@@ -244,7 +232,7 @@ def send(
         "messageInfo": info,
     }
     if ext_json:
-        payload["ext"] = _json_object(ext_json, "--ext")
+        payload["ext"] = json_object(ext_json, "--ext")
     if message_id:
         payload["getMessageId"] = message_id
     if target_type:
@@ -263,37 +251,6 @@ def send(
     except DispatcherError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(result)
-
-
-def _message_info(type_name: str, fields: dict[str, Any]) -> dict[str, Any]:
-    names = {
-        "text": "textMessage",
-        "image": "imageMessage",
-        "voice": "voiceMessage",
-        "video": "videoMessage",
-        "thumb": "thumbMessage",
-        "lat": "latitude",
-        "lng": "longitude",
-        "address": "address",
-        "action": "action",
-        "title": "title",
-        "url": "url",
-        "pic_url": "picUrl",
-        "description": "description",
-    }
-    return {names[k]: v for k, v in fields.items() if v is not None and k in names}
-
-
-def _json_object(text: str | None, option: str) -> dict[str, Any]:
-    if not text:
-        return {}
-    try:
-        value = json.loads(text)
-    except ValueError as exc:
-        raise click.BadParameter(f"not JSON: {exc}", param_hint=option) from None
-    if not isinstance(value, dict):
-        raise click.BadParameter("must be a JSON object", param_hint=option)
-    return value
 
 
 @main.command()
@@ -401,7 +358,7 @@ def dlq_replay(message_ids: tuple[str, ...], replay_all: bool) -> None:
     d = Dispatcher(_settings())
     ids = list(message_ids)
     if replay_all:
-        ids += [mid for mid, _ in d.store.dead_letters(limit=1_000_000)]
+        ids += [letter.getMessageId for letter in d.dead_letters(limit=1_000_000)]
     if not ids:
         raise click.UsageError("name message ids or pass --all")
     failures = 0

@@ -196,14 +196,16 @@ class Client(_Base):
         """The status record, or None when the id is unknown (or another client's)."""
         path, params = self._status_request(message_id)
         try:
-            return self._call("GET", path, params, None)
+            record: dict[str, Any] | None = self._call("GET", path, params, None)
+            return record
         except NotFound:
             return None
 
     def status_many(self, message_ids: Sequence[str]) -> list[dict[str, Any] | None]:
         """Status records in the same order, None for unknown ids."""
         path, params, body = self._status_many_request(message_ids)
-        return self._call("POST", path, params, body)
+        records: list[dict[str, Any] | None] = self._call("POST", path, params, body)
+        return records
 
     def _call(self, method: str, path: str, params: dict[str, str], body: bytes | None) -> Any:
         try:
@@ -254,13 +256,15 @@ class AsyncClient(_Base):
     async def status(self, message_id: str) -> dict[str, Any] | None:
         path, params = self._status_request(message_id)
         try:
-            return await self._call("GET", path, params, None)
+            record: dict[str, Any] | None = await self._call("GET", path, params, None)
+            return record
         except NotFound:
             return None
 
     async def status_many(self, message_ids: Sequence[str]) -> list[dict[str, Any] | None]:
         path, params, body = self._status_many_request(message_ids)
-        return await self._call("POST", path, params, body)
+        records: list[dict[str, Any] | None] = await self._call("POST", path, params, body)
+        return records
 
     async def _call(
         self, method: str, path: str, params: dict[str, str], body: bytes | None

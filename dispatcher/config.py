@@ -90,7 +90,7 @@ class Settings(BaseSettings):
     retry_grace: int = 30
     max_requeues: int = 5
 
-    # Redis health (RELIABILITY F6): refuse new submissions from this fraction of maxmemory
+    # Redis health (F6 in docs/reliability.md): refuse new submissions from this fraction of maxmemory
     memory_refuse_ratio: float = Field(default=0.9, ge=0, le=1)
     memory_check_interval: float = Field(default=2.0, ge=0)
 

@@ -23,6 +23,11 @@ REDIS_ERRORS: tuple[type[Exception], ...] = (
 """Redis errors that mean "unavailable right now", not "bug"."""
 
 
+def text(value: bytes | str | int | float) -> str:
+    """A Redis reply as text (clients here do not decode replies)."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 # Short timeouts so a dead Redis becomes a clear error, not a hang; two quick retries.
 _TIMEOUTS: dict[str, Any] = {
     "socket_timeout": 5,

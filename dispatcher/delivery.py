@@ -13,15 +13,16 @@ import socket
 import threading
 import uuid
 from dataclasses import dataclass
-from typing import Any, Protocol
+from enum import StrEnum
+from typing import Protocol
 
-from dispatcher.channels import pick_channel
-from dispatcher.channels.base import Channel
+from dispatcher.channels import Channel, registry
 from dispatcher.config import Settings
 from dispatcher.errors import DeliveryError, InvalidMessage, MediaError
+from dispatcher.ids import MessageRef
 from dispatcher.media.resolve import needs_resolution
-from dispatcher.models import MEDIA_TYPES, ImageInfo, Message, VideoInfo, VoiceInfo, parse_message
-from dispatcher.status import StandDown, StatusStore
+from dispatcher.models import ImageInfo, Message, VideoInfo, VoiceInfo
+from dispatcher.store import Lease, StandDown, StandDownReason, StatusStore, Transition
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +35,25 @@ class MediaResolver(Protocol):
         ...
 
 
-@dataclass(frozen=True)
+class AttemptOutcome(StrEnum):
+    """What one attempt came to. ``STOOD_DOWN``: there was nothing to do here (done,
+    gone, held by another worker, or a late retry refused)."""
+
+    DELIVERED = "delivered"
+    RETRYING = "retrying"
+    FAILED = "failed"
+    DEAD = "dead"
+    STOOD_DOWN = "stood-down"
+
+
+@dataclass(frozen=True, slots=True)
 class Outcome:
-    state: str
+    """An attempt's outcome: when ``RETRYING``, the seconds until the next attempt;
+    when ``STOOD_DOWN``, why."""
+
+    state: AttemptOutcome
     retry_in: float | None = None
+    reason: str = ""
 
 
 def backoff_delay(
@@ -57,48 +73,57 @@ def attempt_owner() -> str:
 
 
 def attempt(
-    message_id: str,
+    ref: MessageRef,
     *,
     settings: Settings,
     store: StatusStore,
     channels: dict[str, Channel],
     resolve_media: MediaResolver | None,
 ) -> Outcome:
-    owner = attempt_owner()
+    message_id = ref.id
     # The lease script may also take the rate slot; only one channel's slot fits in it.
     prepay = next((p for p in (c.rate_prepay() for c in channels.values()) if p), None)
-    lease = store.begin_attempt(message_id, owner, settings.lease_seconds, prepay=prepay)
+    lease = store.lease.begin(ref, attempt_owner(), settings.lease_seconds, prepay=prepay)
     if isinstance(lease, StandDown):
-        if lease.reason == "missing":
+        if lease.reason is StandDownReason.MISSING:
             # No record to dead-letter (expired, or never accepted): keep a bounded trace.
             log.warning("getMessageId=%s dropped from the queue: %s", message_id, lease.detail)
-            store.record_rejected("unknown_id", f"getMessageId={message_id}: {lease.detail}")
+            store.recovery.record_rejected(
+                "unknown_id", f"getMessageId={message_id}: {lease.detail}"
+            )
         else:
             log.info("getMessageId=%s standing down: %s", message_id, lease.detail)
-        return Outcome(state=f"stood-down:{lease.reason}")
+        return Outcome(AttemptOutcome.STOOD_DOWN, reason=lease.reason.value)
 
     try:
-        message = parse_message(lease.payload, media_domain=settings.qiniu_domain)
-        channel = channels[pick_channel(message)]
-        if message.messageType in MEDIA_TYPES:
+        message = Message.from_stored(lease.payload)
+        spec = registry().for_message(message)
+        channel = channels.get(spec.name)
+        if channel is None:
+            raise DeliveryError(
+                "channel_not_configured",
+                f"the {spec.name} channel is not configured on this worker",
+                retryable=True,
+            )
+        if int(message.messageType) in spec.media:
             message = _resolved(message, resolve_media)
         receipt = channel.send(message_id, message, prepaid=lease.prepaid)
     except DeliveryError as error:
-        return _record_failure(message_id, lease, error, settings, store)
+        return _record_failure(lease, error, settings, store)
     except InvalidMessage as error:
         failure = DeliveryError("invalid_stored_message", str(error), retryable=False)
-        return _record_failure(message_id, lease, failure, settings, store)
+        return _record_failure(lease, failure, settings, store)
     except Exception as error:  # a bug or an outage we did not foresee: retry, never lose
         log.exception("getMessageId=%s unexpected error in delivery", message_id)
         failure = DeliveryError(
             "internal_error", f"{type(error).__name__}: {error}", retryable=True
         )
-        return _record_failure(message_id, lease, failure, settings, store)
+        return _record_failure(lease, failure, settings, store)
 
     detail = f"delivered via {channel.name}"
     if receipt.notes:
         detail += "; " + "; ".join(receipt.notes)
-    verdict = store.mark_delivered(lease, receipt.provider_message_id, detail)
+    verdict = store.lease.mark_delivered(lease, receipt.provider_message_id, detail)
     log.info(
         "getMessageId=%s delivered attempt=%d providerMessageId=%s (%s)",
         message_id,
@@ -106,7 +131,7 @@ def attempt(
         receipt.provider_message_id,
         verdict,
     )
-    return Outcome(state="delivered")
+    return Outcome(AttemptOutcome.DELIVERED)
 
 
 def _resolved(message: Message, resolve_media: MediaResolver | None) -> Message:
@@ -125,29 +150,32 @@ def _resolved(message: Message, resolve_media: MediaResolver | None) -> Message:
 
 
 def _record_failure(
-    message_id: str, lease: Any, error: DeliveryError, settings: Settings, store: StatusStore
+    lease: Lease, error: DeliveryError, settings: Settings, store: StatusStore
 ) -> Outcome:
+    message_id = lease.ref.id
     detail = error.message
     if error.ambiguous:
         detail = f"ambiguous: {detail}"
     if not error.retryable:
-        store.mark_failed(message_id, lease.owner, error, detail)
+        store.lease.mark_failed(lease, error, detail)
         log.warning("getMessageId=%s failed permanently: %s", message_id, error)
-        return Outcome(state="failed")
+        return Outcome(AttemptOutcome.FAILED)
     if lease.number >= settings.max_attempts:
-        store.mark_dead(message_id, lease.owner, error, f"{detail}; {lease.number} attempts used")
+        store.lease.mark_dead(lease, error, f"{detail}; {lease.number} attempts used")
         log.error("getMessageId=%s dead after %d attempts: %s", message_id, lease.number, error)
-        return Outcome(state="dead")
+        return Outcome(AttemptOutcome.DEAD)
     delay = backoff_delay(
         lease.number,
         base=settings.backoff_base,
         cap=settings.backoff_cap,
         retry_after=error.retry_after,
     )
-    verdict = store.mark_retrying(lease, error, delay, f"{detail}; next attempt in {delay:.2f}s")
-    if verdict != "ok":
+    verdict = store.lease.mark_retrying(
+        lease, error, delay, f"{detail}; next attempt in {delay:.2f}s"
+    )
+    if verdict is not Transition.OK:
         log.info("getMessageId=%s retry not scheduled (%s)", message_id, verdict)
-        return Outcome(state=f"stood-down:{verdict}")
+        return Outcome(AttemptOutcome.STOOD_DOWN, reason=verdict.value)
     log.warning(
         "getMessageId=%s attempt %d failed, retry in %.2fs: %s",
         message_id,
@@ -155,4 +183,4 @@ def _record_failure(
         delay,
         error,
     )
-    return Outcome(state="retrying", retry_in=delay)
+    return Outcome(AttemptOutcome.RETRYING, retry_in=delay)

@@ -1,11 +1,15 @@
-"""The delivery task's queue message, built without kombu on the submit path.
+"""The queue contract between producers and workers: the delivery task's name, its
+arguments, and its queue message built without kombu on the submit path.
+
+The task carries one argument, the message's reference (``MessageRef.member``);
+the status record carries everything else.
 
 When the broker is the status store's Redis, the producer pushes the Celery
 task message onto the queue list in the same Lua call that records
-``queued`` (``StatusStore.create(..., enqueue=...)``): both or neither, one
-round trip, and no kombu objects per submit.
+``queued`` (``dispatcher/store/submit.py``): both or neither, one round trip,
+and no kombu objects per submit.
 
-The message is the one ``Celery.send_task(DELIVER_TASK, args=(id,), queue=q)``
+The message is the one ``Celery.send_task(DELIVER_TASK, args=task_args(ref), queue=q)``
 makes and kombu's Redis transport LPUSHes (task protocol 2, body in base64).
 It is captured once per process by running ``send_task`` itself against an
 in-memory kombu channel, so Celery's and kombu's own code decide every header
@@ -18,21 +22,34 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery
 from celery.utils.saferepr import saferepr
-from kombu import Connection
+from kombu.connection import Connection
 from kombu.transport import memory
 from kombu.utils.json import dumps as kombu_dumps
+
+from dispatcher.ids import MessageRef
+
+DELIVER_TASK = "dispatcher.deliver"
+
+
+def task_args(ref: MessageRef) -> tuple[str]:
+    """The delivery task's arguments for one message."""
+    return (ref.member,)
+
 
 _ID = "__dispatcher_message_id__"
 _TASK_ID = "__dispatcher_task_id__"
 _TAG = "__dispatcher_delivery_tag__"
 _ARGSREPR = "__dispatcher_argsrepr__"
 _BODY = "__dispatcher_body__"
+_PLAIN = re.compile(r"[A-Za-z0-9:_.\-]{1,199}")
+"""Arguments whose ``saferepr`` is the text in plain quotes."""
 
 
 class _CaptureChannel(memory.Channel):
@@ -48,7 +65,7 @@ class _CaptureTransport(memory.Transport):
     Channel = _CaptureChannel
 
     def __init__(self, client: Any, **kwargs: Any) -> None:
-        super().__init__(client, **kwargs)
+        super().__init__(client, **kwargs)  # type: ignore[no-untyped-call]
         self.captured: list[tuple[str, dict[str, Any]]] = []
 
 
@@ -61,8 +78,8 @@ class TaskMessageTemplate:
     pid: int
     _parts: tuple[str, ...]
     _body_parts: tuple[str, str]
-    _argsrepr_maxsize: int
-    _argsrepr_maxlevels: int
+    _argsrepr_limits: tuple[int, int]
+    """``saferepr``'s maximum size and nesting, as Celery passes them."""
 
     @classmethod
     def capture(cls, app: Celery, task_name: str, queue: str) -> TaskMessageTemplate:
@@ -74,7 +91,7 @@ class TaskMessageTemplate:
         options = app.conf.broker_transport_options or {}
         if options.get("global_keyprefix"):
             raise ValueError("a broker key prefix is configured")
-        with Connection(transport=_CaptureTransport) as connection:
+        with Connection(transport=_CaptureTransport) as connection:  # type: ignore[no-untyped-call]
             app.send_task(
                 task_name, args=(_ID,), queue=queue, task_id=_TASK_ID, connection=connection
             )
@@ -110,7 +127,8 @@ class TaskMessageTemplate:
         headers["argsrepr"] = _ARGSREPR
         props["delivery_tag"] = _TAG
         message["body"] = _BODY
-        text = kombu_dumps(message)  # kombu's Redis transport: client.lpush(key, dumps(message))
+        # kombu's Redis transport: client.lpush(key, dumps(message))
+        text: str = kombu_dumps(message)  # type: ignore[no-untyped-call]
         parts = _split(text, (json.dumps(p) for p in (_BODY, _TASK_ID, _ARGSREPR, _TAG)))
         return cls(
             queue_key=queue,
@@ -118,20 +136,20 @@ class TaskMessageTemplate:
             pid=os.getpid(),
             _parts=parts,
             _body_parts=(head, tail),
-            _argsrepr_maxsize=argsrepr_maxsize,
-            _argsrepr_maxlevels=argsrepr_maxlevels,
+            _argsrepr_limits=(argsrepr_maxsize, argsrepr_maxlevels),
         )
 
-    def build(self, message_id: str) -> str:
-        """The queue message for one delivery of ``message_id``: a new task id and tag."""
-        id_json = json.dumps(message_id)
+    def build(self, ref: MessageRef) -> str:
+        """The queue message for one delivery of ``ref``: a new task id and tag."""
+        (member,) = task_args(ref)
+        id_json = json.dumps(member)
         head, tail = self._body_parts
         body = base64.b64encode(f"{head}{id_json}{tail}".encode()).decode("ascii")
-        if len(message_id) < 200 and message_id.isascii() and message_id.isalnum():
-            argsrepr = f"('{message_id}',)"  # what saferepr gives for a plain short id
+        if _PLAIN.fullmatch(member):
+            argsrepr = f"('{member}',)"  # what saferepr gives for a plain short argument
         else:
             argsrepr = saferepr(
-                (message_id,), self._argsrepr_maxsize, maxlevels=self._argsrepr_maxlevels
+                (member,), self._argsrepr_limits[0], maxlevels=self._argsrepr_limits[1]
             )
         values = {
             _BODY: json.dumps(body),
@@ -147,16 +165,16 @@ class TaskMessageTemplate:
         return "".join(out)
 
 
-def message_id_in(entry: bytes | str | None) -> str | None:
-    """The getMessageId a queue list entry delivers (None for anything else)."""
+def ref_in(entry: bytes | str | None) -> MessageRef | None:
+    """The message a queue list entry delivers (None for anything else)."""
     if entry is None:
         return None
     try:
         body = json.loads(base64.b64decode(json.loads(entry)["body"]))
-        message_id = body[0][0]
+        member = body[0][0]
     except (ValueError, TypeError, KeyError, IndexError):
         return None
-    return message_id if isinstance(message_id, str) else None
+    return MessageRef.parse(member) if isinstance(member, str) else None
 
 
 def _split(text: str, placeholders: Any) -> tuple[str, ...]:

@@ -1,6 +1,6 @@
 """Checks of the Redis that holds our state: its configuration and how full it is.
 
-Two things would silently break "nothing lost" (RELIABILITY.md F3, F6):
+Two things would silently break "nothing lost" (F3, F6 in docs/reliability.md):
 
 - an eviction policy other than ``noeviction`` lets Redis drop status records,
   queue entries and the in-flight index under memory pressure;
@@ -22,12 +22,11 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import redis
 
 from dispatcher.config import Settings
-from dispatcher.connections import REDIS_ERRORS
+from dispatcher.connections import REDIS_ERRORS, text
 from dispatcher.errors import Unavailable
 
 log = logging.getLogger(__name__)
@@ -46,10 +45,6 @@ class MemoryUsage:
         return self.used / self.limit if self.limit > 0 else None
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def _config(client: redis.Redis, name: str) -> str | None:
     """One CONFIG GET value, or None where CONFIG is disabled (some managed services)."""
     try:
@@ -57,14 +52,14 @@ def _config(client: redis.Redis, name: str) -> str | None:
     except redis.ResponseError:
         return None
     value = reply.get(name) if isinstance(reply, dict) else None
-    return None if value is None else _text(value)
+    return None if value is None else text(value)
 
 
 def redis_warnings(client: redis.Redis) -> list[str]:
     """What is unsafe in this Redis's configuration for dispatcher (empty when all is well)."""
     warnings: list[str] = []
     memory = client.info("memory")
-    policy = _text(memory.get("maxmemory_policy", "")) or _config(client, "maxmemory-policy")
+    policy = text(memory.get("maxmemory_policy", "")) or _config(client, "maxmemory-policy")
     if policy and policy != "noeviction":
         warnings.append(
             f"Redis maxmemory-policy is {policy!r}, not 'noeviction': under memory pressure "

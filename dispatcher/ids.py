@@ -1,12 +1,20 @@
-"""getMessageId: "shard prefix + uuid without separators" (seed), and caller-supplied ids."""
+"""getMessageId and the reference that addresses a message: (namespace, getMessageId).
+
+Generated ids are ``<prefix><uuid4 hex>`` and globally unique; a caller-chosen
+id is unique within its namespace (docs/architecture.md, "Message references").
+"""
 
 from __future__ import annotations
 
 import re
 import uuid
+from dataclasses import dataclass
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9]{1,64}$")
 PREFIX_PATTERN = re.compile(r"^[A-Za-z0-9]{1,8}$")
+
+DEFAULT_NAMESPACE = "default"
+"""The namespace of in-process producers and, for now, of every HTTP client."""
 
 
 def new_message_id(prefix: str) -> str:
@@ -16,5 +24,28 @@ def new_message_id(prefix: str) -> str:
     return f"{prefix}{uuid.uuid4().hex}"
 
 
-def is_valid_message_id(value: str) -> bool:
-    return bool(ID_PATTERN.match(value))
+@dataclass(frozen=True, slots=True)
+class MessageRef:
+    """One message: its getMessageId within the namespace of the client that chose it.
+
+    ``member`` (``<namespace>:<id>``) is how the reference travels: in the delivery
+    task, in the in-flight index and in the dead letters. An id never holds ``:``,
+    so the last one splits it.
+    """
+
+    namespace: str
+    id: str
+
+    @property
+    def member(self) -> str:
+        return f"{self.namespace}:{self.id}"
+
+    @classmethod
+    def parse(cls, member: str) -> MessageRef:
+        """The reference of ``member``; a bare id (a task queued before namespaces) is in
+        the default namespace."""
+        namespace, _, message_id = member.rpartition(":")
+        return cls(namespace or DEFAULT_NAMESPACE, message_id)
+
+    def __str__(self) -> str:
+        return self.member

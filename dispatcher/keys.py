@@ -1,17 +1,25 @@
-"""Every Redis key dispatcher writes, spelled once."""
+"""Every Redis key dispatcher writes, spelled once (docs/architecture.md, "Redis keys").
+
+The keys of one message carry one Redis Cluster hash tag, ``{<namespace>:<id>}``,
+so every script's keys of that message live in one slot. The shared structures
+below (in-flight index, dead letters, stats, rejected trace, rate limiters) are
+keys of their own.
+"""
 
 from __future__ import annotations
+
+from dispatcher.ids import MessageRef
 
 PREFIX = "dispatcher"
 
 DEAD_LETTERS = f"{PREFIX}:dead"
-"""Sorted set of dead message ids, scored by the time they died."""
+"""Sorted set of dead message references (``MessageRef.member``), scored by the time they died."""
 
 STATS = f"{PREFIX}:stats"
 """Hash of counters shared by every process: transitions by state, delivery latency buckets."""
 
 IN_FLIGHT = f"{PREFIX}:inflight"
-"""Sorted set of every non-terminal message id, scored by the time (ms) it must have
+"""Sorted set of every non-terminal message reference, scored by the time (ms) it must have
 progressed by: lease end, retry due time plus grace, or queued time plus grace."""
 
 MAX_DEAD_LETTERS = 100_000
@@ -23,24 +31,44 @@ id), newest first, each a JSON object with the reason; trimmed to ``MAX_REJECTED
 
 MAX_REJECTED = 1000
 
+_TAG_OPEN = f"{PREFIX}:{{"
+_RECORD = "}:rec"
+_HISTORY = "}:hist"
 
-def message(message_id: str) -> str:
+MESSAGE_KEY_PARTS = (_TAG_OPEN, _RECORD, _HISTORY)
+"""How a script that only learns members (the recovery scan) spells their keys:
+``open + member + record`` and ``open + member + history``."""
+
+ALL_RECORDS = f"{_TAG_OPEN}*{_RECORD}"
+"""SCAN pattern matching every message's record."""
+
+ALL_HISTORIES = f"{_TAG_OPEN}*{_HISTORY}"
+"""SCAN pattern matching every message's history."""
+
+
+def ref_of_record(key: str) -> MessageRef:
+    """The reference whose record :func:`message` names ``key``."""
+    return MessageRef.parse(key.removeprefix(_TAG_OPEN).removesuffix(_RECORD))
+
+
+def message(ref: MessageRef) -> str:
     """Hash holding one message's status record and payload."""
-    return f"{PREFIX}:msg:{message_id}"
+    return f"{_TAG_OPEN}{ref.member}{_RECORD}"
 
 
-def history(message_id: str) -> str:
+def history(ref: MessageRef) -> str:
     """List of the message's state changes, oldest first, bounded."""
-    return f"{PREFIX}:hist:{message_id}"
+    return f"{_TAG_OPEN}{ref.member}{_HISTORY}"
 
 
-def easemob_token(org: str, app: str, client_id: str) -> str:
-    """The Easemob app token shared by all workers."""
-    return f"{PREFIX}:easemob:token:{org}:{app}:{client_id}"
+def token(channel: str, *account: str) -> str:
+    """A channel's access token for one provider account, shared by all workers."""
+    return f"{PREFIX}:{channel}:token:{':'.join(account)}"
 
 
-def easemob_token_lock(org: str, app: str, client_id: str) -> str:
-    return f"{PREFIX}:easemob:token-lock:{org}:{app}:{client_id}"
+def token_lock(channel: str, *account: str) -> str:
+    """Held by the one worker fetching :func:`token` anew."""
+    return f"{PREFIX}:{channel}:token-lock:{':'.join(account)}"
 
 
 def rate_limit(name: str) -> str:

@@ -48,7 +48,7 @@ def configure_logging(level: str | int = "INFO", fmt: str = "text") -> None:
     for noisy in ("httpx", "httpcore", "qiniu", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # Celery's "Task ... received" and "Task ... succeeded" lines: two per message, each
-    # as costly as our own "getMessageId=... delivered", which says more (PERFORMANCE.md:
+    # as costly as our own "getMessageId=... delivered", which says more (docs/architecture.md, "Costs":
     # INFO logging costs 9-14 % of a worker). Failures still log at ERROR; -l DEBUG shows all.
     chatty_level = logging.WARNING if root.getEffectiveLevel() > logging.DEBUG else logging.NOTSET
     for chatty in ("celery.worker.strategy", "celery.app.trace"):

@@ -1,9 +1,10 @@
-"""The messages dispatcher accepts, and the status record it keeps for each.
+"""The messages dispatcher accepts: the envelope, ``ext``, and the validated :class:`Message`.
 
 ``parse_message`` is the one entry point for untrusted input: it checks the
-envelope, the ``messageInfo`` of the given ``messageType`` and ``ext`` in one
-pass and raises :class:`~dispatcher.errors.InvalidMessage` naming every broken
-field.
+envelope, the ``messageInfo`` of the given ``messageType``
+(:mod:`dispatcher.message_info`) and ``ext`` in one pass and raises
+:class:`~dispatcher.errors.InvalidMessage` naming every broken field. The
+status record is in :mod:`dispatcher.record`.
 """
 
 from __future__ import annotations
@@ -11,10 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from datetime import UTC, datetime
-from enum import IntEnum, StrEnum
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -23,115 +21,44 @@ from pydantic import (
     Field,
     StrictInt,
     ValidationError,
-    ValidationInfo,
     field_validator,
     model_validator,
 )
 
 from dispatcher.errors import FieldError, InvalidMessage
 from dispatcher.ids import ID_PATTERN
+from dispatcher.message_info import (
+    CONTROL_CHARACTERS,
+    IMAGE_MAX_BYTES,
+    INFO_MODELS,
+    MEDIA_TYPES,
+    THUMB_MAX_BYTES,
+    VIDEO_MAX_BYTES,
+    VOICE_MAX_BYTES,
+    VOICE_MAX_SECONDS,
+    CustomNewsInfo,
+    ExtensionInfo,
+    ImageInfo,
+    InfoModel,
+    LocationInfo,
+    MessageInfo,
+    MessageType,
+    NewsInfo,
+    PassThroughInfo,
+    TemplateInfo,
+    TextInfo,
+    VideoInfo,
+    VoiceInfo,
+)
 
-MiB = 1024 * 1024
-VIDEO_MAX_BYTES = 10 * MiB  # strictly less than (seed: 小于10M)
-THUMB_MAX_BYTES = 64 * 1024  # at most (seed: 小于等于64K)
-IMAGE_MAX_BYTES = 10 * MiB
-VOICE_MAX_BYTES = 2 * MiB
-VOICE_MAX_SECONDS = 60
 CUSTOM_EVENT_PATTERN = re.compile(r"^[a-zA-Z0-9\-_/.]{1,32}$")
-MAX_CUSTOM_EXTS = 16  # Easemob's cap on customExts entries
 RESERVED_EXT_KEY = "dispatcher"
-
-
-class MessageType(IntEnum):
-    TEXT = 1
-    IMAGE = 2
-    VOICE = 3
-    VIDEO = 4
-    LOCATION = 5
-    PASS_THROUGH = 6
-    NEWS = 7
-    CUSTOM_NEWS = 8
-    TEMPLATE = 9
-    EXTENSION = 10
-
-
-MEDIA_TYPES = frozenset({MessageType.IMAGE, MessageType.VOICE, MessageType.VIDEO})
-
-
-class _Info(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
-
-    @field_validator("*")
-    @classmethod
-    def _plain_text(cls, value: Any) -> Any:
-        if isinstance(value, str) and CONTROL_IN_TEXT.search(value):
-            raise ValueError("must not contain control characters other than tab and newlines")
-        return value
-
-
-def _media_key(value: str, extensions: tuple[str, ...]) -> str:
-    if not value or len(value.encode()) > 750 or "\x00" in value:
-        raise ValueError("must be a Qiniu key of 1..750 bytes")
-    if problem := _ambiguous_key(value):
-        raise ValueError(problem)
-    if not value.lower().endswith(tuple(f".{ext}" for ext in extensions)):
-        raise ValueError(f"must be a file name ending in {'/'.join(extensions)}")
-    return value
-
-
-def _media_url(value: str | None, info: ValidationInfo) -> str | None:
-    """A caller-given URL must be on our Qiniu domain: we never fetch arbitrary addresses."""
-    if value is None:
-        return None
-    domain = (info.context or {}).get("media_domain")
-    parsed = urlsplit(_web_url(value))
-    if not domain:
-        raise ValueError("media URLs are accepted only when DISPATCHER_QINIU_DOMAIN is configured")
-    allowed = urlsplit(domain)
-    if parsed.hostname != allowed.hostname or (parsed.port or None) != (allowed.port or None):
-        raise ValueError(f"must be on the configured Qiniu domain {allowed.netloc}")
-    return value
-
-
-# ---------------------------------------------------------------------------
-# Input hardening (docs/security.md): control characters, media keys, URLs, ext depth
-
-CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
-CONTROL_IN_TEXT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-"""Control characters a text field refuses: all but tab, line feed and carriage return."""
 MAX_EXT_DEPTH = 16
 
 
 def _no_control_characters(value: str) -> str:
     if CONTROL_CHARACTERS.search(value):
         raise ValueError("must not contain control characters (U+0000-U+001F, U+007F)")
-    return value
-
-
-def _ambiguous_key(key: str) -> str | None:
-    """Why a media key could be read as another object than it names, or None.
-
-    Qiniu keys are flat strings, but anything that resolves paths (a CDN, a proxy,
-    a download tool) would read ``a/../b.jpg`` as ``b.jpg``: one key, one object.
-    """
-    if CONTROL_CHARACTERS.search(key):
-        return "must not contain control characters"
-    if "\\" in key:
-        return "must not contain backslashes"
-    if key.startswith("/"):
-        return "must not start with '/'"
-    if any(segment in ("", ".", "..") for segment in key.split("/")):
-        return "must not contain empty, '.' or '..' path segments"
-    return None
-
-
-def _web_url(value: str) -> str:
-    """An absolute http(s) URL: never javascript:, data:, file: or a relative one."""
-    parsed = urlsplit(value)
-    if CONTROL_CHARACTERS.search(value) or " " in value:
-        raise ValueError("must be a URL without spaces or control characters")
-    if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise ValueError("must be an http(s) URL")
     return value
 
 
@@ -152,128 +79,6 @@ def _nesting_over(value: Any, limit: int) -> bool:
     return False
 
 
-PositiveInt = Annotated[int, Field(gt=0)]
-
-
-class TextInfo(_Info):
-    textMessage: str = Field(min_length=1, max_length=5000)
-
-
-class ImageInfo(_Info):
-    imageMessage: str
-    fileUrl: str | None = None
-    fileLength: int | None = Field(default=None, gt=0, le=IMAGE_MAX_BYTES)
-    imageWidth: PositiveInt | None = None
-    imageHeight: PositiveInt | None = None
-
-    _key = field_validator("imageMessage")(lambda v: _media_key(v, ("jpg", "jpeg", "png", "gif")))
-    _url = field_validator("fileUrl")(_media_url)
-
-
-class VoiceInfo(_Info):
-    voiceMessage: str
-    fileUrl: str | None = None
-    fileLength: int | None = Field(default=None, gt=0, le=VOICE_MAX_BYTES)
-    duration: int | None = Field(default=None, ge=0, le=VOICE_MAX_SECONDS)
-
-    _key = field_validator("voiceMessage")(lambda v: _media_key(v, ("amr", "mp3", "aac")))
-    _url = field_validator("fileUrl")(_media_url)
-
-
-class VideoInfo(_Info):
-    """Exactly the seed's video table (2.1.4)."""
-
-    videoMessage: str
-    thumbMessage: str | None = None
-    title: str | None = Field(default=None, max_length=256)
-    description: str | None = Field(default=None, max_length=1024)
-    fileUrl: str | None = None
-    fileLength: int | None = Field(default=None, gt=0, lt=VIDEO_MAX_BYTES)
-    duration: int | None = Field(default=None, ge=0)
-    thumbFileUrl: str | None = None
-    thumbFileLength: int | None = Field(default=None, gt=0, le=THUMB_MAX_BYTES)
-    imageWidth: PositiveInt | None = None
-    imageHeight: PositiveInt | None = None
-
-    _key = field_validator("videoMessage")(lambda v: _media_key(v, ("mp4",)))
-    _thumb = field_validator("thumbMessage")(
-        lambda v: None if v is None else _media_key(v, ("jpg", "jpeg"))
-    )
-    _url = field_validator("fileUrl", "thumbFileUrl")(_media_url)
-
-
-class LocationInfo(_Info):
-    latitude: float = Field(ge=-90, le=90)
-    longitude: float = Field(ge=-180, le=180)
-    address: str = Field(min_length=1, max_length=512)
-
-
-class PassThroughInfo(_Info):
-    action: str = Field(min_length=1, max_length=256)
-
-
-class NewsInfo(_Info):
-    title: str = Field(min_length=1, max_length=256)
-    description: str | None = Field(default=None, max_length=1024)
-    url: str = Field(min_length=1, max_length=2048)
-    picUrl: str | None = Field(default=None, max_length=2048)
-
-    _urls = field_validator("url", "picUrl")(lambda v: None if v is None else _web_url(v))
-
-
-class CustomNewsInfo(NewsInfo):
-    """News plus any extra string fields, all passed on as customExts."""
-
-    model_config = ConfigDict(extra="allow")
-
-    @model_validator(mode="after")
-    def _extras_are_strings(self) -> CustomNewsInfo:
-        extras = self.model_extra or {}
-        for name, value in extras.items():
-            if not isinstance(value, str):
-                raise ValueError(f"extra field {name!r} must be a string")
-            if CONTROL_IN_TEXT.search(value):
-                raise ValueError(f"extra field {name!r} must not contain control characters")
-        if len(self.model_dump(exclude_none=True)) > MAX_CUSTOM_EXTS:
-            raise ValueError(f"at most {MAX_CUSTOM_EXTS} fields in all (Easemob's customExts cap)")
-        return self
-
-
-class TemplateInfo(_Info):
-    textMessage: str = Field(min_length=1, max_length=5000, description="fallback text")
-
-
-class ExtensionInfo(_Info):
-    textMessage: str = Field(min_length=1, max_length=5000, description="fallback text")
-
-
-MessageInfo = (
-    TextInfo
-    | ImageInfo
-    | VoiceInfo
-    | VideoInfo
-    | LocationInfo
-    | PassThroughInfo
-    | NewsInfo
-    | CustomNewsInfo
-    | TemplateInfo
-    | ExtensionInfo
-)
-
-INFO_MODELS: dict[MessageType, type[_Info]] = {
-    MessageType.TEXT: TextInfo,
-    MessageType.IMAGE: ImageInfo,
-    MessageType.VOICE: VoiceInfo,
-    MessageType.VIDEO: VideoInfo,
-    MessageType.LOCATION: LocationInfo,
-    MessageType.PASS_THROUGH: PassThroughInfo,
-    MessageType.NEWS: NewsInfo,
-    MessageType.CUSTOM_NEWS: CustomNewsInfo,
-    MessageType.TEMPLATE: TemplateInfo,
-    MessageType.EXTENSION: ExtensionInfo,
-}
-
-
 def _json_string(value: str) -> str:
     try:
         json.loads(value)
@@ -283,6 +88,8 @@ def _json_string(value: str) -> str:
 
 
 class Template(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
     templetId: StrictInt
     content: str
 
@@ -290,6 +97,8 @@ class Template(BaseModel):
 
 
 class ExpandMsg(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
     MsgType: str
     Content: str
 
@@ -336,7 +145,7 @@ class Ext(BaseModel):
 
 
 TargetType = Literal["users", "chatgroups", "chatrooms"]
-EasemobName = Annotated[
+RecipientName = Annotated[
     str,
     Field(min_length=1, max_length=128, pattern=r"^\S+$"),
     AfterValidator(_no_control_characters),
@@ -349,8 +158,8 @@ class Envelope(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     messageType: MessageType
-    sender: EasemobName = Field(alias="from")
-    to: EasemobName
+    sender: RecipientName = Field(alias="from")
+    to: RecipientName
     messageInfo: dict[str, Any]
     ext: dict[str, Any] | None = None
     getMessageId: str | None = Field(default=None, pattern=ID_PATTERN.pattern)
@@ -366,9 +175,14 @@ class Envelope(BaseModel):
 
     @field_validator("channelType")
     @classmethod
-    def _only_easemob(cls, value: int | None) -> int | None:
-        if value is not None and value != 1:
-            raise ValueError("only 1 (Easemob) is supported; the message center picks the channel")
+    def _registered_channel(cls, value: int | None) -> int | None:
+        # The registry's channel modules import this module: ask it at call time.
+        from dispatcher.channels import registry
+
+        known = registry().channel_types
+        if value is not None and value not in known:
+            names = ", ".join(f"{number} ({name})" for number, name in sorted(known.items()))
+            raise ValueError(f"must be one of {names}; the message center picks the channel")
         return value
 
     @field_validator("ext", mode="before")
@@ -380,7 +194,9 @@ class Envelope(BaseModel):
 
 
 class Message(BaseModel):
-    """A validated message, as stored with its status record and read by workers."""
+    """A validated message: built once by :func:`parse_message` at the boundary, recorded
+    as :meth:`stored` with its status, and rebuilt by the worker with :meth:`from_stored`
+    (no second validation)."""
 
     model_config = ConfigDict(populate_by_name=True)
 
@@ -388,7 +204,7 @@ class Message(BaseModel):
     sender: str = Field(alias="from")
     to: str
     messageInfo: MessageInfo
-    ext: dict[str, Any] | None = None
+    ext: Ext | None = None
     getMessageId: str | None = None
     targetType: TargetType | None = None
 
@@ -407,20 +223,63 @@ class Message(BaseModel):
             "messageInfo": self.messageInfo.model_dump(exclude_none=True),
         }
         if self.ext is not None:
-            payload["ext"] = self.ext
+            payload["ext"] = self.ext.model_dump(exclude_unset=True)
         if self.targetType is not None:
             payload["targetType"] = self.targetType
         if self.getMessageId is not None:
             payload["getMessageId"] = self.getMessageId
         return payload
 
-    def fingerprint(self) -> str:
-        """Identity of the content, for idempotent resubmission (the id itself excluded)."""
+    def stored(self) -> str:
+        """The one canonical encoding: sorted keys, the target type resolved, the id left
+        out (the record's key holds it). Kept with the status record; its hash is the
+        :meth:`fingerprint`."""
         payload = self.to_payload()
         payload.pop("getMessageId", None)
         payload["targetType"] = self.target_type
-        canonical = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()
+        return json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+    def fingerprint(self) -> str:
+        """Identity of the content, for idempotent resubmission (the id itself excluded)."""
+        return fingerprint_of(self.stored())
+
+    @classmethod
+    def from_stored(cls, stored: str) -> Message:
+        """The message :meth:`stored` wrote, rebuilt without validating it again.
+
+        Raises InvalidMessage when the record does not hold such a message.
+        """
+        try:
+            data = json.loads(stored)
+            message_type = MessageType(data["messageType"])
+            info: Any = INFO_MODELS[message_type].model_construct(**data["messageInfo"])
+            ext = data.get("ext")
+            return cls.model_construct(
+                messageType=message_type,
+                sender=data["from"],
+                to=data["to"],
+                messageInfo=info,
+                ext=None if ext is None else _stored_ext(ext),
+                targetType=data.get("targetType"),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidMessage(
+                [FieldError("body", f"the stored message is unreadable ({exc!r})")]
+            ) from None
+
+
+def fingerprint_of(stored: str) -> str:
+    """The :meth:`Message.fingerprint` of a message's :meth:`Message.stored` form."""
+    return hashlib.sha256(stored.encode()).hexdigest()
+
+
+def _stored_ext(data: dict[str, Any]) -> Ext:
+    nested: dict[str, Any] = {}
+    if isinstance(data.get("template"), dict):
+        nested["template"] = Template.model_construct(**data["template"])
+    if isinstance(data.get("expandMsg"), dict):
+        nested["expandMsg"] = ExpandMsg.model_construct(**data["expandMsg"])
+    return Ext.model_construct(**{**data, **nested})
 
 
 def field_errors(exc: ValidationError, prefix: str = "") -> list[FieldError]:
@@ -463,8 +322,8 @@ def parse_message(payload: Any, *, media_domain: str | None = None) -> Message:
     except ValidationError as exc:
         errors.extend(field_errors(exc))
 
-    message_type = _known_type(payload.get("messageType"))
-    info: _Info | None = None
+    message_type = MessageType.of(payload.get("messageType"))
+    info: InfoModel | None = None
     raw_info = payload.get("messageInfo")
     if message_type is not None and isinstance(raw_info, dict):
         try:
@@ -491,19 +350,10 @@ def parse_message(payload: Any, *, media_domain: str | None = None) -> Message:
         sender=envelope.sender,
         to=envelope.to,
         messageInfo=info,
-        ext=envelope.ext,
+        ext=ext,
         getMessageId=envelope.getMessageId,
         targetType=envelope.targetType,
     )
-
-
-def _known_type(value: Any) -> MessageType | None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        return None
-    try:
-        return MessageType(value)
-    except ValueError:
-        return None
 
 
 def _dedupe(errors: list[FieldError]) -> list[FieldError]:
@@ -513,64 +363,35 @@ def _dedupe(errors: list[FieldError]) -> list[FieldError]:
     return list(seen.values())
 
 
-# ---------------------------------------------------------------------------
-# Status record (SPEC §7)
-
-
-class State(StrEnum):
-    QUEUED = "queued"
-    PROCESSING = "processing"
-    RETRYING = "retrying"
-    DELIVERED = "delivered"
-    FAILED = "failed"
-    DEAD = "dead"
-
-    @property
-    def terminal(self) -> bool:
-        return self in TERMINAL_STATES
-
-
-TERMINAL_STATES = frozenset({State.DELIVERED, State.FAILED, State.DEAD})
-
-
-class LastError(BaseModel):
-    code: str
-    message: str
-    retryable: bool
-
-
-class HistoryEntry(BaseModel):
-    state: State
-    at: datetime
-    detail: str | None = None
-
-
-class StatusRecord(BaseModel):
-    """What anyone holding a getMessageId can read back."""
-
-    getMessageId: str
-    state: State
-    messageType: MessageType
-    sender: str = Field(alias="from")
-    to: str
-    targetType: TargetType
-    channel: str
-    client: str | None = None
-    attempts: int = 0
-    createdAt: datetime
-    updatedAt: datetime
-    deliveredAt: datetime | None = None
-    providerMessageId: str | None = None
-    lastError: LastError | None = None
-    history: list[HistoryEntry] = Field(default_factory=list)
-
-    model_config = ConfigDict(populate_by_name=True)
-
-    def public(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", by_alias=True)
-
-
-def from_millis(value: str | int | None) -> datetime | None:
-    if value in (None, ""):
-        return None
-    return datetime.fromtimestamp(int(value) / 1000, tz=UTC)
+__all__ = [
+    "IMAGE_MAX_BYTES",
+    "INFO_MODELS",
+    "MEDIA_TYPES",
+    "RESERVED_EXT_KEY",
+    "THUMB_MAX_BYTES",
+    "VIDEO_MAX_BYTES",
+    "VOICE_MAX_BYTES",
+    "VOICE_MAX_SECONDS",
+    "CustomNewsInfo",
+    "Envelope",
+    "ExpandMsg",
+    "Ext",
+    "ExtensionInfo",
+    "ImageInfo",
+    "InfoModel",
+    "LocationInfo",
+    "Message",
+    "MessageInfo",
+    "MessageType",
+    "NewsInfo",
+    "PassThroughInfo",
+    "TargetType",
+    "Template",
+    "TemplateInfo",
+    "TextInfo",
+    "VideoInfo",
+    "VoiceInfo",
+    "field_errors",
+    "fingerprint_of",
+    "parse_message",
+]

@@ -11,6 +11,7 @@ removed again, so a rejected submission leaves nothing behind.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 from collections.abc import Callable, Iterator
@@ -21,22 +22,28 @@ from typing import Any
 import redis
 from celery import Celery
 from kombu.exceptions import KombuError, OperationalError
-from pydantic import BaseModel, Field
 from redis.asyncio import Redis as AsyncRedis
 
 from dispatcher.backlog import QueueBacklog, broker_depth, read_backlog
-from dispatcher.channels import pick_channel
-from dispatcher.channels.easemob import check_size
+from dispatcher.broker import make_celery
+from dispatcher.channels import registry
 from dispatcher.config import Settings
 from dispatcher.connections import REDIS_ERRORS, redis_client
-from dispatcher.enqueue import TaskMessageTemplate
+from dispatcher.enqueue import DELIVER_TASK, TaskMessageTemplate, task_args
 from dispatcher.errors import Conflict, RateLimited, Unauthorized, Unavailable
 from dispatcher.gate import REPLAYED, Gate
 from dispatcher.health import RedisHealth
-from dispatcher.ids import new_message_id
-from dispatcher.models import LastError, Message, StatusRecord, parse_message
-from dispatcher.status import CreateCall, CreateOutcome, StatusStore
-from dispatcher.worker import DELIVER_TASK, make_celery
+from dispatcher.ids import DEFAULT_NAMESPACE, MessageRef, new_message_id
+from dispatcher.models import Message, parse_message
+from dispatcher.record import DeadLetter, DeadLetterFilter, DeadLetterPage, StatusRecord
+from dispatcher.store import (
+    CreateCall,
+    CreateOutcome,
+    CreateResult,
+    DiscardOutcome,
+    ReplayOutcome,
+    StatusStore,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,46 +56,6 @@ PUBLISH_ERRORS: tuple[type[Exception], ...] = (
 )
 
 
-class DeadLetter(BaseModel):
-    getMessageId: str
-    diedAt: float = Field(description="unix seconds")
-    lastError: LastError | None
-    client: str | None = Field(default=None, description="the client that submitted it")
-
-
-@dataclass(frozen=True)
-class DeadLetterFilter:
-    """Which dead letters an operator wants to see; None matches anything."""
-
-    client: str | None = None
-    code: str | None = None
-    """``lastError.code``, exactly."""
-    since: float | None = None
-    """Died at or after (unix seconds)."""
-    until: float | None = None
-    """Died at or before (unix seconds)."""
-
-    def matches(self, letter: DeadLetter) -> bool:
-        if self.client is not None and letter.client != self.client:
-            return False
-        code = letter.lastError.code if letter.lastError else None
-        return self.code is None or code == self.code
-
-
-@dataclass(frozen=True)
-class DeadLetterPage:
-    """Matching dead letters, newest first, and how far the search looked."""
-
-    letters: list[DeadLetter]
-    scanned: int
-    """Dead letters of the time range looked at; the next page starts at this offset."""
-    exhausted: bool
-    """Every dead letter of the time range was looked at."""
-    first_died: float | None = None
-    """When the first letter looked at died: passed as ``until`` with ``offset=scanned``,
-    later pages ignore letters that died since (they would shift the offsets)."""
-
-
 @dataclass(frozen=True)
 class Submitted:
     message_id: str
@@ -97,7 +64,11 @@ class Submitted:
 
 
 class Dispatcher:
-    """Submit messages and read their status."""
+    """Submit messages and read their status, within one namespace of getMessageIds.
+
+    ``namespace`` scopes caller-chosen ids (docs/architecture.md, "Message
+    references"): in-process producers share the default one.
+    """
 
     def __init__(
         self,
@@ -105,8 +76,10 @@ class Dispatcher:
         *,
         client: redis.Redis | None = None,
         celery: Celery | None = None,
+        namespace: str = DEFAULT_NAMESPACE,
     ) -> None:
         self.settings = settings
+        self.namespace = namespace
         self.redis = client or redis_client(settings)
         self.store = StatusStore.from_settings(self.redis, settings)
         self.celery = celery or make_celery(settings)
@@ -125,10 +98,9 @@ class Dispatcher:
     def validate(self, payload: Any) -> Message:
         """Parse and check a request body without queuing it (raises InvalidMessage)."""
         message = parse_message(payload, media_domain=self.settings.qiniu_domain)
-        check_size(
-            message.getMessageId or new_message_id(self.settings.id_prefix),
-            message,
-            self.settings.easemob_max_body_bytes,
+        channel = registry().for_message(message)
+        channel.check_size(
+            self.settings, message.getMessageId or new_message_id(self.settings.id_prefix), message
         )
         return message
 
@@ -146,12 +118,12 @@ class Dispatcher:
         """Queue a validated message. With ``gate`` (the HTTP API) the submit also passes its
         client's rate and its nonce's replay guard in the same Redis call (dispatcher/gate.py)."""
         self.health.admit()
-        message_id, call, publish = self._prepare(message, client, gate)
+        ref, call, publish = self._prepare(message, client, gate)
         with _unavailable("status store"):
-            outcome = self.store.run_create(call)
-        if outcome == "created" and publish:
-            self._publish_or_forget(message_id, message)
-        return self._settle(message_id, message, outcome, gate)
+            result = self.store.submit.create(call)
+        if result.outcome is CreateOutcome.CREATED and publish:
+            self._publish_or_forget(ref, message)
+        return self._settle(ref, message, result, gate)
 
     async def submit_message_async(
         self,
@@ -169,64 +141,67 @@ class Dispatcher:
             await asyncio.to_thread(self.health.admit)
         else:
             self.health.admit()
-        message_id, call, publish = self._prepare(message, client, gate)
+        ref, call, publish = self._prepare(message, client, gate)
         with _unavailable("status store"):
-            outcome = await self.store.run_create_async(connection, call)
-        if outcome == "created" and publish:
-            await asyncio.to_thread(self._publish_or_forget, message_id, message)
-        return self._settle(message_id, message, outcome, gate)
+            result = await self.store.submit.create_async(connection, call)
+        if result.outcome is CreateOutcome.CREATED and publish:
+            await asyncio.to_thread(self._publish_or_forget, ref, message)
+        return self._settle(ref, message, result, gate)
+
+    def ref(self, message_id: str) -> MessageRef:
+        """The reference of ``message_id`` in this producer's namespace."""
+        return MessageRef(self.namespace, message_id)
 
     def _prepare(
         self, message: Message, client: str | None, gate: Gate | None
-    ) -> tuple[str, CreateCall, bool]:
-        """The id, the create call, and whether the task still has to be published after it
-        (a broker other than this Redis: the script records but cannot push)."""
-        message_id = message.getMessageId or new_message_id(self.settings.id_prefix)
-        enqueue = self._queue_message(message_id)
-        call = self.store.create_call(
-            message_id,
+    ) -> tuple[MessageRef, CreateCall, bool]:
+        """The reference, the create call, and whether the task still has to be published
+        after it (a broker other than this Redis: the script records but cannot push)."""
+        ref = self.ref(message.getMessageId or new_message_id(self.settings.id_prefix))
+        enqueue = self._queue_message(ref)
+        call = self.store.submit.prepare(
+            ref,
             message,
-            channel=pick_channel(message),
+            channel=registry().for_message(message).name,
             client=client,
             enqueue=enqueue,
             gate=gate,
         )
-        return message_id, call, enqueue is None
+        return ref, call, enqueue is None
 
-    def _publish_or_forget(self, message_id: str, message: Message) -> None:
+    def _publish_or_forget(self, ref: MessageRef, message: Message) -> None:
         """Publish the recorded message; if the broker refuses, remove the record again."""
         try:
-            self.publish(message_id)
+            self.publish(ref)
         except PUBLISH_ERRORS as exc:
-            self._forget(message_id, message)
+            self._forget(ref, message)
             raise Unavailable(f"broker unavailable: {_reason(exc)}") from None
 
     def _settle(
-        self, message_id: str, message: Message, outcome: CreateOutcome, gate: Gate | None
+        self, ref: MessageRef, message: Message, result: CreateResult, gate: Gate | None
     ) -> Submitted:
         """The answer to a submit once the store has spoken (raises for every refusal)."""
-        if outcome == "created":
+        outcome = result.outcome
+        if outcome is CreateOutcome.CREATED:
             log.info(
-                "getMessageId=%s queued type=%d to=%s", message_id, message.messageType, message.to
+                "getMessageId=%s queued type=%d to=%s", ref.id, message.messageType, message.to
             )
-            return Submitted(message_id, created=True)
-        if outcome == "duplicate":
-            log.info(
-                "getMessageId=%s resubmitted with the same content: nothing queued", message_id
-            )
-            return Submitted(message_id, created=False)
-        if outcome == "conflict":
-            raise Conflict(message_id)
-        if outcome == "replayed":
+            return Submitted(ref.id, created=True)
+        if outcome is CreateOutcome.DUPLICATE:
+            log.info("getMessageId=%s resubmitted with the same content: nothing queued", ref.id)
+            return Submitted(ref.id, created=False)
+        if outcome is CreateOutcome.CONFLICT:
+            raise Conflict(ref.id)
+        if outcome is CreateOutcome.REPLAYED:
             raise Unauthorized(REPLAYED)
-        if outcome.startswith("wait:") and gate is not None:
-            raise RateLimited(gate.client, int(outcome[5:]) / 1000)
-        raise RuntimeError(f"unexpected answer from the status store: {outcome!r}")
+        if gate is None:  # only a gate refuses for the rate
+            raise RuntimeError(f"unexpected answer from the status store: {result!r}")
+        raise RateLimited(gate.client, result.retry_after)
 
-    def publish(self, message_id: str) -> None:
-        self.celery.send_task(DELIVER_TASK, args=(message_id,), queue=self.settings.queue)
+    def publish(self, ref: MessageRef) -> None:
+        self.celery.send_task(DELIVER_TASK, args=task_args(ref), queue=self.settings.queue)
 
-    def _queue_message(self, message_id: str) -> tuple[str, str] | None:
+    def _queue_message(self, ref: MessageRef) -> tuple[str, str] | None:
         """(queue list key, task message) to push with the record; None: publish with kombu."""
         if not self._enqueue_direct:
             return None
@@ -241,25 +216,25 @@ class Dispatcher:
                 self._enqueue_direct = False
                 return None
             self._template = template
-        return template.queue_key, template.build(message_id)
+        return template.queue_key, template.build(ref)
 
-    def _forget(self, message_id: str, message: Message) -> None:
+    def _forget(self, ref: MessageRef, message: Message) -> None:
         try:
-            self.store.discard(message_id, message)
+            self.store.submit.discard(ref, message)
         except REDIS_ERRORS:
             log.error(
                 "getMessageId=%s publish failed and the queued record could not be removed; "
                 "it will be re-enqueued by recovery",
-                message_id,
+                ref.id,
             )
 
     def status(self, message_id: str) -> StatusRecord | None:
         with _unavailable("status store"):
-            return self.store.get(message_id)
+            return self.store.read.get(self.ref(message_id))
 
     def status_many(self, message_ids: list[str]) -> list[StatusRecord | None]:
         with _unavailable("status store"):
-            return self.store.get_many(message_ids)
+            return self.store.read.get_many([self.ref(m) for m in message_ids])
 
     def upload(
         self,
@@ -278,20 +253,21 @@ class Dispatcher:
         with QiniuClient.from_settings(self.settings) as client:
             return client.upload(source, key, progress=progress)
 
-    def replay(self, message_id: str, *, by: str | None = None) -> str:
-        """Send a dead letter round again; returns the store's verdict (``ok`` when requeued).
+    def replay(self, message_id: str, *, by: str | None = None) -> ReplayOutcome:
+        """Send a dead letter round again; ``ReplayOutcome.OK`` when requeued.
         ``by`` names the operator in the message's history."""
+        ref = self.ref(message_id)
         detail = "replayed from dead letters" + (f" by {by}" if by else "")
-        verdict = self.store.replay(message_id, detail)
-        if verdict == "ok":
-            self.publish(message_id)
+        outcome = self.store.recovery.replay(ref, detail)
+        if outcome is ReplayOutcome.OK:
+            self.publish(ref)
             log.info("getMessageId=%s %s", message_id, detail)
-        return verdict
+        return outcome
 
     def dead_letters(self, limit: int = 100, offset: int = 0) -> list[DeadLetter]:
         """Dead messages, oldest first, with the error that killed them."""
         with _unavailable("status store"):
-            return self._dead_letters(self.store.dead_letters(limit=limit, offset=offset))
+            return self._dead_letters(self.store.read.dead_letters(limit=limit, offset=offset))
 
     def find_dead_letters(
         self,
@@ -307,9 +283,10 @@ class Dispatcher:
         found: list[DeadLetter] = []
         scanned = offset
         first_died: float | None = None
+        read = self.store.read
         with _unavailable("status store"):
             while len(found) < limit and scanned - offset < scan_limit:
-                chunk = self.store.dead_letters(
+                chunk = read.dead_letters(
                     limit=min(500, scan_limit - (scanned - offset)),
                     offset=scanned,
                     since=where.since,
@@ -326,37 +303,40 @@ class Dispatcher:
                         found.append(letter)
                         if len(found) == limit:
                             break
-            more = self.store.dead_letters(
+            more = read.dead_letters(
                 limit=1, offset=scanned, since=where.since, until=where.until, newest_first=True
             )
         return DeadLetterPage(found, scanned, exhausted=not more, first_died=first_died)
 
-    def _dead_letters(self, entries: list[tuple[str, float]]) -> list[DeadLetter]:
-        records = self.store.get_many([message_id for message_id, _ in entries], with_history=False)
+    def _dead_letters(self, entries: list[tuple[MessageRef, float]]) -> list[DeadLetter]:
+        records = self.store.read.get_many([ref for ref, _ in entries], with_history=False)
         return [
             DeadLetter(
-                getMessageId=message_id,
+                getMessageId=ref.id,
                 diedAt=died,
                 lastError=record.lastError if record else None,
                 client=record.client if record else None,
             )
-            for (message_id, died), record in zip(entries, records, strict=True)
+            for (ref, died), record in zip(entries, records, strict=True)
         ]
 
-    def discard_dead_letter(self, message_id: str, *, by: str) -> str:
+    def discard_dead_letter(self, message_id: str, *, by: str) -> DiscardOutcome:
         """Give up on a dead message: off the dead-letter list, never replayed by ``--all``;
-        its record stays until it expires. ``ok``, or why not (``missing``, ``not_listed``,
-        ``state:<state>``)."""
+        its record stays until it expires. ``OK``, or why not (missing, not listed, the
+        state it is in)."""
         with _unavailable("status store"):
-            verdict = self.store.discard_dead_letter(message_id, f"discarded by {by}")
-        if verdict == "ok":
+            verdict = self.store.recovery.discard_dead_letter(
+                self.ref(message_id), f"discarded by {by}"
+            )
+        if verdict is DiscardOutcome.OK:
             log.info("getMessageId=%s discarded from dead letters by %s", message_id, by)
         return verdict
 
     def stored_message(self, message_id: str) -> dict[str, Any] | None:
         """The message as accepted and recorded (what the worker delivers from)."""
         with _unavailable("status store"):
-            return self.store.load_payload(message_id)
+            stored = self.store.read.stored_message(self.ref(message_id))
+        return None if stored is None else dict(json.loads(stored))
 
     def queue_backlog(self, queues: list[str] | None = None) -> list[QueueBacklog]:
         """Depth and oldest entry's age of each delivery queue (default: the configured one)."""

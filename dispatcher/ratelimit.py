@@ -1,7 +1,8 @@
 """A rate limiter shared by every worker process, kept in Redis.
 
-GCRA (the "theoretical arrival time" form of a leaky bucket): each dimension
-keeps one timestamp; a request of cost ``n`` advances it by ``n`` emission
+GCRA (the "theoretical arrival time" form of a leaky bucket; its one Lua
+implementation is in ``dispatcher/store/lua/lib.lua``): each dimension keeps
+one timestamp; a request of cost ``n`` advances it by ``n`` emission
 intervals. All dimensions are checked and committed in one script, on Redis's
 clock, so workers on any number of machines share one budget. A provider
 throttle pushes every dimension's time forward (``penalize``), so one 429
@@ -17,63 +18,7 @@ from dataclasses import dataclass
 import redis
 
 from dispatcher import keys
-
-# A Lua function for every script that takes a slot: admit a call costing costs[i] on each
-# dimension i (keys[i], intervals[i] ms, tolerances[i] ms). Returns 0 when admitted (all
-# dimensions committed), else microseconds to wait (whole milliseconds, rounded up, made
-# every caller ~0.5 ms late for each ~10 ms slot), with nothing committed.
-GCRA_LUA = """
-local function gcra_try(keys, intervals, tolerances, costs)
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
-  local wait = 0
-  local new_tats = {}
-  for i, key in ipairs(keys) do
-    if costs[i] > 0 then
-      local tat = tonumber(redis.call('GET', key) or '0')
-      if tat < now then tat = now end
-      local allow_at = tat - tolerances[i]
-      if allow_at > now and allow_at - now > wait then wait = allow_at - now end
-      new_tats[i] = tat + intervals[i] * costs[i]
-    end
-  end
-  if wait > 0 then return math.ceil(wait * 1000) end
-  for i, key in ipairs(keys) do
-    if new_tats[i] then
-      redis.call('SET', key, tostring(new_tats[i]), 'PX', math.ceil(new_tats[i] - now) + 1000)
-    end
-  end
-  return 0
-end
-"""
-
-# KEYS: one per dimension. ARGV: per dimension (interval ms, tolerance ms, cost).
-_ACQUIRE = (
-    GCRA_LUA
-    + """
-local intervals, tolerances, costs = {}, {}, {}
-for i = 1, #KEYS do
-  intervals[i] = tonumber(ARGV[3 * i - 2])
-  tolerances[i] = tonumber(ARGV[3 * i - 1])
-  costs[i] = tonumber(ARGV[3 * i])
-end
-return gcra_try(KEYS, intervals, tolerances, costs)
-"""
-)
-
-# KEYS: dimensions. ARGV: penalty ms. Nobody is admitted before now + penalty.
-_PENALIZE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
-local until_ = now + tonumber(ARGV[1])
-for _, key in ipairs(KEYS) do
-  local tat = tonumber(redis.call('GET', key) or '0')
-  if tat < until_ then
-    redis.call('SET', key, tostring(until_), 'PX', math.ceil(until_ - now) + 1000)
-  end
-end
-return 1
-"""
+from dispatcher.store.scripts import load
 
 
 @dataclass(frozen=True)
@@ -120,8 +65,9 @@ class SharedRateLimiter:
     def __init__(self, client: redis.Redis, dimensions: list[Dimension]) -> None:
         self.dimensions = dimensions
         self._keys = [keys.rate_limit(d.name) for d in dimensions]
-        self._acquire = client.register_script(_ACQUIRE)
-        self._penalize = client.register_script(_PENALIZE)
+        self.redis = client
+        self._acquire = load("rate_acquire")
+        self._penalize = load("rate_penalize")
         # One waiter per process asks Redis at a time; the others queue here. Without it
         # every thread of every worker polled at each slot (32 threads x 4 processes asked
         # ~100 times per admitted call), and the CPU that burned delayed the sends enough
@@ -149,10 +95,14 @@ class SharedRateLimiter:
 
     def try_acquire(self, costs: dict[str, float]) -> float:
         """Admit now and return 0, or return seconds to wait (nothing consumed)."""
-        args: list[float] = []
+        dimensions: list[float] = []
         for dimension in self.dimensions:
-            args += [dimension.interval_ms, dimension.tolerance_ms, costs.get(dimension.name, 0)]
-        wait_us = int(self._acquire(keys=self._keys, args=args))
+            dimensions += [
+                dimension.interval_ms,
+                dimension.tolerance_ms,
+                costs.get(dimension.name, 0),
+            ]
+        wait_us = int(self._acquire(self.redis, {"rates": self._keys}, {"dimensions": dimensions}))
         return wait_us / 1_000_000
 
     def acquire(self, costs: dict[str, float], *, max_wait: float = 60.0) -> float:
@@ -175,4 +125,4 @@ class SharedRateLimiter:
 
     def penalize(self, seconds: float) -> None:
         """Hold every caller back for ``seconds`` (the provider told us to slow down)."""
-        self._penalize(keys=self._keys, args=[int(seconds * 1000)])
+        self._penalize(self.redis, {"rates": self._keys}, {"penalty_ms": int(seconds * 1000)})

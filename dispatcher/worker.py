@@ -1,159 +1,52 @@
 """The Celery app and its delivery task: ``celery -A dispatcher.worker worker`` runs it as is.
 
-Reliability settings (SPEC §8): late acks and reject-on-worker-loss so a
-killed worker's message is redelivered; prefetch of one; no result backend
-(the status store is the source of truth). Per-process resources (Redis
-pool, channels with their HTTP clients) live on the task object, created on
-first use in the process that runs tasks, never in a parent before a fork.
+Nothing is built at import: the app (and the settings it reads) is made on
+first use, e.g. when Celery looks up ``dispatcher.worker.app``. Per-process
+resources (Redis pool, channels with their HTTP clients) live on the task
+object, created on first use in the process that runs tasks, never in a parent
+before a fork.
 """
 
 from __future__ import annotations
 
 import logging
-from functools import cached_property
+from functools import cache, cached_property
 from typing import Any
 
-import redis
 from celery import Celery, Task, signals
-from celery.worker.consumer import Consumer
-from kombu.transport import redis as kombu_redis
 
 from dispatcher import delivery
-from dispatcher.channels import EASEMOB
-from dispatcher.channels.base import Channel
-from dispatcher.channels.easemob import EasemobChannel
+from dispatcher.broker import consumer_store, make_celery
+from dispatcher.channels import Channel, open_channels
 from dispatcher.config import Settings, get_settings
-from dispatcher.connections import REDIS_ERRORS, redis_client
+from dispatcher.connections import redis_client
+from dispatcher.enqueue import DELIVER_TASK, task_args
 from dispatcher.health import warn_redis_configuration
+from dispatcher.ids import MessageRef
 from dispatcher.logs import configure_logging
-from dispatcher.reaper import Reaper
-from dispatcher.status import StatusStore
+from dispatcher.store import Reaper, StatusStore
 
 log = logging.getLogger(__name__)
 
-DELIVER_TASK = "dispatcher.deliver"
 
-
-def make_celery(settings: Settings) -> Celery:
-    celery = Celery("dispatcher", set_as_current=False)
-    celery.conf.update(
-        broker_url=settings.effective_broker_url,
-        broker_transport=(
-            "dispatcher.worker:BrokerTransport"
-            if settings.effective_broker_url.startswith("redis://")
-            else None
-        ),
-        result_backend=None,
-        task_ignore_result=True,
-        task_serializer="json",
-        accept_content=["json"],
-        task_default_queue=settings.queue,
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
-        task_acks_on_failure_or_timeout=True,
-        worker_prefetch_multiplier=1,
-        worker_pool=settings.worker_pool,
-        worker_concurrency=settings.worker_concurrency,
-        worker_cancel_long_running_tasks_on_connection_loss=True,
-        # On SIGTERM, running deliveries get this long to finish; what is left is
-        # restored to the queue at once instead of waiting for the visibility timeout.
-        worker_soft_shutdown_timeout=settings.shutdown_grace,
-        worker_enable_soft_shutdown_on_idle=True,
-        worker_hijack_root_logger=False,
-        # Traces undecodable and unknown queue messages in Redis before Celery drops them.
-        worker_consumer="dispatcher.worker:DispatcherConsumer",
-        broker_connection_retry_on_startup=True,
-        broker_connection_max_retries=None,
-        broker_transport_options={
-            "visibility_timeout": settings.visibility_timeout,
-            "socket_timeout": 5,
-            "socket_connect_timeout": 2,
-            "health_check_interval": 15,
-            "retry_on_timeout": True,
-            # Scan for unacked tasks past the visibility timeout every few seconds
-            # (kombu's default is ~100 s), so a short timeout means what it says.
-            "unacked_restore_interval": max(1, min(10, settings.visibility_timeout // 4)),
-            "unacked_restore_throttle": 1,
-        },
-        broker_pool_limit=16,
-        task_publish_retry_policy={
-            # Fail fast when the broker is down: the caller gets 503 and may retry.
-            "max_retries": 2,
-            "interval_start": 0,
-            "interval_step": 0.2,
-            "interval_max": 0.5,
-        },
-        worker_send_task_events=False,
-        task_send_sent_event=False,
-    )
-    return celery
-
-
-class _BrokerChannel(kombu_redis.Channel):
-    def _connparams(self, asynchronous: bool = False) -> Any:
-        if self.connection.client is None:
-            # kombu 5.7: closing a channel after the broker connection was lost restores
-            # its unacked messages through a new pool whose parameters are already gone;
-            # the AttributeError is "unrecoverable" to Celery and the worker exits while
-            # Redis is down (RELIABILITY F3). A connection error is ignored and the consumer
-            # reconnects; the unacked messages wait in Redis for the reaper.
-            raise redis.ConnectionError("broker connection already closed")
-        return super()._connparams(asynchronous=asynchronous)
-
-    def _create_client(self, asynchronous: bool = False) -> Any:
-        # kombu builds a new redis-py client object (on the same pool) for every publish
-        # and every ack: ~60 us of CPU each (redis-py issue 3624, PERFORMANCE.md). One per
-        # channel and pool does the same; connections still come from the pool per command.
-        if asynchronous:
-            return super()._create_client(asynchronous=True)
-        pool = self.pool
-        client = self.__dict__.get("_sync_client")
-        if client is None or client.connection_pool is not pool:
-            client = super()._create_client()
-            self.__dict__["_sync_client"] = client
-        return client
-
-    def _brpop_read(self, **options: Any) -> Any:
-        try:
-            return super()._brpop_read(**options)
-        except (ValueError, TypeError, KeyError, AttributeError) as exc:
-            # Not a transport envelope (raw bytes pushed to the queue list): kombu's
-            # error would stop the worker. The item is already popped: trace it, go on.
-            log.exception("queue item is not a kombu message")
-            _trace_rejected("undecodable", f"not a transport envelope: {type(exc).__name__}", None)
-            return True
-
-
-class BrokerTransport(kombu_redis.Transport):
-    """kombu's Redis transport with :class:`_BrokerChannel`."""
-
-    Channel = _BrokerChannel
-
-
-settings = get_settings()
-app = make_celery(settings)
-
-
-@signals.setup_logging.connect
-def _configure_worker_logging(loglevel: Any = None, **_: Any) -> None:
-    # Our format for every line the worker writes, Celery's own included.
-    configure_logging(loglevel or settings.log_level, settings.log_format)
-
-
-class DeliveryTask(Task):
+class DeliveryTask(Task):  # type: ignore[misc]  # celery is untyped
     """Holds the per-process runtime of the delivery task."""
 
     @cached_property
+    def settings(self) -> Settings:
+        return get_settings()
+
+    @cached_property
     def store(self) -> StatusStore:
-        return StatusStore.from_settings(redis_client(settings), settings)
+        return StatusStore.from_settings(redis_client(self.settings), self.settings)
 
     @cached_property
     def channels(self) -> dict[str, Channel]:
-        return {EASEMOB: EasemobChannel(settings, self.store.redis)}
+        return open_channels(self.settings, self.store.redis)
 
     @cached_property
     def resolve_media(self) -> delivery.MediaResolver | None:
-        return media_resolver(settings, self.store)
+        return media_resolver(self.settings, self.store)
 
 
 def media_resolver(settings: Settings, store: StatusStore) -> delivery.MediaResolver | None:
@@ -173,35 +66,63 @@ def media_resolver(settings: Settings, store: StatusStore) -> delivery.MediaReso
     return lambda info: resolve_media(info, client, store.redis)
 
 
-@app.task(name=DELIVER_TASK, base=DeliveryTask, bind=True, ignore_result=True)
-def deliver(self: DeliveryTask, message_id: str) -> str:
-    """Deliver one message by id; the status record carries everything else."""
-    if not isinstance(message_id, str):
-        log.error("dropping undecodable delivery task %s: argument %r", self.request.id, message_id)
-        self.store.record_rejected(
-            "invalid_argument", f"task {self.request.id}: argument is not an id", repr(message_id)
+def _deliver(self: DeliveryTask, member: object) -> str:
+    """Deliver one message by reference; the status record carries everything else."""
+    if not isinstance(member, str):
+        log.error("dropping undecodable delivery task %s: argument %r", self.request.id, member)
+        self.store.recovery.record_rejected(
+            "invalid_argument", f"task {self.request.id}: argument is not an id", repr(member)
         )
         return "rejected"
+    ref = MessageRef.parse(member)
     outcome = delivery.attempt(
-        message_id,
-        settings=settings,
+        ref,
+        settings=self.settings,
         store=self.store,
         channels=self.channels,
         resolve_media=self.resolve_media,
     )
     if outcome.retry_in is not None:
-        deliver.apply_async((message_id,), countdown=outcome.retry_in)
-    return outcome.state
+        self.apply_async(task_args(ref), countdown=outcome.retry_in)
+    return outcome.state.value
 
 
-def publish(message_id: str, **options: Any) -> None:
+@cache
+def get_app() -> Celery:
+    """The worker's Celery app with its task and signal handlers (built once per process)."""
+    settings = get_settings()
+    app = make_celery(settings)
+    app.task(name=DELIVER_TASK, base=DeliveryTask, bind=True, ignore_result=True)(_deliver)
+    signals.setup_logging.connect(_configure_worker_logging, weak=False)
+    signals.worker_ready.connect(_check_redis, weak=False)
+    signals.worker_ready.connect(_start_reaper, weak=False)
+    signals.worker_shutdown.connect(_stop_reaper, weak=False)
+    return app
+
+
+def delivery_task() -> DeliveryTask:
+    task: DeliveryTask = get_app().tasks[DELIVER_TASK]
+    return task
+
+
+def __getattr__(name: str) -> Any:
+    # ``celery -A dispatcher.worker`` looks up ``app``; ``deliver`` is the registered task.
+    if name == "app":
+        return get_app()
+    if name == "deliver":
+        return delivery_task()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def publish(ref: MessageRef, **options: Any) -> None:
     """Queue one delivery. Raises kombu/redis errors when the broker is unreachable."""
-    deliver.apply_async((message_id,), **options)
+    delivery_task().apply_async(task_args(ref), **options)
 
 
 def make_reaper(store: StatusStore) -> Reaper:
+    settings = get_settings()
     return Reaper(
-        store,
+        store.recovery,
         publish,
         interval=settings.reaper_interval,
         requeue_delay=max(settings.lease_seconds, 10),
@@ -210,69 +131,23 @@ def make_reaper(store: StatusStore) -> Reaper:
     )
 
 
-class DispatcherConsumer(Consumer):
-    """Celery's consumer, leaving a trace of each queue message it has to drop (F14).
-
-    Celery already acks or rejects such messages once (no redelivery loop); they
-    carry no status record to dead-letter, so the trace goes to the bounded
-    ``rejected`` list and a ``rejected:<reason>`` counter (``StatusStore.rejected``).
-    """
-
-    def on_decode_error(self, message: Any, exc: Exception) -> None:
-        _trace_rejected("undecodable", f"{type(exc).__name__}: {exc}", message)
-        super().on_decode_error(message, exc)
-
-    def on_unknown_message(self, body: Any, message: Any) -> None:
-        _trace_rejected("unknown_message", "not a Celery task message", message)
-        super().on_unknown_message(body, message)
-
-    def on_unknown_task(self, body: Any, message: Any, exc: Exception) -> None:
-        _trace_rejected("unknown_task", f"{type(exc).__name__}: {exc}", message)
-        super().on_unknown_task(body, message, exc)
-
-    def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
-        _trace_rejected("invalid_task", f"{type(exc).__name__}: {exc}", message)
-        super().on_invalid_task(body, message, exc)
+def _configure_worker_logging(loglevel: Any = None, **_: Any) -> None:
+    # Our format for every line the worker writes, Celery's own included.
+    settings = get_settings()
+    configure_logging(loglevel or settings.log_level, settings.log_format)
 
 
-def _trace_rejected(reason: str, detail: str, message: Any) -> None:
-    log.error("dropping a queue message (%s): %s", reason, detail)
-    try:
-        body = getattr(message, "body", b"")
-        excerpt = body.decode("utf-8", "replace") if isinstance(body, bytes) else repr(body)
-        _consumer_store().record_rejected(reason, detail, excerpt)
-    except REDIS_ERRORS as exc:
-        log.warning("could not record the dropped message in Redis: %s", exc)
-    except Exception:
-        log.exception("could not record the dropped message")
-
-
-_consumer_stores: list[StatusStore] = []
-
-
-def _consumer_store() -> StatusStore:
-    # The consumer runs in the worker's main process: a small client of its own there.
-    if not _consumer_stores:
-        _consumer_stores.append(
-            StatusStore.from_settings(redis_client(settings, max_connections=2), settings)
-        )
-    return _consumer_stores[0]
-
-
-@signals.worker_ready.connect
 def _check_redis(sender: Any = None, **_: Any) -> None:
-    warn_redis_configuration(_consumer_store().redis, "worker")
+    warn_redis_configuration(consumer_store().redis, "worker")
 
 
-@signals.worker_ready.connect
 def _start_reaper(sender: Any = None, **_: Any) -> None:
     # Every worker runs one; claims are atomic, so several never publish an id twice.
-    if settings.reaper_interval > 0:
-        app.dispatcher_reaper = make_reaper(deliver.store).start()
+    if get_settings().reaper_interval > 0:
+        get_app().dispatcher_reaper = make_reaper(delivery_task().store).start()
 
 
-@signals.worker_shutdown.connect
 def _stop_reaper(sender: Any = None, **_: Any) -> None:
-    reaper = getattr(app, "dispatcher_reaper", None)
+    reaper = getattr(get_app(), "dispatcher_reaper", None)
     if reaper is not None:
         reaper.stop()

@@ -23,6 +23,7 @@ import redis
 from dispatcher import keys
 from dispatcher.config import Settings
 from dispatcher.embedded import RedisServer, redis_answers
+from dispatcher.ids import DEFAULT_NAMESPACE, MessageRef
 
 EASEMOB_ORG = "sandbox-org"
 EASEMOB_APP = "dispatcher"
@@ -33,6 +34,11 @@ QINIU_SECRET_KEY = "sandbox-secret-key"
 QINIU_BUCKET = "sandbox-bucket"
 TEST_DB = 12
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def ref(message_id: str) -> MessageRef:
+    """The reference of a message submitted in the default namespace."""
+    return MessageRef(DEFAULT_NAMESPACE, message_id)
 
 
 @pytest.fixture(scope="session")

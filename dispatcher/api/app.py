@@ -1,4 +1,4 @@
-"""``create_app``: the FastAPI app of SPEC §3, and ``run_api``: serve it with uvicorn."""
+"""``create_app``: the FastAPI app of docs/api.md, and ``run_api``: serve it with uvicorn."""
 
 from __future__ import annotations
 
@@ -158,7 +158,7 @@ def run_api(settings: Settings, host: str, port: int, workers: int = 1) -> None:
         host=host,
         port=port,
         workers=workers,
-        access_log=False,  # ~27 % of throughput (PERFORMANCE.md)
+        access_log=False,  # ~27 % of throughput (docs/architecture.md, "Costs")
         log_level=settings.log_level.lower(),
         server_header=False,
     )

@@ -34,7 +34,7 @@ from dispatcher.errors import (
     RateLimited,
     Unavailable,
 )
-from dispatcher.models import StatusRecord
+from dispatcher.record import StatusRecord
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from dispatcher import keys
-from dispatcher.connections import REDIS_ERRORS
-from dispatcher.status import LATENCY_BUCKETS_MS
+from dispatcher.connections import REDIS_ERRORS, text
+from dispatcher.store import LATENCY_BUCKETS_MS
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ class RedisCollector(Collector):
         if self.broker is None:
             pipe.llen(self.queue)
         replies = pipe.execute()
-        stats = {_text(k): int(v) for k, v in replies[0].items()}
+        stats = {text(k): int(v) for k, v in replies[0].items()}
         depth = int(replies[2]) if self.broker is None else None
         return stats, int(replies[1]), depth
 
@@ -153,7 +153,3 @@ class RedisCollector(Collector):
             buckets=buckets,
             sum_value=stats.get("latency:sum_ms", 0) / 1000,
         )
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

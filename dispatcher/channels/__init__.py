@@ -1,16 +1,16 @@
-"""Delivery channels. The message center, not the caller, picks one."""
+"""Delivery channels, as plug-ins found by :func:`registry` (docs/extending.md)."""
 
 from __future__ import annotations
 
-from dispatcher.channels.base import Channel, Receipt
-from dispatcher.models import Message
+from dispatcher.channels.base import Channel, ChannelSpec, Receipt, config_block
+from dispatcher.channels.registry import Registry, open_channels, registry
 
-EASEMOB = "easemob"
-
-
-def pick_channel(message: Message) -> str:
-    """The channel name for a message. Easemob is the only channel today (SPEC §2)."""
-    return EASEMOB
-
-
-__all__ = ["EASEMOB", "Channel", "Receipt", "pick_channel"]
+__all__ = [
+    "Channel",
+    "ChannelSpec",
+    "Receipt",
+    "Registry",
+    "config_block",
+    "open_channels",
+    "registry",
+]

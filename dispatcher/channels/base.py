@@ -1,18 +1,31 @@
-"""What a delivery channel is: something that sends one validated message.
+"""What a delivery channel is, and what it declares to the registry (docs/extending.md).
 
-A channel raises :class:`~dispatcher.errors.DeliveryError` (retryable or
-not) and returns a :class:`Receipt` on success. Adding a channel (the seed's
-struck-out WeChat, say) means one new module implementing this protocol and
-one line in :func:`dispatcher.channels.pick_channel`.
+A channel module under ``dispatcher/channels/`` exports ``CHANNEL``, a
+:class:`ChannelSpec`: its name, the seed's ``channelType`` number, the message
+types it carries, which of them need media resolved first, its configuration
+block, its size check, and how to open the :class:`Channel` that sends. The
+registry finds it there; nothing else in the package names a channel.
+
+A channel's ``send`` raises :class:`~dispatcher.errors.DeliveryError`
+(retryable or not) and returns a :class:`Receipt` on success.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
-from dispatcher.models import Message
-from dispatcher.ratelimit import Prepay
+from pydantic import BaseModel, ValidationError
+
+from dispatcher.config import Settings
+from dispatcher.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    import redis
+
+    from dispatcher.models import Message
+    from dispatcher.ratelimit import Prepay
 
 
 @dataclass(frozen=True)
@@ -38,8 +51,44 @@ class Channel(Protocol):
         """A rate slot the lease script may take for the send (one round trip fewer), if any."""
         ...
 
-    def check_size(self, message_id: str, message: Message) -> None:
-        """Raise MessageTooLarge if the provider would refuse the message for its size."""
-        ...
-
     def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class ChannelSpec:
+    """A channel as the registry knows it (see the module docstring)."""
+
+    name: str
+    channel_type: int
+    """The seed's ``channelType`` number of this channel."""
+    carries: frozenset[int]
+    """Message types this channel can deliver."""
+    media: frozenset[int]
+    """Message types whose media must be resolved (URLs, sizes) before the send."""
+    configured: Callable[[Settings], bool]
+    """Whether the channel's configuration block is filled in (workers open only those)."""
+    check_size: Callable[[Settings, str, Message], None]
+    """Raise MessageTooLarge when the provider would refuse the message for its size."""
+    open: Callable[[Settings, redis.Redis], Channel]
+
+
+Block = TypeVar("Block", bound=BaseModel)
+
+
+def config_block(settings: Settings, prefix: str, model: type[Block]) -> Block:
+    """A channel's settings block: the ``<prefix>_*`` settings as ``model``'s fields.
+
+    Raises ConfigurationError naming the ``DISPATCHER_*`` variables that are missing.
+    """
+    values = {
+        name.removeprefix(f"{prefix}_"): getattr(settings, name)
+        for name in type(settings).model_fields
+        if name.startswith(f"{prefix}_") and getattr(settings, name) is not None
+    }
+    try:
+        return model.model_validate(values)
+    except ValidationError as exc:
+        missing = [f"DISPATCHER_{prefix.upper()}_{str(e['loc'][0]).upper()}" for e in exc.errors()]
+        raise ConfigurationError(
+            f"{prefix.capitalize()} is not configured: set {', '.join(missing)}"
+        ) from None

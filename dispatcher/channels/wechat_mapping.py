@@ -16,7 +16,6 @@ from typing import Any
 from dispatcher.channels.wechat_config import SUMMARY_PLACEHOLDER, WindowFallback
 from dispatcher.errors import FieldError, InvalidMessage, MediaError, MessageTooLarge
 from dispatcher.models import (
-    Ext,
     ImageInfo,
     Message,
     MessageType,
@@ -267,10 +266,7 @@ def _as_text(value: Any, key: str) -> str:
 
 
 def _template_of(message: Message) -> Template | None:
-    raw = (message.ext or {}).get("template")
-    if raw is None:
-        return None
-    return Ext.model_validate({"template": raw}).template
+    return message.ext.template if message.ext else None
 
 
 def summary(message: Message) -> str:

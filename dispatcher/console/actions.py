@@ -9,7 +9,8 @@ from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from dispatcher.ids import ID_PATTERN
-from dispatcher.producer import DeadLetterFilter, Dispatcher
+from dispatcher.producer import Dispatcher
+from dispatcher.record import DeadLetterFilter
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,7 @@ def apply_action(dispatcher: Dispatcher, action: str, ids: list[str], user: str)
     """Replay or discard each id; one outcome per id, in order (blocking: run in a thread)."""
     outcomes: list[Outcome] = []
     for message_id in ids:
+        verdict: str
         if action == "replay":
             verdict = dispatcher.replay(message_id, by=f"{user} (console)")
         else:

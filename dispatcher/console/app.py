@@ -38,7 +38,8 @@ from dispatcher.console.signin import SignIn
 from dispatcher.console.views import message_view
 from dispatcher.errors import Unavailable
 from dispatcher.ids import ID_PATTERN
-from dispatcher.producer import DeadLetterPage, Dispatcher
+from dispatcher.producer import Dispatcher
+from dispatcher.record import DeadLetterPage
 
 log = logging.getLogger(__name__)
 

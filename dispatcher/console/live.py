@@ -45,11 +45,11 @@ COUNTERS = {
 
 def snapshot(dispatcher: Dispatcher, roster: WorkerRoster) -> dict[str, Any]:
     """Everything the live page draws, as JSON-ready values (blocking: run in a thread)."""
-    stats = dispatcher.store.stats()
+    stats = dispatcher.store.read.stats()
     return {
         "at": time.time(),
         "counters": {name: stats.get(field, 0) for name, field in COUNTERS.items()},
-        "deadLetters": dispatcher.store.dead_letter_count(),
+        "deadLetters": dispatcher.store.read.dead_letter_count(),
         "queues": [
             {"name": q.queue, "backlog": q.depth, "oldestAge": q.oldest_age}
             for q in dispatcher.queue_backlog()

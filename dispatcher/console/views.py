@@ -15,10 +15,11 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from dispatcher.channels import EASEMOB
+from dispatcher.channels.easemob import NAME as EASEMOB
 from dispatcher.channels.easemob import build_body
 from dispatcher.errors import InvalidMessage
-from dispatcher.models import ImageInfo, StatusRecord, VideoInfo, VoiceInfo, parse_message
+from dispatcher.models import ImageInfo, VideoInfo, VoiceInfo, parse_message
+from dispatcher.record import StatusRecord
 
 MASK = "••••••"
 RESOLVED_LATER = "(filled in from Qiniu at send time)"

@@ -1,4 +1,4 @@
-"""Qiniu Kodo: what the worker and the producer need from the bucket (providers.md part B).
+"""Qiniu Kodo: what the worker and the producer need from the bucket (docs/providers.md, "Qiniu").
 
 The official ``qiniu`` SDK does the signing (upload tokens, QBox/Qiniu management
 tokens, private download URLs), the form and resumable uploads and ``stat``.
@@ -12,34 +12,31 @@ operation, the key and the bucket, never a credential or a signed URL.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
-import mimetypes
 import os
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from io import BytesIO
-from pathlib import Path
-from types import TracebackType
-from typing import Any, BinaryIO, Self
+from typing import Any, Self
 from urllib.parse import quote, urlsplit
 
 import httpx
 import qiniu
 import qiniu.config
-from qiniu.services.storage.uploaders import FormUploader, ResumeUploaderV2
 
 from dispatcher.config import Settings
 from dispatcher.errors import ConfigurationError, MediaError
-
-BLOCK_SIZE = 4 * 1024 * 1024
-"""Qiniu's etag block, the v1 resumable block and the SDK's default v2 part size."""
-
-Progress = Callable[[int, int], None]
-"""``progress(uploaded_bytes, total_bytes)``, called as an upload advances."""
+from dispatcher.media.facts import (
+    BLOCK_SIZE,
+    AvInfo,
+    ImageMeta,
+    ObjectStat,
+    as_int,
+    guess_mime_type,
+    parse_avinfo,
+    parse_image_info,
+    qiniu_etag,
+    sniff_extension,
+)
+from dispatcher.media.upload import Progress, upload
 
 # Qiniu answers a few permanent conditions with 5xx/6xx codes; these are the
 # ones another attempt can fix (the SDK's own need_retry() table agrees).
@@ -47,132 +44,13 @@ _RETRYABLE_STATUSES = frozenset({406, 429, 573, 599, 608, 701})
 _PERMANENT_5XX = frozenset({501, 579})
 _MAX_DETAIL = 200
 
-# Types Python's mimetypes table may not know on every platform.
-_EXTRA_TYPES = {".amr": "audio/amr", ".aac": "audio/aac", ".mp3": "audio/mpeg", ".mp4": "video/mp4"}
-
-
-@dataclass(frozen=True)
-class ObjectStat:
-    """An object's metadata from ``stat``; ``put_time`` is in 100-ns units since the epoch."""
-
-    fsize: int
-    mime_type: str
-    hash: str
-    put_time: int
-
-
-@dataclass(frozen=True)
-class AvInfo:
-    """What ``?avinfo`` says about an audio or video file.
-
-    ``width``/``height`` are those of the first video stream as displayed
-    (swapped for a 90/270 degree ``rotate`` tag); ``None`` for audio.
-    """
-
-    duration: float | None
-    width: int | None
-    height: int | None
-    size: int | None
-    format_name: str | None = None
-
-
-@dataclass(frozen=True)
-class ImageMeta:
-    """What ``?imageInfo`` says about an image."""
-
-    width: int
-    height: int
-    size: int | None
-    format: str
-
-
-def qiniu_etag(source: bytes | BinaryIO) -> str:
-    """Qiniu's content hash: SHA-1 per 4 MiB block, prefixed 0x16 (one block) or 0x96 (more)."""
-    stream: BinaryIO = BytesIO(source) if isinstance(source, bytes) else source
-    digests: list[bytes] = []
-    while True:
-        block = stream.read(BLOCK_SIZE)
-        if not block and digests:
-            break
-        digests.append(hashlib.sha1(block).digest())
-        if len(block) < BLOCK_SIZE:
-            break
-    if len(digests) == 1:
-        payload = b"\x16" + digests[0]
-    else:
-        payload = b"\x96" + hashlib.sha1(b"".join(digests)).digest()
-    return base64.urlsafe_b64encode(payload).decode()
-
-
-def parse_avinfo(body: dict[str, Any]) -> AvInfo:
-    """Read avinfo's ffprobe-like JSON, where most numbers are strings."""
-    fmt = body.get("format") or {}
-    streams = [s for s in body.get("streams") or [] if isinstance(s, dict)]
-    duration = _as_float(fmt.get("duration"))
-    if duration is None:
-        # Some containers only carry per-stream durations.
-        durations = [d for d in (_as_float(s.get("duration")) for s in streams) if d is not None]
-        duration = max(durations) if durations else None
-    width = height = None
-    video = next((s for s in streams if s.get("codec_type") == "video"), None)
-    if video is not None:
-        width, height = _as_int(video.get("width")), _as_int(video.get("height"))
-        rotate = _as_int((video.get("tags") or {}).get("rotate"))
-        if rotate is not None and rotate % 180 == 90:
-            width, height = height, width
-    return AvInfo(
-        duration=duration,
-        width=width,
-        height=height,
-        size=_as_int(fmt.get("size")),
-        format_name=fmt.get("format_name") if isinstance(fmt.get("format_name"), str) else None,
-    )
-
-
-def parse_image_info(body: dict[str, Any]) -> ImageMeta | None:
-    """Read imageInfo's JSON; ``None`` when it lacks a usable width and height."""
-    width, height = _as_int(body.get("width")), _as_int(body.get("height"))
-    if not width or not height:
-        return None
-    return ImageMeta(
-        width=width,
-        height=height,
-        size=_as_int(body.get("size")),
-        format=str(body.get("format") or ""),
-    )
-
-
-def guess_mime_type(name: str) -> str:
-    """The MIME type Qiniu should store for a file name."""
-    suffix = Path(name).suffix.lower()
-    return _EXTRA_TYPES.get(suffix) or mimetypes.guess_type(name)[0] or "application/octet-stream"
-
-
-def sniff_extension(head: bytes) -> str:
-    """The file extension (with the dot) of media bytes, from their magic numbers; '' if unknown."""
-    if head.startswith(b"\xff\xd8\xff"):
-        return ".jpg"
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return ".png"
-    if head[:6] in (b"GIF87a", b"GIF89a"):
-        return ".gif"
-    if head[4:8] == b"ftyp":
-        return ".mp4"
-    if head.startswith(b"#!AMR"):
-        return ".amr"
-    if head.startswith(b"ID3") or head[:2] in (b"\xff\xfb", b"\xff\xf3", b"\xff\xf2"):
-        return ".mp3"
-    if head[:2] in (b"\xff\xf1", b"\xff\xf9"):
-        return ".aac"
-    return ""
-
 
 class QiniuClient:
     """One bucket on Qiniu: stat, media info, download URLs and uploads.
 
     Thread-safe for the SDK calls; the ``httpx.Client`` is shared by the
     threads using this object (give each worker thread its own client when
-    throughput matters, see PERFORMANCE.md).
+    throughput matters; docs/architecture.md, "Costs").
 
     SDK calls use the SDK's own timeout and connection retries (30 s, 3
     retries): both are process-wide ``qiniu.config`` defaults, which we leave
@@ -202,13 +80,13 @@ class QiniuClient:
         self._auth = qiniu.Auth(access_key, secret_key)
         # Fixed hosts passed per call: no UC region query, and no set_default()
         # that would redirect every other SDK user in the process.
-        self._region = qiniu.Region(up_host=self.up_host, rs_host=self.rs_host)
+        self.region = qiniu.Region(up_host=self.up_host, rs_host=self.rs_host)
         # The SDK overrides each host's scheme with a "preferred" one (http by
         # default); keep the scheme each configured host asks for.
-        self._up_scheme = urlsplit(self.up_host).scheme or "https"
+        self.up_scheme = urlsplit(self.up_host).scheme or "https"
         self._bucket_manager = qiniu.BucketManager(
             self._auth,
-            regions=[self._region],
+            regions=[self.region],
             preferred_scheme=urlsplit(self.rs_host).scheme or "https",
         )
         self._http = httpx.Client(timeout=timeout)
@@ -248,12 +126,7 @@ class QiniuClient:
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *_: object) -> None:
         self.close()
 
     # -- signing (pure) --------------------------------------------------------
@@ -263,7 +136,7 @@ class QiniuClient:
     ) -> str:
         """The URL of ``key`` on the download domain, ``?query`` appended, signed if private.
 
-        The key is UTF-8 and URL-escaped before signing (providers.md B1).
+        The key is UTF-8 and URL-escaped before signing (docs/providers.md, "Qiniu").
         ``deadline`` (unix seconds) defaults to now + ``url_lifetime``.
         """
         url = f"{self.domain}/{quote(key, safe='/')}"
@@ -303,7 +176,7 @@ class QiniuClient:
         """Size, type, hash and put time of ``key`` (RS ``stat``)."""
         ret, info = self._bucket_manager.stat(self.bucket, key)
         if ret is None or not info.ok():
-            raise self._sdk_error(info, operation="stat", key=key)
+            raise self.sdk_error(info, operation="stat", key=key)
         try:
             return ObjectStat(
                 fsize=int(ret["fsize"]),
@@ -358,7 +231,7 @@ class QiniuClient:
         if response.status_code != 200 or (isinstance(body, dict) and "error" in body):
             status = response.status_code
             if status == 200 and isinstance(body, dict):
-                status = _as_int(body.get("code")) or 400
+                status = as_int(body.get("code")) or 400
             raise self._error(status, _detail(response.content), operation=fop, key=key)
         if not isinstance(body, dict):
             raise MediaError(
@@ -379,94 +252,12 @@ class QiniuClient:
         progress: Progress | None = None,
         mime_type: str | None = None,
     ) -> str:
-        """Upload bytes or a local file; returns the key.
-
-        The default key is the content's Qiniu etag plus the file's extension
-        (from the path, else sniffed from the bytes), uploaded insert-only, so
-        uploading the same content twice is harmless. An explicit ``key`` is
-        overwritten. Above the SDK's threshold (8 MiB) the upload is resumable
-        (v2 multipart, 4 MiB parts, 3 at a time).
-        """
-        source: bytes | Path = data if isinstance(data, bytes) else Path(data)
-        file_name = source.name if isinstance(source, Path) else None
-        try:
-            size = source.stat().st_size if isinstance(source, Path) else len(source)
-            if key is None:
-                key, scoped_key = self._content_key(source), None
-            else:
-                scoped_key = key
-            token = self.upload_token(scoped_key)
-            mime = mime_type or guess_mime_type(file_name or key)
-            threshold = int(qiniu.config.get_default("default_upload_threshold"))
-            if size > threshold:
-                ret, info = self._resumable(token, key, source, size, file_name, mime, progress)
-            else:
-                ret, info = self._form(token, key, source, file_name, mime)
-                if ret is not None and progress is not None:
-                    progress(size, size)  # the form uploader reports no progress of its own
-        except OSError as exc:
-            raise MediaError(
-                "media_unreadable", f"cannot read {file_name or 'data'}: {exc}", retryable=False
-            ) from None
-        if ret is None or not info.ok():
-            raise self._sdk_error(info, operation="upload", key=key)
-        return str(ret.get("key") or key)
-
-    def _content_key(self, source: bytes | Path) -> str:
-        if isinstance(source, bytes):
-            return qiniu_etag(source) + sniff_extension(source[:16])
-        with source.open("rb") as stream:
-            digest = qiniu_etag(stream)
-        return digest + (source.suffix.lower() or _sniff_file(source))
-
-    def _form(
-        self, token: str, key: str, source: bytes | Path, file_name: str | None, mime: str
-    ) -> tuple[dict[str, Any] | None, Any]:
-        uploader = FormUploader(
-            self.bucket, regions=[self._region], preferred_scheme=self._up_scheme
-        )
-        return uploader.upload(
-            key=key,
-            file_name=file_name or key,
-            mime_type=mime,
-            up_token=token,
-            **_sdk_source(source),
-        )
-
-    def _resumable(
-        self,
-        token: str,
-        key: str,
-        source: bytes | Path,
-        size: int,
-        file_name: str | None,
-        mime: str,
-        progress: Progress | None,
-    ) -> tuple[dict[str, Any] | None, Any]:
-        # Our own pool, shut down after the upload: the SDK's default one is
-        # never shut down. No progress recorder: the SDK's default writes
-        # resume records to the temp dir, state we do not want on workers.
-        with ThreadPoolExecutor(max_workers=3, thread_name_prefix="qiniu-part") as pool:
-            uploader = ResumeUploaderV2(
-                self.bucket,
-                regions=[self._region],
-                preferred_scheme=self._up_scheme,
-                part_size=BLOCK_SIZE,
-                progress_handler=progress,
-                concurrent_executor=pool,
-            )
-            return uploader.upload(
-                key=key,
-                data_size=size,
-                file_name=file_name or key,
-                mime_type=mime,
-                up_token=token,
-                **_sdk_source(source),
-            )
+        """Upload bytes or a local file; returns the key (see :func:`upload`)."""
+        return upload(self, data, key, progress=progress, mime_type=mime_type)
 
     # -- errors ----------------------------------------------------------------
 
-    def _sdk_error(self, info: Any, *, operation: str, key: str) -> MediaError:
+    def sdk_error(self, info: Any, *, operation: str, key: str) -> MediaError:
         status = int(getattr(info, "status_code", -1))
         exception = getattr(info, "exception", None)
         if status < 0 or exception is not None:
@@ -549,16 +340,6 @@ class QiniuClient:
         )
 
 
-def _sdk_source(source: bytes | Path) -> dict[str, Any]:
-    """The SDK uploaders' argument for a file or for bytes (as a seekable stream)."""
-    return {"file_path": str(source)} if isinstance(source, Path) else {"data": BytesIO(source)}
-
-
-def _sniff_file(path: Path) -> str:
-    with path.open("rb") as stream:
-        return sniff_extension(stream.read(16))
-
-
 def _json_or_none(content: bytes) -> Any:
     try:
         return json.loads(content)
@@ -575,16 +356,16 @@ def _detail(content: bytes | str) -> str:
     return text[:_MAX_DETAIL]
 
 
-def _as_float(value: Any) -> float | None:
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        result = float(value)
-    except (TypeError, ValueError):
-        return None
-    return result if result == result and result >= 0 else None  # NaN and negatives: unknown
-
-
-def _as_int(value: Any) -> int | None:
-    number = _as_float(value)
-    return int(number) if number is not None else None
+__all__ = [
+    "BLOCK_SIZE",
+    "AvInfo",
+    "ImageMeta",
+    "ObjectStat",
+    "Progress",
+    "QiniuClient",
+    "guess_mime_type",
+    "parse_avinfo",
+    "parse_image_info",
+    "qiniu_etag",
+    "sniff_extension",
+]

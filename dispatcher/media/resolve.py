@@ -1,4 +1,4 @@
-"""Fill a media message's missing fields from Qiniu and check the limits (SPEC §4).
+"""Fill a media message's missing fields from Qiniu and check the limits (README.md, "Message types").
 
 ``resolve_media`` is what a worker calls before building the provider body:
 
@@ -21,11 +21,12 @@ import json
 import logging
 import math
 from dataclasses import asdict
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import redis
 
 from dispatcher import keys
+from dispatcher.connections import text
 from dispatcher.errors import MediaError
 from dispatcher.media.qiniu import AvInfo, ImageMeta, ObjectStat, QiniuClient
 from dispatcher.models import (
@@ -93,11 +94,11 @@ def resolve_media(
     """
     lookup = _Lookup(client, cache, cache_ttl)
     if isinstance(info, ImageInfo):
-        return cast(MediaInfo, _image(info, lookup))
+        return _image(info, lookup)
     if isinstance(info, VoiceInfo):
-        return cast(MediaInfo, _voice(info, lookup))
+        return _voice(info, lookup)
     if isinstance(info, VideoInfo):
-        return cast(MediaInfo, _video(info, lookup))
+        return _video(info, lookup)
     raise TypeError(f"resolve_media takes ImageInfo, VoiceInfo or VideoInfo, not {type(info)!r}")
 
 
@@ -250,7 +251,7 @@ class _Lookup:
                 except redis.RedisError as exc:
                     self._give_up_cache(exc)
                 else:
-                    self._entries[key] = {_text(k): _text(v) for k, v in raw.items()}
+                    self._entries[key] = {text(k): text(v) for k, v in raw.items()}
         return self._entries[key]
 
     def _store(self, key: str, name: str, value: str) -> None:
@@ -270,7 +271,3 @@ class _Lookup:
         # One failure is enough: each further try could cost the client's full retry budget.
         logger.warning("media cache unavailable, asking Qiniu directly: %s", exc)
         self._cache = None
-
-
-def _text(value: str | bytes) -> str:
-    return value.decode() if isinstance(value, bytes) else value

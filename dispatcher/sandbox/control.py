@@ -239,7 +239,7 @@ async def _discard(message: Message) -> None:
     return None
 
 
-class _ConnectionDropped(Exception):
+class ConnectionDropped(Exception):
     """Raised after a partial answer so the server closes the socket mid-response."""
 
 
@@ -254,7 +254,7 @@ async def _drop_connection(send: Send) -> None:
         }
     )
     await send({"type": "http.response.body", "body": b"{", "more_body": True})
-    raise _ConnectionDropped("sandbox fault: connection dropped")
+    raise ConnectionDropped("sandbox fault: connection dropped")
 
 
 async def _send_fault(send: Send, rule: FaultRule) -> None:

@@ -12,14 +12,13 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from types import TracebackType
 from typing import Any
 
 import uvicorn
 
 from dispatcher.config import Settings
-from dispatcher.sandbox.control import _ConnectionDropped
-from dispatcher.sandbox.easemob import create_easemob_app_from_settings
+from dispatcher.sandbox.control import ConnectionDropped
+from dispatcher.sandbox.skeleton import simulators
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +31,7 @@ class _QuietFaults(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        return not isinstance(exc, _ConnectionDropped)
+        return not isinstance(exc, ConnectionDropped)
 
 
 _quiet_faults = _QuietFaults()
@@ -167,22 +166,8 @@ class ServerThread:
     def __enter__(self) -> ServerThread:
         return self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *_: object) -> None:
         self.stop()
-
-
-def _qiniu_app(settings: Settings) -> Any | None:
-    try:
-        from dispatcher.sandbox.qiniu import create_qiniu_app_from_settings
-    except ImportError as exc:
-        logger.warning("Qiniu simulator unavailable, serving Easemob only: %s", exc)
-        return None
-    return create_qiniu_app_from_settings(settings)
 
 
 def serve_sandbox(
@@ -191,14 +176,15 @@ def serve_sandbox(
     easemob_port: int = 9101,
     qiniu_port: int = 9102,
     host: str = "127.0.0.1",
+    ports: dict[str, int] | None = None,
 ) -> None:
-    """Serve the Easemob and (when available) Qiniu simulators until SIGINT or SIGTERM."""
+    """Serve every simulator (:func:`simulators`) until SIGINT or SIGTERM; ``ports`` by
+    simulator name overrides the default ports."""
+    chosen = {"Easemob": easemob_port, "Qiniu": qiniu_port, **(ports or {})}
     apps: list[tuple[str, Any, int]] = [
-        ("Easemob", create_easemob_app_from_settings(settings), easemob_port)
+        (sim.name, sim.from_settings(settings), chosen.get(sim.name, sim.default_port))
+        for sim in simulators()
     ]
-    qiniu = _qiniu_app(settings)
-    if qiniu is not None:
-        apps.append(("Qiniu", qiniu, qiniu_port))
     sockets: list[socket.socket] = []
     try:
         for _, _, port in apps:

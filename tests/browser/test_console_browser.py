@@ -140,7 +140,7 @@ def test_the_live_charts_move_while_500_messages_flow(
     page.get_by_role("link", name="Live").click()
     delivered = page.locator('figure[data-series="delivered"]')
     expect(delivered).to_have_attribute("data-readings", re.compile(r"^[1-9]"), timeout=20_000)
-    stats = dispatcher.store.stats()
+    stats = dispatcher.store.read.stats()
     before = stats.get("state:delivered", 0)
     throttled_before = stats.get("provider:429", 0)
     # The provider throttles 20 of the calls: the 429 and retry charts move too.
@@ -178,12 +178,10 @@ def test_requests_without_a_session_or_a_csrf_token_are_refused(
     page: Any, api: ApiProcess, dispatcher: Any, easemob: Any
 ) -> None:
     doomed = dispatcher.submit(text_message("never delivered"))
-    lease = dispatcher.store.begin_attempt(doomed, "w", 10)
+    lease = dispatcher.store.lease.begin(dispatcher.ref(doomed), "w", 10)
     from dispatcher.errors import ProviderError
 
-    dispatcher.store.mark_dead(
-        doomed, lease.owner, ProviderError("boom", "boom", retryable=True), "test"
-    )
+    dispatcher.store.lease.mark_dead(lease, ProviderError("boom", "boom", retryable=True), "test")
     # No session: pages send the browser to the sign-in form, data and assets answer 401.
     page.goto(f"{api.url}/console/dead-letters")
     assert "/console/login?next=/console/dead-letters" in page.url

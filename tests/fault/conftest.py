@@ -1,4 +1,4 @@
-"""Fixtures of the fault suite (RELIABILITY.md "The harness").
+"""Fixtures of the fault suite (docs/reliability.md, "The harness").
 
 - ``fault_redis``: a ``redis-server`` of this test module's own (own port, own
   data dir, AOF on); a module overrides ``redis_options`` for e.g. maxmemory.

@@ -1,4 +1,4 @@
-"""The fault harness of RELIABILITY.md: receipts at the provider, worker PIDs, invariants I1-I4.
+"""The fault harness of docs/reliability.md: receipts at the provider, worker PIDs, invariants I1-I4.
 
 Fixtures live in ``conftest.py``; this module holds what tests import by name.
 """
@@ -22,7 +22,7 @@ import httpx
 import redis
 
 from dispatcher import keys
-from dispatcher.sandbox.control import _ConnectionDropped
+from dispatcher.sandbox.control import ConnectionDropped
 from tests.conftest import EASEMOB_APP, EASEMOB_ORG, WorkerProcess
 
 MESSAGES_PATH = f"/{EASEMOB_ORG}/{EASEMOB_APP}/messages"
@@ -114,7 +114,7 @@ class ReceiptLedger:
 
         try:
             await self.app(scope, replay, capture)
-        except _ConnectionDropped:
+        except ConnectionDropped:
             dropped = True
             raise
         finally:
@@ -261,7 +261,7 @@ def records_of(dispatcher: Any, ids: list[str]) -> dict[str, Any]:
     found: dict[str, Any] = {}
     for start in range(0, len(ids), 500):
         chunk = ids[start : start + 500]
-        found.update(zip(chunk, dispatcher.store.get_many(chunk), strict=True))
+        found.update(zip(chunk, dispatcher.status_many(chunk), strict=True))
     return found
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -10,6 +11,7 @@ from typing import Any
 import pytest
 
 from dispatcher import keys
+from tests.conftest import ref
 from tests.fault.harness import assert_invariants, new_id, text_message
 
 pytestmark = pytest.mark.fault
@@ -29,7 +31,7 @@ def test_four_workers_stay_under_the_provider_limits_at_close_to_the_limit(
     for worker in workers:
         worker.wait_ready()
     deadline = time.monotonic() + F11_N / 60 + 30
-    while dispatcher.store.in_flight() and time.monotonic() < deadline:
+    while dispatcher.store.read.in_flight() and time.monotonic() < deadline:
         time.sleep(1)
 
     records = assert_invariants(dispatcher, easemob, ids, timeout=10)
@@ -73,6 +75,6 @@ def test_one_id_submitted_fifty_times_at_once_is_one_message_and_other_content_c
     assert [h.state.value for h in record.history] == ["queued", "processing", "delivered"]
     assert easemob.reached()[message_id] == 1
     assert len(easemob.receipts(message_id)) == 1
-    stored = dispatcher.store.load_payload(message_id)
+    stored = json.loads(dispatcher.store.read.stored_message(ref(message_id)) or "{}")
     assert stored["messageInfo"]["textMessage"] == "exactly once"
-    assert dispatcher.redis.exists(keys.message(message_id)) == 1
+    assert dispatcher.redis.exists(keys.message(ref(message_id))) == 1

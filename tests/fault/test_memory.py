@@ -10,12 +10,14 @@ from __future__ import annotations
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 
 import pytest
 import redis
 
 from dispatcher import keys
+from dispatcher.store import StatusStore
 from tests.fault.harness import (
     check_bounded_keys,
     check_forward_only,
@@ -56,7 +58,7 @@ def test_volume_run_leaves_only_expiring_keys_and_memory_returns_to_baseline(
         "easemob_messages_per_minute": UNLIMITED,
         "worker_concurrency": 16,
     }
-    dispatcher.store.ttl = TTL
+    dispatcher.store = StatusStore(dispatcher.redis, replace(dispatcher.store.policy, ttl=TTL))
     workers = [start_worker(wait_ready=False, **settings) for _ in range(2)]
     for worker in workers:
         worker.wait_ready()
@@ -73,26 +75,26 @@ def test_volume_run_leaves_only_expiring_keys_and_memory_returns_to_baseline(
     submitted_in = time.monotonic() - started
     peak = used_memory(client)
     deadline = time.monotonic() + N / 50 + 60
-    while dispatcher.store.in_flight() and time.monotonic() < deadline:
+    while dispatcher.store.read.in_flight() and time.monotonic() < deadline:
         peak = max(peak, used_memory(client))
         time.sleep(0.5)
     done_in = time.monotonic() - started
     # I1 for all N from the transition counters (reading 100k records takes longer than
     # the first ones live); every record of the newest 5000 is read and checked too.
-    assert dispatcher.store.stats()["state:delivered"] == N + 1  # and the warm-up
+    assert dispatcher.store.read.stats()["state:delivered"] == N + 1  # and the warm-up
     records = wait_all_terminal(dispatcher, ids[-5000:], timeout=30)
     assert all(r.state.value == "delivered" for r in records.values())
     check_no_needless_duplicates(records, easemob)
     check_forward_only(records)
     kinds = check_bounded_keys(client, [dispatcher.settings.queue])
-    assert dispatcher.store.in_flight() == 0
-    assert len(dispatcher.store.stats()) < 40, "the stats hash has a fixed set of fields"
+    assert dispatcher.store.read.in_flight() == 0
+    assert len(dispatcher.store.read.stats()) < 40, "the stats hash has a fixed set of fields"
 
     # Past the TTL every record and history is gone, and memory is back near its baseline.
     expires_by = time.monotonic() + TTL + 60
-    while count_keys(client, f"{keys.PREFIX}:msg:*") and time.monotonic() < expires_by:
+    while count_keys(client, keys.ALL_RECORDS) and time.monotonic() < expires_by:
         time.sleep(1)
-    left = count_keys(client, f"{keys.PREFIX}:msg:*") + count_keys(client, f"{keys.PREFIX}:hist:*")
+    left = count_keys(client, keys.ALL_RECORDS) + count_keys(client, keys.ALL_HISTORIES)
     time.sleep(2)
     after = used_memory(client)
     print(

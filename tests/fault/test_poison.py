@@ -21,7 +21,8 @@ import redis
 from kombu import Connection, Exchange, Producer
 
 from dispatcher import keys
-from dispatcher.worker import DELIVER_TASK
+from dispatcher.enqueue import DELIVER_TASK
+from tests.conftest import ref
 from tests.fault.harness import assert_invariants, new_id, submit_texts, text_message
 
 pytestmark = pytest.mark.fault
@@ -89,12 +90,14 @@ def test_undecodable_and_unknown_queue_messages_are_rejected_once_with_a_reason(
     assert reasons == sorted([*expected, "unknown_message"]), entries
     ghost = next(e for e in entries if e["reason"] == "unknown_id")
     assert unknown_id in ghost["detail"]
-    stats = dispatcher.store.stats()
+    stats = dispatcher.store.read.stats()
     for reason in set(reasons):
         assert stats[f"rejected:{reason}"] == reasons.count(reason)
     assert client.llen(queue) == 0
     assert client.hlen("unacked") == 0, "nothing left unacked to come back later"
-    assert client.exists(keys.message(unknown_id)) == 0, "no record invented for the unknown id"
+    assert client.exists(keys.message(ref(unknown_id))) == 0, (
+        "no record invented for the unknown id"
+    )
 
     # The same worker process goes on delivering.
     ids = submit_texts(dispatcher, 10, prefix="after")
@@ -120,5 +123,5 @@ def test_message_that_keeps_killing_workers_is_dead_lettered_after_max_requeues(
     assert record.state.value == "dead"
     assert record.lastError is not None and record.lastError.code == "worker_lost"
     assert "dead-lettered" in (record.history[-1].detail or "")
-    assert poison in [m for m, _ in dispatcher.store.dead_letters()]
+    assert poison in [r.id for r, _ in dispatcher.store.read.dead_letters()]
     easemob.clear_faults()

@@ -87,7 +87,7 @@ def test_503_forever_follows_the_backoff_then_dead_then_replay_delivers_once(
         dispatcher.submit(text_message(message_id))
 
     records = assert_invariants(dispatcher, easemob, broken + fine, timeout=30)
-    dead_letters = [m for m, _ in dispatcher.store.dead_letters(limit=1000)]
+    dead_letters = [r.id for r, _ in dispatcher.store.read.dead_letters(limit=1000)]
     for message_id in broken:
         record = records[message_id]
         assert record.state.value == "dead"
@@ -110,7 +110,7 @@ def test_503_forever_follows_the_backoff_then_dead_then_replay_delivers_once(
     for message_id in broken:
         assert replayed[message_id].state.value == "delivered"
         assert [r.status for r in easemob.receipts(message_id)] == [503] * attempts + [200]
-        assert message_id not in [m for m, _ in dispatcher.store.dead_letters(limit=1000)]
+        assert message_id not in [r.id for r, _ in dispatcher.store.read.dead_letters(limit=1000)]
 
 
 @pytest.mark.parametrize("loss", ["hang", "reset"])

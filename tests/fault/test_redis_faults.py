@@ -96,7 +96,7 @@ def test_redis_absent_at_start_api_and_workers_connect_when_it_appears(
     workers = [start_worker(wait_ready=False), start_worker(wait_ready=False)]
     refused = 0
     started = time.monotonic()
-    while time.monotonic() - started < 20:  # RELIABILITY F4: Redis appears 20 s later
+    while time.monotonic() - started < 20:  # F4 in docs/reliability.md: Redis appears 20 s later
         reply = api.submit(text_message(new_id("absent")))
         assert reply.status_code == 503, reply.text
         refused += 1

@@ -17,7 +17,7 @@ from dispatcher.api.app import create_app
 from dispatcher.errors import Unavailable
 from dispatcher.health import redis_warnings
 from dispatcher.sandbox.server import ServerThread
-from tests.conftest import settings_from_env
+from tests.conftest import ref, settings_from_env
 from tests.fault.harness import (
     assert_invariants,
     new_id,
@@ -85,7 +85,7 @@ def test_nearly_full_redis_refuses_new_work_with_a_clear_error_and_evicts_nothin
     assert "storage is nearly full" in reply.json()["message"], reply.text
     print(f"\nF6: at {used_ratio(admin):.0%} of maxmemory: producer {refused!r} refused, API 503")
     for message_id in (refused, refused_api):
-        assert admin.exists(keys.message(message_id)) == 0, "a refusal leaves no trace"
+        assert admin.exists(keys.message(ref(message_id))) == 0, "a refusal leaves no trace"
     assert admin.llen(dispatcher.settings.queue) == 0
 
     # With the guard off, Redis's own OOM error is still a clear Unavailable.

@@ -133,7 +133,7 @@ def test_seed_request_over_http_is_delivered_and_counted(
         and (e["json"] or {}).get("ext", {}).get("dispatcher", {}).get("getMessageId") == seed_id
     ]
     # One receipt, unless an attempt timed out after the provider took it (then it is retried
-    # and the history says so): never more receipts than attempts (RELIABILITY.md I2).
+    # and the history says so): never more receipts than attempts (I2 in docs/reliability.md).
     assert 1 <= len(sent) <= seed_record["attempts"], (seed_record["history"], sent)
     assert sent[0]["target"] == ["148992289019003396"]
     assert sent[0]["ext"]["chatChannel"] == "f2b91d57f9cb4db7a06926b2fd5d9caf"

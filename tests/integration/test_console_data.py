@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 
 from dispatcher.errors import ProviderError
-from dispatcher.producer import DeadLetterFilter
-from dispatcher.status import StatusStore
+from dispatcher.record import DeadLetterFilter
+from dispatcher.store import Lease, StatusStore
+from tests.conftest import ref
 
 pytestmark = pytest.mark.integration
 
@@ -31,9 +32,10 @@ def make_dead(dispatcher: Any, message_id: str, *, client: str, code: str) -> No
     message = dispatcher.validate(text(message_id))
     dispatcher.submit_message(message, client=client)
     store: StatusStore = dispatcher.store
-    lease = store.begin_attempt(message_id, "w", 10)
+    lease = store.lease.begin(ref(message_id), "w", 10)
+    assert isinstance(lease, Lease)
     error = ProviderError(code, f"{code} happened", retryable=True, status=503)
-    assert store.mark_dead(message_id, lease.owner, error, "test") == "ok"  # type: ignore[union-attr]
+    assert store.lease.mark_dead(lease, error, "test") == "ok"
 
 
 def test_dead_letters_are_found_by_client_code_and_time_newest_first(dispatcher: Any) -> None:
@@ -77,7 +79,7 @@ def test_a_discarded_dead_letter_leaves_the_list_and_keeps_its_record(dispatcher
     make_dead(dispatcher, f"d{tag}", client="alpha", code="boom")
     assert dispatcher.discard_dead_letter(f"d{tag}", by="alice") == "ok"
 
-    listed = [m for m, _ in dispatcher.store.dead_letters(limit=100_000)]
+    listed = [r.id for r, _ in dispatcher.store.read.dead_letters(limit=100_000)]
     assert f"d{tag}" not in listed
     record = dispatcher.status(f"d{tag}")
     assert record.state == "dead"
@@ -121,12 +123,14 @@ def test_provider_statuses_of_failed_attempts_are_counted(dispatcher: Any) -> No
     tag = str(time.time_ns())
     message_id = dispatcher.submit(text(f"t{tag}"))
     store: StatusStore = dispatcher.store
-    before = store.stats().get("provider:429", 0)
-    lease = store.begin_attempt(message_id, "w", 10)
+    before = store.read.stats().get("provider:429", 0)
+    lease = store.lease.begin(ref(message_id), "w", 10)
+    assert isinstance(lease, Lease)
     throttled = ProviderError("reach_limit", "429", retryable=True, status=429)
-    assert store.mark_retrying(lease, throttled, 0.01, "throttled") == "ok"  # type: ignore[arg-type]
-    lease = store.begin_attempt(message_id, "w2", 10)
-    store.mark_delivered(lease, "p1", "ok")  # type: ignore[arg-type]
-    stats = store.stats()
+    assert store.lease.mark_retrying(lease, throttled, 0.01, "throttled") == "ok"
+    lease = store.lease.begin(ref(message_id), "w2", 10)
+    assert isinstance(lease, Lease)
+    store.lease.mark_delivered(lease, "p1", "ok")
+    stats = store.read.stats()
     assert stats["provider:429"] == before + 1
-    assert store.dead_letter_count() == len(store.dead_letters(limit=1_000_000))
+    assert store.read.dead_letter_count() == len(store.read.dead_letters(limit=1_000_000))

@@ -22,7 +22,7 @@ from dispatcher.config import ClientConfig, Settings
 from dispatcher.console import issue_login_link
 from dispatcher.console.signin import MAX_FAILURES
 from dispatcher.errors import ProviderError
-from tests.conftest import settings_from_env
+from tests.conftest import ref, settings_from_env
 
 pytestmark = pytest.mark.integration
 
@@ -63,9 +63,9 @@ def dead_message(app: FastAPI, text: str = "doomed") -> str:
         {"messageType": 1, "from": "u1", "to": "u2", "messageInfo": {"textMessage": text}},
         client=PLAIN,
     )
-    lease = dispatcher.store.begin_attempt(message_id, "w", 10)
+    lease = dispatcher.store.lease.begin(ref(message_id), "w", 10)
     error = ProviderError("service_unavailable", "Easemob answered 503", retryable=True, status=503)
-    dispatcher.store.mark_dead(message_id, lease.owner, error, "test")
+    dispatcher.store.lease.mark_dead(lease, error, "test")
     return message_id
 
 
@@ -309,14 +309,14 @@ def test_message_page_shows_the_timeline_and_the_masked_provider_request(
         }
     )
     store = dispatcher.store
-    lease = store.begin_attempt(message_id, "w1", 10)
-    store.mark_retrying(
+    lease = store.lease.begin(ref(message_id), "w1", 10)
+    store.lease.mark_retrying(
         lease, ProviderError("reach_limit", "429 from Easemob", retryable=True, status=429),
         0.01, "throttled; next attempt in 0.01s",
     )  # fmt: skip
     time.sleep(0.05)
-    lease = store.begin_attempt(message_id, "w2", 10)
-    store.mark_delivered(lease, "easemob-id-1", "delivered via easemob")
+    lease = store.lease.begin(ref(message_id), "w2", 10)
+    store.lease.mark_delivered(lease, "easemob-id-1", "delivered via easemob")
     assert sign_in(browser).status_code == 303
 
     page = browser.get("/console/messages", params={"id": message_id})

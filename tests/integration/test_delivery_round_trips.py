@@ -13,13 +13,13 @@ import redis
 import redis.connection
 
 from dispatcher import delivery
-from dispatcher.channels import EASEMOB
+from dispatcher.channels.easemob import NAME as EASEMOB
 from dispatcher.channels.easemob import EasemobChannel
 from dispatcher.connections import redis_client
 from dispatcher.ids import new_message_id
 from dispatcher.models import parse_message
-from dispatcher.status import StatusStore
-from tests.conftest import settings_from_env
+from dispatcher.store import StatusStore
+from tests.conftest import ref, settings_from_env
 
 pytestmark = pytest.mark.integration
 
@@ -49,9 +49,11 @@ def test_a_text_attempt_takes_two_round_trips_and_one_slot(
     channel = EasemobChannel(settings, client)
     run = {"settings": settings, "store": store, "channels": {EASEMOB: channel}}
     try:
-        ids = [new_message_id(settings.id_prefix) for _ in range(3)]
-        for message_id in ids:
-            store.create(message_id, parse_message(TEXT), channel=EASEMOB)
+        ids = [ref(new_message_id(settings.id_prefix)) for _ in range(3)]
+        for message_ref in ids:
+            store.submit.create(
+                store.submit.prepare(message_ref, parse_message(TEXT), channel=EASEMOB)
+            )
         cold = delivery.attempt(ids[0], resolve_media=None, **run)  # fetches the token
         assert cold.state == "delivered"
         time.sleep(1.1)  # 1 call/s: the next slot is free again

@@ -22,7 +22,7 @@ import redis
 from dispatcher import keys
 from dispatcher.devmode import DEV_EASEMOB, DEV_QINIU
 from dispatcher.embedded import free_port, port_is_free
-from tests.conftest import ROOT
+from tests.conftest import ROOT, ref
 from tests.integration.devmode_netns import command
 
 pytestmark = pytest.mark.integration
@@ -319,7 +319,7 @@ def test_dev_uses_the_redis_named_by_the_environment(redis_url: str, tmp_path: P
         named.stop()
     client = redis.Redis.from_url(redis_url)
     try:
-        assert client.exists(keys.message(message_id))
+        assert client.exists(keys.message(ref(message_id)))
     finally:
         client.close()
     assert not (tmp_path / "data" / "dispatcher" / "redis").exists(), "no Redis of its own"

@@ -130,12 +130,12 @@ def test_qiniu_503_twice_then_ok_is_delivered(
 
 def test_a_file_url_on_a_foreign_host_is_rejected_at_submit(dispatcher: Any) -> None:
     queue = dispatcher.settings.queue
-    in_flight, queued = dispatcher.store.in_flight(), dispatcher.redis.llen(queue)
+    in_flight, queued = dispatcher.store.read.in_flight(), dispatcher.redis.llen(queue)
     body = seed_payload(fileUrl="http://169.254.169.254/latest/meta-data")
     body["getMessageId"] = "foreignUrl" + uuid.uuid4().hex
     with pytest.raises(InvalidMessage) as caught:
         dispatcher.submit(body)
     assert {e.field for e in caught.value.errors} == {"messageInfo.fileUrl"}
     assert dispatcher.status(body["getMessageId"]) is None
-    assert dispatcher.store.in_flight() == in_flight
+    assert dispatcher.store.read.in_flight() == in_flight
     assert dispatcher.redis.llen(queue) == queued

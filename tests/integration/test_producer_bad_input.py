@@ -1,4 +1,4 @@
-"""RELIABILITY.md's bad-input list at the Python producer: a named field error, no trace left."""
+"""The bad-input list of docs/reliability.md at the Python producer: a named field error, no trace left."""
 
 from __future__ import annotations
 
@@ -59,11 +59,19 @@ def test_bad_input_names_the_field_and_leaves_no_trace(
     dispatcher: Any, payload: Any, field: str
 ) -> None:
     queue = dispatcher.settings.queue
-    before = (dispatcher.store.in_flight(), dispatcher.redis.llen(queue), dispatcher.redis.dbsize())
+    before = (
+        dispatcher.store.read.in_flight(),
+        dispatcher.redis.llen(queue),
+        dispatcher.redis.dbsize(),
+    )
     with pytest.raises(InvalidMessage) as caught:
         dispatcher.submit(payload)
     assert field in {e.field for e in caught.value.errors}, caught.value.errors
-    after = (dispatcher.store.in_flight(), dispatcher.redis.llen(queue), dispatcher.redis.dbsize())
+    after = (
+        dispatcher.store.read.in_flight(),
+        dispatcher.redis.llen(queue),
+        dispatcher.redis.dbsize(),
+    )
     assert after == before
 
 

@@ -1,4 +1,4 @@
-"""Retry rules of SPEC §8, proven against the Easemob simulator with a real worker."""
+"""Retry rules (docs/reliability.md, "What is retried"), proven against the Easemob simulator with a real worker."""
 
 from __future__ import annotations
 
@@ -144,14 +144,14 @@ def test_retryable_errors_end_dead_when_attempts_run_out(
     assert record.state == "dead"
     assert record.attempts == 3
     assert len(receipts(easemob, message_id)) == 3
-    assert message_id in [mid for mid, _ in dispatcher.store.dead_letters(limit=1000)]
+    assert message_id in [r.id for r, _ in dispatcher.store.read.dead_letters(limit=1000)]
 
     easemob.clear()
     assert dispatcher.replay(message_id) == "ok"
     record = wait_for_state(dispatcher, message_id)
     assert record.state == "delivered"
     assert len(receipts(easemob, message_id)) == 1
-    assert message_id not in [mid for mid, _ in dispatcher.store.dead_letters(limit=1000)]
+    assert message_id not in [r.id for r, _ in dispatcher.store.read.dead_letters(limit=1000)]
 
 
 def test_lost_response_is_retried_and_recorded_as_ambiguous(

@@ -10,7 +10,8 @@ import redis
 
 from dispatcher.errors import DeliveryError
 from dispatcher.models import parse_message
-from dispatcher.status import Attempt, StatusStore
+from dispatcher.store import Lease, StatusStore, StorePolicy
+from tests.conftest import ref
 
 pytestmark = pytest.mark.integration
 
@@ -18,31 +19,32 @@ TERMINAL = {"delivered", "failed", "dead"}
 
 
 def test_racing_writers_never_move_a_terminal_state_back(redis_url: str) -> None:
-    store = StatusStore(redis.Redis.from_url(redis_url), ttl=600)
+    store = StatusStore(redis.Redis.from_url(redis_url), StorePolicy(ttl=600))
     message = parse_message(
         {"messageType": 1, "from": "a", "to": "b", "messageInfo": {"textMessage": "race"}}
     )
-    ids = [f"race{uuid.uuid4().hex}" for _ in range(200)]
-    for message_id in ids:
-        store.create(message_id, message, channel="easemob")
+    ids = [ref(f"race{uuid.uuid4().hex}") for _ in range(200)]
+    for message_ref in ids:
+        store.submit.create(store.submit.prepare(message_ref, message, channel="easemob"))
     error = DeliveryError("boom", "provider error", retryable=True)
     start = threading.Barrier(2)
 
     def deliverer() -> None:
         start.wait()
-        for message_id in ids:
-            attempt = store.begin_attempt(message_id, "deliverer", 30)
-            if isinstance(attempt, Attempt):
-                store.mark_delivered(attempt, "1", "ok")
+        for message_ref in ids:
+            attempt = store.lease.begin(message_ref, "deliverer", 30)
+            if isinstance(attempt, Lease):
+                store.lease.mark_delivered(attempt, "1", "ok")
 
     def saboteur() -> None:
         start.wait()
-        for message_id in ids:
+        for message_ref in ids:
             # a duplicate, late worker: takes any free lease, then tries to undo the outcome
-            attempt = store.begin_attempt(message_id, "saboteur", 0)
-            if isinstance(attempt, Attempt):
-                store.mark_retrying(attempt, error, 1.0, "late retry")
-            store.mark_failed(message_id, "saboteur", error, "late failure")
+            attempt = store.lease.begin(message_ref, "saboteur", 0)
+            if isinstance(attempt, Lease):
+                store.lease.mark_retrying(attempt, error, 1.0, "late retry")
+            late = Lease(message_ref, "saboteur", 1, "")
+            store.lease.mark_failed(late, error, "late failure")
 
     threads = [threading.Thread(target=deliverer), threading.Thread(target=saboteur)]
     for thread in threads:
@@ -50,12 +52,12 @@ def test_racing_writers_never_move_a_terminal_state_back(redis_url: str) -> None
     for thread in threads:
         thread.join()
 
-    for record in store.get_many(ids):
+    for record in store.read.get_many(ids):
         assert record is not None
         assert record.state in TERMINAL
         states = [h.state.value for h in record.history]
         first_terminal = next(i for i, s in enumerate(states) if s in TERMINAL)
         assert first_terminal == len(states) - 1, states  # nothing after the first terminal state
         assert states[-1] == record.state
-    outcomes = {r.state for r in store.get_many(ids) if r}
+    outcomes = {r.state for r in store.read.get_many(ids) if r}
     assert outcomes <= TERMINAL

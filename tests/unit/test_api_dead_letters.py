@@ -9,6 +9,7 @@ import pytest
 from dispatcher.api.paths import DEAD_LETTERS, DEAD_LETTERS_REPLAY
 from dispatcher.errors import DeliveryError
 from dispatcher.models import parse_message
+from tests.conftest import ref
 from tests.unit.test_api_support import TEXT, Harness, body_of, envelope_ok, make_harness, unique_id
 
 
@@ -22,10 +23,13 @@ def api(redis_url: str) -> Iterator[Harness]:
 def make_dead(api: Harness) -> str:
     store = api.app.state.runtime.dispatcher.store
     message_id = unique_id()
-    store.create(message_id, parse_message(TEXT), channel="easemob", client="c1")
-    store.begin_attempt(message_id, "w1", 10)
-    store.mark_dead(
-        message_id, "w1", DeliveryError("down", "Easemob answered 503", retryable=True), "gave up"
+    call = store.submit.prepare(
+        ref(message_id), parse_message(TEXT), channel="easemob", client="c1"
+    )
+    store.submit.create(call)
+    lease = store.lease.begin(ref(message_id), "w1", 10)
+    store.lease.mark_dead(
+        lease, DeliveryError("down", "Easemob answered 503", retryable=True), "gave up"
     )
     return message_id
 

@@ -12,7 +12,7 @@ from dispatcher import keys
 from dispatcher.api.app import settings_environment
 from dispatcher.config import Settings
 from dispatcher.embedded import free_port
-from dispatcher.status import LATENCY_BUCKETS_MS
+from dispatcher.store import LATENCY_BUCKETS_MS
 from tests.unit.test_api_support import TEXT, Harness, envelope_ok, field_errors, make_harness
 
 

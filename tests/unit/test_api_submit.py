@@ -1,5 +1,5 @@
-"""``POST /sender/v1/handleBasicMessage``: the seed's envelope, every error code of SPEC §3.1,
-and the bad-input list of RELIABILITY.md. Every rejection is checked for what it left
+"""``POST /sender/v1/handleBasicMessage``: the seed's envelope, every error code of docs/api.md,
+and the bad-input list of docs/reliability.md. Every rejection is checked for what it left
 behind: nothing queued, no status record."""
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import pytest
 
 from dispatcher import keys
 from dispatcher.embedded import free_port
+from tests.conftest import ref
 from tests.unit.test_api_support import (
     SEED_BODY,
     TEXT,
@@ -82,18 +83,18 @@ def test_accepted_submit_is_queued_once_with_a_record_owned_by_the_client(api: H
     response = api.submit(TEXT)
     message_id = response.json()["data"]["getMessageId"]
     assert api.queued() == 1
-    assert api.redis.hget(keys.message(message_id), "client") == b"c1"
-    assert api.redis.hget(keys.message(message_id), "state") == b"queued"
+    assert api.redis.hget(keys.message(ref(message_id)), "client") == b"c1"
+    assert api.redis.hget(keys.message(ref(message_id)), "state") == b"queued"
 
 
 def test_the_seeds_example_body_is_accepted_byte_for_byte(api: Harness) -> None:
     response = api.submit(SEED_BODY)
     assert response.status_code == 200, response.text
     message_id = response.json()["data"]["getMessageId"]
-    stored = json.loads(api.redis.hget(keys.message(message_id), "message") or b"{}")
+    stored = json.loads(api.redis.hget(keys.message(ref(message_id)), "message") or b"{}")
     assert stored["messageInfo"] == {"videoMessage": "661d21d918d8476c88fc9b90279c400f.mp4"}
     assert stored["to"] == "148992289019003396"
-    assert api.redis.hget(keys.message(message_id), "targetType") == b"chatgroups"
+    assert api.redis.hget(keys.message(ref(message_id)), "targetType") == b"chatgroups"
 
 
 def test_same_id_and_content_again_answers_200_and_queues_nothing_new(api: Harness) -> None:
@@ -111,7 +112,7 @@ def test_valid_unicode_is_stored_byte_for_byte(api: Harness) -> None:
     text = "emoji 🧪👩\u200d💻 RTL שלום zero\u200bwidth 𝔘𝔫𝔦"
     payload = {**TEXT, "messageInfo": {"textMessage": text}}
     message_id = api.submit(payload).json()["data"]["getMessageId"]
-    stored = json.loads(api.redis.hget(keys.message(message_id), "message") or b"{}")
+    stored = json.loads(api.redis.hget(keys.message(ref(message_id)), "message") or b"{}")
     assert stored["messageInfo"]["textMessage"].encode() == text.encode()
 
 
@@ -123,7 +124,7 @@ def test_escaped_surrogate_pair_is_valid_unicode(api: Harness) -> None:
 
 
 # ---------------------------------------------------------------------------
-# Every error code of SPEC §3.1, table-driven
+# Every error code of docs/api.md, table-driven
 
 
 @dataclass
@@ -216,7 +217,7 @@ def test_every_error_answers_its_code_in_the_envelope_and_leaves_nothing(
         if case.prepare:
             case.prepare(api, message_id)
         queued, records = api.queued(), api.record_count()
-        original = api.redis.hgetall(keys.message(message_id))
+        original = api.redis.hgetall(keys.message(ref(message_id)))
 
         started = time.monotonic()
         response = api.submit(case.body(message_id))
@@ -231,7 +232,7 @@ def test_every_error_answers_its_code_in_the_envelope_and_leaves_nothing(
             assert envelope["data"] is None or "errors" not in envelope["data"]
         assert api.queued() == queued, "a rejected submit queued something"
         assert api.record_count() == records, "a rejected submit left a status record"
-        assert api.redis.hgetall(keys.message(message_id)) == original
+        assert api.redis.hgetall(keys.message(ref(message_id))) == original
         if case.code == 409:
             assert original and original[b"to"] == b"u_receiver"
             assert envelope["data"] == {"getMessageId": message_id}
@@ -297,7 +298,7 @@ def test_broker_down_removes_the_record_and_gives_the_nonce_back(redis_url: str)
 
 
 # ---------------------------------------------------------------------------
-# RELIABILITY.md "Bad input", at the API
+# docs/reliability.md "Bad input", at the API
 
 
 def _video(**info: Any) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from dispatcher.api.app import create_app
 from dispatcher.api.paths import STATUS, STATUS_MANY, SUBMIT
 from dispatcher.api.signing import Algorithm, compute_legacy_sign, compute_sign
 from dispatcher.config import Settings
+from tests.conftest import ref
 
 with warnings.catch_warnings():
     # Starlette 1.x prefers httpx2 for its TestClient; httpx works and is what we ship.
@@ -130,12 +131,12 @@ class Harness:
         return int(self.redis.llen(self.settings.queue))
 
     def has_record(self, message_id: str) -> bool:
-        return bool(self.redis.exists(keys.message(message_id), keys.history(message_id)))
+        return bool(self.redis.exists(keys.message(ref(message_id)), keys.history(ref(message_id))))
 
     def record_count(self) -> int:
         """Records under this harness's own id prefix: whatever it generated, nothing else
         (the test Redis may be shared with other test sessions)."""
-        pattern = keys.message(f"{self.settings.id_prefix}*")
+        pattern = keys.message(ref(f"{self.settings.id_prefix}*"))
         return sum(1 for _ in self.redis.scan_iter(match=pattern, count=1000))
 
     def close(self) -> None:

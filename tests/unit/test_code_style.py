@@ -1,4 +1,4 @@
-"""The code stays as ``ruff check``, ``ruff format`` and ``mypy`` (pyproject.toml settings) leave it."""
+"""The code stays as ``ruff check``, ``ruff format`` and ``mypy --strict`` (pyproject.toml settings) leave it."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def test_ruff_is_clean(args: tuple[str, ...]) -> None:
 
 def test_mypy_finds_no_type_errors_in_the_package() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "mypy", "dispatcher"],
+        [sys.executable, "-m", "mypy", "--strict", "dispatcher"],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -11,7 +11,7 @@ from pydantic import Field
 from dispatcher.console.render import Pages, duration
 from dispatcher.console.sessions import Session
 from dispatcher.console.views import MASK, extras, mask_secrets, message_view
-from dispatcher.models import HistoryEntry, State, StatusRecord
+from dispatcher.record import HistoryEntry, State, StatusRecord
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 

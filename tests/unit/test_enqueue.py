@@ -13,12 +13,13 @@ from kombu import Connection
 from kombu.transport.virtual import Message as KombuMessage
 
 from dispatcher import Dispatcher, keys
+from dispatcher.broker import make_celery
 from dispatcher.config import Settings
-from dispatcher.enqueue import TaskMessageTemplate
+from dispatcher.enqueue import DELIVER_TASK, TaskMessageTemplate, task_args
 from dispatcher.errors import Conflict, Unavailable
 from dispatcher.models import parse_message
-from dispatcher.status import StatusStore
-from dispatcher.worker import DELIVER_TASK, make_celery
+from dispatcher.store import StatusStore
+from tests.conftest import ref
 
 QUEUE = "enqueue-test"
 
@@ -45,7 +46,7 @@ def template() -> TaskMessageTemplate:
 def test_the_message_decodes_with_kombu_and_names_task_args_and_queue(
     template: TaskMessageTemplate, message_id: str
 ) -> None:
-    raw = template.build(message_id)
+    raw = template.build(ref(message_id))
     with Connection("memory://") as connection:
         message = KombuMessage(json.loads(raw), channel=connection.default_channel)
         args, kwargs, embed = message.decode()
@@ -53,12 +54,12 @@ def test_the_message_decodes_with_kombu_and_names_task_args_and_queue(
     assert (
         message.headers["id"] == message.headers["root_id"] == message.properties["correlation_id"]
     )
-    assert args == [message_id] and kwargs == {}
+    assert args == [ref(message_id).member] and kwargs == {}
     assert embed == {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
     assert message.delivery_info["routing_key"] == QUEUE
     assert message.content_type == "application/json"
     assert template.queue_key == QUEUE
-    again = json.loads(template.build(message_id))
+    again = json.loads(template.build(ref(message_id)))
     assert again["headers"]["id"] != message.headers["id"]
     assert again["properties"]["delivery_tag"] != message.delivery_tag
 
@@ -68,12 +69,12 @@ def test_celery_reads_it_as_a_deliver_request(template: TaskMessageTemplate) -> 
 
     from dispatcher.worker import app
 
-    raw = template.build("m0abc")
+    raw = template.build(ref("m0abc"))
     with Connection("memory://") as connection:
         message = KombuMessage(json.loads(raw), channel=connection.default_channel)
         request = Request(message, app=app, task=app.tasks[DELIVER_TASK])
     assert request.name == DELIVER_TASK
-    assert request.args == ["m0abc"] and request.kwargs == {}
+    assert request.args == [ref("m0abc").member] and request.kwargs == {}
     assert request.id == message.headers["id"]
 
 
@@ -84,9 +85,10 @@ def test_the_message_is_what_send_task_pushes_to_redis(redis_client: redis.Redis
     settings = Settings(redis_url=redis_url, queue=queue)
     celery = make_celery(settings)
     redis_client.delete(queue)
-    celery.send_task(DELIVER_TASK, args=('m0"é',), queue=queue)
+    odd = ref('m0"é')
+    celery.send_task(DELIVER_TASK, args=task_args(odd), queue=queue)
     pushed = json.loads(redis_client.rpop(queue))
-    ours = json.loads(TaskMessageTemplate.capture(celery, DELIVER_TASK, queue).build('m0"é'))
+    ours = json.loads(TaskMessageTemplate.capture(celery, DELIVER_TASK, queue).build(odd))
     celery.close()
     for message in (pushed, ours):
         task_id = message["headers"]["id"]
@@ -116,7 +118,7 @@ def test_submit_records_and_queues_in_one_call_and_a_duplicate_queues_nothing(
     assert fake_dispatcher.status("m0one").state == "queued"
     queued = json.loads(r.lindex(QUEUE, 0))
     assert queued["headers"]["task"] == DELIVER_TASK
-    assert json.loads(base64.b64decode(queued["body"]))[0] == ["m0one"]
+    assert json.loads(base64.b64decode(queued["body"]))[0] == [ref("m0one").member]
     assert fake_dispatcher.submit_message(text(message_id="m0one")).created is False
     with pytest.raises(Conflict):
         fake_dispatcher.submit_message(text("other", message_id="m0one"))
@@ -128,15 +130,15 @@ def test_a_redis_error_is_unavailable_and_leaves_nothing(fake_dispatcher: Dispat
     r.set(QUEUE, "not a list")  # LPUSH fails inside the script: nothing else may be written
     with pytest.raises(redis.ResponseError):
         fake_dispatcher.submit_message(text(message_id="m0two"))
-    assert r.exists(keys.message("m0two")) == 0
-    assert r.zscore(keys.IN_FLIGHT, "m0two") is None
+    assert r.exists(keys.message(ref("m0two"))) == 0
+    assert r.zscore(keys.IN_FLIGHT, ref("m0two").member) is None
     r.delete(QUEUE)
     fake_dispatcher.redis.connection_pool.disconnect()
 
     def down(*_: Any, **__: Any) -> Any:
         raise redis.ConnectionError("down")
 
-    fake_dispatcher.store._create = down  # type: ignore[method-assign]
+    fake_dispatcher.store.submit.create = down  # type: ignore[method-assign]
     with pytest.raises(Unavailable):
         fake_dispatcher.submit_message(text(message_id="m0three"))
 
@@ -149,11 +151,12 @@ def test_another_broker_keeps_send_task(monkeypatch: pytest.MonkeyPatch) -> None
     sent: list[tuple[Any, ...]] = []
     monkeypatch.setattr(d.celery, "send_task", lambda *a, **k: sent.append((a, k)))
     assert d.submit_message(text(message_id="m0four")).created
-    assert sent == [((DELIVER_TASK,), {"args": ("m0four",), "queue": QUEUE})]
+    assert sent == [((DELIVER_TASK,), {"args": (ref("m0four").member,), "queue": QUEUE})]
     assert d.redis.llen(QUEUE) == 0
 
 
 def test_create_without_a_queue_message_is_unchanged() -> None:
     store = StatusStore(fakeredis.FakeRedis())
-    assert store.create("id1", text(), channel="easemob") == "created"
+    call = store.submit.prepare(ref("id1"), text(), channel="easemob")
+    assert store.submit.create(call).outcome == "created"
     assert store.redis.keys("enqueue*") == []

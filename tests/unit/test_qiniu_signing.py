@@ -1,4 +1,4 @@
-"""The signature and etag vectors of providers.md B1/B8, through our client and our simulator."""
+"""The signature and etag vectors of docs/providers.md ("Qiniu"), through our client and our simulator."""
 
 from __future__ import annotations
 

@@ -1,0 +1,165 @@
+"""The broker side both producers and workers share: the Celery app's configuration,
+kombu's Redis transport with our fixes, and the trace of queue messages Celery drops.
+
+Reliability settings: late acks and reject-on-worker-loss so a killed worker's
+message is redelivered; prefetch of one; no result backend (the status store is
+the source of truth). docs/reliability.md tells which fault each setting answers.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import cache
+from typing import Any
+
+import redis
+from celery import Celery
+from celery.worker.consumer import Consumer
+from kombu.transport import redis as kombu_redis
+
+from dispatcher.config import Settings, get_settings
+from dispatcher.connections import REDIS_ERRORS, redis_client
+from dispatcher.store import StatusStore
+
+log = logging.getLogger(__name__)
+
+
+def make_celery(settings: Settings) -> Celery:
+    celery = Celery("dispatcher", set_as_current=False)
+    celery.conf.update(
+        broker_url=settings.effective_broker_url,
+        broker_transport=(
+            "dispatcher.broker:BrokerTransport"
+            if settings.effective_broker_url.startswith("redis://")
+            else None
+        ),
+        result_backend=None,
+        task_ignore_result=True,
+        task_serializer="json",
+        accept_content=["json"],
+        task_default_queue=settings.queue,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_acks_on_failure_or_timeout=True,
+        worker_prefetch_multiplier=1,
+        worker_pool=settings.worker_pool,
+        worker_concurrency=settings.worker_concurrency,
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        # On SIGTERM, running deliveries get this long to finish; what is left is
+        # restored to the queue at once instead of waiting for the visibility timeout.
+        worker_soft_shutdown_timeout=settings.shutdown_grace,
+        worker_enable_soft_shutdown_on_idle=True,
+        worker_hijack_root_logger=False,
+        # Traces undecodable and unknown queue messages in Redis before Celery drops them.
+        worker_consumer="dispatcher.broker:DispatcherConsumer",
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,
+        broker_transport_options={
+            "visibility_timeout": settings.visibility_timeout,
+            "socket_timeout": 5,
+            "socket_connect_timeout": 2,
+            "health_check_interval": 15,
+            "retry_on_timeout": True,
+            # Scan for unacked tasks past the visibility timeout every few seconds
+            # (kombu's default is ~100 s), so a short timeout means what it says.
+            "unacked_restore_interval": max(1, min(10, settings.visibility_timeout // 4)),
+            "unacked_restore_throttle": 1,
+        },
+        broker_pool_limit=16,
+        task_publish_retry_policy={
+            # Fail fast when the broker is down: the caller gets 503 and may retry.
+            "max_retries": 2,
+            "interval_start": 0,
+            "interval_step": 0.2,
+            "interval_max": 0.5,
+        },
+        worker_send_task_events=False,
+        task_send_sent_event=False,
+    )
+    return celery
+
+
+class _BrokerChannel(kombu_redis.Channel):
+    def _connparams(self, asynchronous: bool = False) -> Any:
+        if self.connection.client is None:
+            # kombu 5.7: closing a channel after the broker connection was lost restores
+            # its unacked messages through a new pool whose parameters are already gone;
+            # the AttributeError is "unrecoverable" to Celery and the worker exits while
+            # Redis is down (F3 in docs/reliability.md). A connection error is ignored and the consumer
+            # reconnects; the unacked messages wait in Redis for the reaper.
+            raise redis.ConnectionError("broker connection already closed")
+        return super()._connparams(asynchronous=asynchronous)  # type: ignore[no-untyped-call]
+
+    def _create_client(self, asynchronous: bool = False) -> Any:
+        # kombu builds a new redis-py client object (on the same pool) for every publish
+        # and every ack: ~60 us of CPU each (redis-py issue 3624; docs/architecture.md, "Costs"). One per
+        # channel and pool does the same; connections still come from the pool per command.
+        if asynchronous:
+            return super()._create_client(asynchronous=True)  # type: ignore[no-untyped-call]
+        pool = self.pool
+        client = self.__dict__.get("_sync_client")
+        if client is None or client.connection_pool is not pool:
+            client = super()._create_client()  # type: ignore[no-untyped-call]
+            self.__dict__["_sync_client"] = client
+        return client
+
+    def _brpop_read(self, **options: Any) -> Any:
+        try:
+            return super()._brpop_read(**options)  # type: ignore[no-untyped-call]
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            # Not a transport envelope (raw bytes pushed to the queue list): kombu's
+            # error would stop the worker. The item is already popped: trace it, go on.
+            log.exception("queue item is not a kombu message")
+            trace_rejected("undecodable", f"not a transport envelope: {type(exc).__name__}", None)
+            return True
+
+
+class BrokerTransport(kombu_redis.Transport):
+    """kombu's Redis transport with :class:`_BrokerChannel`."""
+
+    Channel = _BrokerChannel
+
+
+class DispatcherConsumer(Consumer):  # type: ignore[misc]  # celery is untyped
+    """Celery's consumer, leaving a trace of each queue message it has to drop (F14 in docs/reliability.md).
+
+    Celery already acks or rejects such messages once (no redelivery loop); they
+    carry no status record to dead-letter, so the trace goes to the bounded
+    ``rejected`` list and a ``rejected:<reason>`` counter.
+    """
+
+    def on_decode_error(self, message: Any, exc: Exception) -> None:
+        trace_rejected("undecodable", f"{type(exc).__name__}: {exc}", message)
+        super().on_decode_error(message, exc)
+
+    def on_unknown_message(self, body: Any, message: Any) -> None:
+        trace_rejected("unknown_message", "not a Celery task message", message)
+        super().on_unknown_message(body, message)
+
+    def on_unknown_task(self, body: Any, message: Any, exc: Exception) -> None:
+        trace_rejected("unknown_task", f"{type(exc).__name__}: {exc}", message)
+        super().on_unknown_task(body, message, exc)
+
+    def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
+        trace_rejected("invalid_task", f"{type(exc).__name__}: {exc}", message)
+        super().on_invalid_task(body, message, exc)
+
+
+def trace_rejected(reason: str, detail: str, message: Any) -> None:
+    """Log a queue message Celery or kombu drops, and keep its trace in Redis."""
+    log.error("dropping a queue message (%s): %s", reason, detail)
+    try:
+        body = getattr(message, "body", b"")
+        excerpt = body.decode("utf-8", "replace") if isinstance(body, bytes) else repr(body)
+        consumer_store().recovery.record_rejected(reason, detail, excerpt)
+    except REDIS_ERRORS as exc:
+        log.warning("could not record the dropped message in Redis: %s", exc)
+    except Exception:
+        log.exception("could not record the dropped message")
+
+
+@cache
+def consumer_store() -> StatusStore:
+    """The store of the worker's main process (where the consumer runs): a small client."""
+    settings = get_settings()
+    return StatusStore.from_settings(redis_client(settings, max_connections=2), settings)

@@ -1,0 +1,237 @@
+"""The Easemob channel (channelType 1): classic ``/messages`` sends, shared token and limiter.
+
+:mod:`.mapping` is the pure part (body, size check, classification); this
+module adds the I/O: the app token shared through Redis, the shared rate
+limiter with both of Easemob's dimensions, and one small HTTP pool per thread.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import redis
+from pydantic import BaseModel, SecretStr
+
+from dispatcher.channels.base import ChannelSpec, Receipt, config_block
+from dispatcher.channels.easemob.mapping import (
+    body_size,
+    build_body,
+    build_msg,
+    call_costs,
+    check_size,
+    classify,
+    encode_body,
+    retry_after_seconds,
+    transport_error,
+)
+from dispatcher.channels.http import PerThreadHttp, json_or_none
+from dispatcher.channels.tokens import TokenCache
+from dispatcher.config import Settings
+from dispatcher.errors import ConfigurationError, ProviderError
+from dispatcher.models import MEDIA_TYPES, Message, MessageType
+from dispatcher.ratelimit import Dimension, Prepay, SharedRateLimiter
+
+NAME = "easemob"
+RATE_SAFETY = 0.97  # aim a little under the provider's limit: our clock is not theirs
+SLOT_SLACK = 1.5
+"""Limiter burst, in calls: half a slot of tolerance, so a caller that wakes a little late
+for its slot does not push every later slot back (without it 100 calls/s ran at ~91/s);
+at most one call in any second comes half a slot early."""
+CONNECT_TIMEOUT = 5.0  # seconds to connect to Easemob, for every call
+
+
+class EasemobConfig(BaseModel):
+    """The ``DISPATCHER_EASEMOB_*`` settings block."""
+
+    base_url: str
+    org: str
+    app: str
+    client_id: str
+    client_secret: SecretStr
+    timeout: float
+    max_body_bytes: int
+    calls_per_second: int
+    messages_per_minute: int
+
+
+def easemob_config(settings: Settings) -> EasemobConfig:
+    return config_block(settings, NAME, EasemobConfig)
+
+
+class EasemobChannel:
+    """Sends messages to Easemob's classic ``/messages?useMsgId=true`` endpoint."""
+
+    name = NAME
+
+    def __init__(self, settings: Settings, client: redis.Redis) -> None:
+        self.config = config = easemob_config(settings)
+        self.lease_seconds = settings.lease_seconds
+        self.base = f"{config.base_url}/{config.org}/{config.app}"
+        self.tokens = TokenCache(
+            client,
+            channel=NAME,
+            account=(config.org, config.app, config.client_id),
+            fetch=self._fetch_token,
+            lock_seconds=config.timeout + CONNECT_TIMEOUT + 1,
+        )
+        self.limiter = SharedRateLimiter(
+            client,
+            [
+                Dimension(
+                    "easemob:calls", config.calls_per_second * RATE_SAFETY, 1.0, burst=SLOT_SLACK
+                ),
+                Dimension(
+                    "easemob:user-messages",
+                    config.messages_per_minute * RATE_SAFETY,
+                    60.0,
+                    burst=SLOT_SLACK,
+                ),
+            ],
+        )
+        # Costs depend on the target type only, so the lease may charge them before the send.
+        self._prepay = self.limiter.prepay(
+            NAME,
+            user_costs=call_costs("users"),
+            other_costs=call_costs("chatgroups"),
+            types=CHANNEL.carries - CHANNEL.media,
+        )
+        self.http = PerThreadHttp(
+            httpx.Timeout(config.timeout, connect=CONNECT_TIMEOUT),
+            {"Accept": "application/json", "User-Agent": "dispatcher"},
+        )
+        self._messages_url = httpx.URL(f"{self.base}/messages?useMsgId=true")
+
+    def close(self) -> None:
+        self.http.close()
+
+    def rate_prepay(self) -> Prepay | None:
+        """What the lease script may charge before the send (see :class:`Prepay`).
+
+        None until this process holds a token: a send that must first fetch one would
+        arrive late and bunch with the calls admitted after it (F11 in docs/reliability.md).
+        """
+        if not self.tokens.is_warm():
+            return None
+        return self._prepay
+
+    def send(self, message_id: str, message: Message, *, prepaid: bool = False) -> Receipt:
+        payload = encode_body(build_body(message_id, message))
+        limit = self.config.max_body_bytes
+        if len(payload) > limit:
+            raise ProviderError(
+                "message_too_large",
+                f"Easemob body is {len(payload)} bytes, over the limit of {limit}",
+                retryable=False,
+            )
+        costs = call_costs(message.target_type)
+
+        # Token first, then the rate slot, then the call: a slow token fetch must not
+        # bunch admitted calls into a burst the provider would throttle (F11). A slot the
+        # lease script took (only while the token is in memory) is the same slot, earlier.
+        notes: list[str] = []
+        token = self.tokens.get()
+        if not prepaid:
+            self._acquire(costs)
+        response = self._post_message(payload, token)
+        if response.status_code == 401:
+            # The token expired or was revoked: refresh once (shared) and resend.
+            self.tokens.invalidate(token)
+            notes.append("token refreshed after 401")
+            token = self.tokens.get()
+            self._acquire(costs)  # the resend is a call of its own
+            response = self._post_message(payload, token)
+        if response.status_code != 200:
+            error = classify(response.status_code, json_or_none(response), response.headers)
+            if response.status_code == 429 or (response.status_code == 403 and error.retryable):
+                self.limiter.penalize(error.retry_after or 1.0)
+            raise error
+        return Receipt(_provider_message_id(json_or_none(response), message.to), notes)
+
+    def _acquire(self, costs: dict[str, float]) -> None:
+        try:
+            self.limiter.acquire(costs, max_wait=self.lease_seconds / 2)
+        except TimeoutError as exc:
+            raise ProviderError("rate_limited_locally", str(exc), retryable=True) from None
+
+    def _post_message(self, payload: bytes, token: str) -> httpx.Response:
+        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
+        try:
+            return self.http.post(self._messages_url, payload, headers)
+        except httpx.HTTPError as exc:
+            raise transport_error(exc) from None
+
+    def _fetch_token(self) -> tuple[str, int]:
+        try:
+            response = self.http.client.post(
+                f"{self.base}/token",
+                json={
+                    "grant_type": "client_credentials",
+                    "client_id": self.config.client_id,
+                    "client_secret": self.config.client_secret.get_secret_value(),
+                },
+            )
+        except httpx.HTTPError as exc:
+            raise ProviderError(
+                "token_unreachable",
+                f"could not fetch the Easemob token ({type(exc).__name__})",
+                retryable=True,
+            ) from None
+        body = json_or_none(response)
+        if response.status_code != 200 or not isinstance(body, dict) or "access_token" not in body:
+            error = classify(response.status_code, body, response.headers)
+            raise ProviderError(
+                "token_refused",
+                f"Easemob refused the app token request: {error.message}",
+                retryable=error.retryable,
+                retry_after=error.retry_after,
+                status=response.status_code,
+            )
+        return str(body["access_token"]), int(body.get("expires_in") or 0)
+
+
+def _provider_message_id(body: Any, target: str) -> str | None:
+    data = body.get("data") if isinstance(body, dict) else None
+    if isinstance(data, dict):
+        value = data.get(target)
+        if value is None and data:
+            value = next(iter(data.values()))
+        return None if value is None else str(value)
+    return None
+
+
+def _configured(settings: Settings) -> bool:
+    try:
+        easemob_config(settings)
+    except ConfigurationError:
+        return False
+    return True
+
+
+CHANNEL = ChannelSpec(
+    name=NAME,
+    channel_type=1,
+    carries=frozenset(int(t) for t in MessageType),
+    media=frozenset(int(t) for t in MEDIA_TYPES),
+    configured=_configured,
+    check_size=lambda settings, message_id, message: check_size(
+        message_id, message, settings.easemob_max_body_bytes
+    ),
+    open=EasemobChannel,
+)
+
+__all__ = [
+    "CHANNEL",
+    "NAME",
+    "EasemobChannel",
+    "EasemobConfig",
+    "body_size",
+    "build_body",
+    "build_msg",
+    "call_costs",
+    "check_size",
+    "classify",
+    "encode_body",
+    "retry_after_seconds",
+    "transport_error",
+]

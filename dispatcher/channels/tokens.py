@@ -1,0 +1,128 @@
+"""A provider access token shared by every worker through Redis.
+
+Fetched by one worker at a time (a lock in Redis), read by all, and dropped on
+a 401 only while it is still the token that failed. Each process also keeps
+the token in memory for a few seconds, so a warm send costs no Redis call for
+it (docs/architecture.md, "Costs").
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+
+import redis
+
+from dispatcher import keys
+from dispatcher.connections import text
+from dispatcher.errors import ProviderError
+from dispatcher.store.scripts import load
+
+log = logging.getLogger(__name__)
+
+MEMO_SECONDS = 5.0
+"""How long a worker process reuses the token it last read from Redis without asking again
+(never past the Redis copy's own expiry); a 401 drops it at once."""
+
+Fetch = Callable[[], tuple[str, int]]
+"""Asks the provider for a new token: (token, seconds it lives, 0 for ever)."""
+
+
+class TokenCache:
+    """One token per provider account for every worker."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        channel: str,
+        account: tuple[str, ...],
+        fetch: Fetch,
+        lock_seconds: float,
+    ) -> None:
+        self.redis = client
+        self.channel = channel
+        self.key = keys.token(channel, *account)
+        self.lock_key = keys.token_lock(channel, *account)
+        self._fetch = fetch
+        self._delete_if_equal = load("delete_if_equal")
+        self._memo: tuple[str, float] | None = None  # (token, monotonic time to re-read Redis)
+        self._revoked: str | None = None
+        # The lock outlives one fetch and no more: a worker killed mid-fetch holds every
+        # other worker back only that long.
+        self.lock_seconds = lock_seconds
+
+    def get(self) -> str:
+        # Redis stays the source of truth; this process only saves the round trip
+        # for a few seconds (one GET per delivery was a quarter of its Redis calls).
+        memo = self._memo
+        if memo is not None and time.monotonic() < memo[1]:
+            return memo[0]
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.get(self.key)
+        pipe.pttl(self.key)
+        cached, pttl = pipe.execute()
+        if cached is not None:
+            token = text(cached)
+            self._remember(token, pttl)
+            return token
+        return self._refresh()
+
+    def is_warm(self) -> bool:
+        """True when :meth:`get` answers from this process's memory, without waiting."""
+        memo = self._memo
+        return memo is not None and time.monotonic() < memo[1]
+
+    def invalidate(self, token: str) -> None:
+        """Drop ``token`` unless another worker already replaced it."""
+        self._revoked = token  # a thread that read it just before must not memo it again
+        memo = self._memo
+        if memo is not None and memo[0] == token:
+            self._memo = None
+        self._delete(self.key, token)
+
+    def _delete(self, key: str, expected: str) -> None:
+        self._delete_if_equal(self.redis, {"target": key}, {"expected": expected})
+
+    def _remember(self, token: str, pttl_ms: int | None) -> None:
+        if token == self._revoked:
+            return
+        lifetime = MEMO_SECONDS
+        if pttl_ms is not None and pttl_ms >= 0:
+            lifetime = min(lifetime, pttl_ms / 1000)
+        self._memo = (token, time.monotonic() + lifetime)
+
+    def _refresh(self) -> str:
+        lock = uuid.uuid4().hex
+        deadline = time.monotonic() + self.lock_seconds + 2
+        while time.monotonic() < deadline:
+            if self.redis.set(self.lock_key, lock, nx=True, px=int(self.lock_seconds * 1000)):
+                try:
+                    cached = self.redis.get(self.key)
+                    if cached is not None:
+                        return text(cached)
+                    token, expires_in = self._fetch()
+                    self.redis.set(self.key, token, ex=cache_seconds(expires_in))
+                    log.info("%s token fetched (expires_in=%s)", self.channel, expires_in)
+                    self._remember(token, cache_seconds(expires_in) * 1000)
+                    return token
+                finally:
+                    self._delete(self.lock_key, lock)
+            time.sleep(0.05)  # another worker is fetching: wait for its token
+            cached = self.redis.get(self.key)
+            if cached is not None:
+                return text(cached)
+        raise ProviderError(
+            "token_unavailable",
+            f"timed out waiting for the {self.channel} token refresh",
+            retryable=True,
+        )
+
+
+def cache_seconds(expires_in: int) -> int:
+    """Refresh well before expiry; ``0`` means a token that never expires."""
+    if expires_in <= 0:
+        return 86400
+    return max(1, min(expires_in - 60, int(expires_in * 0.9)))

@@ -1,0 +1,69 @@
+"""The status store, by pipeline stage: one Redis hash per message plus a bounded history.
+
+Every state change is one Lua script (``lua/``), so it is atomic and only moves
+forward: once a message is ``delivered``, ``failed`` or ``dead`` no late or
+duplicate worker can change it (only an operator's replay of a dead letter
+sends it round again). Times come from Redis's own clock, so leases mean the
+same on every machine. docs/architecture.md draws the state machine and lists
+every script with its keys.
+
+- ``submit``    record ``queued`` (with its task and gate), or undo it
+- ``lease``     lease a message for an attempt, record the attempt's outcome
+- ``recovery``  claim what is overdue (the reaper), replay dead letters, trace rejects
+- ``read``      records, dead letters, counters
+"""
+
+from __future__ import annotations
+
+import redis
+
+from dispatcher.config import Settings
+from dispatcher.store.lease import (
+    LATENCY_BUCKETS_MS,
+    Lease,
+    LeaseStore,
+    StandDown,
+    StandDownReason,
+    Transition,
+)
+from dispatcher.store.policy import StorePolicy
+from dispatcher.store.read import ReadStore
+from dispatcher.store.recovery import DiscardOutcome, Reaper, RecoveryStore, ReplayOutcome
+from dispatcher.store.submit import CreateCall, CreateOutcome, CreateResult, SubmitStore
+
+
+class StatusStore:
+    """The stages over one Redis client: ``submit``, ``lease``, ``recovery``, ``read``."""
+
+    def __init__(self, client: redis.Redis, policy: StorePolicy | None = None) -> None:
+        self.redis = client
+        self.policy = policy or StorePolicy()
+        self.submit = SubmitStore(client, self.policy)
+        self.lease = LeaseStore(client, self.policy)
+        self.recovery = RecoveryStore(client, self.policy)
+        self.read = ReadStore(client)
+
+    @classmethod
+    def from_settings(cls, client: redis.Redis, settings: Settings) -> StatusStore:
+        return cls(client, StorePolicy.from_settings(settings))
+
+
+__all__ = [
+    "LATENCY_BUCKETS_MS",
+    "CreateCall",
+    "CreateOutcome",
+    "CreateResult",
+    "DiscardOutcome",
+    "Lease",
+    "LeaseStore",
+    "ReadStore",
+    "Reaper",
+    "RecoveryStore",
+    "ReplayOutcome",
+    "StandDown",
+    "StandDownReason",
+    "StatusStore",
+    "StorePolicy",
+    "SubmitStore",
+    "Transition",
+]

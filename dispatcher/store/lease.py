@@ -1,0 +1,196 @@
+"""Lease stage: a worker leases a message for one attempt, then records its outcome.
+
+``lua/lease.lua`` grants the lease (and may take the send's rate slot in the
+same call, a :class:`~dispatcher.ratelimit.Prepay`); ``lua/finish.lua`` records
+``delivered``, ``retrying``, ``failed`` or ``dead``. Every transition moves
+forward only: once terminal, no late or duplicate worker changes a record
+(docs/architecture.md, "Status state machine").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+import redis
+
+from dispatcher import keys
+from dispatcher.connections import text
+from dispatcher.errors import DeliveryError
+from dispatcher.ids import MessageRef
+from dispatcher.record import LastError, State
+from dispatcher.store.policy import StorePolicy
+from dispatcher.store.scripts import load
+
+if TYPE_CHECKING:
+    from dispatcher.ratelimit import Prepay
+
+LATENCY_BUCKETS_MS = (50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000, 3600000)
+"""Upper bounds of the submit-to-delivered latency histogram kept in the stats hash."""
+_LATENCY_BOUNDS = ",".join(str(b) for b in LATENCY_BUCKETS_MS)
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """This worker may try to deliver the message now."""
+
+    ref: MessageRef
+    owner: str
+    number: int
+    """The attempt's number, 1 for the first."""
+    payload: str
+    """The message as recorded at submit (:meth:`dispatcher.models.Message.stored`)."""
+    prepaid: bool = False
+    """The lease script also took the send's rate slot (a :class:`Prepay`)."""
+
+
+class StandDownReason(StrEnum):
+    """``MISSING``: no status record (expired, or never accepted); ``TERMINAL``: done
+    already; ``BUSY``: another worker holds a live lease."""
+
+    MISSING = "missing"
+    TERMINAL = "terminal"
+    BUSY = "busy"
+
+
+@dataclass(frozen=True, slots=True)
+class StandDown:
+    """The message needs nothing from this worker."""
+
+    ref: MessageRef
+    reason: StandDownReason
+    detail: str
+
+
+class Transition(StrEnum):
+    """What the store said to an outcome."""
+
+    OK = "ok"
+    MISSING = "missing"
+    STALE = "stale"
+    """A retry from a worker whose lease another worker has taken over."""
+    ALREADY_DELIVERED = "terminal:delivered"
+    ALREADY_FAILED = "terminal:failed"
+    ALREADY_DEAD = "terminal:dead"
+
+
+class LeaseStore:
+    def __init__(self, client: redis.Redis, policy: StorePolicy) -> None:
+        self.redis = client
+        self.policy = policy
+        self._lease = load("lease")
+        self._finish = load("finish")
+
+    def begin(
+        self,
+        ref: MessageRef,
+        owner: str,
+        lease_seconds: float,
+        *,
+        prepay: Prepay | None = None,
+    ) -> Lease | StandDown:
+        """Lease the message to ``owner``; with ``prepay`` also try its rate slot (one call)."""
+        prepay_args: list[float] = []
+        if prepay is not None:
+            for dimension in zip(
+                prepay.intervals_ms,
+                prepay.tolerances_ms,
+                prepay.user_costs,
+                prepay.other_costs,
+                strict=True,
+            ):
+                prepay_args += dimension
+        reply = self._lease(
+            self.redis,
+            {
+                "message": keys.message(ref),
+                "history": keys.history(ref),
+                "inflight": keys.IN_FLIGHT,
+                "rates": prepay.keys if prepay else (),
+            },
+            {
+                "owner": owner,
+                "lease_ms": int(lease_seconds * 1000),
+                "ttl": self.policy.ttl,
+                "history_limit": self.policy.history_limit,
+                "member": ref.member,
+                "channel": prepay.channel if prepay else None,
+                "types": "," + ",".join(str(t) for t in sorted(prepay.types)) + ","
+                if prepay
+                else "",
+                "prepay": prepay_args,
+            },
+        )
+        verdict = text(reply[0])
+        if verdict == "ok":
+            return Lease(
+                ref, owner, int(text(reply[1])), text(reply[2]), prepaid=text(reply[3]) == "1"
+            )
+        if verdict == "terminal":
+            return StandDown(ref, StandDownReason.TERMINAL, f"already {text(reply[1])}")
+        if verdict == "busy":
+            holder, remaining = text(reply[1]), int(text(reply[2]))
+            return StandDown(ref, StandDownReason.BUSY, f"held by {holder} for {remaining} ms more")
+        return StandDown(
+            ref, StandDownReason.MISSING, "no status record (expired or never accepted)"
+        )
+
+    def mark_delivered(
+        self, lease: Lease, provider_message_id: str | None, detail: str
+    ) -> Transition:
+        return self._finish_as(lease, State.DELIVERED, detail, provider_id=provider_message_id)
+
+    def mark_retrying(
+        self, lease: Lease, error: DeliveryError, delay: float, detail: str
+    ) -> Transition:
+        return self._finish_as(lease, State.RETRYING, detail, error=error, delay=delay)
+
+    def mark_failed(self, lease: Lease, error: DeliveryError, detail: str) -> Transition:
+        return self._finish_as(lease, State.FAILED, detail, error=error)
+
+    def mark_dead(self, lease: Lease, error: DeliveryError, detail: str) -> Transition:
+        return self._finish_as(lease, State.DEAD, detail, error=error)
+
+    def _finish_as(
+        self,
+        lease: Lease,
+        state: State,
+        detail: str,
+        *,
+        error: DeliveryError | None = None,
+        provider_id: str | None = None,
+        delay: float | None = None,
+    ) -> Transition:
+        last_error = None
+        if error is not None:
+            last_error = LastError(
+                code=error.code, message=error.message, retryable=error.retryable
+            ).model_dump_json()
+        args: dict[str, Any] = {
+            "owner": lease.owner,
+            "new_state": state.value,
+            "ttl": self.policy.ttl,
+            "history_limit": self.policy.history_limit,
+            "detail": detail,
+            "last_error": last_error,
+            "provider_id": provider_id,
+            "delay_ms": None if delay is None else int(delay * 1000),
+            "dead_cap": keys.MAX_DEAD_LETTERS,
+            "member": lease.ref.member,
+            "latency_bounds": _LATENCY_BOUNDS,
+            "retry_grace_ms": int(self.policy.retry_grace * 1000),
+            "provider_status": error.status if error is not None and error.status else None,
+        }
+        reply = self._finish(
+            self.redis,
+            {
+                "message": keys.message(lease.ref),
+                "history": keys.history(lease.ref),
+                "dead": keys.DEAD_LETTERS,
+                "stats": keys.STATS,
+                "inflight": keys.IN_FLIGHT,
+            },
+            args,
+        )
+        return Transition(text(reply))

@@ -1,0 +1,48 @@
+-- Lease the message to ``owner`` for one attempt. With a prepay (``channel`` given) the
+-- lease also tries the rate slot of the send when the message is of that channel and of a
+-- type whose cost is known now (``types`` as ",1,5,"); ``prepay`` holds, per rate key,
+-- interval ms, tolerance ms, cost to users, cost otherwise.
+-- Returns {'ok', attempts, stored message, prepaid 0/1}, {'terminal', state},
+-- {'busy', holder, ms left} or {'missing'}.
+-- keys: message history inflight rates...
+-- args: owner lease_ms# ttl# history_limit# member channel? types prepay...
+-- include: lib
+
+local s = redis.call('HMGET', message, 'state', 'leaseOwner', 'leaseUntil', 'attempts',
+                     'message', 'channel', 'type', 'targetType')
+if not s[1] then
+  redis.call('ZREM', inflight, member)
+  return {'missing'}
+end
+if TERMINAL[s[1]] then return {'terminal', s[1]} end
+-- The same owner again: the client retried after a lost reply (owners are unique per attempt).
+if s[1] == 'processing' and s[2] == owner then return {'ok', s[4], s[5], '0'} end
+local now = now_ms()
+if s[1] == 'processing' and tonumber(s[3] or '0') > now then
+  return {'busy', s[2] or '', tostring(tonumber(s[3]) - now)}
+end
+local attempts = tonumber(s[4] or '0') + 1
+local detail = 'attempt ' .. attempts .. ' by ' .. owner
+if s[1] == 'processing' then
+  detail = detail .. '; took over from ' .. (s[2] or '?') ..
+    ' whose lease expired (that attempt may have reached the provider)'
+end
+redis.call('HSET', message, 'state', 'processing', 'attempts', attempts,
+           'leaseOwner', owner, 'leaseUntil', now + lease_ms, 'updatedAt', now)
+redis.call('HDEL', message, 'dueAt')
+redis.call('EXPIRE', message, ttl)
+redis.call('ZADD', inflight, now + lease_ms, member)
+push_history(history, 'processing', now, detail, history_limit, ttl)
+local prepaid = '0'
+if channel and s[6] == channel and string.find(types, ',' .. (s[7] or '') .. ',', 1, true) then
+  local intervals, tolerances, costs = {}, {}, {}
+  local to_users = s[8] == 'users'
+  for i = 1, #rates do
+    local at = 4 * (i - 1)
+    intervals[i] = tonumber(prepay[at + 1])
+    tolerances[i] = tonumber(prepay[at + 2])
+    costs[i] = tonumber(to_users and prepay[at + 3] or prepay[at + 4])
+  end
+  if gcra_try(rates, intervals, tolerances, costs, false) == 0 then prepaid = '1' end
+end
+return {'ok', tostring(attempts), s[5], prepaid}

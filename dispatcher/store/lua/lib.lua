@@ -1,0 +1,59 @@
+-- Shared by the store's scripts (included by name; docs/architecture.md, "Scripts").
+
+-- Redis's own clock in whole milliseconds: leases mean the same on every machine.
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local TERMINAL = {delivered = true, failed = true, dead = true}
+
+-- Append one state change to a message's bounded history list.
+local function push_history(key, state, at, detail, limit, ttl)
+  local entry = {state = state, at = at}
+  if detail and detail ~= '' then entry['detail'] = detail end
+  redis.call('RPUSH', key, cjson.encode(entry))
+  redis.call('LTRIM', key, -limit, -1)
+  redis.call('EXPIRE', key, ttl)
+end
+
+-- Why an operator's action on a dead letter does not apply, or nil when the message is dead.
+local function not_dead(message_key, dead_key, member)
+  local state = redis.call('HGET', message_key, 'state')
+  if not state then
+    redis.call('ZREM', dead_key, member)
+    return 'missing'
+  end
+  if state ~= 'dead' then return 'state:' .. state end
+  return nil
+end
+
+-- GCRA (the "theoretical arrival time" form of a leaky bucket), the one implementation.
+-- Admit a call costing costs[i] on each dimension i (rate_keys[i], intervals[i] ms,
+-- tolerances[i] ms). Returns 0 when admitted (every dimension committed), else the
+-- microseconds to wait, with nothing committed. With ``repair`` a state further ahead
+-- than this rate allows (left by a slower rate) is pulled back first.
+local function gcra_try(rate_keys, intervals, tolerances, costs, repair)
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+  local wait = 0
+  local new_tats = {}
+  for i, key in ipairs(rate_keys) do
+    if costs[i] > 0 then
+      local tat = tonumber(redis.call('GET', key) or '0')
+      if tat < now then tat = now end
+      local ceiling = now + tolerances[i] + intervals[i] * costs[i]
+      if repair and tat > ceiling then tat = ceiling end
+      local allow_at = tat - tolerances[i]
+      if allow_at > now and allow_at - now > wait then wait = allow_at - now end
+      new_tats[i] = tat + intervals[i] * costs[i]
+    end
+  end
+  if wait > 0 then return math.ceil(wait * 1000) end
+  for i, key in ipairs(rate_keys) do
+    if new_tats[i] then
+      redis.call('SET', key, tostring(new_tats[i]), 'PX', math.ceil(new_tats[i] - now) + 1000)
+    end
+  end
+  return 0
+end

@@ -1,0 +1,16 @@
+-- Send a dead message round again: dead -> queued, attempts and recovery counts reset.
+-- Returns ok, missing or state:<state> (not dead: nothing changed).
+-- keys: message history dead inflight
+-- args: ttl# history_limit# member detail queued_grace_ms#
+-- include: lib
+
+local refused = not_dead(message, dead, member)
+if refused then return refused end
+local now = now_ms()
+redis.call('HSET', message, 'state', 'queued', 'attempts', 0, 'requeues', 0, 'waits', 0,
+           'updatedAt', now)
+redis.call('ZREM', dead, member)
+redis.call('ZADD', inflight, now + queued_grace_ms, member)
+redis.call('EXPIRE', message, ttl)
+push_history(history, 'queued', now, detail, history_limit, ttl)
+return 'ok'

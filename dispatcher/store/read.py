@@ -1,0 +1,134 @@
+"""Read stage: status records, the dead-letter index and the fleet's counters.
+
+Plain reads (pipelined, no scripts): nothing here changes a record.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import redis
+
+from dispatcher import keys
+from dispatcher.connections import text
+from dispatcher.ids import MessageRef
+from dispatcher.record import HistoryEntry, LastError, State, StatusRecord, from_millis
+
+_RECORD_FIELDS = (
+    "state",
+    "type",
+    "from",
+    "to",
+    "targetType",
+    "channel",
+    "client",
+    "attempts",
+    "createdAt",
+    "updatedAt",
+    "deliveredAt",
+    "providerMessageId",
+    "lastError",
+)
+
+
+class ReadStore:
+    def __init__(self, client: redis.Redis) -> None:
+        self.redis = client
+
+    def get(self, ref: MessageRef) -> StatusRecord | None:
+        return self.get_many([ref])[0]
+
+    def get_many(
+        self, refs: list[MessageRef], *, with_history: bool = True
+    ) -> list[StatusRecord | None]:
+        """The records in the order asked (None for unknown ones), in one round trip;
+        without their history lists when ``with_history`` is false."""
+        if not refs:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for ref in refs:
+            pipe.hmget(keys.message(ref), _RECORD_FIELDS)
+            if with_history:
+                pipe.lrange(keys.history(ref), 0, -1)
+        replies = pipe.execute()
+        step = 2 if with_history else 1
+        return [
+            _record(ref, replies[step * i], replies[step * i + 1] if with_history else [])
+            for i, ref in enumerate(refs)
+        ]
+
+    def stored_message(self, ref: MessageRef) -> str | None:
+        """The message as recorded at submit (:meth:`dispatcher.models.Message.stored`)."""
+        raw = self.redis.hget(keys.message(ref), "message")
+        return None if raw is None else text(raw)
+
+    def stats(self) -> dict[str, int]:
+        """Counters kept by the transition scripts: ``state:<state>``, ``latency:*``, ..."""
+        raw = self.redis.hgetall(keys.STATS)
+        return {text(k): int(v) for k, v in raw.items()}
+
+    def in_flight(self) -> int:
+        """How many messages are not yet terminal."""
+        return int(self.redis.zcard(keys.IN_FLIGHT))
+
+    def dead_letters(
+        self,
+        limit: int = 100,
+        offset: int = 0,
+        *,
+        since: float | None = None,
+        until: float | None = None,
+        newest_first: bool = False,
+    ) -> list[tuple[MessageRef, float]]:
+        """Dead messages with the time they died (unix seconds), oldest first (or newest
+        first), optionally only those that died between ``since`` and ``until`` (inclusive)."""
+        low = "-inf" if since is None else int(since * 1000)
+        high = "+inf" if until is None else int(until * 1000)
+        rows: list[tuple[bytes, float]]
+        if newest_first:
+            rows = self.redis.zrevrangebyscore(  # type: ignore[assignment]
+                keys.DEAD_LETTERS, high, low, start=offset, num=limit, withscores=True
+            )
+        else:
+            rows = self.redis.zrangebyscore(  # type: ignore[assignment]
+                keys.DEAD_LETTERS, low, high, start=offset, num=limit, withscores=True
+            )
+        return [(MessageRef.parse(text(member)), float(score) / 1000) for member, score in rows]
+
+    def dead_letter_count(self) -> int:
+        return int(self.redis.zcard(keys.DEAD_LETTERS))
+
+
+def _record(ref: MessageRef, values: list[Any], history: list[Any]) -> StatusRecord | None:
+    fields = dict(
+        zip(_RECORD_FIELDS, (None if v is None else text(v) for v in values), strict=True)
+    )
+    if fields["state"] is None:
+        return None
+    last_error = fields["lastError"]
+    entries = []
+    for raw in history:
+        entry = json.loads(text(raw))
+        entries.append(
+            HistoryEntry(
+                state=entry["state"], at=from_millis(entry["at"]), detail=entry.get("detail")
+            )
+        )
+    return StatusRecord(
+        getMessageId=ref.id,
+        state=State(fields["state"]),
+        messageType=int(fields["type"] or 0),
+        sender=fields["from"] or "",
+        to=fields["to"] or "",
+        targetType=fields["targetType"] or "users",
+        channel=fields["channel"] or "",
+        client=fields["client"],
+        attempts=int(fields["attempts"] or 0),
+        createdAt=from_millis(fields["createdAt"]),
+        updatedAt=from_millis(fields["updatedAt"]),
+        deliveredAt=from_millis(fields["deliveredAt"]),
+        providerMessageId=fields["providerMessageId"],
+        lastError=LastError.model_validate_json(last_error) if last_error else None,
+        history=entries,
+    )

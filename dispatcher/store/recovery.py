@@ -1,0 +1,212 @@
+"""Recovery stage: re-publish messages whose attempt, retry or queue entry was lost.
+
+Celery on Redis redelivers a dead worker's task only after the visibility
+timeout (an hour by default). The store knows better: every non-terminal
+message has a deadline in the in-flight index (lease end, retry due time,
+queued time plus grace). The :class:`Reaper` claims the overdue ones
+atomically (``lua/claim_overdue.lua``) and publishes them again; the new
+attempt takes over the expired lease, and a message recovered too often is
+dead-lettered as poison. Operators replay dead letters; queue messages that no
+record can hold leave a bounded trace (docs/reliability.md).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+import redis
+
+from dispatcher import keys
+from dispatcher.connections import REDIS_ERRORS, text
+from dispatcher.ids import MessageRef
+from dispatcher.store.policy import StorePolicy
+from dispatcher.store.scripts import load
+
+log = logging.getLogger(__name__)
+
+
+class ReplayOutcome(StrEnum):
+    """What the store said to a replay; anything but ``OK`` changed nothing."""
+
+    OK = "ok"
+    MISSING = "missing"
+    QUEUED = "state:queued"
+    PROCESSING = "state:processing"
+    RETRYING = "state:retrying"
+    DELIVERED = "state:delivered"
+    FAILED = "state:failed"
+
+
+class DiscardOutcome(StrEnum):
+    """What the store said to discarding a dead letter; anything but ``OK`` changed nothing."""
+
+    OK = "ok"
+    MISSING = "missing"
+    NOT_LISTED = "not_listed"
+    QUEUED = "state:queued"
+    PROCESSING = "state:processing"
+    RETRYING = "state:retrying"
+    DELIVERED = "state:delivered"
+    FAILED = "state:failed"
+
+
+class RecoveryStore:
+    def __init__(self, client: redis.Redis, policy: StorePolicy) -> None:
+        self.redis = client
+        self.policy = policy
+        self._claim = load("claim_overdue")
+        self._replay = load("replay")
+        self._discard_dead = load("discard_dead")
+
+    def claim_overdue(
+        self, limit: int = 500, requeue_delay: float = 30.0, queue_key: str | None = None
+    ) -> list[MessageRef]:
+        """Messages to re-publish: lease expired, retry never ran, or queued too long.
+
+        Each claimed deadline moves ahead, so concurrent reapers never publish the
+        same message twice: ``requeue_delay`` after an expired lease, and doubling
+        each time for a queued or retrying message (it may only be behind a
+        backlog). One whose lease expired more than ``max_requeues`` times is
+        dead-lettered instead (a poison message: it keeps losing its worker);
+        waiting in a backlog never makes a message poison. With ``queue_key`` (the
+        broker's queue list, when the broker is this Redis) a queued message is left
+        alone while that queue is not empty: its entry is most likely still ahead
+        of it, and a duplicate would only grow the backlog.
+        """
+        key_open, record_close, history_close = keys.MESSAGE_KEY_PARTS
+        claimed = self._claim(
+            self.redis,
+            {
+                "inflight": keys.IN_FLIGHT,
+                "dead": keys.DEAD_LETTERS,
+                "stats": keys.STATS,
+                "queue": queue_key,
+            },
+            {
+                "limit": limit,
+                "requeue_delay_ms": int(requeue_delay * 1000),
+                "max_requeues": self.policy.max_requeues,
+                "ttl": self.policy.ttl,
+                "history_limit": self.policy.history_limit,
+                "key_open": key_open,
+                "record_close": record_close,
+                "history_close": history_close,
+                "dead_cap": keys.MAX_DEAD_LETTERS,
+            },
+        )
+        return [MessageRef.parse(text(member)) for member in claimed]
+
+    def replay(self, ref: MessageRef, detail: str = "replayed from dead letters") -> ReplayOutcome:
+        """Send a dead message round again: ``dead`` -> ``queued``, attempts reset."""
+        reply = self._replay(
+            self.redis,
+            {
+                "message": keys.message(ref),
+                "history": keys.history(ref),
+                "dead": keys.DEAD_LETTERS,
+                "inflight": keys.IN_FLIGHT,
+            },
+            {
+                "ttl": self.policy.ttl,
+                "history_limit": self.policy.history_limit,
+                "member": ref.member,
+                "detail": detail,
+                "queued_grace_ms": self.policy.queued_grace_ms,
+            },
+        )
+        return ReplayOutcome(text(reply))
+
+    def discard_dead_letter(self, ref: MessageRef, detail: str) -> DiscardOutcome:
+        """Take a dead message off the dead-letter index for good (``detail`` goes to its
+        history); its record stays until it expires."""
+        reply = self._discard_dead(
+            self.redis,
+            {
+                "message": keys.message(ref),
+                "history": keys.history(ref),
+                "dead": keys.DEAD_LETTERS,
+            },
+            {
+                "member": ref.member,
+                "detail": detail,
+                "ttl": self.policy.ttl,
+                "history_limit": self.policy.history_limit,
+            },
+        )
+        return DiscardOutcome(text(reply))
+
+    def record_rejected(self, reason: str, detail: str, excerpt: str = "") -> None:
+        """Keep a trace of a queue message that has no status record to dead-letter.
+
+        One entry in the bounded ``rejected`` list and one ``rejected:<reason>``
+        counter in the stats; the caller acks the message so it never loops.
+        """
+        entry = json.dumps(
+            {
+                "reason": reason,
+                "detail": detail,
+                "excerpt": excerpt[:500],
+                "at": int(time.time() * 1000),
+            },
+            ensure_ascii=False,
+        )
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.lpush(keys.REJECTED, entry)
+        pipe.ltrim(keys.REJECTED, 0, keys.MAX_REJECTED - 1)
+        pipe.hincrby(keys.STATS, f"rejected:{reason}", 1)
+        pipe.execute()
+
+
+@dataclass
+class Reaper:
+    """The recovery loop: every ``interval`` seconds, claim and re-publish what is overdue.
+
+    ``requeue_delay``: seconds before a claimed message may be claimed again;
+    ``queue_key``: the broker's queue list when it lives in the store's Redis.
+    """
+
+    store: RecoveryStore
+    publish: Callable[[MessageRef], None]
+    interval: float
+    requeue_delay: float
+    batch: int = 500
+    queue_key: str | None = None
+    _stop: threading.Event = field(default_factory=threading.Event, init=False)
+    _thread: threading.Thread | None = field(default=None, init=False)
+
+    def run_once(self) -> list[MessageRef]:
+        """Claim and re-publish one batch of overdue messages; returns them."""
+        claimed = self.store.claim_overdue(
+            limit=self.batch, requeue_delay=self.requeue_delay, queue_key=self.queue_key
+        )
+        for ref in claimed:
+            self.publish(ref)
+            log.warning("getMessageId=%s recovered: re-enqueued after its deadline passed", ref.id)
+        return claimed
+
+    def run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                while len(self.run_once()) == self.batch and not self._stop.is_set():
+                    pass
+            except REDIS_ERRORS as exc:
+                log.warning("reaper: Redis unavailable (%s); trying again", exc)
+            except Exception:
+                log.exception("reaper: unexpected error; trying again")
+            self._stop.wait(self.interval)
+
+    def start(self) -> Reaper:
+        self._thread = threading.Thread(target=self.run, name="dispatcher-reaper", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
