@@ -2,7 +2,9 @@ FROM python:3.11-slim
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY dispatcher ./dispatcher
-RUN pip install --no-cache-dir . && useradd --create-home dispatcher
+# EXTRAS: optional extras of pyproject.toml to add, e.g. "flower" (the compose flower service)
+ARG EXTRAS=""
+RUN pip install --no-cache-dir ".${EXTRAS:+[$EXTRAS]}" && useradd --create-home dispatcher
 USER dispatcher
 ENV DISPATCHER_API_HOST=0.0.0.0
 EXPOSE 8087
