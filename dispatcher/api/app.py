@@ -20,7 +20,7 @@ from starlette.responses import Response
 from dispatcher.api.admission import Admission
 from dispatcher.api.auth import Authenticator
 from dispatcher.api.envelope import EnvelopeWriter
-from dispatcher.api.metrics import ApiMetrics
+from dispatcher.api.metrics import ApiMetrics, RedisCollector
 from dispatcher.api.openapi import build_openapi
 from dispatcher.api.routes import Runtime, render_error, router
 from dispatcher.config import Settings
@@ -28,6 +28,7 @@ from dispatcher.connections import LoopRedis
 from dispatcher.console import mount_console
 from dispatcher.errors import DispatcherError, FieldError
 from dispatcher.producer import Dispatcher
+from dispatcher.status import StatusStore
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,15 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
         ),
         envelope=envelope,
         async_redis=LoopRedis(settings),
-        metrics=ApiMetrics(store_probe, None if same_broker else broker_probe, settings.queue),
+        metrics=ApiMetrics(
+            RedisCollector(
+                StatusStore.from_settings(store_probe, settings),
+                None if same_broker else broker_probe,
+                [settings.queue],
+                settings.memory_refuse_ratio,
+            ),
+            settings.clients,
+        ),
         probes={"redis": store_probe, "broker": broker_probe},
     )
 
