@@ -5,7 +5,11 @@ COPY requirements/runtime.txt requirements/runtime.txt
 RUN pip install --no-cache-dir -r requirements/runtime.txt
 COPY pyproject.toml README.md ./
 COPY dispatcher ./dispatcher
-RUN pip install --no-cache-dir --no-deps . && useradd --create-home dispatcher
+# EXTRAS: optional extras of pyproject.toml to add, e.g. "flower" (the compose flower service)
+ARG EXTRAS=""
+RUN pip install --no-cache-dir --no-deps . \
+    && if [ -n "$EXTRAS" ]; then pip install --no-cache-dir ".[$EXTRAS]"; fi \
+    && useradd --create-home dispatcher
 USER dispatcher
 ENV DISPATCHER_API_HOST=0.0.0.0
 EXPOSE 8087

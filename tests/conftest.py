@@ -170,6 +170,12 @@ class WorkerProcess:
     extra_args: list[str] = field(default_factory=list)
     process: subprocess.Popen[bytes] | None = None
     name_prefix: ClassVar[str] = "test"
+    quiet_args: ClassVar[tuple[str, ...]] = (
+        "--without-heartbeat",
+        "--without-mingle",
+        "--without-gossip",
+    )
+    """Start-up shortcuts of test workers; a worker watched by Flower keeps its heartbeat."""
 
     @property
     def pid(self) -> int:
@@ -181,8 +187,7 @@ class WorkerProcess:
             sys.executable, "-m", "celery", "-A", "dispatcher.worker", "worker",
             "-Q", self.env["DISPATCHER_QUEUE"],
             "-n", f"{self.name_prefix}-{uuid.uuid4().hex[:8]}@%h",
-            "--without-heartbeat", "--without-mingle", "--without-gossip",
-            "-l", "INFO", *self.extra_args,
+            *self.quiet_args, "-l", "INFO", *self.extra_args,
         ]  # fmt: skip
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:

@@ -22,7 +22,7 @@ from dispatcher.api.admission import Admission
 from dispatcher.api.auth import Authenticator
 from dispatcher.api.docs_assets import install_docs
 from dispatcher.api.envelope import EnvelopeWriter
-from dispatcher.api.metrics import ApiMetrics
+from dispatcher.api.metrics import ApiMetrics, RedisCollector
 from dispatcher.api.openapi import build_openapi
 from dispatcher.api.routes import Runtime, render_error, router
 from dispatcher.config import Settings
@@ -31,6 +31,7 @@ from dispatcher.console import mount_console
 from dispatcher.errors import DispatcherError, FieldError
 from dispatcher.health import warn_redis_configuration
 from dispatcher.producer import Dispatcher
+from dispatcher.store import StatusStore
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,15 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
         ),
         envelope=envelope,
         async_redis=LoopRedis(settings),
-        metrics=ApiMetrics(store_probe, None if same_broker else broker_probe, settings.queue),
+        metrics=ApiMetrics(
+            RedisCollector(
+                StatusStore.from_settings(store_probe, settings),
+                None if same_broker else broker_probe,
+                [settings.queue],
+                settings.memory_refuse_ratio,
+            ),
+            settings.clients,
+        ),
         probes={"redis": store_probe, "broker": broker_probe},
     )
 

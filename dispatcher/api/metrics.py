@@ -2,15 +2,18 @@
 
 Each app has its own :class:`CollectorRegistry` (no global state, so tests and
 several apps in one process do not collide). The workers' figures (transitions,
-delivery latency) live in the shared Redis hash ``keys.STATS``; a custom
-collector reads them, with the queue depth, at scrape time, in one round trip
-when the broker is the same Redis.
+provider errors, delivery latency) live in the shared Redis hash ``keys.STATS``;
+a custom collector reads them at scrape time with what else the store keeps (the
+dead letters, the in-flight index, each queue's backlog) and Redis's memory, so
+there is no second metrics store. docs/operations.md lists every metric and the
+dashboard and alerts built on them.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
 import redis
 from prometheus_client import CollectorRegistry, Counter, generate_latest
@@ -23,8 +26,10 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from dispatcher import keys
+from dispatcher.backlog import QueueBacklog, read_backlog
 from dispatcher.connections import REDIS_ERRORS, text
-from dispatcher.store import LATENCY_BUCKETS_MS
+from dispatcher.health import MemoryUsage, memory_usage
+from dispatcher.store import LATENCY_BUCKETS_MS, StatusStore
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +51,32 @@ TRANSITIONS = {
 }
 """Counters read from ``state:<state>`` in the shared stats hash."""
 
+LABELLED = {
+    "provider:": (
+        "dispatcher_provider_errors",
+        "status",
+        "Delivery attempts the provider answered with an HTTP error, by status (429: throttled).",
+    ),
+    "rejected:": (
+        "dispatcher_queue_messages_dropped",
+        "reason",
+        "Queue messages no status record could hold (undecodable, unknown task), by reason.",
+    ),
+}
+"""Counters read from ``<prefix><label value>`` fields of the shared stats hash."""
+
+NO_CLIENT = "-"
+"""``client`` label of submits without a configured client (unsigned, or refused first)."""
+
 
 class ApiMetrics:
-    """The API's counters and the registry ``/metrics`` renders."""
+    """The API's counters and the registry ``/metrics`` renders.
 
-    def __init__(self, store: redis.Redis, broker: redis.Redis | None, queue: str) -> None:
+    ``clients`` are the configured client names: the only values of the ``client``
+    label besides :data:`NO_CLIENT`, so callers cannot grow the label set.
+    """
+
+    def __init__(self, fleet: RedisCollector, clients: Iterable[str] = ()) -> None:
         self.registry = CollectorRegistry()
         self.submitted = Counter(
             "dispatcher_submitted",
@@ -59,97 +85,207 @@ class ApiMetrics:
         )
         self.accepted = Counter(
             "dispatcher_accepted",
-            "Submit requests answered 200 (queued, or an idempotent resubmission).",
+            "Submit requests answered 200 (queued, or an idempotent resubmission), by client.",
+            ["client"],
             registry=self.registry,
         )
         self.rejected = Counter(
             "dispatcher_rejected",
-            "Submit requests refused, by reason.",
-            ["reason"],
+            "Submit requests refused, by reason and client.",
+            ["reason", "client"],
             registry=self.registry,
         )
-        self._rejected = {
-            code: self.rejected.labels(reason) for code, reason in REJECT_REASONS.items()
-        }
-        self._rejected_other = self.rejected.labels("other")
-        self.registry.register(RedisCollector(store, broker, queue))
+        self._clients = frozenset(clients)
+        for client in (*self._clients, NO_CLIENT):  # every series from zero, for rate()
+            self.accepted.labels(client)
+            for reason in (*REJECT_REASONS.values(), "other"):
+                self.rejected.labels(reason, client)
+        self.registry.register(fleet)
 
-    def count_submit(self, code: int) -> None:
-        """One submit answered ``code``."""
+    def count_submit(self, code: int, client: str | None = None) -> None:
+        """One submit by ``client`` (None: not known) answered ``code``."""
         self.submitted.inc()
+        label = client if client in self._clients else NO_CLIENT
         if code == 200:
-            self.accepted.inc()
+            self.accepted.labels(label).inc()
         else:
-            self._rejected.get(code, self._rejected_other).inc()
+            self.rejected.labels(REJECT_REASONS.get(code, "other"), label).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
 
+@dataclass(frozen=True)
+class StoreFigures:
+    """What one scrape read from the status store's Redis."""
+
+    stats: dict[str, int]
+    dead_letters: int
+    in_flight: int
+    memory: MemoryUsage | None
+
+
 class RedisCollector(Collector):
     """Fleet-wide figures from Redis, read at scrape time.
 
-    ``broker`` None means the broker is the same Redis as ``store`` (one
-    pipeline for everything).
+    ``broker`` None means the broker is the same Redis as the store. Clients
+    should time out fast (the API's probe clients), so a scrape answers while
+    Redis is down, with ``dispatcher_redis_up 0``.
     """
 
-    def __init__(self, store: redis.Redis, broker: redis.Redis | None, queue: str) -> None:
+    def __init__(
+        self,
+        store: StatusStore,
+        broker: redis.Redis | None,
+        queues: list[str],
+        memory_refuse_ratio: float,
+    ) -> None:
         self.store = store
         self.broker = broker
-        self.queue = queue
+        self.queues = queues
+        self.memory_refuse_ratio = memory_refuse_ratio
 
-    def _read_store(self) -> tuple[dict[str, int], int, int | None]:
-        pipe = self.store.pipeline(transaction=False)
+    def _read_store(self) -> StoreFigures:
+        pipe = self.store.redis.pipeline(transaction=False)
         pipe.hgetall(keys.STATS)
         pipe.zcard(keys.DEAD_LETTERS)
-        if self.broker is None:
-            pipe.llen(self.queue)
-        replies = pipe.execute()
-        stats = {text(k): int(v) for k, v in replies[0].items()}
-        depth = int(replies[2]) if self.broker is None else None
-        return stats, int(replies[1]), depth
+        pipe.zcard(keys.IN_FLIGHT)
+        stats, dead, in_flight = pipe.execute()
+        return StoreFigures(
+            {text(k): int(v) for k, v in stats.items()},
+            int(dead),
+            int(in_flight),
+            _memory(self.store.redis),
+        )
+
+    def _read_backlog(self, store_readable: bool) -> list[QueueBacklog]:
+        """Each queue's depth, and its oldest entry's age when the store can say."""
+        if store_readable:
+            return read_backlog(self.broker or self.store.redis, self.store, self.queues)
+        assert self.broker is not None
+        return [QueueBacklog(q, int(self.broker.llen(q)), None) for q in self.queues]
 
     def collect(self) -> Iterator[Metric]:
-        redis_up = GaugeMetricFamily(
-            "dispatcher_redis_up", "1 when this scrape could read the status store's Redis."
-        )
-        broker_up = GaugeMetricFamily(
-            "dispatcher_broker_up", "1 when this scrape could read the broker's queue length."
-        )
-        depth: int | None = None
+        figures: StoreFigures | None = None
+        backlog: list[QueueBacklog] | None = None
+        broker_memory: MemoryUsage | None = None
         try:
-            stats, dead, depth = self._read_store()
+            figures = self._read_store()
         except REDIS_ERRORS as exc:
             log.warning("metrics: Redis unreachable, fleet figures left out: %s", exc)
-            stats, dead = None, 0
-        if self.broker is not None:
+        # With one Redis for both, a store that did not answer leaves nothing to ask.
+        if figures is not None or self.broker is not None:
             try:
-                depth = int(self.broker.llen(self.queue))
+                backlog = self._read_backlog(figures is not None)
+                if self.broker is not None:
+                    broker_memory = _memory(self.broker)
             except REDIS_ERRORS as exc:
-                log.warning("metrics: broker unreachable, queue depth left out: %s", exc)
-        redis_up.add_metric([], 0 if stats is None else 1)
-        broker_up.add_metric([], 0 if depth is None else 1)
-        yield redis_up
-        yield broker_up
-        if depth is not None:
-            yield GaugeMetricFamily(
-                "dispatcher_queue_depth", "Messages waiting in the Celery queue.", value=depth
-            )
-        if stats is None:
-            return
+                log.warning("metrics: broker unreachable, queue backlog left out: %s", exc)
         yield GaugeMetricFamily(
-            "dispatcher_dead_letters", "Messages in the dead-letter list.", value=dead
+            "dispatcher_redis_up",
+            "1 when this scrape could read the status store's Redis.",
+            value=0 if figures is None else 1,
         )
-        for state, (name, documentation) in TRANSITIONS.items():
-            yield CounterMetricFamily(name, documentation, value=stats.get(f"state:{state}", 0))
-        count = stats.get("latency:count", 0)
-        buckets: list[tuple[str, float]] = [
-            (str(bound / 1000), stats.get(f"latency:le:{bound}", 0)) for bound in LATENCY_BUCKETS_MS
+        yield GaugeMetricFamily(
+            "dispatcher_broker_up",
+            "1 when this scrape could read the broker's queues.",
+            value=0 if backlog is None else 1,
+        )
+        yield GaugeMetricFamily(
+            "dispatcher_redis_memory_refuse_ratio",
+            "Share of Redis maxmemory at which the API refuses submits (503).",
+            value=self.memory_refuse_ratio,
+        )
+        if backlog is not None:
+            yield from _backlog_metrics(backlog)
+        store_memory = figures.memory if figures is not None else None
+        memory = [
+            (role, usage)
+            for role, usage in (("store", store_memory), ("broker", broker_memory))
+            if usage is not None
         ]
-        buckets.append(("+Inf", count))
-        yield HistogramMetricFamily(
-            "dispatcher_delivery_latency_seconds",
-            "Time from acceptance to delivery (status record createdAt to deliveredAt).",
-            buckets=buckets,
-            sum_value=stats.get("latency:sum_ms", 0) / 1000,
-        )
+        yield from _memory_metrics(memory)
+        if figures is not None:
+            yield from _store_metrics(figures)
+
+
+def _backlog_metrics(backlog: list[QueueBacklog]) -> Iterator[Metric]:
+    depth = GaugeMetricFamily(
+        "dispatcher_queue_depth", "Messages waiting in the Celery queue.", labels=["queue"]
+    )
+    age = GaugeMetricFamily(
+        "dispatcher_queue_oldest_age_seconds",
+        "Seconds the next message in line has waited since it was queued (0: empty).",
+        labels=["queue"],
+    )
+    for queue in backlog:
+        depth.add_metric([queue.queue], queue.depth)
+        if queue.depth == 0:
+            age.add_metric([queue.queue], 0.0)
+        elif queue.oldest_age is not None:
+            age.add_metric([queue.queue], queue.oldest_age)
+    yield depth
+    yield age
+
+
+def _memory_metrics(memory: list[tuple[str, MemoryUsage]]) -> Iterator[Metric]:
+    used = GaugeMetricFamily(
+        "dispatcher_redis_memory_used_bytes",
+        "Redis used_memory, by role (store; broker when it is another Redis).",
+        labels=["role"],
+    )
+    limit = GaugeMetricFamily(
+        "dispatcher_redis_memory_max_bytes",
+        "Redis maxmemory (0: no limit), by role.",
+        labels=["role"],
+    )
+    for role, usage in memory:
+        used.add_metric([role], usage.used)
+        limit.add_metric([role], usage.limit)
+    yield used
+    yield limit
+
+
+def _store_metrics(figures: StoreFigures) -> Iterator[Metric]:
+    stats = figures.stats
+    yield GaugeMetricFamily(
+        "dispatcher_dead_letters", "Messages in the dead-letter list.", value=figures.dead_letters
+    )
+    yield GaugeMetricFamily(
+        "dispatcher_in_flight",
+        "Messages accepted and not yet delivered, failed or dead.",
+        value=figures.in_flight,
+    )
+    for state, (name, documentation) in TRANSITIONS.items():
+        yield CounterMetricFamily(name, documentation, value=stats.get(f"state:{state}", 0))
+    yield CounterMetricFamily(
+        "dispatcher_recovered",
+        "Messages re-enqueued by recovery (a lost worker, or a queue entry overdue).",
+        value=stats.get("recovered", 0),
+    )
+    for prefix, (name, label, documentation) in LABELLED.items():
+        family = CounterMetricFamily(name, documentation, labels=[label])
+        for field, value in sorted(stats.items()):
+            if field.startswith(prefix):
+                family.add_metric([field.removeprefix(prefix)], value)
+        yield family
+    count = stats.get("latency:count", 0)
+    buckets: list[tuple[str, float]] = [
+        (str(bound / 1000), stats.get(f"latency:le:{bound}", 0)) for bound in LATENCY_BUCKETS_MS
+    ]
+    buckets.append(("+Inf", count))
+    yield HistogramMetricFamily(
+        "dispatcher_delivery_latency_seconds",
+        "Time from acceptance to delivery (status record createdAt to deliveredAt).",
+        buckets=buckets,
+        sum_value=stats.get("latency:sum_ms", 0) / 1000,
+    )
+
+
+def _memory(client: redis.Redis) -> MemoryUsage | None:
+    """``INFO memory``, or None where a managed Redis does not offer INFO."""
+    try:
+        return memory_usage(client)
+    except redis.ResponseError as exc:
+        log.debug("metrics: no INFO memory: %s", exc)
+        return None

@@ -134,6 +134,7 @@ async def signed(request: Request) -> SignedCall:
     raw_path = request.scope.get("raw_path")
     path = raw_path.decode("latin-1") if raw_path else request.url.path
     caller = rt.auth.authenticate(request.method, path, request.query_params.multi_items(), body)
+    request.state.caller = caller  # for the error handler's per-client count
     return SignedCall(rt, caller, body)
 
 
@@ -159,7 +160,8 @@ async def render_error(request: Request, exc: Exception) -> Response:
         log.info("401 %s %r client=%r: %s", request.method, path, client[:64], exc.reason)
     response = rt.envelope.error(exc)
     if request.url.path == SUBMIT:
-        rt.metrics.count_submit(response.status_code)
+        caller: Caller | None = getattr(request.state, "caller", None)
+        rt.metrics.count_submit(response.status_code, caller.client if caller else None)
     return response
 
 
@@ -207,7 +209,7 @@ async def handle_basic_message(call: SignedRequest) -> Response:
         # Nothing was accepted: give the nonce back so the same bytes may be retried.
         await run_in_threadpool(rt.admission.release, call.caller)
         raise
-    rt.metrics.count_submit(200)
+    rt.metrics.count_submit(200, call.caller.client)
     return rt.envelope.ok({"getMessageId": submitted.message_id})
 
 

@@ -146,12 +146,14 @@ def test_seed_request_over_http_is_delivered_and_counted(
         return after.get(name, 0) - before.get(name, 0)
 
     assert moved("dispatcher_submitted_total") == 3
-    assert moved("dispatcher_accepted_total") == 2
-    assert moved("dispatcher_rejected_total{reason=unauthorized}") == 1
+    assert moved(f"dispatcher_accepted_total{{client={SEED_CLIENT}}}") == 2
+    assert moved("dispatcher_rejected_total{client=-,reason=unauthorized}") == 1
     assert moved("dispatcher_delivered_total") >= 2
     assert moved("dispatcher_delivery_latency_seconds_count") >= 2
     assert moved("dispatcher_delivery_latency_seconds_bucket{le=+Inf}") >= 2
-    assert after["dispatcher_queue_depth"] == 0
+    queue = worker_env["DISPATCHER_QUEUE"]
+    assert after[f"dispatcher_queue_depth{{queue={queue}}}"] == 0
+    assert after[f"dispatcher_queue_oldest_age_seconds{{queue={queue}}}"] == 0
     assert after["dispatcher_redis_up"] == after["dispatcher_broker_up"] == 1
 
 

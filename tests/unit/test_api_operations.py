@@ -3,6 +3,7 @@ errors in the envelope, and the settings hand-over of ``run_api``."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -76,21 +77,55 @@ def test_metrics_counters_move_with_submit_traffic(api: Harness) -> None:
     before = scrape(api)
     assert api.submit(TEXT).status_code == 200
     assert api.submit(TEXT).status_code == 200
+    assert api.submit(TEXT, client="c2").status_code == 200
     assert api.submit(b"{").status_code == 400
     assert api.submit(TEXT, secret="wrong").status_code == 401
+    assert api.submit(TEXT, client="nobody").status_code == 401
     after = scrape(api)
-    assert after["dispatcher_submitted_total"] - before["dispatcher_submitted_total"] == 4
-    assert after["dispatcher_accepted_total"] - before["dispatcher_accepted_total"] == 2
-    assert (
-        after["dispatcher_rejected_total{reason=invalid}"]
-        == before["dispatcher_rejected_total{reason=invalid}"] + 1
-    )
-    assert (
-        after["dispatcher_rejected_total{reason=unauthorized}"]
-        == before["dispatcher_rejected_total{reason=unauthorized}"] + 1
-    )
-    assert after["dispatcher_rejected_total{reason=rate_limited}"] == 0
-    assert after["dispatcher_queue_depth"] == 2
+
+    def moved(sample: str) -> float:
+        return after[sample] - before[sample]
+
+    assert moved("dispatcher_submitted_total") == 6
+    assert moved("dispatcher_accepted_total{client=c1}") == 2
+    assert moved("dispatcher_accepted_total{client=c2}") == 1
+    assert moved("dispatcher_rejected_total{client=c1,reason=invalid}") == 1
+    # A refused signature names no client: the claimed names never become labels.
+    assert moved("dispatcher_rejected_total{client=-,reason=unauthorized}") == 2
+    assert not [name for name in after if "nobody" in name]
+    assert after["dispatcher_rejected_total{client=c1,reason=rate_limited}"] == 0
+    queue = api.settings.queue
+    assert after[f"dispatcher_queue_depth{{queue={queue}}}"] == 3
+    assert moved("dispatcher_in_flight") == 3
+
+
+def test_submits_refused_by_a_clients_rate_limit_are_counted_for_that_client(
+    redis_url: str,
+) -> None:
+    api = make_harness(redis_url, submit_rate_per_second=0.01, submit_burst=1)
+    try:
+        assert api.submit(TEXT, client="c2").status_code == 200
+        assert api.submit(TEXT, client="c2").status_code == 429
+        samples = scrape(api)
+    finally:
+        api.close()
+    assert samples["dispatcher_rejected_total{client=c2,reason=rate_limited}"] == 1
+    assert samples["dispatcher_rejected_total{client=c1,reason=rate_limited}"] == 0
+
+
+def test_the_oldest_queued_message_ages_until_a_worker_takes_it(api: Harness) -> None:
+    queue = api.settings.queue
+    age = f"dispatcher_queue_oldest_age_seconds{{queue={queue}}}"
+    assert scrape(api)[age] == 0  # empty queue
+    submitted = time.monotonic()
+    assert api.submit(TEXT).status_code == 200
+    assert api.submit(TEXT).status_code == 200
+    deadline = submitted + 30
+    while (seen := scrape(api)[age]) < 1.0:
+        assert time.monotonic() < deadline, f"the age stayed at {seen}"
+        time.sleep(0.1)
+    # Redis's clock against ours: the first message is no older than the time since it was sent.
+    assert seen <= time.monotonic() - submitted + 0.5
 
 
 def test_metrics_report_the_fleet_counters_kept_in_redis(api: Harness) -> None:
@@ -102,6 +137,10 @@ def test_metrics_report_the_fleet_counters_kept_in_redis(api: Harness) -> None:
             "state:failed": 2,
             "state:dead": 1,
             "state:retrying": 5,
+            "provider:429": 4,
+            "provider:503": 1,
+            "rejected:undecodable": 3,
+            "recovered": 6,
             "latency:count": 7,
             "latency:sum_ms": 2100,
             f"latency:le:{LATENCY_BUCKETS_MS[0]}": 1,
@@ -116,12 +155,43 @@ def test_metrics_report_the_fleet_counters_kept_in_redis(api: Harness) -> None:
     assert samples["dispatcher_failed_total"] == 2
     assert samples["dispatcher_dead_total"] == 1
     assert samples["dispatcher_retries_total"] == 5
+    assert samples["dispatcher_provider_errors_total{status=429}"] == 4
+    assert samples["dispatcher_provider_errors_total{status=503}"] == 1
+    assert samples["dispatcher_queue_messages_dropped_total{reason=undecodable}"] == 3
+    assert samples["dispatcher_recovered_total"] == 6
     assert samples["dispatcher_delivery_latency_seconds_count"] == 7
     assert samples["dispatcher_delivery_latency_seconds_sum"] == pytest.approx(2.1)
     first = f"dispatcher_delivery_latency_seconds_bucket{{le={LATENCY_BUCKETS_MS[0] / 1000}}}"
     assert samples[first] == 1
     assert samples["dispatcher_delivery_latency_seconds_bucket{le=+Inf}"] == 7
     assert samples["dispatcher_redis_up"] == 1
+
+
+def test_metrics_report_redis_memory_and_the_ratio_that_refuses_submits(redis_url: str) -> None:
+    api = make_harness(redis_url, memory_refuse_ratio=0.85)
+    try:
+        samples = scrape(api)
+        info = api.redis.info("memory")
+    finally:
+        api.close()
+    used = samples["dispatcher_redis_memory_used_bytes{role=store}"]
+    assert 0 < used <= 2 * info["used_memory"]
+    assert samples["dispatcher_redis_memory_max_bytes{role=store}"] == info["maxmemory"]
+    assert samples["dispatcher_redis_memory_refuse_ratio"] == 0.85
+    assert "dispatcher_redis_memory_used_bytes{role=broker}" not in samples  # the same Redis
+
+
+def test_metrics_leave_the_backlog_out_when_a_separate_broker_is_down(redis_url: str) -> None:
+    api = make_harness(redis_url, broker_url=f"redis://127.0.0.1:{free_port()}/0")
+    try:
+        samples = scrape(api)
+    finally:
+        api.close()
+    assert samples["dispatcher_redis_up"] == 1
+    assert samples["dispatcher_broker_up"] == 0
+    assert not [name for name in samples if name.startswith("dispatcher_queue_")]
+    assert samples["dispatcher_redis_memory_used_bytes{role=store}"] > 0
+    assert "dispatcher_in_flight" in samples
 
 
 def test_metrics_still_scrape_when_redis_is_down(redis_url: str) -> None:
@@ -132,8 +202,10 @@ def test_metrics_still_scrape_when_redis_is_down(redis_url: str) -> None:
     finally:
         api.close()
     assert samples["dispatcher_redis_up"] == 0
-    assert samples["dispatcher_rejected_total{reason=unavailable}"] == 1
+    assert samples["dispatcher_broker_up"] == 0
+    assert samples["dispatcher_rejected_total{client=c1,reason=unavailable}"] == 1
     assert "dispatcher_delivered_total" not in samples
+    assert "dispatcher_redis_memory_used_bytes{role=store}" not in samples
 
 
 def test_each_app_has_its_own_metrics_registry(redis_url: str) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shlex
+import subprocess
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +55,31 @@ def test_compose_services_have_healthchecks_and_workers_scale() -> None:
 def test_every_service_is_built_from_the_one_dockerfile() -> None:
     services = compose()["services"]
     assert {services[name]["build"] for name in ("api", "worker", "sandbox")} == {"."}
+    assert services["flower"]["build"]["context"] == "."
     assert (ROOT / "Dockerfile").read_text().count("FROM ") == 1
+
+
+def test_compose_flower_runs_on_dispatchers_app_behind_a_password_on_loopback() -> None:
+    flower = compose()["services"]["flower"]
+    assert flower["profiles"] == ["flower"]
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    assert flower["build"]["args"]["EXTRAS"] in extras
+    script = flower["command"][-1].replace("$$", "$")  # as compose hands it to sh
+    assert "exec celery -A dispatcher.worker flower" in script
+    assert all(port.startswith("127.0.0.1:") for port in flower["ports"])
+    environment = flower["environment"]
+    assert not [k for k in environment if "EASEMOB" in k or "QINIU" in k or "CLIENTS" in k]
+    refused = subprocess.run(
+        ["sh", "-c", script],
+        env={"PATH": os.environ["PATH"], "FLOWER_BASIC_AUTH": ""},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert refused.returncode == 1
+    assert "FLOWER_BASIC_AUTH=user:password" in refused.stderr
 
 
 def test_compose_sandbox_is_on_an_internal_network_publishes_nothing_and_gets_fake_credentials() -> (
