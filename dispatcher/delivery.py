@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
-from dispatcher.channels import Channel, registry
+from dispatcher.channels import Channel, Origin, registry
 from dispatcher.config import Settings
 from dispatcher.errors import DeliveryError, InvalidMessage, MediaError
 from dispatcher.ids import MessageRef
@@ -97,7 +97,8 @@ def attempt(
 
     try:
         message = Message.from_stored(lease.payload)
-        spec = registry().for_message(message)
+        # The channel the message center chose at submit (older records: by type).
+        spec = registry().get(lease.channel) if lease.channel else registry().for_message(message)
         channel = channels.get(spec.name)
         if channel is None:
             raise DeliveryError(
@@ -107,7 +108,8 @@ def attempt(
             )
         if int(message.messageType) in spec.media:
             message = _resolved(message, resolve_media)
-        receipt = channel.send(message_id, message, prepaid=lease.prepaid)
+        origin = Origin(lease.ref, lease.client)
+        receipt = channel.send(message_id, message, prepaid=lease.prepaid, origin=origin)
     except DeliveryError as error:
         return _record_failure(lease, error, settings, store)
     except InvalidMessage as error:

@@ -43,6 +43,10 @@ class Lease:
     """The message as recorded at submit (:meth:`dispatcher.models.Message.stored`)."""
     prepaid: bool = False
     """The lease script also took the send's rate slot (a :class:`Prepay`)."""
+    channel: str = ""
+    """The channel the message center chose at submit ("" in records older than routing)."""
+    client: str | None = None
+    """The client that submitted the message."""
 
 
 class StandDownReason(StrEnum):
@@ -125,7 +129,13 @@ class LeaseStore:
         verdict = text(reply[0])
         if verdict == "ok":
             return Lease(
-                ref, owner, int(text(reply[1])), text(reply[2]), prepaid=text(reply[3]) == "1"
+                ref,
+                owner,
+                int(text(reply[1])),
+                text(reply[2]),
+                prepaid=text(reply[3]) == "1",
+                channel=text(reply[4]),
+                client=text(reply[5]) or None,
             )
         if verdict == "terminal":
             return StandDown(ref, StandDownReason.TERMINAL, f"already {text(reply[1])}")
