@@ -155,6 +155,8 @@ def _record_failure(
     lease: Lease, error: DeliveryError, settings: Settings, store: StatusStore
 ) -> Outcome:
     message_id = lease.ref.id
+    if error.defers and error.retry_after is not None:
+        return _defer(lease, error, settings, store)
     detail = error.message
     if error.ambiguous:
         detail = f"ambiguous: {detail}"
@@ -186,3 +188,17 @@ def _record_failure(
         error,
     )
     return Outcome(AttemptOutcome.RETRYING, retry_in=delay)
+
+
+def _defer(lease: Lease, error: DeliveryError, settings: Settings, store: StatusStore) -> Outcome:
+    """A provider's pause: wait until it ends, without using up an attempt."""
+    delay = error.retry_after or 0.0
+    verdict = store.lease.mark_deferred(
+        lease, error, delay, f"{error.message}; deferred {delay:.0f}s, attempt not counted"
+    )
+    if verdict is not Transition.OK:
+        return Outcome(AttemptOutcome.STOOD_DOWN, reason=verdict.value)
+    log.warning("getMessageId=%s deferred %.0fs: %s", lease.ref.id, delay, error)
+    # A broker holds a delayed task only until its visibility timeout: wake before that;
+    # a message still paused then is deferred again, its attempts untouched.
+    return Outcome(AttemptOutcome.RETRYING, retry_in=min(delay, settings.visibility_timeout / 2))

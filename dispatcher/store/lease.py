@@ -156,6 +156,14 @@ class LeaseStore:
     ) -> Transition:
         return self._finish_as(lease, State.RETRYING, detail, error=error, delay=delay)
 
+    def mark_deferred(
+        self, lease: Lease, error: DeliveryError, delay: float, detail: str
+    ) -> Transition:
+        """``retrying`` after ``delay``, the attempt given back (a provider's pause)."""
+        return self._finish_as(
+            lease, State.RETRYING, detail, error=error, delay=delay, deferred=True
+        )
+
     def mark_failed(self, lease: Lease, error: DeliveryError, detail: str) -> Transition:
         return self._finish_as(lease, State.FAILED, detail, error=error)
 
@@ -171,6 +179,7 @@ class LeaseStore:
         error: DeliveryError | None = None,
         provider_id: str | None = None,
         delay: float | None = None,
+        deferred: bool = False,
     ) -> Transition:
         last_error = None
         if error is not None:
@@ -191,6 +200,7 @@ class LeaseStore:
             "latency_bounds": _LATENCY_BOUNDS,
             "retry_grace_ms": int(self.policy.retry_grace * 1000),
             "provider_status": error.status if error is not None and error.status else None,
+            "deferred": 1 if deferred else None,
         }
         reply = self._finish(
             self.redis,
@@ -204,3 +214,4 @@ class LeaseStore:
             args,
         )
         return Transition(text(reply))
+
