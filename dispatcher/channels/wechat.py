@@ -23,9 +23,12 @@ from dispatcher.errors import ConfigurationError
 from dispatcher.models import MessageType
 
 if TYPE_CHECKING:
+    from fastapi import APIRouter
+
     from dispatcher.config import Settings
     from dispatcher.models import Message
     from dispatcher.ratelimit import Prepay
+    from dispatcher.store import StatusStore
 
 
 def global_app(settings: Settings) -> WeChatConfig | None:
@@ -112,6 +115,12 @@ def _configured(settings: Settings) -> bool:
     )
 
 
+def _routes(settings: Settings, store: StatusStore) -> APIRouter:
+    from dispatcher.channels.wechat_receipts import receipt_routes  # FastAPI: the API's only
+
+    return receipt_routes(settings, store)
+
+
 CHANNEL = ChannelSpec(
     name=NAME,
     channel_type=2,
@@ -120,4 +129,5 @@ CHANNEL = ChannelSpec(
     configured=_configured,
     check_size=check,
     open=WeChatChannel,
+    routes=_routes,
 )

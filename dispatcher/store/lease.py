@@ -85,6 +85,7 @@ class LeaseStore:
         self.policy = policy
         self._lease = load("lease")
         self._finish = load("finish")
+        self._note = load("note")
 
     def begin(
         self,
@@ -215,3 +216,18 @@ class LeaseStore:
         )
         return Transition(text(reply))
 
+    def note(self, ref: MessageRef, detail: str) -> State | None:
+        """Add ``detail`` to the message's history, its state unchanged (a provider's
+        receipt after the delivery); the state, or None when there is no record."""
+        reply = text(
+            self._note(
+                self.redis,
+                {"message": keys.message(ref), "history": keys.history(ref)},
+                {
+                    "detail": detail,
+                    "ttl": self.policy.ttl,
+                    "history_limit": self.policy.history_limit,
+                },
+            )
+        )
+        return None if reply == "missing" else State(reply)
