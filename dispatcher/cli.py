@@ -152,17 +152,25 @@ def _pool_option(args: tuple[str, ...]) -> str | None:
 @main.command()
 @click.option("--easemob-port", default=9101, show_default=True)
 @click.option("--qiniu-port", default=9102, show_default=True)
+@click.option("--wechat-port", default=9103, show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True)
-def sandbox(easemob_port: int, qiniu_port: int, host: str) -> None:
-    """Run the Easemob and Qiniu simulators (credentials from DISPATCHER_* settings)."""
+def sandbox(easemob_port: int, qiniu_port: int, wechat_port: int, host: str) -> None:
+    """Run the simulators (credentials from DISPATCHER_*; WeChat's only when it has some)."""
     from dispatcher.sandbox.server import PortInUse, serve_sandbox
 
     settings = _settings()
     configure_logging(settings.log_level, settings.log_format)
     try:
-        serve_sandbox(settings, easemob_port=easemob_port, qiniu_port=qiniu_port, host=host)
+        serve_sandbox(
+            settings,
+            easemob_port=easemob_port,
+            qiniu_port=qiniu_port,
+            host=host,
+            ports={"WeChat": wechat_port},
+        )
     except PortInUse as exc:
-        option = "--easemob-port" if exc.port == easemob_port else "--qiniu-port"
+        options = {easemob_port: "--easemob-port", qiniu_port: "--qiniu-port"}
+        option = options.get(exc.port, "--wechat-port")
         raise click.ClickException(f"{exc.strerror}: choose another with {option}") from None
     except DispatcherError as exc:  # missing simulator credentials
         raise click.ClickException(str(exc)) from None
