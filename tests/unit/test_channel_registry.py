@@ -160,3 +160,32 @@ def test_a_stored_message_that_does_not_read_is_invalid_not_a_crash() -> None:
     for stored in ("{", "[]", '{"messageType": 99}', '{"messageType": 1, "from": "a"}'):
         with pytest.raises(InvalidMessage):
             Message.from_stored(stored)
+
+
+def test_a_wechat_message_goes_through_its_clients_app_or_else_the_global_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from dispatcher.channels.wechat import app_for
+    from dispatcher.errors import ConfigurationError
+
+    monkeypatch.setenv("DISPATCHER_WECHAT_APPID", "wxglobal")
+    monkeypatch.setenv("DISPATCHER_WECHAT_SECRET", "global-secret")
+    monkeypatch.setenv("DISPATCHER_WECHAT_QUOTA_RESUME_TIME", "01:30")
+    monkeypatch.setenv(
+        "DISPATCHER_WECHAT_WINDOW_FALLBACK", '{"template_id": "T", "data": {"first": "{text}"}}'
+    )
+    monkeypatch.setenv(
+        "DISPATCHER_CLIENTS",
+        '{"shop": {"secret": "x", "wechat": {"appid": "wxshop", "secret": "shop-secret"}},'
+        ' "crm": {"secret": "y"}}',
+    )
+    settings = Settings()
+    assert app_for(settings, "shop").appid == "wxshop"
+    assert app_for(settings, "shop").window_fallback is None, "a client's block stands alone"
+    shared = app_for(settings, "crm")
+    assert (shared.appid, str(shared.quota_resume_time)) == ("wxglobal", "01:30:00")
+    assert shared.window_fallback is not None and shared.window_fallback.template_id == "T"
+    assert app_for(settings, None).appid == "wxglobal"
+    monkeypatch.delenv("DISPATCHER_WECHAT_APPID")
+    with pytest.raises(ConfigurationError, match="no WeChat app for client 'crm'"):
+        app_for(Settings(), "crm")
