@@ -38,13 +38,10 @@ def main() -> None:
 @click.option("--port", default=8087, show_default=True, help="HTTP API port.")
 @click.option("--easemob-port", default=9101, show_default=True, help="Easemob simulator port.")
 @click.option("--qiniu-port", default=9102, show_default=True, help="Qiniu simulator port.")
+@click.option("--wechat-port", default=9103, show_default=True, help="WeChat simulator port.")
 # Stable across runs, so the messages of the kept data come back on the same URL.
 @click.option("--redis-port", default=6390, show_default=True, help="Port of dev mode's own Redis.")
-@click.option(
-    "--redis-url",
-    metavar="URL",
-    help="Use this Redis instead of dev mode's own (as DISPATCHER_REDIS_URL does).",
-)
+@click.option("--redis-url", metavar="URL", help="Use this Redis, not dev mode's own.")
 @click.option("--fresh", is_flag=True, help="Start dev mode's own Redis from empty data.")
 @click.option("--concurrency", default=8, show_default=True, help="Worker threads.")
 @click.option("--auth", is_flag=True, help="Keep signature checks on, with a generated dev client.")
@@ -52,6 +49,7 @@ def dev(
     port: int,
     easemob_port: int,
     qiniu_port: int,
+    wechat_port: int,
     redis_port: int,
     redis_url: str | None,
     fresh: bool,
@@ -67,7 +65,7 @@ def dev(
     """
     from dispatcher.devmode import DevModeError, DevOptions, DevPorts, run_dev
 
-    ports = DevPorts(api=port, easemob=easemob_port, qiniu=qiniu_port, redis=redis_port)
+    ports = DevPorts(port, easemob_port, qiniu_port, redis_port, wechat_port)
     try:
         run_dev(DevOptions(ports, redis_url, fresh, concurrency, auth))
     except DevModeError as exc:
@@ -152,17 +150,25 @@ def _pool_option(args: tuple[str, ...]) -> str | None:
 @main.command()
 @click.option("--easemob-port", default=9101, show_default=True)
 @click.option("--qiniu-port", default=9102, show_default=True)
+@click.option("--wechat-port", default=9103, show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True)
-def sandbox(easemob_port: int, qiniu_port: int, host: str) -> None:
-    """Run the Easemob and Qiniu simulators (credentials from DISPATCHER_* settings)."""
+def sandbox(easemob_port: int, qiniu_port: int, wechat_port: int, host: str) -> None:
+    """Run the simulators (credentials from DISPATCHER_*; WeChat's only when it has some)."""
     from dispatcher.sandbox.server import PortInUse, serve_sandbox
 
     settings = _settings()
     configure_logging(settings.log_level, settings.log_format)
     try:
-        serve_sandbox(settings, easemob_port=easemob_port, qiniu_port=qiniu_port, host=host)
+        serve_sandbox(
+            settings,
+            easemob_port=easemob_port,
+            qiniu_port=qiniu_port,
+            host=host,
+            ports={"WeChat": wechat_port},
+        )
     except PortInUse as exc:
-        option = "--easemob-port" if exc.port == easemob_port else "--qiniu-port"
+        options = {easemob_port: "--easemob-port", qiniu_port: "--qiniu-port"}
+        option = options.get(exc.port, "--wechat-port")
         raise click.ClickException(f"{exc.strerror}: choose another with {option}") from None
     except DispatcherError as exc:  # missing simulator credentials
         raise click.ClickException(str(exc)) from None

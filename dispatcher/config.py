@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import time
 from functools import lru_cache
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from dispatcher.channels.wechat_config import WeChatConfig, WindowFallback
+from dispatcher.routing import Routing
 
 
 class ClientConfig(BaseModel):
@@ -22,6 +26,10 @@ class ClientConfig(BaseModel):
     """Also accept the seed's signature (query + body; no timestamp needed): docs/security.md."""
     md5: bool = False
     """Also accept HMAC-MD5 signs (32 hex characters)."""
+    routing: Routing | None = None
+    """How the center picks this client's channels (docs/channels.md); unset: DISPATCHER_ROUTING."""
+    wechat: WeChatConfig | None = None
+    """The client's own WeChat app (docs/channels.md); unset: the DISPATCHER_WECHAT_* app."""
 
 
 class Settings(BaseSettings):
@@ -49,6 +57,22 @@ class Settings(BaseSettings):
     easemob_max_body_bytes: int = 5120
     easemob_calls_per_second: int = 100
     easemob_messages_per_minute: int = 6000
+
+    # WeChat Official Account (docs/channels.md); unset fields take WeChatConfig's defaults
+    wechat_appid: str | None = None
+    wechat_secret: SecretStr | None = None
+    wechat_base_url: str | None = None
+    wechat_templates: dict[str, str] | None = None
+    wechat_window_fallback: WindowFallback | None = None
+    wechat_server_token: SecretStr | None = None
+    wechat_calls_per_second: float | None = None
+    wechat_daily_quotas: dict[str, int] | None = None
+    wechat_quota_resume_time: time | None = None
+    wechat_timezone: str | None = None
+    wechat_timeout: float | None = None
+
+    # Routing for callers without their own (docs/channels.md)
+    routing: Routing | None = None
 
     # Qiniu
     qiniu_access_key: str | None = None
@@ -125,6 +149,7 @@ class Settings(BaseSettings):
 PROVIDER_CREDENTIALS = {
     "Easemob": ("easemob_org", "easemob_app", "easemob_client_id", "easemob_client_secret"),
     "Qiniu": ("qiniu_access_key", "qiniu_secret_key", "qiniu_bucket", "qiniu_domain"),
+    "WeChat": ("wechat_appid", "wechat_secret"),
 }
 """Settings that, all set, make ``dispatcher dev`` use the real provider, not its simulator."""
 

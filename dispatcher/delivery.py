@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
-from dispatcher.channels import Channel, registry
+from dispatcher.channels import Channel, Origin, registry
 from dispatcher.config import Settings
 from dispatcher.errors import DeliveryError, InvalidMessage, MediaError
 from dispatcher.ids import MessageRef
@@ -97,7 +97,8 @@ def attempt(
 
     try:
         message = Message.from_stored(lease.payload)
-        spec = registry().for_message(message)
+        # The channel the message center chose at submit (older records: by type).
+        spec = registry().get(lease.channel) if lease.channel else registry().for_message(message)
         channel = channels.get(spec.name)
         if channel is None:
             raise DeliveryError(
@@ -107,7 +108,8 @@ def attempt(
             )
         if int(message.messageType) in spec.media:
             message = _resolved(message, resolve_media)
-        receipt = channel.send(message_id, message, prepaid=lease.prepaid)
+        origin = Origin(lease.ref, lease.client)
+        receipt = channel.send(message_id, message, prepaid=lease.prepaid, origin=origin)
     except DeliveryError as error:
         return _record_failure(lease, error, settings, store)
     except InvalidMessage as error:
@@ -153,6 +155,8 @@ def _record_failure(
     lease: Lease, error: DeliveryError, settings: Settings, store: StatusStore
 ) -> Outcome:
     message_id = lease.ref.id
+    if error.defers and error.retry_after is not None:
+        return _defer(lease, error, settings, store)
     detail = error.message
     if error.ambiguous:
         detail = f"ambiguous: {detail}"
@@ -184,3 +188,17 @@ def _record_failure(
         error,
     )
     return Outcome(AttemptOutcome.RETRYING, retry_in=delay)
+
+
+def _defer(lease: Lease, error: DeliveryError, settings: Settings, store: StatusStore) -> Outcome:
+    """A provider's pause: wait until it ends, without using up an attempt."""
+    delay = error.retry_after or 0.0
+    verdict = store.lease.mark_deferred(
+        lease, error, delay, f"{error.message}; deferred {delay:.0f}s, attempt not counted"
+    )
+    if verdict is not Transition.OK:
+        return Outcome(AttemptOutcome.STOOD_DOWN, reason=verdict.value)
+    log.warning("getMessageId=%s deferred %.0fs: %s", lease.ref.id, delay, error)
+    # A broker holds a delayed task only until its visibility timeout: wake before that;
+    # a message still paused then is deferred again, its attempts untouched.
+    return Outcome(AttemptOutcome.RETRYING, retry_in=min(delay, settings.visibility_timeout / 2))

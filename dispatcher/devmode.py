@@ -15,13 +15,11 @@ import fcntl
 import json
 import os
 import secrets
-import shlex
 import shutil
 import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -31,6 +29,17 @@ from typing import IO, Any
 import redis
 
 from dispatcher.config import PROVIDER_CREDENTIALS, Settings, unsafe_dev_mode
+from dispatcher.devmode_banner import print_banner
+from dispatcher.devmode_env import (
+    DEV_CHANNEL,
+    DEV_CLIENT,
+    DEV_EASEMOB,
+    DEV_QINIU,
+    DEV_RETRIES,
+    DEV_ROUTING,
+    DEV_WECHAT,
+    DEV_WECHAT_APPID,
+)
 from dispatcher.embedded import (
     RedisServer,
     describe_server_binary,
@@ -42,20 +51,7 @@ from dispatcher.embedded import (
 from dispatcher.logs import configure_logging
 from dispatcher.sandbox.server import PortInUse, ServerThread
 
-DEV_EASEMOB = {
-    "DISPATCHER_EASEMOB_ORG": "dev-org",
-    "DISPATCHER_EASEMOB_APP": "dev-app",
-    "DISPATCHER_EASEMOB_CLIENT_ID": "dev-client-id",
-    "DISPATCHER_EASEMOB_CLIENT_SECRET": "dev-client-secret",
-}
-DEV_QINIU = {
-    "DISPATCHER_QINIU_ACCESS_KEY": "dev-access-key",
-    "DISPATCHER_QINIU_SECRET_KEY": "dev-secret-key",
-    "DISPATCHER_QINIU_BUCKET": "dev-bucket",
-}
-DEV_RETRIES = {"DISPATCHER_MAX_ATTEMPTS": "4", "DISPATCHER_BACKOFF_CAP": "2"}
-DEV_CLIENT = "dev"
-DEV_CHANNEL = "dev"
+__all__ = ["DEV_EASEMOB", "DEV_QINIU", "DevModeError", "DevOptions", "DevPorts", "run_dev"]
 
 
 class DevModeError(Exception):
@@ -68,6 +64,7 @@ class DevPorts:
     easemob: int
     qiniu: int
     redis: int
+    wechat: int = 9103
 
 
 @dataclass(frozen=True)
@@ -132,7 +129,10 @@ def run_dev(options: DevOptions) -> None:
         )
     real_easemob = _has_all(configured, PROVIDER_CREDENTIALS["Easemob"])
     real_qiniu = _has_all(configured, PROVIDER_CREDENTIALS["Qiniu"])
+    real_wechat = _has_all(configured, PROVIDER_CREDENTIALS["WeChat"])
     listeners = [Listener(ports.api, "the API", "--port")]
+    if not real_wechat:
+        listeners.append(Listener(ports.wechat, "the WeChat simulator", "--wechat-port"))
     if not real_easemob:
         listeners.append(Listener(ports.easemob, "the Easemob simulator", "--easemob-port"))
     if not real_qiniu:
@@ -159,7 +159,7 @@ def run_dev(options: DevOptions) -> None:
     with ExitStack() as running:
         running.callback(print, "stopped.", file=sys.stderr)
         try:
-            worker = _start(running, options, named, real_easemob, real_qiniu)
+            worker = _start(running, options, named, (real_easemob, real_qiniu, real_wechat))
         except PortInUse as exc:  # taken between the check above and the bind
             listener = by_port.get(exc.port, Listener(exc.port, "a server", "its option"))
             raise DevModeError(busy_ports_message([listener])) from None
@@ -174,15 +174,17 @@ def _start(
     running: ExitStack,
     options: DevOptions,
     named: tuple[str, str] | None,
-    real_easemob: bool,
-    real_qiniu: bool,
+    real: tuple[bool, bool, bool],
 ) -> subprocess.Popen[bytes]:
-    """Start Redis, the simulators, the worker and the API; each one's stop goes on ``running``."""
+    """Start Redis, the simulators, the worker and the API; each one's stop goes on ``running``.
+    ``real``: whether Easemob, Qiniu and WeChat have real credentials (no simulator)."""
     ports, auth, concurrency = options.ports, options.auth, options.concurrency
+    real_easemob, real_qiniu, real_wechat = real
     from dispatcher.api.app import create_app
     from dispatcher.console import dev_banner_line
     from dispatcher.sandbox.easemob import create_easemob_app_from_settings
     from dispatcher.sandbox.qiniu import create_qiniu_app_from_settings, seed_demo_objects
+    from dispatcher.sandbox.wechat import create_wechat_app_from_settings
 
     env: dict[str, str] = {}
     notes: list[str] = []
@@ -209,9 +211,12 @@ def _start(
             DISPATCHER_QINIU_UP_HOST=qiniu_url,
             DISPATCHER_QINIU_RS_HOST=qiniu_url,
         )
-    # Shorter retries than production so a dead letter shows up in seconds;
-    # explicit settings win.
-    for name, value in DEV_RETRIES.items():
+    if not real_wechat:
+        env.update(DEV_WECHAT)
+        env["DISPATCHER_WECHAT_BASE_URL"] = f"http://127.0.0.1:{ports.wechat}"
+    # Shorter retries than production so a dead letter shows up in seconds, and OpenIDs
+    # routed to WeChat; explicit settings win.
+    for name, value in {**DEV_RETRIES, **DEV_ROUTING}.items():
         if name not in os.environ:
             env[name] = value
     secret = secrets.token_hex(16)
@@ -247,12 +252,23 @@ def _start(
             f"Qiniu      simulator http://127.0.0.1:{ports.qiniu}  (demo objects: {', '.join(demo_keys)})"
         )
 
+    if real_wechat:
+        notes.append(f"WeChat     {settings.wechat_base_url or 'api.weixin.qq.com'} (real app)")
+    else:
+        receipts = f"http://127.0.0.1:{ports.api}/sender/v1/wechat/{DEV_WECHAT_APPID}/events"
+        wechat_app = create_wechat_app_from_settings(settings, receipt_url=receipts)
+        running.enter_context(ServerThread(wechat_app, port=ports.wechat))
+        notes.append(
+            f"WeChat     simulator http://127.0.0.1:{ports.wechat}  (app {DEV_WECHAT_APPID}; "
+            "recipients shaped like an OpenID, o + 27 characters, go to WeChat)"
+        )
+
     worker = running.enter_context(_worker(settings, concurrency))
     notes.append(f"Worker     pid {worker.pid}, {concurrency} threads")
     running.enter_context(ServerThread(create_app(settings), port=ports.api))
     notes.insert(0, f"API        http://127.0.0.1:{ports.api}  (docs: /docs)")
     notes.insert(1, dev_banner_line(settings, f"http://127.0.0.1:{ports.api}"))
-    _banner(notes, ports.api, auth, secret, settings.redis_url)
+    print_banner(notes, ports.api, auth, secret, settings.redis_url)
     return worker
 
 
@@ -345,53 +361,3 @@ def _worker(settings: Settings, concurrency: int) -> Iterator[subprocess.Popen[b
 
 def _has_all(settings: Settings, names: tuple[str, ...]) -> bool:
     return all(getattr(settings, name) for name in names)
-
-
-def _banner(notes: list[str], api_port: int, auth: bool, secret: str, redis_url: str) -> None:
-    from dispatcher.api.paths import SUBMIT
-    from dispatcher.api.signing import compute_sign
-
-    base = f"http://127.0.0.1:{api_port}"
-    body = json.dumps(
-        {
-            "messageType": 4,
-            "from": "u000193f6f02e01764a0f869be49a2be21e01",
-            "to": "148992289019003396",
-            "messageInfo": {"videoMessage": "demo.mp4", "thumbMessage": "demo.jpg"},
-        },
-        separators=(",", ":"),
-    )
-    query = {"apiVersion": "01", "client": DEV_CLIENT, "channel": DEV_CHANNEL, "version": "2.0"}
-    if auth:  # signature v2: this sign is good once, for the next five minutes
-        query.update(timestamp=str(int(time.time())), nonce=secrets.token_hex(8))
-    query["sign"] = (
-        compute_sign(secret, "POST", SUBMIT, query, body.encode()) if auth else "unsigned"
-    )
-    query_text = "&".join(f"{k}={v}" for k, v in query.items())
-    lines = ["", "dispatcher dev is up", *(f"  {note}" for note in notes), ""]
-    if auth:
-        lines += [
-            f"  Signature checks ON. Dev client: --client {DEV_CLIENT} --secret {secret} --channel {DEV_CHANNEL}",
-        ]
-    else:
-        lines += [
-            "  !!! Signature checks are OFF (dev mode). Run `dispatcher dev --auth` to turn them on. !!!",
-        ]
-    remote = f"--api {base}"
-    if auth:
-        remote += f" --client {DEV_CLIENT} --secret {secret} --channel {DEV_CHANNEL}"
-    lines += [
-        "",
-        "Try it:",
-        f"  curl -s -X POST {shlex.quote(base + '/sender/v1/handleBasicMessage?' + query_text)} \\",
-        f"       -H 'Content-Type: application/json' -d {shlex.quote(body)}",
-        f"  dispatcher send {remote} --type text --from u1 --to u2 --text 'hello'",
-        f"  dispatcher status {remote} <getMessageId>",
-        "",
-        "Local commands in another shell (dlq, reaper, send/status without --api):",
-        f"  export DISPATCHER_REDIS_URL={redis_url}",
-        "",
-        "Ctrl-C (or SIGTERM) stops everything.",
-        "",
-    ]
-    print("\n".join(lines), flush=True)

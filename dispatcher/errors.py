@@ -66,7 +66,11 @@ class DeliveryError(DispatcherError):
     ``retryable`` decides between another attempt and a permanent failure;
     ``retry_after`` is the provider's own wait hint in seconds, when it gave one;
     ``ambiguous`` marks a failure after which the provider may have delivered.
+    A subclass with ``defers`` set is a deferral, not a failure: the message waits
+    ``retry_after`` seconds and the attempt is not counted (a provider's quota pause).
     """
+
+    defers = False
 
     def __init__(
         self,

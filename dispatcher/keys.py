@@ -71,6 +71,36 @@ def token_lock(channel: str, *account: str) -> str:
     return f"{PREFIX}:{channel}:token-lock:{':'.join(account)}"
 
 
+def wechat_media(appid: str, media_type: str, qiniu_key: str) -> str:
+    """The WeChat temporary media_id of one Qiniu object, until shortly before it expires."""
+    return f"{PREFIX}:wechat:{appid}:media:{media_type}:{qiniu_key}"
+
+
+def wechat_media_lock(appid: str, media_type: str, qiniu_key: str) -> str:
+    """Held by the one worker uploading that object to WeChat."""
+    return f"{PREFIX}:wechat:{appid}:media-lock:{media_type}:{qiniu_key}"
+
+
+def wechat_paused(appid: str, operation: str) -> str:
+    """Unix time until which a WeChat API of the app is paused (its daily quota is used up)."""
+    return f"{PREFIX}:wechat:{appid}:paused:{operation}"
+
+
+def wechat_calls(appid: str, operation: str, day: str) -> str:
+    """Calls of a WeChat API made on ``day`` (``YYYYMMDD`` in the quota's time zone)."""
+    return f"{PREFIX}:wechat:{appid}:calls:{operation}:{day}"
+
+
+def wechat_template_msgid(appid: str, msgid: str) -> str:
+    """The message reference a template ``msgid`` belongs to (for WeChat's receipts)."""
+    return f"{PREFIX}:wechat:{appid}:msgid:{msgid}"
+
+
+def wechat_rate(appid: str) -> str:
+    """Name of the WeChat app's calls-per-second budget in the shared limiter (:func:`rate_limit`)."""
+    return f"wechat:{appid}:calls"
+
+
 def rate_limit(name: str) -> str:
     """State of one shared rate limiter (GCRA theoretical arrival time)."""
     return f"{PREFIX}:rate:{name}"

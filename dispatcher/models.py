@@ -164,7 +164,7 @@ class Envelope(BaseModel):
     ext: dict[str, Any] | None = None
     getMessageId: str | None = Field(default=None, pattern=ID_PATTERN.pattern)
     targetType: TargetType | None = None
-    channelType: StrictInt | None = Field(default=None, description="accepted for compatibility")
+    channelType: StrictInt | None = Field(default=None, description="a hint (routing.py)")
 
     @field_validator("messageType", mode="before")
     @classmethod
@@ -207,6 +207,7 @@ class Message(BaseModel):
     ext: Ext | None = None
     getMessageId: str | None = None
     targetType: TargetType | None = None
+    channelType: int | None = None  # the caller's hint (routing.py); not stored
 
     @property
     def target_type(self) -> TargetType:
@@ -353,6 +354,7 @@ def parse_message(payload: Any, *, media_domain: str | None = None) -> Message:
         ext=ext,
         getMessageId=envelope.getMessageId,
         targetType=envelope.targetType,
+        channelType=envelope.channelType,
     )
 
 

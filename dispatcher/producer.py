@@ -26,7 +26,7 @@ from redis.asyncio import Redis as AsyncRedis
 
 from dispatcher.backlog import QueueBacklog, broker_depth, read_backlog
 from dispatcher.broker import make_celery
-from dispatcher.channels import registry
+from dispatcher.channels import ChannelSpec
 from dispatcher.config import Settings
 from dispatcher.connections import REDIS_ERRORS, redis_client
 from dispatcher.enqueue import DELIVER_TASK, TaskMessageTemplate, task_args
@@ -36,6 +36,7 @@ from dispatcher.health import RedisHealth
 from dispatcher.ids import DEFAULT_NAMESPACE, MessageRef, new_message_id
 from dispatcher.models import Message, parse_message
 from dispatcher.record import DeadLetter, DeadLetterFilter, DeadLetterPage, StatusRecord
+from dispatcher.routing import Routing, check_routing, route
 from dispatcher.store import (
     CreateCall,
     CreateOutcome,
@@ -90,18 +91,33 @@ class Dispatcher:
             self.celery.conf.broker_url == settings.redis_url
         )
         self._template: TaskMessageTemplate | None = None
+        self._routing = _routing_by_client(settings)
+
+    def route(self, message: Message, client: str | None = None) -> ChannelSpec:
+        """The channel the message center picks for ``client``'s message (docs/channels.md);
+        InvalidMessage when it cannot carry the message's type."""
+        routing = self._routing.get(client, self.settings.routing) if client else None
+        decision = route(routing or self.settings.routing, message)
+        if decision.hint_ignored:
+            log.debug(
+                "channelType %s not allowed by the routing of client %r: %s chosen",
+                message.channelType,
+                client,
+                decision.channel.name,
+            )
+        return decision.channel
 
     @classmethod
     def from_env(cls) -> Dispatcher:
         return cls(Settings())
 
-    def validate(self, payload: Any) -> Message:
-        """Parse and check a request body without queuing it (raises InvalidMessage)."""
+    def validate(self, payload: Any, *, client: str | None = None) -> Message:
+        """Parse and check a request body without queuing it (raises InvalidMessage),
+        also against the channel the center picks for ``client``."""
         message = parse_message(payload, media_domain=self.settings.qiniu_domain)
-        channel = registry().for_message(message)
-        channel.check_size(
-            self.settings, message.getMessageId or new_message_id(self.settings.id_prefix), message
-        )
+        channel = self.route(message, client)
+        message_id = message.getMessageId or new_message_id(self.settings.id_prefix)
+        channel.check_size(self.settings, message_id, message, client)
         return message
 
     def submit(self, payload: Any, *, client: str | None = None) -> str:
@@ -110,7 +126,7 @@ class Dispatcher:
         Raises InvalidMessage (every broken field named), Conflict (id reused
         for other content) or Unavailable (Redis/broker down; nothing kept).
         """
-        return self.submit_message(self.validate(payload), client=client).message_id
+        return self.submit_message(self.validate(payload, client=client), client=client).message_id
 
     def submit_message(
         self, message: Message, *, client: str | None = None, gate: Gate | None = None
@@ -162,7 +178,7 @@ class Dispatcher:
         call = self.store.submit.prepare(
             ref,
             message,
-            channel=registry().for_message(message).name,
+            channel=self.route(message, client).name,
             client=client,
             enqueue=enqueue,
             gate=gate,
@@ -348,6 +364,18 @@ class Dispatcher:
 
     def close(self) -> None:
         self.redis.close()
+
+
+def _routing_by_client(settings: Settings) -> dict[str, Routing | None]:
+    """Each client's routing (its own, else DISPATCHER_ROUTING), checked against the registry."""
+    if settings.routing is not None:
+        check_routing(settings.routing, "DISPATCHER_ROUTING")
+    found: dict[str, Routing | None] = {}
+    for name, client in settings.clients.items():
+        if client.routing is not None:
+            check_routing(client.routing, f"client {name!r}")
+        found[name] = client.routing or settings.routing
+    return found
 
 
 @contextmanager

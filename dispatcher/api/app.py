@@ -25,6 +25,7 @@ from dispatcher.api.envelope import EnvelopeWriter
 from dispatcher.api.metrics import ApiMetrics, RedisCollector
 from dispatcher.api.openapi import build_openapi
 from dispatcher.api.routes import Runtime, render_error, router
+from dispatcher.channels import registry
 from dispatcher.config import Settings
 from dispatcher.connections import LoopRedis
 from dispatcher.console import mount_console
@@ -108,6 +109,9 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
     )
     app.state.runtime = runtime
     app.include_router(router)
+    for channel in registry().channels:  # endpoints providers call back (WeChat's receipts)
+        if channel.routes is not None and channel.configured(settings):
+            app.include_router(channel.routes(settings, dispatcher.store))
     mount_console(app, settings, dispatcher)
     if settings.api_docs:
         install_docs(app)

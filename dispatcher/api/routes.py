@@ -197,7 +197,7 @@ async def handle_basic_message(call: SignedRequest) -> Response:
     other answer means nothing was queued and no status record was left.
     """
     rt = call.runtime
-    message = _validate(rt.dispatcher, decode_json(call.body))
+    message = _validate(rt.dispatcher, decode_json(call.body), call.caller.client)
     try:
         submitted = await rt.dispatcher.submit_message_async(
             rt.async_redis.get(),
@@ -213,9 +213,9 @@ async def handle_basic_message(call: SignedRequest) -> Response:
     return rt.envelope.ok({"getMessageId": submitted.message_id})
 
 
-def _validate(dispatcher: Dispatcher, payload: Any) -> Message:
+def _validate(dispatcher: Dispatcher, payload: Any, client: str | None) -> Message:
     try:
-        return dispatcher.validate(payload)
+        return dispatcher.validate(payload, client=client)
     except RecursionError:
         raise InvalidMessage([FieldError("body", "is nested too deeply")]) from None
 

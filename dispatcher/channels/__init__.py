@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dispatcher.channels.base import Channel, ChannelSpec, Receipt, config_block
+from dispatcher.channels.base import Channel, ChannelSpec, Origin, Receipt, config_block
 from dispatcher.channels.registry import Registry, open_channels, registry
 
 __all__ = [
     "Channel",
     "ChannelSpec",
+    "Origin",
     "Receipt",
     "Registry",
     "config_block",

@@ -8,6 +8,10 @@ registry finds it there; nothing else in the package names a channel.
 
 A channel's ``send`` raises :class:`~dispatcher.errors.DeliveryError`
 (retryable or not) and returns a :class:`Receipt` on success.
+
+``dispatcher/config.py`` imports channels' configuration models (a client's own
+WeChat app), so this package reads :class:`~dispatcher.config.Settings` for
+annotations only, never at import.
 """
 
 from __future__ import annotations
@@ -18,14 +22,17 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from dispatcher.config import Settings
 from dispatcher.errors import ConfigurationError
+from dispatcher.ids import MessageRef
 
 if TYPE_CHECKING:
     import redis
+    from fastapi import APIRouter
 
+    from dispatcher.config import Settings
     from dispatcher.models import Message
     from dispatcher.ratelimit import Prepay
+    from dispatcher.store import StatusStore
 
 
 @dataclass(frozen=True)
@@ -36,14 +43,31 @@ class Receipt:
     notes: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Whose message a send delivers: its reference and the client that submitted it
+    (a channel may hold an account per client, as WeChat does)."""
+
+    ref: MessageRef
+    client: str | None = None
+
+
 class Channel(Protocol):
     name: str
 
-    def send(self, message_id: str, message: Message, *, prepaid: bool = False) -> Receipt:
+    def send(
+        self,
+        message_id: str,
+        message: Message,
+        *,
+        prepaid: bool = False,
+        origin: Origin | None = None,
+    ) -> Receipt:
         """Deliver one message; raise DeliveryError on failure.
 
         ``prepaid``: the lease script already took this message's rate slot for the
-        channel's :meth:`rate_prepay`.
+        channel's :meth:`rate_prepay`. ``origin``: the message's reference and client
+        (None: the default namespace, no client).
         """
         ...
 
@@ -67,9 +91,13 @@ class ChannelSpec:
     """Message types whose media must be resolved (URLs, sizes) before the send."""
     configured: Callable[[Settings], bool]
     """Whether the channel's configuration block is filled in (workers open only those)."""
-    check_size: Callable[[Settings, str, Message], None]
-    """Raise MessageTooLarge when the provider would refuse the message for its size."""
+    check_size: Callable[[Settings, str, Message, str | None], None]
+    """At submit, with the submitting client (or None): raise InvalidMessage (MessageTooLarge
+    for sizes) when the provider would refuse the message."""
     open: Callable[[Settings, redis.Redis], Channel]
+    routes: Callable[[Settings, StatusStore], APIRouter] | None = None
+    """HTTP endpoints the provider calls back (WeChat's receipts), mounted by the API when
+    the channel is configured."""
 
 
 Block = TypeVar("Block", bound=BaseModel)

@@ -1,4 +1,4 @@
-"""HTTP for channels: one small connection pool per worker thread.
+"""HTTP for channels: one small connection pool per worker thread, and JSON bodies.
 
 httpcore scans every pooled connection on each request, so with many threads
 sharing one big client the CPU per request grows with the pool; several small
@@ -7,9 +7,17 @@ ones, one per thread, keep it flat (docs/architecture.md, "Costs").
 
 from __future__ import annotations
 
+import json
 import threading
+from typing import Any
 
 import httpx
+
+
+def encode_body(body: dict[str, Any]) -> bytes:
+    """UTF-8 JSON, not ASCII-escaped: valid Unicode reaches the provider byte for byte
+    (WeChat shows ``\\uXXXX`` escapes literally and some of its APIs refuse them)."""
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 class PerThreadHttp:

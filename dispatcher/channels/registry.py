@@ -1,9 +1,9 @@
 """The channel registry: every module under ``dispatcher/channels/`` exporting ``CHANNEL``.
 
 Adding a channel is adding its module (docs/extending.md); the registry finds
-it on first use. The message center, not the caller, picks the channel: today
-the registered channel with the lowest ``channelType`` that carries the
-message's type.
+it on first use. The message center, not the caller, picks the channel
+(:mod:`dispatcher.routing`); without routing configured, the registered channel
+with the lowest ``channelType`` that carries the message's type.
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ from functools import cache
 from typing import TYPE_CHECKING
 
 from dispatcher.channels.base import Channel, ChannelSpec
-from dispatcher.config import Settings
 from dispatcher.plugins import discover
 
 if TYPE_CHECKING:
     import redis
 
+    from dispatcher.config import Settings
     from dispatcher.models import Message
 
 
@@ -39,7 +39,7 @@ class Registry:
         return {spec.channel_type: spec.name for spec in self.channels}
 
     def for_message(self, message: Message) -> ChannelSpec:
-        """The channel that delivers ``message``."""
+        """The channel that delivers ``message`` when no routing says otherwise."""
         for spec in self.channels:
             if int(message.messageType) in spec.carries:
                 return spec

@@ -41,12 +41,15 @@ class TokenCache:
         account: tuple[str, ...],
         fetch: Fetch,
         lock_seconds: float,
+        keep_for: Callable[[int], int] | None = None,
     ) -> None:
         self.redis = client
         self.channel = channel
         self.key = keys.token(channel, *account)
         self.lock_key = keys.token_lock(channel, *account)
         self._fetch = fetch
+        # Seconds to keep a token that lives ``expires_in`` (the provider's renewal rules).
+        self._keep_for = keep_for or cache_seconds
         self._delete_if_equal = load("delete_if_equal")
         self._memo: tuple[str, float] | None = None  # (token, monotonic time to re-read Redis)
         self._revoked: str | None = None
@@ -104,9 +107,10 @@ class TokenCache:
                     if cached is not None:
                         return text(cached)
                     token, expires_in = self._fetch()
-                    self.redis.set(self.key, token, ex=cache_seconds(expires_in))
+                    keep = self._keep_for(expires_in)
+                    self.redis.set(self.key, token, ex=keep)
                     log.info("%s token fetched (expires_in=%s)", self.channel, expires_in)
-                    self._remember(token, cache_seconds(expires_in) * 1000)
+                    self._remember(token, keep * 1000)
                     return token
                 finally:
                     self._delete(self.lock_key, lock)

@@ -43,6 +43,9 @@ class WeChatConfig(BaseModel):
         default_factory=dict, description="our templetId -> the account's WeChat template_id"
     )
     window_fallback: WindowFallback | None = None
+    server_token: SecretStr | None = Field(
+        default=None, description="the Token of the account's server configuration: signs pushes"
+    )
     calls_per_second: float = Field(default=100.0, gt=0)
     daily_quotas: dict[str, int] = Field(default_factory=lambda: dict(DEFAULT_DAILY_QUOTAS))
     quota_resume_time: time = Field(

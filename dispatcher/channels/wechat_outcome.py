@@ -63,9 +63,11 @@ MAX_ERRMSG = 200
 class WeChatPaused(ProviderError):
     """The app's sends are paused (daily quota) until ``retry_after`` seconds from now.
 
-    A deferral rather than a failure: the delivery loop should wait, not count it
+    A deferral rather than a failure: the delivery loop waits and does not count it
     against the message's attempts.
     """
+
+    defers = True
 
 
 def error_for(

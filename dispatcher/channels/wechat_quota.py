@@ -15,7 +15,7 @@ from datetime import time as time_of_day
 
 import redis
 
-from dispatcher.channels.wechat_keys import WeChatKeys
+from dispatcher import keys
 from dispatcher.channels.wechat_outcome import WeChatPaused, day_of, next_resume
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,7 @@ class QuotaBook:
     def __init__(
         self,
         client: redis.Redis,
-        keys: WeChatKeys,
+        appid: str,
         *,
         quotas: dict[str, int],
         resume_time: time_of_day,
@@ -35,7 +35,7 @@ class QuotaBook:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.redis = client
-        self.keys = keys
+        self.appid = appid
         self.quotas = quotas
         self.resume_time = resume_time
         self.zone = zone
@@ -45,8 +45,8 @@ class QuotaBook:
         """Raise WeChatPaused when ``operation`` is paused or its quota for today is used up."""
         now = self._clock()
         pipe = self.redis.pipeline(transaction=False)
-        pipe.get(self.keys.paused(operation))
-        pipe.get(self.keys.calls(operation, day_of(now, self.zone)))
+        pipe.get(keys.wechat_paused(self.appid, operation))
+        pipe.get(keys.wechat_calls(self.appid, operation, day_of(now, self.zone)))
         paused, used = pipe.execute()
         if paused is not None and float(paused) > now:
             raise self._paused(operation, float(paused) - now, "paused")
@@ -57,14 +57,16 @@ class QuotaBook:
 
     def count(self, operation: str) -> None:
         """One call of ``operation`` reached WeChat."""
-        key = self.keys.calls(operation, day_of(self._clock(), self.zone))
+        key = keys.wechat_calls(self.appid, operation, day_of(self._clock(), self.zone))
         pipe = self.redis.pipeline(transaction=False)
         pipe.incr(key)
         pipe.expire(key, COUNTER_SECONDS)
         pipe.execute()
 
     def used(self, operation: str) -> int:
-        raw = self.redis.get(self.keys.calls(operation, day_of(self._clock(), self.zone)))
+        raw = self.redis.get(
+            keys.wechat_calls(self.appid, operation, day_of(self._clock(), self.zone))
+        )
         return int(raw) if raw is not None else 0
 
     def pause(self, operation: str) -> float:
@@ -72,24 +74,26 @@ class QuotaBook:
         now = self._clock()
         resume_at = next_resume(now, self.resume_time, self.zone)
         self.redis.set(
-            self.keys.paused(operation), repr(resume_at), px=max(int((resume_at - now) * 1000), 1)
+            keys.wechat_paused(self.appid, operation),
+            repr(resume_at),
+            px=max(int((resume_at - now) * 1000), 1),
         )
         log.warning(
             "wechat %s paused for app %s until %s (daily quota)",
             operation,
-            self.keys.appid,
+            self.appid,
             time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(resume_at)),
         )
         return resume_at
 
     def resume(self, operation: str) -> None:
         """Lift a pause early (an operator raised the quota)."""
-        self.redis.delete(self.keys.paused(operation))
+        self.redis.delete(keys.wechat_paused(self.appid, operation))
 
     def _paused(self, operation: str, wait: float, why: str) -> WeChatPaused:
         return WeChatPaused(
             "wechat_quota_paused",
-            f"WeChat {operation} for app {self.keys.appid} is paused for {wait:.0f} s ({why}); "
+            f"WeChat {operation} for app {self.appid} is paused for {wait:.0f} s ({why}); "
             "the daily quota resets at midnight, Beijing time",
             retryable=True,
             retry_after=max(wait, 1.0),

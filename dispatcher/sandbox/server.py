@@ -17,6 +17,7 @@ from typing import Any
 import uvicorn
 
 from dispatcher.config import Settings
+from dispatcher.errors import ConfigurationError
 from dispatcher.sandbox.control import ConnectionDropped
 from dispatcher.sandbox.skeleton import simulators
 
@@ -181,10 +182,16 @@ def serve_sandbox(
     """Serve every simulator (:func:`simulators`) until SIGINT or SIGTERM; ``ports`` by
     simulator name overrides the default ports."""
     chosen = {"Easemob": easemob_port, "Qiniu": qiniu_port, **(ports or {})}
-    apps: list[tuple[str, Any, int]] = [
-        (sim.name, sim.from_settings(settings), chosen.get(sim.name, sim.default_port))
-        for sim in simulators()
-    ]
+    apps: list[tuple[str, Any, int]] = []
+    for sim in simulators():
+        try:
+            app = sim.from_settings(settings)
+        except ConfigurationError as exc:
+            if not sim.optional:
+                raise
+            logger.info("%s simulator not started: %s", sim.name, exc)
+            continue
+        apps.append((sim.name, app, chosen.get(sim.name, sim.default_port)))
     sockets: list[socket.socket] = []
     try:
         for _, _, port in apps:

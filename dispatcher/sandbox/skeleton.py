@@ -33,6 +33,9 @@ class Simulator:
     name: str
     default_port: int
     from_settings: Callable[[Settings], FastAPI]
+    optional: bool = False
+    """Left out (not an error) when the settings it needs are missing: a channel not every
+    installation uses."""
 
 
 def simulators() -> list[Simulator]:
@@ -62,9 +65,10 @@ def simulator_app(
     return api
 
 
-def record_traffic(api: FastAPI) -> SandboxState:
-    """Install the ledger and fault book; call it after the last route."""
-    state = install_control(api)
+def record_traffic(api: FastAPI, state: SandboxState | None = None) -> SandboxState:
+    """Install the ledger and fault book (``state``: one that masks secrets); call it
+    after the last route."""
+    state = install_control(api, state)
     api.state.sandbox = state
     return state
 

@@ -29,7 +29,9 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from dispatcher.sandbox.control import LedgerEntry, SandboxState, install_control
+from dispatcher.config import Settings
+from dispatcher.sandbox.control import LedgerEntry, SandboxState
+from dispatcher.sandbox.skeleton import Simulator, record_traffic, require, simulator_app
 from dispatcher.sandbox.wechat_state import (
     QUOTA_DEFAULTS,
     TEXT_MAX_BYTES,
@@ -217,25 +219,13 @@ def create_wechat_app(
         token_overlap=token_overlap,
         clock=clock,
     )
-    api = FastAPI(
-        title="WeChat Official Account simulator",
-        docs_url="/_sandbox/docs",
-        redoc_url=None,
-        openapi_url="/_sandbox/openapi.json",
+    api = simulator_app(
+        "WeChat Official Account simulator",
+        version="1",
+        errors={WeChatError: _wechat_error},
+        routing_error=_routing_error,
     )
     api.state.wechat = state
-
-    @api.exception_handler(WeChatError)
-    async def wechat_error(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, WeChatError)
-        return JSONResponse(exc.body())
-
-    @api.exception_handler(StarletteHTTPException)
-    async def routing_error(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, StarletteHTTPException)
-        if exc.status_code == 405:
-            return JSONResponse(WeChatError(43002 if request.method == "GET" else 43001).body())
-        return JSONResponse({"errcode": -1, "errmsg": "system error"}, status_code=404)
 
     pushes: set[asyncio.Task[bool]] = set()
 
@@ -390,6 +380,38 @@ def create_wechat_app(
     async def receipt(event: ReceiptRequest) -> dict[str, bool]:
         return {"pushed": await push_receipt(event.openid, event.msgid, event.status)}
 
-    # Last, so the ledger and fault middleware wraps everything above.
-    api.state.sandbox = install_control(api, MaskingState())
+    record_traffic(api, MaskingState())  # last: the ledger and faults wrap every route
     return api
+
+
+def _wechat_error(request: Request, exc: WeChatError) -> JSONResponse:
+    return JSONResponse(exc.body())
+
+
+def _routing_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    if exc.status_code == 405:
+        return JSONResponse(WeChatError(43002 if request.method == "GET" else 43001).body())
+    return JSONResponse({"errcode": -1, "errmsg": "system error"}, status_code=404)
+
+
+def create_wechat_app_from_settings(settings: Settings, **overrides: Any) -> FastAPI:
+    """The simulator of the ``DISPATCHER_WECHAT_*`` app: its templates are the configured
+    ones (no data keys required); with a server token, receipts go to the API's endpoint."""
+    require(settings, "wechat", ("appid", "secret"), overrides)
+    secret = settings.wechat_secret
+    token = settings.wechat_server_token
+    appid = overrides.get("appid") or settings.wechat_appid
+    options: dict[str, Any] = {
+        "appid": appid,
+        "secret": secret.get_secret_value() if secret is not None else None,
+        "templates": sorted(set((settings.wechat_templates or {}).values())),
+    }
+    if token is not None:
+        api = f"http://{settings.api_host}:{settings.api_port}"
+        options["receipt_url"] = f"{api}/sender/v1/wechat/{appid}/events"
+        options["receipt_token"] = token.get_secret_value()
+    options.update(overrides)
+    return create_wechat_app(**options)
+
+
+SIMULATOR = Simulator("WeChat", 9103, create_wechat_app_from_settings, optional=True)

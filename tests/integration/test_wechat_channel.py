@@ -1,4 +1,5 @@
-"""The WeChat channel against the WeChat and Qiniu simulators over HTTP, with a real Redis."""
+"""One WeChat app's sender against the WeChat and Qiniu simulators over HTTP, with a real Redis
+(the whole pipeline with worker processes: test_wechat_pipeline.py)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ import httpx
 import pytest
 import redis
 
-from dispatcher.channels.wechat import WeChatChannel
+from dispatcher import keys
 from dispatcher.channels.wechat_config import WeChatConfig, WindowFallback
 from dispatcher.channels.wechat_outcome import WeChatPaused
+from dispatcher.channels.wechat_send import WeChatSender
 from dispatcher.errors import MediaError, ProviderError
 from dispatcher.media.qiniu import QiniuClient
 from dispatcher.media.resolve import resolve_media
@@ -57,18 +59,18 @@ def wechat(appid: str) -> Iterator[WeChatSim]:
         yield WeChatSim(server.url, app)
 
 
-MakeChannel = Callable[..., WeChatChannel]
+MakeChannel = Callable[..., WeChatSender]
 
 
 @pytest.fixture()
 def make_channel(appid: str, wechat: WeChatSim, redis_client: redis.Redis) -> Iterator[MakeChannel]:
-    channels: list[WeChatChannel] = []
+    channels: list[WeChatSender] = []
 
-    def make(**options: Any) -> WeChatChannel:
+    def make(**options: Any) -> WeChatSender:
         config = WeChatConfig(
             appid=appid, secret=SECRET, base_url=wechat.url, templates=TEMPLATES, **options
         )
-        channel = WeChatChannel(config, redis_client)
+        channel = WeChatSender(config, redis_client)
         channels.append(channel)
         return channel
 
@@ -112,8 +114,9 @@ def uploaded_ids(wechat: WeChatSim) -> dict[str, str]:
 
 
 def test_every_supported_type_is_sent_with_the_exact_body(
-    make_channel: MakeChannel, wechat: WeChatSim, qiniu: QiniuClient, redis_client: redis.Redis
-) -> None:
+    make_channel: MakeChannel, wechat: WeChatSim, qiniu: QiniuClient, redis_client: redis.Redis,
+    appid: str,
+) -> None:  # fmt: skip
     channel = make_channel()
     sent = [
         channel.send("m0-text", message(1, {"textMessage": "你好，\\u4f60 \U0001f600"})),
@@ -168,7 +171,7 @@ def test_every_supported_type_is_sent_with_the_exact_body(
     assert [r.provider_message_id is None for r in sent] == [True] * 6 + [False]
     msgid = sent[-1].provider_message_id
     assert msgid is not None
-    assert redis_client.get(channel.keys.template_msgid(msgid)) == b"m0-template"
+    assert redis_client.get(keys.wechat_template_msgid(appid, msgid)) == b"default:m0-template"
     assert wechat.control("GET", "stats")["tokens_issued"] == 1
 
 
@@ -272,7 +275,7 @@ def test_bad_secret_is_a_configuration_failure(
     wechat: WeChatSim, redis_client: redis.Redis, appid: str
 ) -> None:
     config = WeChatConfig(appid=appid, secret="wrong", base_url=wechat.url)
-    channel = WeChatChannel(config, redis_client)
+    channel = WeChatSender(config, redis_client)
     with pytest.raises(ProviderError) as raised:
         channel.send("m0-1", message(1, {"textMessage": "hi"}))
     assert raised.value.code == "wechat_40125" and not raised.value.retryable
@@ -285,7 +288,7 @@ def _sender(
     redis_url: str, config: dict[str, Any], count: int, ready: Any, go: Any, results: Any
 ) -> None:
     client = redis.Redis.from_url(redis_url)
-    channel = WeChatChannel(WeChatConfig.model_validate(config), client)
+    channel = WeChatSender(WeChatConfig.model_validate(config), client)
     channel.tokens.get()  # hold the current token, as a busy worker does
     ready.release()
     go.wait(60)

@@ -422,7 +422,7 @@ BAD_INPUT: dict[str, tuple[Any, int, set[str]]] = {
         {"messageInfo.fileUrl"},
     ),
     "media URL not http": (_video(fileUrl="file:///etc/passwd"), 400, {"messageInfo.fileUrl"}),
-    "channelType other than Easemob": ({**TEXT, "channelType": 2}, 400, {"channelType"}),
+    "channelType not registered": ({**TEXT, "channelType": 3}, 400, {"channelType"}),
     "reserved ext key": ({**TEXT, "ext": {"dispatcher": {"getMessageId": "x"}}}, 400, {"ext"}),
     "unknown top-level field": ({**TEXT, "priority": "high"}, 400, {"priority"}),
 }

@@ -12,7 +12,7 @@ import pytest
 
 import dispatcher.channels
 from dispatcher import delivery, models
-from dispatcher.channels import open_channels, registry
+from dispatcher.channels import Origin, open_channels, registry
 from dispatcher.channels.easemob import build_body
 from dispatcher.config import Settings
 from dispatcher.errors import InvalidMessage
@@ -31,8 +31,8 @@ class Pigeon:
     def __init__(self, settings, client):
         pass
 
-    def send(self, message_id, message, *, prepaid=False):
-        Pigeon.sent.append((message_id, message))
+    def send(self, message_id, message, *, prepaid=False, origin=None):
+        Pigeon.sent.append((message_id, message, origin))
         return Receipt("coo-1")
 
     def rate_prepay(self):
@@ -48,7 +48,7 @@ CHANNEL = ChannelSpec(
     carries=frozenset({1}),
     media=frozenset(),
     configured=lambda settings: True,
-    check_size=lambda settings, message_id, message: None,
+    check_size=lambda settings, message_id, message, client: None,
     open=Pigeon,
 )
 """
@@ -72,11 +72,21 @@ def test_easemob_registers_itself_as_channel_type_one_for_every_message_type() -
     assert easemob.channel_type == 1
     assert easemob.carries == {int(t) for t in MessageType}
     assert easemob.media == {2, 3, 4}
-    assert registry().channel_types == {1: "easemob"}
+    assert registry().channel_types == {1: "easemob", 2: "wechat"}
+
+
+def test_wechat_registers_itself_as_channel_type_two_for_what_wechat_can_carry() -> None:
+    wechat = registry().get("wechat")
+    assert wechat.channel_type == 2
+    assert wechat.carries == {1, 2, 3, 4, 7, 8, 9}  # no location, pass-through, extension
+    assert wechat.media == {2, 3, 4}
+    assert wechat.routes is not None
+    assert not wechat.configured(Settings())
+    assert wechat.configured(Settings(wechat_appid="wx1", wechat_secret="s"))
 
 
 def test_a_channel_module_alone_adds_a_channel(pigeon_installed: None) -> None:
-    assert registry().channel_types == {1: "easemob", 77: "pigeon"}
+    assert registry().channel_types == {1: "easemob", 2: "wechat", 77: "pigeon"}
     assert parse_message({**TEXT, "channelType": 77}).messageType is MessageType.TEXT
     with pytest.raises(InvalidMessage) as refused:
         parse_message({**TEXT, "channelType": 78})
@@ -85,14 +95,14 @@ def test_a_channel_module_alone_adds_a_channel(pigeon_installed: None) -> None:
     assert set(opened) == {"pigeon"}, "an unconfigured channel is not opened"
 
 
-def test_the_worker_delivers_through_whatever_channel_the_registry_routes_to(
-    pigeon_installed: None, monkeypatch: pytest.MonkeyPatch
+def test_the_worker_delivers_through_the_channel_recorded_at_submit(
+    pigeon_installed: None,
 ) -> None:
-    spec = registry().get("pigeon")
-    monkeypatch.setattr(type(registry()), "for_message", lambda self, message: spec)
     store = StatusStore(fakeredis.FakeRedis())
     message = parse_message(TEXT)
-    store.submit.create(store.submit.prepare(ref("m0bird"), message, channel="pigeon"))
+    store.submit.create(
+        store.submit.prepare(ref("m0bird"), message, channel="pigeon", client="shop")
+    )
     channels = open_channels(Settings(), store.redis)
 
     outcome = delivery.attempt(
@@ -101,7 +111,8 @@ def test_the_worker_delivers_through_whatever_channel_the_registry_routes_to(
 
     assert outcome.state == "delivered"
     sent = channels["pigeon"].sent  # type: ignore[attr-defined]
-    assert [(mid, m.stored()) for mid, m in sent] == [("m0bird", message.stored())]
+    assert [(mid, m.stored()) for mid, m, _ in sent] == [("m0bird", message.stored())]
+    assert sent[0][2] == Origin(ref("m0bird"), "shop")
     record = store.read.get(ref("m0bird"))
     assert record is not None and record.providerMessageId == "coo-1"
 
@@ -149,3 +160,32 @@ def test_a_stored_message_that_does_not_read_is_invalid_not_a_crash() -> None:
     for stored in ("{", "[]", '{"messageType": 99}', '{"messageType": 1, "from": "a"}'):
         with pytest.raises(InvalidMessage):
             Message.from_stored(stored)
+
+
+def test_a_wechat_message_goes_through_its_clients_app_or_else_the_global_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from dispatcher.channels.wechat import app_for
+    from dispatcher.errors import ConfigurationError
+
+    monkeypatch.setenv("DISPATCHER_WECHAT_APPID", "wxglobal")
+    monkeypatch.setenv("DISPATCHER_WECHAT_SECRET", "global-secret")
+    monkeypatch.setenv("DISPATCHER_WECHAT_QUOTA_RESUME_TIME", "01:30")
+    monkeypatch.setenv(
+        "DISPATCHER_WECHAT_WINDOW_FALLBACK", '{"template_id": "T", "data": {"first": "{text}"}}'
+    )
+    monkeypatch.setenv(
+        "DISPATCHER_CLIENTS",
+        '{"shop": {"secret": "x", "wechat": {"appid": "wxshop", "secret": "shop-secret"}},'
+        ' "crm": {"secret": "y"}}',
+    )
+    settings = Settings()
+    assert app_for(settings, "shop").appid == "wxshop"
+    assert app_for(settings, "shop").window_fallback is None, "a client's block stands alone"
+    shared = app_for(settings, "crm")
+    assert (shared.appid, str(shared.quota_resume_time)) == ("wxglobal", "01:30:00")
+    assert shared.window_fallback is not None and shared.window_fallback.template_id == "T"
+    assert app_for(settings, None).appid == "wxglobal"
+    monkeypatch.delenv("DISPATCHER_WECHAT_APPID")
+    with pytest.raises(ConfigurationError, match="no WeChat app for client 'crm'"):
+        app_for(Settings(), "crm")

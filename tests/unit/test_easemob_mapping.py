@@ -12,10 +12,10 @@ from dispatcher.channels.easemob import (
     build_body,
     check_size,
     classify,
-    encode_body,
     retry_after_seconds,
     transport_error,
 )
+from dispatcher.channels.http import encode_body
 from dispatcher.errors import MediaError, MessageTooLarge
 from dispatcher.models import parse_message
 

@@ -158,9 +158,11 @@ def test_caller_ids_outside_the_alphabet_are_rejected(bad_id: str) -> None:
     assert "getMessageId" in fields_of(text(getMessageId=bad_id))
 
 
-def test_channel_type_other_than_easemob_is_rejected() -> None:
-    assert "channelType" in fields_of(text(channelType=2))
-    assert parse_message(text(channelType=1)).messageType is MessageType.TEXT
+def test_channel_type_is_a_hint_among_the_registered_channels() -> None:
+    assert "channelType" in fields_of(text(channelType=3))
+    assert parse_message(text(channelType=2)).channelType == 2
+    message = parse_message(text(channelType=1))
+    assert "channelType" not in message.stored(), "a hint is not part of the content"
 
 
 def test_generated_ids_are_prefix_plus_uuid_hex() -> None:

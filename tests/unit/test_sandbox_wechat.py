@@ -582,3 +582,40 @@ def test_fault_rules_apply(sim: Sim) -> None:
     token = sim.token()
     assert sim.text(token=token) == -1
     assert sim.text(token=token) == 0
+
+
+def test_the_sandbox_serves_the_configured_app_and_leaves_it_out_when_unconfigured() -> None:
+    from fastapi.testclient import TestClient
+
+    from dispatcher.config import Settings
+    from dispatcher.errors import ConfigurationError
+    from dispatcher.sandbox.skeleton import simulators
+    from dispatcher.sandbox.wechat import create_wechat_app_from_settings
+
+    [wechat] = [sim for sim in simulators() if sim.name == "WeChat"]
+    assert (wechat.default_port, wechat.optional) == (9103, True)
+    with pytest.raises(ConfigurationError, match="DISPATCHER_WECHAT_APPID"):
+        wechat.from_settings(Settings())
+    settings = Settings(
+        wechat_appid="wx0a1b2c3d4e5f6a7b",
+        wechat_secret="s" * 32,
+        wechat_templates={"1001": "TPL-ORDER"},
+    )
+    client = TestClient(create_wechat_app_from_settings(settings))
+    token = client.get(
+        "/cgi-bin/token",
+        params={
+            "grant_type": "client_credential",
+            "appid": "wx0a1b2c3d4e5f6a7b",
+            "secret": "s" * 32,
+        },
+    ).json()["access_token"]
+    send = "/cgi-bin/message/template/send"
+    body = {"touser": "o" + "x" * 27, "data": {"first": {"value": "v"}}}
+    known = client.post(
+        send, params={"access_token": token}, json={**body, "template_id": "TPL-ORDER"}
+    )
+    unknown = client.post(
+        send, params={"access_token": token}, json={**body, "template_id": "TPL-X"}
+    )
+    assert known.json()["errcode"] == 0 and unknown.json()["errcode"] == 40037

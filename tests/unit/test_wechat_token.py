@@ -1,4 +1,5 @@
-"""The WeChat token, media ids and quotas shared through Redis (fakeredis, no servers)."""
+"""The WeChat token (the shared TokenCache with WeChat's renewal rule), media ids and quotas
+shared through Redis (fakeredis, no servers)."""
 
 from __future__ import annotations
 
@@ -11,19 +12,28 @@ from datetime import time as time_of_day
 import fakeredis
 import pytest
 
-from dispatcher.channels.wechat_keys import WeChatKeys
+from dispatcher import keys
+from dispatcher.channels.tokens import TokenCache
 from dispatcher.channels.wechat_mapping import IMAGE, MediaNeed
+from dispatcher.channels.wechat_media import MediaIdCache, compute_once, delete_if_equal
 from dispatcher.channels.wechat_outcome import WeChatPaused
 from dispatcher.channels.wechat_quota import QuotaBook
-from dispatcher.channels.wechat_token import (
-    MediaIdCache,
-    SharedToken,
-    compute_once,
-    delete_if_equal,
-    token_cache_seconds,
-)
+from dispatcher.channels.wechat_send import token_cache_seconds
 
-KEYS = WeChatKeys("wx5a1d2b3c4d5e6f70")
+APPID = "wx5a1d2b3c4d5e6f70"
+TOKEN_KEY = keys.token("wechat", APPID)
+
+
+def wechat_tokens(client: fakeredis.FakeRedis, fetch: Fetcher) -> TokenCache:
+    """A worker's view of the app's token, as the WeChat sender builds it."""
+    return TokenCache(
+        client,
+        channel="wechat",
+        account=(APPID,),
+        fetch=fetch,
+        lock_seconds=5,
+        keep_for=token_cache_seconds,
+    )
 
 
 @pytest.fixture()
@@ -95,11 +105,11 @@ def test_compute_once_gives_up_when_the_lock_holder_never_delivers(
 
 def test_token_is_fetched_once_and_cached_with_a_margin(client: fakeredis.FakeRedis) -> None:
     fetch = Fetcher()
-    tokens = SharedToken(client, KEYS, fetch, lock_seconds=5)
+    tokens = wechat_tokens(client, fetch)
     assert tokens.get() == "t1" and tokens.get() == "t1"
     assert fetch.calls == 1
-    assert 6800 < client.ttl(KEYS.token) <= 6840
-    other_process = SharedToken(client, KEYS, fetch, lock_seconds=5)
+    assert 6800 < client.ttl(TOKEN_KEY) <= 6840
+    other_process = wechat_tokens(client, fetch)
     assert other_process.get() == "t1" and fetch.calls == 1
 
 
@@ -114,24 +124,25 @@ def test_refused_token_is_dropped_only_while_it_is_the_stored_one(
     client: fakeredis.FakeRedis,
 ) -> None:
     fetch = Fetcher()
-    first, late = (SharedToken(client, KEYS, fetch, lock_seconds=5) for _ in range(2))
+    first, late = (wechat_tokens(client, fetch) for _ in range(2))
     assert first.get() == "t1" and late.get() == "t1"
-    assert first.invalidate("t1") is True
+    first.invalidate("t1")
     assert first.get() == "t2"
     # The late worker saw t1 refused too, but t2 is already stored: it keeps t2.
-    assert late.invalidate("t1") is False
+    late.invalidate("t1")
+    assert client.get(TOKEN_KEY) == b"t2"
     assert late.get() == "t2"
     assert fetch.calls == 2
 
 
 def test_concurrent_refusals_cause_one_refresh(client: fakeredis.FakeRedis) -> None:
     fetch = Fetcher(delay=0.1)
-    workers = [SharedToken(client, KEYS, fetch, lock_seconds=5) for _ in range(4)]
+    workers = [wechat_tokens(client, fetch) for _ in range(4)]
     assert {w.get() for w in workers} == {"t1"}
     barrier = threading.Barrier(4)
     seen: list[str] = []
 
-    def refused(worker: SharedToken) -> None:
+    def refused(worker: TokenCache) -> None:
         barrier.wait()
         worker.invalidate("t1")
         seen.append(worker.get())
@@ -146,10 +157,10 @@ def test_concurrent_refusals_cause_one_refresh(client: fakeredis.FakeRedis) -> N
 
 def test_a_revoked_token_read_just_before_is_not_memoised(client: fakeredis.FakeRedis) -> None:
     fetch = Fetcher()
-    tokens = SharedToken(client, KEYS, fetch, lock_seconds=5)
+    tokens = wechat_tokens(client, fetch)
     tokens.get()
     tokens.invalidate("t1")
-    client.set(KEYS.token, "t1")  # a slow reader writes nothing, but say Redis still said t1
+    client.set(TOKEN_KEY, "t1")  # a slow reader writes nothing, but say Redis still said t1
     assert tokens.get() == "t1"  # Redis is the truth...
     assert tokens._memo is None  # ...but this process does not keep reusing it
 
@@ -160,7 +171,7 @@ def need(size: int | None = 1000, key: str = "photos/a.jpg") -> MediaNeed:
 
 def test_media_ids_are_cached_until_an_hour_before_expiry(client: fakeredis.FakeRedis) -> None:
     now = 1_700_000_000.0
-    cache = MediaIdCache(client, KEYS, lock_seconds=5, clock=lambda: now)
+    cache = MediaIdCache(client, APPID, lock_seconds=5, clock=lambda: now)
     uploads: list[int] = []
 
     def upload() -> tuple[str, float]:
@@ -170,7 +181,7 @@ def test_media_ids_are_cached_until_an_hour_before_expiry(client: fakeredis.Fake
     assert cache.get_or_upload(need(), upload) == "MID-1"
     assert cache.get_or_upload(need(), upload) == "MID-1"
     assert uploads == [1]
-    assert client.ttl(KEYS.media("image", "photos/a.jpg")) == 3 * 86400 - 3600 - 100
+    assert client.ttl(keys.wechat_media(APPID, "image", "photos/a.jpg")) == 3 * 86400 - 3600 - 100
     # Another object, or the same key with other content: uploaded again.
     assert cache.get(need(key="photos/b.jpg")) is None
     assert cache.get(need(size=2000)) is None
@@ -178,7 +189,7 @@ def test_media_ids_are_cached_until_an_hour_before_expiry(client: fakeredis.Fake
 
 
 def test_media_id_refused_by_wechat_is_dropped_once(client: fakeredis.FakeRedis) -> None:
-    cache = MediaIdCache(client, KEYS, lock_seconds=5)
+    cache = MediaIdCache(client, APPID, lock_seconds=5)
     cache.put(need(), "MID-1", time.time())
     cache.drop(need(), "MID-OTHER")
     assert cache.get(need()) == "MID-1"
@@ -187,14 +198,14 @@ def test_media_id_refused_by_wechat_is_dropped_once(client: fakeredis.FakeRedis)
 
 
 def test_media_id_too_old_to_cache_is_not_cached(client: fakeredis.FakeRedis) -> None:
-    cache = MediaIdCache(client, KEYS, lock_seconds=5)
+    cache = MediaIdCache(client, APPID, lock_seconds=5)
     cache.put(need(), "MID-OLD", time.time() - 3 * 86400 + 10)
     assert cache.get(need()) is None
 
 
 def test_malformed_media_entry_is_ignored(client: fakeredis.FakeRedis) -> None:
-    client.set(KEYS.media("image", "photos/a.jpg"), "not json")
-    assert MediaIdCache(client, KEYS, lock_seconds=5).get(need()) is None
+    client.set(keys.wechat_media(APPID, "image", "photos/a.jpg"), "not json")
+    assert MediaIdCache(client, APPID, lock_seconds=5).get(need()) is None
 
 
 BEIJING_NOON = datetime(2024, 3, 1, 4, 0, tzinfo=UTC).timestamp()
@@ -203,7 +214,7 @@ BEIJING_NOON = datetime(2024, 3, 1, 4, 0, tzinfo=UTC).timestamp()
 def quota_book(client: fakeredis.FakeRedis, now: list[float], limit: int = 2) -> QuotaBook:
     return QuotaBook(
         client,
-        KEYS,
+        APPID,
         quotas={"custom_send": limit},
         resume_time=time_of_day(0, 5),
         zone="Asia/Shanghai",

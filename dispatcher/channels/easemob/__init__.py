@@ -13,7 +13,7 @@ import httpx
 import redis
 from pydantic import BaseModel, SecretStr
 
-from dispatcher.channels.base import ChannelSpec, Receipt, config_block
+from dispatcher.channels.base import ChannelSpec, Origin, Receipt, config_block
 from dispatcher.channels.easemob.mapping import (
     body_size,
     build_body,
@@ -21,11 +21,10 @@ from dispatcher.channels.easemob.mapping import (
     call_costs,
     check_size,
     classify,
-    encode_body,
     retry_after_seconds,
     transport_error,
 )
-from dispatcher.channels.http import PerThreadHttp, json_or_none
+from dispatcher.channels.http import PerThreadHttp, encode_body, json_or_none
 from dispatcher.channels.tokens import TokenCache
 from dispatcher.config import Settings
 from dispatcher.errors import ConfigurationError, ProviderError
@@ -115,7 +114,14 @@ class EasemobChannel:
             return None
         return self._prepay
 
-    def send(self, message_id: str, message: Message, *, prepaid: bool = False) -> Receipt:
+    def send(
+        self,
+        message_id: str,
+        message: Message,
+        *,
+        prepaid: bool = False,
+        origin: Origin | None = None,
+    ) -> Receipt:
         payload = encode_body(build_body(message_id, message))
         limit = self.config.max_body_bytes
         if len(payload) > limit:
@@ -214,7 +220,7 @@ CHANNEL = ChannelSpec(
     carries=frozenset(int(t) for t in MessageType),
     media=frozenset(int(t) for t in MEDIA_TYPES),
     configured=_configured,
-    check_size=lambda settings, message_id, message: check_size(
+    check_size=lambda settings, message_id, message, client: check_size(
         message_id, message, settings.easemob_max_body_bytes
     ),
     open=EasemobChannel,
@@ -231,7 +237,6 @@ __all__ = [
     "call_costs",
     "check_size",
     "classify",
-    "encode_body",
     "retry_after_seconds",
     "transport_error",
 ]

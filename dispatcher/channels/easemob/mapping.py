@@ -6,7 +6,6 @@ The mapping table is in docs/extending.md, "The Easemob channel".
 
 from __future__ import annotations
 
-import json
 import time
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -14,6 +13,7 @@ from typing import Any
 import httpx
 
 from dispatcher import message_info as kinds
+from dispatcher.channels.http import encode_body
 from dispatcher.errors import FieldError, MediaError, MessageTooLarge, ProviderError
 from dispatcher.models import Message
 
@@ -104,11 +104,6 @@ def build_body(message_id: str, message: Message) -> dict[str, Any]:
         "from": message.sender,
         "ext": ext,
     }
-
-
-def encode_body(body: dict[str, Any]) -> bytes:
-    """UTF-8 JSON, not ASCII-escaped: valid Unicode reaches the provider byte for byte."""
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def _with_placeholders(message: Message) -> Message:

@@ -3,7 +3,8 @@
 -- The provider's HTTP status of a failed attempt is counted as provider:<status>.
 -- Returns ok, missing, stale or terminal:<state>.
 -- keys: message history dead stats inflight
--- args: owner new_state ttl# history_limit# detail last_error? provider_id? delay_ms? dead_cap# member latency_bounds retry_grace_ms# provider_status?
+-- A deferred retry (``deferred``: a provider's pause) gives the attempt back.
+-- args: owner new_state ttl# history_limit# detail last_error? provider_id? delay_ms? dead_cap# member latency_bounds retry_grace_ms# provider_status? deferred?
 -- include: lib
 
 local s = redis.call('HMGET', message, 'state', 'leaseOwner')
@@ -31,6 +32,7 @@ if new_state == 'retrying' then
   local due = now + tonumber(delay_ms or '0')
   redis.call('HSET', message, 'dueAt', due)
   redis.call('ZADD', inflight, due + retry_grace_ms, member)
+  if deferred then redis.call('HINCRBY', message, 'attempts', -1) end
 else
   redis.call('ZREM', inflight, member)
 end

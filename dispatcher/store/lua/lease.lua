@@ -2,21 +2,21 @@
 -- lease also tries the rate slot of the send when the message is of that channel and of a
 -- type whose cost is known now (``types`` as ",1,5,"); ``prepay`` holds, per rate key,
 -- interval ms, tolerance ms, cost to users, cost otherwise.
--- Returns {'ok', attempts, stored message, prepaid 0/1}, {'terminal', state},
+-- Returns {'ok', attempts, stored message, prepaid 0/1, channel, client}, {'terminal', state},
 -- {'busy', holder, ms left} or {'missing'}.
 -- keys: message history inflight rates...
 -- args: owner lease_ms# ttl# history_limit# member channel? types prepay...
 -- include: lib
 
 local s = redis.call('HMGET', message, 'state', 'leaseOwner', 'leaseUntil', 'attempts',
-                     'message', 'channel', 'type', 'targetType')
+                     'message', 'channel', 'type', 'targetType', 'client')
 if not s[1] then
   redis.call('ZREM', inflight, member)
   return {'missing'}
 end
 if TERMINAL[s[1]] then return {'terminal', s[1]} end
 -- The same owner again: the client retried after a lost reply (owners are unique per attempt).
-if s[1] == 'processing' and s[2] == owner then return {'ok', s[4], s[5], '0'} end
+if s[1] == 'processing' and s[2] == owner then return {'ok', s[4], s[5], '0', s[6] or '', s[9] or ''} end
 local now = now_ms()
 if s[1] == 'processing' and tonumber(s[3] or '0') > now then
   return {'busy', s[2] or '', tostring(tonumber(s[3]) - now)}
@@ -45,4 +45,4 @@ if channel and s[6] == channel and string.find(types, ',' .. (s[7] or '') .. ','
   end
   if gcra_try(rates, intervals, tolerances, costs, false) == 0 then prepaid = '1' end
 end
-return {'ok', tostring(attempts), s[5], prepaid}
+return {'ok', tostring(attempts), s[5], prepaid, s[6] or '', s[9] or ''}
