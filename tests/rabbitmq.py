@@ -13,6 +13,7 @@ virtual host is shared and only the per-test queue names keep runs apart.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -80,9 +81,12 @@ class RabbitVhost:
         path = urlsplit(base).path.lstrip("/")
         return cls(f"{base}/{path}", path or "/", private=False)
 
-    def close_all_connections(self, reason: str) -> None:
-        """Close every client connection to this virtual host, as a broker restart does."""
-        rabbitmqctl("close_all_connections", "--vhost", self.vhost, reason)
+    def close_all_connections(self, reason: str) -> int:
+        """Close every client connection to this virtual host, as a broker restart does;
+        returns how many were closed."""
+        said = rabbitmqctl("close_all_connections", "--vhost", self.vhost, reason)
+        closed = re.search(r"Closed (\d+) connection", said)
+        return int(closed.group(1)) if closed else 0
 
     def delete(self) -> None:
         if self.private:

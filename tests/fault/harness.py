@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Self
 
 import httpx
+import pytest
 import redis
 
 from dispatcher import keys
@@ -30,6 +31,8 @@ TOKEN_PATH = f"/{EASEMOB_ORG}/{EASEMOB_APP}/token"
 TERMINAL = frozenset({"delivered", "failed", "dead"})
 MAX_WORKERS = 4
 """The fault suite shares 2 cores: never more worker processes than this at once."""
+BOTH_BROKERS = pytest.mark.parametrize("broker", ["redis", "amqp"], indirect=True)
+"""Run a fault test once with the Redis broker and once with RabbitMQ (fixture ``broker``)."""
 
 
 def new_id(prefix: str = "f") -> str:
