@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -14,47 +12,13 @@ from dispatcher.errors import Unavailable
 from tests.fault.harness import (
     BOTH_BROKERS,
     MESSAGES_PATH,
+    Load,
     assert_invariants,
     new_id,
     text_message,
 )
 
 pytestmark = pytest.mark.fault
-
-
-class Load:
-    """Submits through the API in a thread until stopped; records every answer with its time."""
-
-    def __init__(self, submit: Callable[[dict[str, Any]], Any], pause: float = 0.02) -> None:
-        self.submit = submit
-        self.pause = pause
-        self.accepted: list[str] = []
-        self.answers: list[tuple[float, int, str]] = []  # (monotonic time, status, id)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            message_id = new_id("load")
-            try:
-                status = self.submit(text_message(message_id)).status_code
-            except Exception:
-                status = -1  # the API itself did not answer: never an acceptance
-            self.answers.append((time.monotonic(), status, message_id))
-            if status == 200:
-                self.accepted.append(message_id)
-            self._stop.wait(self.pause)
-
-    def __enter__(self) -> Load:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(30)
-
-    def between(self, start: float, end: float) -> list[int]:
-        return [status for at, status, _ in self.answers if start <= at <= end]
 
 
 def test_redis_killed_under_load_and_restarted_from_its_aof_loses_no_accepted_message(
