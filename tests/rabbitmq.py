@@ -94,6 +94,13 @@ class RabbitVhost:
         closed = re.search(r"Closed (\d+) connection", said)
         return int(closed.group(1)) if closed else 0
 
+    def delete_queue(self, queue: str) -> None:
+        """Delete a test's queue (quorum queues outlive their consumers)."""
+        from kombu.connection import Connection
+
+        with Connection(self.url) as connection:
+            connection.channel().queue_delete(queue)  # RabbitMQ: fine for a queue never declared
+
     def delete(self) -> None:
         if self.private:
             rabbitmqctl("delete_vhost", self.vhost)

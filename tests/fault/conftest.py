@@ -121,13 +121,16 @@ def broker(request: pytest.FixtureRequest) -> str:
 @pytest.fixture()
 def fault_env(
     redis_server: RedisServer, easemob: Easemob, broker: str, request: pytest.FixtureRequest
-) -> dict[str, str]:
+) -> Iterator[dict[str, str]]:
     env = base_env(redis_server.url, easemob.url, None)
     env.update(FAULT_SETTINGS)
     env["DISPATCHER_QUEUE"] = f"fault-{uuid.uuid4().hex[:12]}"
-    if broker == "amqp":
-        env["DISPATCHER_BROKER_URL"] = request.getfixturevalue("rabbitmq").url
-    return env
+    rabbitmq = request.getfixturevalue("rabbitmq") if broker == "amqp" else None
+    if rabbitmq is not None:
+        env["DISPATCHER_BROKER_URL"] = rabbitmq.url
+    yield env
+    if rabbitmq is not None:
+        rabbitmq.delete_queue(env["DISPATCHER_QUEUE"])
 
 
 @pytest.fixture()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -35,8 +36,9 @@ def text(message_id: str | None = None) -> dict[str, Any]:
 
 
 @pytest.fixture()
-def worker_env(worker_env: dict[str, str], rabbitmq: RabbitVhost) -> dict[str, str]:
-    return {**worker_env, "DISPATCHER_BROKER_URL": rabbitmq.url}
+def worker_env(worker_env: dict[str, str], rabbitmq: RabbitVhost) -> Iterator[dict[str, str]]:
+    yield {**worker_env, "DISPATCHER_BROKER_URL": rabbitmq.url}
+    rabbitmq.delete_queue(worker_env["DISPATCHER_QUEUE"])
 
 
 def closed_port() -> int:
