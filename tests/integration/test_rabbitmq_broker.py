@@ -50,6 +50,9 @@ def closed_port() -> int:
 def test_api_submit_is_delivered_through_a_quorum_queue(
     worker_env: dict[str, str], dispatcher: Any, easemob: Any, start_worker: Any, rabbitmq: Any
 ) -> None:
+    early = [dispatcher.submit(text()) for _ in range(2)]  # before any worker runs
+    (backlog,) = dispatcher.queue_backlog()
+    assert (backlog.queue, backlog.depth) == (worker_env["DISPATCHER_QUEUE"], 2)
     start_worker()
     settings = settings_from_env({**worker_env, "DISPATCHER_AUTH_ENABLED": "false"})
     with ServerThread(create_app(settings)) as server:
@@ -61,10 +64,10 @@ def test_api_submit_is_delivered_through_a_quorum_queue(
             answer = httpx.post(f"{server.url}{SUBMIT}", json=text(), timeout=10)
             assert answer.status_code == 200, answer.text
             ids.append(answer.json()["data"]["getMessageId"])
-        records = [wait_for_state(dispatcher, m) for m in ids]
+        records = [wait_for_state(dispatcher, m) for m in early + ids]
         metrics = httpx.get(f"{server.url}/metrics", timeout=10).text
-    assert [r.state.value for r in records] == ["delivered"] * 5
-    assert len(easemob.requests(MESSAGES_PATH)) == 5
+    assert [r.state.value for r in records] == ["delivered"] * 7
+    assert len(easemob.requests(MESSAGES_PATH)) == 7
     assert "dispatcher_broker_up 1.0" in metrics
     assert f'dispatcher_queue_depth{{queue="{settings.queue}"}} 0.0' in metrics
     if rabbitmq.private:  # the queue's type is only visible to the broker's operator
@@ -128,6 +131,8 @@ def test_broker_down_the_api_starts_refuses_submits_and_keeps_no_record(
     try:
         with pytest.raises(Unavailable):
             producer.submit(text("brokerdown2"))
+        with pytest.raises(Unavailable, match="broker unavailable"):
+            producer.queue_backlog()
     finally:
         producer.close()
     assert dispatcher.status("brokerdown2") is None
