@@ -40,6 +40,7 @@ class BrokerKind(StrEnum):
 BROKER_SCHEMES = {
     "redis": BrokerKind.REDIS,
     "rediss": BrokerKind.REDIS,
+    "redis+socket": BrokerKind.REDIS,
     "amqp": BrokerKind.AMQP,
     "amqps": BrokerKind.AMQP,
     "pyamqp": BrokerKind.AMQP,

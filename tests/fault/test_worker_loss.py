@@ -63,8 +63,9 @@ def test_sigkilled_worker_main_process_is_recovered_within_the_lease(
     assert recovery <= lease + 3 * reaper + 8, f"recovery took {recovery:.1f}s"
 
 
+@BOTH_BROKERS
 def test_sigkilled_prefork_child_is_recovered_within_the_lease(
-    dispatcher: Any, easemob: Any, start_worker: Any, fault_env: dict[str, str]
+    dispatcher: Any, easemob: Any, start_worker: Any, fault_env: dict[str, str], broker: str
 ) -> None:
     lease = float(fault_env["DISPATCHER_LEASE_SECONDS"])
     reaper = float(fault_env["DISPATCHER_REAPER_INTERVAL"])
@@ -87,7 +88,7 @@ def test_sigkilled_prefork_child_is_recovered_within_the_lease(
         time.time() - (time.monotonic() - killed_at)
     )
     print(
-        f"\nF1 prefork child SIGKILL: all {len(ids)} terminal {recovery:.1f}s after the kill "
+        f"\nF1 prefork child SIGKILL, {broker} broker: all {len(ids)} terminal {recovery:.1f}s after the kill "
         f"(lease {lease:.0f}s)"
     )
     assert worker.alive(), "the worker's main process survives the loss of a child"

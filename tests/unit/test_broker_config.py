@@ -22,6 +22,7 @@ AMQP = "amqp://guest:guest@127.0.0.1:5672/dispatcher"
     [
         ("redis://127.0.0.1:6379/0", BrokerKind.REDIS),
         ("rediss://cache.example:6380/0", BrokerKind.REDIS),
+        ("redis+socket:///run/redis/redis.sock", BrokerKind.REDIS),
         ("amqp://u:p@rabbit:5672/vhost", BrokerKind.AMQP),
         ("amqps://u:p@rabbit:5671/vhost", BrokerKind.AMQP),
         ("pyamqp://u:p@rabbit//", BrokerKind.AMQP),
