@@ -196,6 +196,23 @@ class RabbitServer:
         except (OSError, ValueError):
             return None
 
+    def ctl(self, *args: str) -> str:
+        """``rabbitmqctl`` on this node (its cookie is in the node's own home)."""
+        script = Path(SERVER_SCRIPT).with_name("rabbitmqctl")
+        done = subprocess.run(
+            [str(script), "-q", "-n", self.name, *args],
+            env={**os.environ, "HOME": str(self.data_dir / "home")},
+            capture_output=True,
+            text=True,
+            timeout=CTL_TIMEOUT,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise subprocess.CalledProcessError(
+                done.returncode, done.args, done.stdout, done.stderr
+            )
+        return done.stdout
+
     def kill(self) -> None:
         """SIGKILL the node, as a crash would."""
         pid = self.node_pid()

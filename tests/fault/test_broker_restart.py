@@ -1,4 +1,5 @@
-"""F18: RabbitMQ as the broker is SIGKILLed under load and restarted on its own data.
+"""F18: RabbitMQ as the broker is SIGKILLed under load and restarted on its own data; a
+RabbitMQ memory alarm blocks publishers.
 
 The broker is a node of this module's own (tests/rabbitmq.py, ``RabbitServer``), never
 the machine's shared one.
@@ -12,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from tests.fault.harness import MESSAGES_PATH, Load, assert_invariants
+from dispatcher.errors import Unavailable
+from tests.fault.harness import MESSAGES_PATH, Load, assert_invariants, new_id, text_message
 from tests.rabbitmq import RabbitServer, server_script
 
 pytestmark = pytest.mark.fault
@@ -76,3 +78,22 @@ def test_rabbitmq_killed_under_load_and_restarted_loses_no_accepted_message(
     )
     assert all(r.state.value == "delivered" for r in records.values())
     assert all(w.alive() for w in workers), "workers reconnect without a restart"
+
+
+def test_rabbitmq_memory_alarm_refuses_submits_and_keeps_no_record(
+    dispatcher: Any, rabbit_node: RabbitServer
+) -> None:
+    accepted = dispatcher.submit(text_message(new_id("alarm")))
+    rabbit_node.ctl("set_vm_memory_high_watermark", "0.000001")  # every publisher blocked
+    try:
+        refused = new_id("alarm")
+        started = time.monotonic()
+        with pytest.raises(Unavailable, match="broker unavailable"):
+            dispatcher.submit(text_message(refused))
+        took = time.monotonic() - started
+    finally:
+        rabbit_node.ctl("set_vm_memory_high_watermark", "0.4")  # RabbitMQ's default
+    print(f"\nRabbitMQ memory alarm: a submit refused after {took:.1f}s")
+    assert dispatcher.status(refused) is None, "a refused submit leaves no record"
+    assert dispatcher.status(accepted) is not None
+    assert took < 60
