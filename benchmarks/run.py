@@ -3,12 +3,16 @@
     python benchmarks/run.py --quick          # < 3 minutes on 2 cores
     python benchmarks/run.py --only P1,P2     # a subset
     python benchmarks/run.py --pool threads --concurrency 64   # try another worker setup
+    python benchmarks/run.py --only P1,P3 --amqp amqp://guest:guest@127.0.0.1:5672//
+                                              # also P1, P3 with RabbitMQ as the broker
 
 Starts its own Redis (no AOF), the Easemob simulator and every worker/API
 process, runs, stops them and prints one JSON object with keys P1..P5, each
 ``{"value", "baseline", "ratio", "goal", "met", ...details}``. Progress goes
 to stderr. Figures are ratios against baselines on the same Redis with the
 same pool and concurrency; absolute numbers move with the machine's load.
+With ``--amqp`` P1 and P3 run a second time with that RabbitMQ as the broker
+(keys ``P1_amqp``, ``P3_amqp``), each beside the Redis-broker figure of the same run.
 """
 
 from __future__ import annotations
@@ -61,6 +65,9 @@ class Bench:
         self.redis_url = self.server.url
         self.results: dict[str, Any] = {}
         self.worker_rss: dict[str, int] = {}
+        self.broker_url: str | None = None
+        """The broker of the runs under way (None: the benchmark's Redis)."""
+        self.amqp_queues: list[str] = []
 
     # -- helpers -----------------------------------------------------------
 
@@ -75,6 +82,9 @@ class Bench:
             "DISPATCHER_LOG_LEVEL": "INFO",
             "DISPATCHER_REAPER_INTERVAL": "5",
         }
+        if self.broker_url:
+            env["DISPATCHER_BROKER_URL"] = self.broker_url
+            self.amqp_queues.append(queue)
         env.update(extra)
         return env
 
@@ -351,7 +361,7 @@ class Bench:
 
     # -- P3 ----------------------------------------------------------------
 
-    def p3(self) -> None:
+    def p3(self, key: str = "P3") -> None:
         n = self.n(600, 2000)
         sim = harness.Simulator(calls_per_second=P3_LIMIT).start()
         try:
@@ -386,7 +396,7 @@ class Bench:
         timed_429 = stats.get("rate_limited_429", 0) - cold_429
         timed_403 = stats.get("quota_exceeded_403", 0) - cold.get("quota_exceeded_403", 0)
         rejected = timed_429 + timed_403
-        self.results["P3"] = {
+        self.results[key] = {
             "value": achieved,
             "baseline": P3_LIMIT,
             "ratio": ratio(achieved, P3_LIMIT),
@@ -402,6 +412,60 @@ class Bench:
             "worker_processes": 4,
             "run": run,
         }
+
+    # -- P1 and P3 with RabbitMQ as the broker ---------------------------------
+
+    def on_amqp(self, sim: harness.Simulator | None, only: set[str]) -> None:
+        """P1 and P3 again with ``--amqp`` as the broker; each beside its Redis-broker figure."""
+        self.broker_url = self.args.amqp
+        try:
+            if "P1" in only and sim is not None:
+                n = self.n(2000, 10000)
+                say(f"P1 on RabbitMQ: n={n}")
+                sim.reset()
+                ours = self.run_ours(
+                    sim,
+                    self.dispatcher_env(sim, f"p1-amqp-{uuid.uuid4().hex[:6]}"),
+                    n,
+                    pool=self.pool,
+                    concurrency=self.concurrency,
+                    processes=self.processes,
+                )
+                on_redis = self.results.get("P1", {})
+                self.results["P1_amqp"] = {
+                    "value": ours["per_second"],
+                    "baseline": on_redis.get("value"),
+                    "ratio": ratio(ours["per_second"], on_redis.get("value")),
+                    "ratio_vs_bare_noop": ratio(ours["per_second"], on_redis.get("baseline")),
+                    "goal": "reported: RabbitMQ broker vs the Redis broker of this run",
+                    "unit": "messages/s end to end (submit -> delivered), quorum queue, "
+                    "publisher confirms",
+                    "ours": ours,
+                }
+            if "P3" in only:
+                say("P3 on RabbitMQ")
+                self.p3("P3_amqp")
+                on_redis = self.results.get("P3", {})
+                self.results["P3_amqp"]["redis_broker_value"] = on_redis.get("value")
+        finally:
+            self.broker_url = None
+            self.delete_amqp_queues()
+
+    def delete_amqp_queues(self) -> None:
+        """The quorum queues these runs declared: they outlive their consumers otherwise."""
+        from kombu.connection import Connection
+
+        with Connection(self.args.amqp) as connection:  # type: ignore[no-untyped-call]
+            for queue in self.amqp_queues:
+                channel = connection.channel()
+                try:
+                    channel.queue_delete(queue)
+                except connection.channel_errors:
+                    pass
+                finally:
+                    if channel.is_open:
+                        channel.close()
+        self.amqp_queues.clear()
 
     # -- P5 ----------------------------------------------------------------
 
@@ -460,10 +524,14 @@ class Bench:
                         self.p1(sim)
                     if "P2" in only:
                         self.p2(sim)
+                    if self.args.amqp and "P1" in only:
+                        self.on_amqp(sim, {"P1"})
                 finally:
                     sim.stop()
             if "P3" in only:
                 self.p3()
+                if self.args.amqp:
+                    self.on_amqp(None, {"P3"})
             if "P4" in only:
                 self.p4()
             if "P5" in only:
@@ -471,9 +539,8 @@ class Bench:
         finally:
             self.redis.close()
             self.server.cleanup()
-        out: dict[str, Any] = {
-            k: self.results[k] for k in ("P1", "P2", "P3", "P4", "P5") if k in self.results
-        }
+        keys_in_order = ("P1", "P1_amqp", "P2", "P3", "P3_amqp", "P4", "P5")
+        out: dict[str, Any] = {k: self.results[k] for k in keys_in_order if k in self.results}
         out["machine"] = machine()
         out["seconds"] = round(time.monotonic() - started, 1)
         out["quick"] = self.quick
@@ -509,6 +576,12 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=2 * (os.cpu_count() or 1),
         help="worker processes for P1/P2 (default: two per core, the recommended setup)",
+    )
+    parser.add_argument(
+        "--amqp",
+        default=None,
+        metavar="URL",
+        help="also run P1 and P3 with this RabbitMQ as the broker (P1_amqp, P3_amqp)",
     )
     args = parser.parse_args(argv)
     only = {p.strip().upper() for p in args.only.split(",") if p.strip()}

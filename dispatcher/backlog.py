@@ -53,7 +53,13 @@ def read_backlog(client: redis.Redis, store: StatusStore, queues: list[str]) -> 
 
 
 def broker_depth(celery: Celery, queue: str) -> int:
-    """Messages waiting in ``queue`` of any broker kombu speaks (a passive declare)."""
+    """Messages waiting in ``queue`` of any broker kombu speaks (a passive declare; 0 for a
+    queue the broker does not know yet)."""
     with celery.connection_for_read() as connection:
-        declared = connection.default_channel.queue_declare(queue=queue, passive=True)
+        channel = connection.channel()
+        try:
+            declared = channel.queue_declare(queue=queue, passive=True)
+        except connection.channel_errors:
+            return 0  # RabbitMQ: 404, no such queue (and the channel is closed)
+        channel.close()
     return int(declared.message_count)

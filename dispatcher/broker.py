@@ -4,13 +4,19 @@ kombu's Redis transport with our fixes, and the trace of queue messages Celery d
 Reliability settings: late acks and reject-on-worker-loss so a killed worker's
 message is redelivered; prefetch of one; no result backend (the status store is
 the source of truth). docs/reliability.md tells which fault each setting answers.
+
+Two brokers are supported (docs/deployment.md): Redis (by default the status store's
+own, so a submit records and enqueues in one script) and RabbitMQ (``amqp://``), where
+every queue is a quorum queue and every publish waits for the broker's confirmation.
 """
 
 from __future__ import annotations
 
 import logging
+from enum import StrEnum
 from functools import cache
 from typing import Any
+from urllib.parse import urlsplit
 
 import redis
 from celery import Celery
@@ -24,7 +30,41 @@ from dispatcher.store import StatusStore
 log = logging.getLogger(__name__)
 
 
+class BrokerKind(StrEnum):
+    """The brokers dispatcher is built and tested for."""
+
+    REDIS = "redis"
+    AMQP = "amqp"
+
+
+BROKER_SCHEMES = {
+    "redis": BrokerKind.REDIS,
+    "rediss": BrokerKind.REDIS,
+    "redis+socket": BrokerKind.REDIS,
+    "amqp": BrokerKind.AMQP,
+    "amqps": BrokerKind.AMQP,
+    "pyamqp": BrokerKind.AMQP,
+}
+
+
+def broker_kind(url: str) -> BrokerKind:
+    """Which broker ``url`` names; ValueError for one dispatcher does not support."""
+    scheme = urlsplit(url).scheme.lower()
+    try:
+        return BROKER_SCHEMES[scheme]
+    except KeyError:
+        supported = ", ".join(f"{s}://" for s in BROKER_SCHEMES)
+        raise ValueError(f"unsupported broker URL scheme {scheme!r}: use {supported}") from None
+
+
+def broker_is_store(settings: Settings) -> bool:
+    """The broker is the status store's Redis: queue lists live beside the records, so a
+    submit records and enqueues in one script and the reaper can look at the queue."""
+    return settings.effective_broker_url == settings.redis_url
+
+
 def make_celery(settings: Settings) -> Celery:
+    kind = broker_kind(settings.effective_broker_url)
     celery = Celery("dispatcher", set_as_current=False)
     celery.conf.update(
         broker_url=settings.effective_broker_url,
@@ -54,17 +94,6 @@ def make_celery(settings: Settings) -> Celery:
         worker_consumer="dispatcher.broker:DispatcherConsumer",
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,
-        broker_transport_options={
-            "visibility_timeout": settings.visibility_timeout,
-            "socket_timeout": 5,
-            "socket_connect_timeout": 2,
-            "health_check_interval": 15,
-            "retry_on_timeout": True,
-            # Scan for unacked tasks past the visibility timeout every few seconds
-            # (kombu's default is ~100 s), so a short timeout means what it says.
-            "unacked_restore_interval": max(1, min(10, settings.visibility_timeout // 4)),
-            "unacked_restore_throttle": 1,
-        },
         broker_pool_limit=16,
         task_publish_retry_policy={
             # Fail fast when the broker is down: the caller gets 503 and may retry.
@@ -76,7 +105,54 @@ def make_celery(settings: Settings) -> Celery:
         worker_send_task_events=False,
         task_send_sent_event=False,
     )
+    if kind is BrokerKind.AMQP:
+        celery.conf.update(_amqp_options())
+    else:
+        celery.conf.broker_transport_options = _redis_transport_options(settings)
     return celery
+
+
+def _redis_transport_options(settings: Settings) -> dict[str, Any]:
+    return {
+        "visibility_timeout": settings.visibility_timeout,
+        "socket_timeout": 5,
+        "socket_connect_timeout": 2,
+        "health_check_interval": 15,
+        "retry_on_timeout": True,
+        # Scan for unacked tasks past the visibility timeout every few seconds
+        # (kombu's default is ~100 s), so a short timeout means what it says.
+        "unacked_restore_interval": max(1, min(10, settings.visibility_timeout // 4)),
+        "unacked_restore_throttle": 1,
+    }
+
+
+AMQP_HEARTBEAT = 30
+"""Seconds between AMQP heartbeats: a silently dead peer is noticed within two of them."""
+
+
+def _amqp_options() -> dict[str, Any]:
+    """RabbitMQ: quorum queues (replicated, poison-message aware), publisher confirms.
+
+    Every queue Celery declares is a quorum queue: the delivery queue and any queue a
+    task is routed to or a worker is given with ``-Q``, so producers and workers always
+    declare a queue with the same arguments. A quorum queue keeps no priorities (RabbitMQ
+    3.x) and ignores global QoS: Celery then gives each consumer a fixed prefetch of
+    ``worker_concurrency x worker_prefetch_multiplier``, which late acks keep unacked
+    until each delivery ends (docs/deployment.md, "RabbitMQ as the broker").
+    """
+    return {
+        "task_default_queue_type": "quorum",
+        "task_create_missing_queue_type": "quorum",
+        "broker_heartbeat": AMQP_HEARTBEAT,
+        "broker_connection_timeout": 2,
+        "broker_transport_options": {
+            # A publish returns only once RabbitMQ has taken the message (a quorum queue:
+            # once a majority of its replicas wrote it); a refusal is an error, not a loss.
+            "confirm_publish": True,
+            "read_timeout": 5,
+            "write_timeout": 5,
+        },
+    }
 
 
 class _BrokerChannel(kombu_redis.Channel):
@@ -126,7 +202,17 @@ class DispatcherConsumer(Consumer):  # type: ignore[misc]  # celery is untyped
     Celery already acks or rejects such messages once (no redelivery loop); they
     carry no status record to dead-letter, so the trace goes to the bounded
     ``rejected`` list and a ``rejected:<reason>`` counter.
+
+    Without Celery's native delayed delivery for quorum queues: it would declare a
+    topology of 28 exchanges and queues on RabbitMQ that dispatcher does not use.
     """
+
+    class Blueprint(Consumer.Blueprint):  # type: ignore[misc]
+        default_steps = tuple(
+            step
+            for step in Consumer.Blueprint.default_steps
+            if not step.endswith(":DelayedDelivery")
+        )
 
     def on_decode_error(self, message: Any, exc: Exception) -> None:
         trace_rejected("undecodable", f"{type(exc).__name__}: {exc}", message)

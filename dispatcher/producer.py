@@ -25,7 +25,7 @@ from kombu.exceptions import KombuError, OperationalError
 from redis.asyncio import Redis as AsyncRedis
 
 from dispatcher.backlog import QueueBacklog, broker_depth, read_backlog
-from dispatcher.broker import make_celery
+from dispatcher.broker import broker_is_store, make_celery
 from dispatcher.channels import ChannelSpec
 from dispatcher.config import Settings
 from dispatcher.connections import REDIS_ERRORS, redis_client
@@ -87,7 +87,7 @@ class Dispatcher:
         # Refuses new work while Redis memory is nearly full.
         self.health = RedisHealth.from_settings(self.redis, settings)
         # The broker is this Redis: queue the task in the script that records ``queued``.
-        self._enqueue_direct = settings.broker_url in (None, settings.redis_url) and (
+        self._enqueue_direct = broker_is_store(settings) and (
             self.celery.conf.broker_url == settings.redis_url
         )
         self._template: TaskMessageTemplate | None = None
@@ -358,9 +358,12 @@ class Dispatcher:
         """Depth and oldest entry's age of each delivery queue (default: the configured one)."""
         names = queues or [self.settings.queue]
         with _unavailable("broker"):
-            if self.settings.effective_broker_url == self.settings.redis_url:
+            if broker_is_store(self.settings):
                 return read_backlog(self.redis, self.store, names)
+        try:
             return [QueueBacklog(name, broker_depth(self.celery, name), None) for name in names]
+        except PUBLISH_ERRORS as exc:
+            raise Unavailable(f"broker unavailable: {_reason(exc)}") from None
 
     def close(self) -> None:
         self.redis.close()

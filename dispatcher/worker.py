@@ -16,7 +16,7 @@ from typing import Any
 from celery import Celery, Task, signals
 
 from dispatcher import delivery
-from dispatcher.broker import consumer_store, make_celery
+from dispatcher.broker import broker_is_store, consumer_store, make_celery
 from dispatcher.channels import Channel, open_channels
 from dispatcher.config import Settings, get_settings
 from dispatcher.connections import redis_client
@@ -127,7 +127,7 @@ def make_reaper(store: StatusStore) -> Reaper:
         interval=settings.reaper_interval,
         requeue_delay=max(settings.lease_seconds, 10),
         # The queue list lives in the status store's Redis only when that is the broker.
-        queue_key=settings.queue if settings.broker_url in (None, settings.redis_url) else None,
+        queue_key=settings.queue if broker_is_store(settings) else None,
     )
 
 

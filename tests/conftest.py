@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Self
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -24,6 +25,7 @@ from dispatcher import keys
 from dispatcher.config import Settings
 from dispatcher.embedded import RedisServer, redis_answers
 from dispatcher.ids import DEFAULT_NAMESPACE, MessageRef
+from tests.rabbitmq import RabbitVhost, amqp_answers, configured_amqp
 
 EASEMOB_ORG = "sandbox-org"
 EASEMOB_APP = "dispatcher"
@@ -62,6 +64,21 @@ def redis_url() -> Iterator[str]:
     yield url
     if server is not None:
         server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def rabbitmq() -> Iterator[RabbitVhost]:
+    """A RabbitMQ virtual host of this session's own (tests/rabbitmq.py says where from);
+    skipped, with the reason in the summary, when no broker answers and none was required."""
+    url, required = configured_amqp()
+    if not amqp_answers(url):
+        where = urlsplit(url).netloc.rsplit("@", 1)[-1]
+        if required:
+            pytest.fail(f"DISPATCHER_TEST_AMQP names RabbitMQ at {where} and it does not answer")
+        pytest.skip(f"RabbitMQ not answering on {where}: RabbitMQ broker tests not run")
+    vhost = RabbitVhost.create(url)
+    yield vhost
+    vhost.delete()
 
 
 @pytest.fixture()

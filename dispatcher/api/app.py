@@ -25,6 +25,8 @@ from dispatcher.api.envelope import EnvelopeWriter
 from dispatcher.api.metrics import ApiMetrics, RedisCollector
 from dispatcher.api.openapi import build_openapi
 from dispatcher.api.routes import Runtime, render_error, router
+from dispatcher.broker import BrokerKind, broker_is_store, broker_kind
+from dispatcher.broker_probe import AmqpProbe
 from dispatcher.channels import registry
 from dispatcher.config import Settings
 from dispatcher.connections import LoopRedis
@@ -38,7 +40,7 @@ log = logging.getLogger(__name__)
 
 VERSION = "1"
 PROBE_TIMEOUT = 1.0
-"""Seconds /readyz and /metrics wait for Redis before calling it unreachable."""
+"""Seconds /readyz and /metrics wait for Redis or the broker before calling it unreachable."""
 
 
 def _probe_client(url: str) -> redis.Redis:
@@ -60,8 +62,12 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
         dispatcher = Dispatcher(settings)
 
     store_probe = _probe_client(settings.redis_url)
-    same_broker = settings.effective_broker_url == settings.redis_url
-    broker_probe = store_probe if same_broker else _probe_client(settings.effective_broker_url)
+    same_broker = broker_is_store(settings)
+    broker_probe: redis.Redis | AmqpProbe = store_probe
+    if broker_kind(settings.effective_broker_url) is BrokerKind.AMQP:
+        broker_probe = AmqpProbe(settings.effective_broker_url, PROBE_TIMEOUT)
+    elif not same_broker:
+        broker_probe = _probe_client(settings.effective_broker_url)
     auth = Authenticator(settings)
     envelope = EnvelopeWriter(settings)
     runtime = Runtime(

@@ -27,11 +27,14 @@ from prometheus_client.registry import Collector
 
 from dispatcher import keys
 from dispatcher.backlog import QueueBacklog, read_backlog
+from dispatcher.broker_probe import AmqpProbe, BrokerUnreachable
 from dispatcher.connections import REDIS_ERRORS, text
 from dispatcher.health import MemoryUsage, memory_usage
 from dispatcher.store import LATENCY_BUCKETS_MS, StatusStore
 
 log = logging.getLogger(__name__)
+
+_BROKER_ERRORS: tuple[type[Exception], ...] = (*REDIS_ERRORS, BrokerUnreachable)
 
 REJECT_REASONS: dict[int, str] = {
     400: "invalid",
@@ -128,15 +131,16 @@ class StoreFigures:
 class RedisCollector(Collector):
     """Fleet-wide figures from Redis, read at scrape time.
 
-    ``broker`` None means the broker is the same Redis as the store. Clients
-    should time out fast (the API's probe clients), so a scrape answers while
-    Redis is down, with ``dispatcher_redis_up 0``.
+    ``broker`` None means the broker is the same Redis as the store; another Redis
+    or RabbitMQ (:class:`AmqpProbe`) gives queue depths only. Clients should time out
+    fast (the API's probe clients), so a scrape answers while Redis is down, with
+    ``dispatcher_redis_up 0``.
     """
 
     def __init__(
         self,
         store: StatusStore,
-        broker: redis.Redis | None,
+        broker: redis.Redis | AmqpProbe | None,
         queues: list[str],
         memory_refuse_ratio: float,
     ) -> None:
@@ -160,6 +164,9 @@ class RedisCollector(Collector):
 
     def _read_backlog(self, store_readable: bool) -> list[QueueBacklog]:
         """Each queue's depth, and its oldest entry's age when the store can say."""
+        if isinstance(self.broker, AmqpProbe):
+            depths = self.broker.depths(self.queues)
+            return [QueueBacklog(q, d, None) for q, d in zip(self.queues, depths, strict=True)]
         if store_readable:
             return read_backlog(self.broker or self.store.redis, self.store, self.queues)
         assert self.broker is not None
@@ -177,9 +184,9 @@ class RedisCollector(Collector):
         if figures is not None or self.broker is not None:
             try:
                 backlog = self._read_backlog(figures is not None)
-                if self.broker is not None:
+                if isinstance(self.broker, redis.Redis):
                     broker_memory = _memory(self.broker)
-            except REDIS_ERRORS as exc:
+            except _BROKER_ERRORS as exc:
                 log.warning("metrics: broker unreachable, queue backlog left out: %s", exc)
         yield GaugeMetricFamily(
             "dispatcher_redis_up",

@@ -49,6 +49,7 @@ from dispatcher.api.paths import (
     STATUS_MANY,
     SUBMIT,
 )
+from dispatcher.broker_probe import Probe
 from dispatcher.config import Settings
 from dispatcher.connections import LoopRedis
 from dispatcher.errors import (
@@ -83,7 +84,7 @@ class Runtime:
     metrics: ApiMetrics
     async_redis: LoopRedis
     """The asyncio client of the submit path."""
-    probes: dict[str, redis.Redis]
+    probes: dict[str, Probe]
     """Short-timeout clients for /readyz: ``redis`` and ``broker`` (may be the same)."""
 
 
@@ -337,11 +338,13 @@ async def readyz(request: Request) -> Response:
     down = sorted(name for name, state in states.items() if state != "ok")
     if down:
         return rt.envelope.answer(503, f"not ready: {', '.join(down)} unreachable", states)
-    warnings = await run_in_threadpool(configuration_warnings, rt.probes["redis"])
+    store = rt.probes["redis"]
+    assert isinstance(store, redis.Redis)
+    warnings = await run_in_threadpool(configuration_warnings, store)
     return rt.envelope.ok({**states, "warnings": warnings})
 
 
-def _ping_all(probes: dict[str, redis.Redis]) -> dict[str, str]:
+def _ping_all(probes: dict[str, Probe]) -> dict[str, str]:
     states: dict[str, str] = {}
     for name, client in probes.items():
         try:

@@ -8,7 +8,8 @@
   tokens), wrapped in a :class:`ReceiptLedger`; ``make_easemob`` for other limits.
 - ``start_worker``: worker processes with recorded PIDs, at most four at once.
 - ``fault_env`` / ``dispatcher``: short leases and reaper intervals, so recovery
-  is measured in seconds.
+  is measured in seconds; ``broker``: Redis, or RabbitMQ for a test marked
+  ``BOTH_BROKERS`` (a virtual host of the session's own, tests/rabbitmq.py).
 """
 
 from __future__ import annotations
@@ -111,11 +112,25 @@ def easemob(make_easemob: Callable[..., Easemob]) -> Easemob:
 
 
 @pytest.fixture()
-def fault_env(redis_server: RedisServer, easemob: Easemob) -> dict[str, str]:
+def broker(request: pytest.FixtureRequest) -> str:
+    """The test's broker: the fault Redis itself, or RabbitMQ where a test is parametrised
+    with :data:`tests.fault.harness.BOTH_BROKERS`."""
+    return str(getattr(request, "param", "redis"))
+
+
+@pytest.fixture()
+def fault_env(
+    redis_server: RedisServer, easemob: Easemob, broker: str, request: pytest.FixtureRequest
+) -> Iterator[dict[str, str]]:
     env = base_env(redis_server.url, easemob.url, None)
     env.update(FAULT_SETTINGS)
     env["DISPATCHER_QUEUE"] = f"fault-{uuid.uuid4().hex[:12]}"
-    return env
+    rabbitmq = request.getfixturevalue("rabbitmq") if broker == "amqp" else None
+    if rabbitmq is not None:
+        env["DISPATCHER_BROKER_URL"] = rabbitmq.url
+    yield env
+    if rabbitmq is not None:
+        rabbitmq.delete_queue(env["DISPATCHER_QUEUE"])
 
 
 @pytest.fixture()

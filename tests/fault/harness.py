@@ -13,12 +13,13 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
 import httpx
+import pytest
 import redis
 
 from dispatcher import keys
@@ -30,6 +31,8 @@ TOKEN_PATH = f"/{EASEMOB_ORG}/{EASEMOB_APP}/token"
 TERMINAL = frozenset({"delivered", "failed", "dead"})
 MAX_WORKERS = 4
 """The fault suite shares 2 cores: never more worker processes than this at once."""
+BOTH_BROKERS = pytest.mark.parametrize("broker", ["redis", "amqp"], indirect=True)
+"""Run a fault test once with the Redis broker and once with RabbitMQ (fixture ``broker``)."""
 
 
 def new_id(prefix: str = "f") -> str:
@@ -242,6 +245,45 @@ def _kill_if_ours(pid: int, queue: str) -> None:
     if f"DISPATCHER_QUEUE={queue}".encode() in environ:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+
+
+# ---------------------------------------------------------------------------
+# Steady load
+
+
+class Load:
+    """Submits through the API in a thread until stopped; records every answer with its time."""
+
+    def __init__(self, submit: Callable[[dict[str, Any]], Any], pause: float = 0.02) -> None:
+        self.submit = submit
+        self.pause = pause
+        self.accepted: list[str] = []
+        self.answers: list[tuple[float, int, str]] = []  # (monotonic time, status, id)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            message_id = new_id("load")
+            try:
+                status = self.submit(text_message(message_id)).status_code
+            except Exception:
+                status = -1  # the API itself did not answer: never an acceptance
+            self.answers.append((time.monotonic(), status, message_id))
+            if status == 200:
+                self.accepted.append(message_id)
+            self._stop.wait(self.pause)
+
+    def __enter__(self) -> Load:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def between(self, start: float, end: float) -> list[int]:
+        return [status for at, status, _ in self.answers if start <= at <= end]
 
 
 # ---------------------------------------------------------------------------

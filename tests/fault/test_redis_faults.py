@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -12,48 +10,15 @@ import redis
 
 from dispatcher.errors import Unavailable
 from tests.fault.harness import (
+    BOTH_BROKERS,
     MESSAGES_PATH,
+    Load,
     assert_invariants,
     new_id,
     text_message,
 )
 
 pytestmark = pytest.mark.fault
-
-
-class Load:
-    """Submits through the API in a thread until stopped; records every answer with its time."""
-
-    def __init__(self, submit: Callable[[dict[str, Any]], Any], pause: float = 0.02) -> None:
-        self.submit = submit
-        self.pause = pause
-        self.accepted: list[str] = []
-        self.answers: list[tuple[float, int, str]] = []  # (monotonic time, status, id)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            message_id = new_id("load")
-            try:
-                status = self.submit(text_message(message_id)).status_code
-            except Exception:
-                status = -1  # the API itself did not answer: never an acceptance
-            self.answers.append((time.monotonic(), status, message_id))
-            if status == 200:
-                self.accepted.append(message_id)
-            self._stop.wait(self.pause)
-
-    def __enter__(self) -> Load:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(30)
-
-    def between(self, start: float, end: float) -> list[int]:
-        return [status for at, status, _ in self.answers if start <= at <= end]
 
 
 def test_redis_killed_under_load_and_restarted_from_its_aof_loses_no_accepted_message(
@@ -123,9 +88,18 @@ def test_redis_absent_at_start_api_and_workers_connect_when_it_appears(
     assert all(r.state.value == "delivered" for r in records.values())
 
 
+@BOTH_BROKERS
 def test_workers_keep_consuming_while_redis_client_connections_are_killed(
-    dispatcher: Any, easemob: Any, start_worker: Any, redis_server: Any
+    dispatcher: Any,
+    easemob: Any,
+    start_worker: Any,
+    redis_server: Any,
+    broker: str,
+    request: pytest.FixtureRequest,
 ) -> None:
+    # With RabbitMQ every cut also closes every AMQP connection of the test's virtual host.
+    rabbitmq = request.getfixturevalue("rabbitmq") if broker == "amqp" else None
+    broker_cuts = 0
     workers = [start_worker(), start_worker()]
     easemob.fault(path=MESSAGES_PATH, latency=0.2)
     admin = redis.Redis.from_url(redis_server.url)
@@ -145,14 +119,21 @@ def test_workers_keep_consuming_while_redis_client_connections_are_killed(
             kills += 1
             killed = admin.client_kill_filter(_type="normal", skipme=True)
             assert killed > 0
+            if rabbitmq is not None:
+                broker_cuts += rabbitmq.close_all_connections("fault test: connections cut")
             next_kill += 2.0
         time.sleep(0.25)
     # After the last cut: every worker still consumes.
     after = [dispatcher.submit(text_message(new_id("after"))) for _ in range(20)]
     easemob.clear_faults()
     records = assert_invariants(dispatcher, easemob, ids + after, timeout=45)
-    print(f"\nF5: {kills} rounds of CLIENT KILL TYPE normal; {len(ids) + len(after)} delivered")
+    print(
+        f"\nF5, {broker} broker: {kills} rounds of CLIENT KILL TYPE normal "
+        f"({broker_cuts} AMQP connections closed); {len(ids) + len(after)} delivered"
+    )
     assert kills >= 5
+    if rabbitmq is not None:
+        assert broker_cuts >= 2 * kills, "each round closed the workers' AMQP connections"
     assert all(w.alive() for w in workers)
     assert all(r.state.value == "delivered" for r in records.values())
     logs = [w.log() for w in workers]

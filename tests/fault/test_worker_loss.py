@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from tests.fault.harness import (
+    BOTH_BROKERS,
     MESSAGES_PATH,
     assert_invariants,
     records_of,
@@ -32,8 +33,9 @@ def wait_processing(dispatcher: Any, ids: list[str], at_least: int, timeout: flo
     raise AssertionError(f"fewer than {at_least} of {len(ids)} messages reached processing")
 
 
+@BOTH_BROKERS
 def test_sigkilled_worker_main_process_is_recovered_within_the_lease(
-    dispatcher: Any, easemob: Any, start_worker: Any, fault_env: dict[str, str]
+    dispatcher: Any, easemob: Any, start_worker: Any, fault_env: dict[str, str], broker: str
 ) -> None:
     lease = float(fault_env["DISPATCHER_LEASE_SECONDS"])
     reaper = float(fault_env["DISPATCHER_REAPER_INTERVAL"])
@@ -52,7 +54,7 @@ def test_sigkilled_worker_main_process_is_recovered_within_the_lease(
         time.time() - (time.monotonic() - killed_at)
     )
     print(
-        f"\nF1 main process SIGKILL: all {len(ids)} terminal {recovery:.1f}s after the kill "
+        f"\nF1 main process SIGKILL, {broker} broker: all {len(ids)} terminal {recovery:.1f}s after the kill "
         f"(lease {lease:.0f}s, reaper every {reaper:.0f}s, visibility timeout 3600s)"
     )
     assert all(r.state.value == "delivered" for r in records.values())
@@ -61,8 +63,9 @@ def test_sigkilled_worker_main_process_is_recovered_within_the_lease(
     assert recovery <= lease + 3 * reaper + 8, f"recovery took {recovery:.1f}s"
 
 
+@BOTH_BROKERS
 def test_sigkilled_prefork_child_is_recovered_within_the_lease(
-    dispatcher: Any, easemob: Any, start_worker: Any, fault_env: dict[str, str]
+    dispatcher: Any, easemob: Any, start_worker: Any, fault_env: dict[str, str], broker: str
 ) -> None:
     lease = float(fault_env["DISPATCHER_LEASE_SECONDS"])
     reaper = float(fault_env["DISPATCHER_REAPER_INTERVAL"])
@@ -85,7 +88,7 @@ def test_sigkilled_prefork_child_is_recovered_within_the_lease(
         time.time() - (time.monotonic() - killed_at)
     )
     print(
-        f"\nF1 prefork child SIGKILL: all {len(ids)} terminal {recovery:.1f}s after the kill "
+        f"\nF1 prefork child SIGKILL, {broker} broker: all {len(ids)} terminal {recovery:.1f}s after the kill "
         f"(lease {lease:.0f}s)"
     )
     assert worker.alive(), "the worker's main process survives the loss of a child"
@@ -112,8 +115,9 @@ def test_redelivered_copy_stands_down_when_the_live_attempt_outlives_the_visibil
     assert stood_down, "Celery redelivered the unacked tasks and the copies stood down"
 
 
+@BOTH_BROKERS
 def test_sigterm_to_all_workers_requeues_in_flight_work_at_once(
-    dispatcher: Any, easemob: Any, start_worker: Any
+    dispatcher: Any, easemob: Any, start_worker: Any, broker: str
 ) -> None:
     # No reaper and long graces: only the shutdown itself may bring the work back.
     settings = {
@@ -143,7 +147,7 @@ def test_sigterm_to_all_workers_requeues_in_flight_work_at_once(
     records = assert_invariants(dispatcher, easemob, ids, timeout=40)
     done_in = time.monotonic() - stopped_at
     print(
-        f"\nF13 SIGTERM: workers stopped in {stop_took:.1f}s, all {len(ids)} terminal after {done_in:.1f}s"
+        f"\nF13 SIGTERM, {broker} broker: workers stopped in {stop_took:.1f}s, all {len(ids)} terminal after {done_in:.1f}s"
     )
     assert all(r.state.value == "delivered" for r in records.values())
     assert stop_took < 15

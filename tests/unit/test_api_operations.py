@@ -63,6 +63,23 @@ def test_readyz_answers_503_naming_the_broker_when_it_is_down(redis_url: str) ->
         api.close()
 
 
+def test_api_with_a_rabbitmq_broker_starts_and_says_when_it_is_down(redis_url: str) -> None:
+    # The broker is probed over AMQP, not as a Redis (tests/integration/test_rabbitmq_broker.py
+    # has the broker up).
+    api = make_harness(redis_url, broker_url=f"amqp://guest:guest@127.0.0.1:{free_port()}//")
+    try:
+        started = time.monotonic()
+        response = api.http.get("/readyz")
+        assert time.monotonic() - started < 5
+        assert response.status_code == 503
+        assert envelope_ok(response)["data"] == {"redis": "ok", "broker": "unreachable"}
+        samples = scrape(api)
+        assert samples["dispatcher_broker_up"] == 0
+        assert samples["dispatcher_redis_up"] == 1
+    finally:
+        api.close()
+
+
 def test_readyz_answers_503_when_redis_is_down(redis_url: str) -> None:
     api = make_harness(redis_url, redis_url=f"redis://127.0.0.1:{free_port()}/0")
     try:

@@ -52,6 +52,24 @@ def test_compose_services_have_healthchecks_and_workers_scale() -> None:
     assert services["sandbox"]["profiles"] == ["sandbox"]
 
 
+def test_compose_rabbitmq_profile_is_the_broker_only_when_asked_for() -> None:
+    services = compose()["services"]
+    rabbitmq = services["rabbitmq"]
+    assert rabbitmq["profiles"] == ["rabbitmq"]
+    assert "rabbitmq-data:/var/lib/rabbitmq" in rabbitmq["volumes"]
+    assert "test" in rabbitmq["healthcheck"]
+    assert "RABBITMQ_DEFAULT_PASS" in " ".join(rabbitmq["command"])  # no guest login
+    for name in ("api", "worker"):
+        # Without the profile the broker URL is empty, and the broker is the store's Redis.
+        assert (
+            services[name]["environment"]["DISPATCHER_BROKER_URL"] == "${DISPATCHER_BROKER_URL:-}"
+        )
+        assert services[name]["depends_on"]["rabbitmq"] == {
+            "condition": "service_healthy",
+            "required": False,
+        }
+
+
 def test_every_service_is_built_from_the_one_dockerfile() -> None:
     services = compose()["services"]
     assert {services[name]["build"] for name in ("api", "worker", "sandbox")} == {"."}
