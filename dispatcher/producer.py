@@ -24,6 +24,7 @@ from celery import Celery
 from kombu.exceptions import KombuError, OperationalError
 from redis.asyncio import Redis as AsyncRedis
 
+from dispatcher import tracing
 from dispatcher.backlog import QueueBacklog, broker_depth, read_backlog
 from dispatcher.broker import make_celery
 from dispatcher.channels import ChannelSpec
@@ -133,13 +134,14 @@ class Dispatcher:
     ) -> Submitted:
         """Queue a validated message. With ``gate`` (the HTTP API) the submit also passes its
         client's rate and its nonce's replay guard in the same Redis call (dispatcher/gate.py)."""
-        self.health.admit()
-        ref, call, publish = self._prepare(message, client, gate)
-        with _unavailable("status store"):
-            result = self.store.submit.create(call)
-        if result.outcome is CreateOutcome.CREATED and publish:
-            self._publish_or_forget(ref, message)
-        return self._settle(ref, message, result, gate)
+        with tracing.span(tracing.SPAN_SUBMIT):
+            self.health.admit()
+            ref, call, publish = self._prepare(message, client, gate)
+            with _unavailable("status store"), tracing.span(tracing.SPAN_ENQUEUE):
+                result = self.store.submit.create(call)
+            if result.outcome is CreateOutcome.CREATED and publish:
+                self._publish_or_forget(ref, message)
+            return self._settle(ref, message, result, gate)
 
     async def submit_message_async(
         self,
@@ -153,16 +155,17 @@ class Dispatcher:
         ``connection`` (an asyncio client of the same Redis); the rare blocking steps (the
         memory check every few seconds, a publish to a broker other than this Redis) run
         in a thread."""
-        if self.health.needs_redis():
-            await asyncio.to_thread(self.health.admit)
-        else:
-            self.health.admit()
-        ref, call, publish = self._prepare(message, client, gate)
-        with _unavailable("status store"):
-            result = await self.store.submit.create_async(connection, call)
-        if result.outcome is CreateOutcome.CREATED and publish:
-            await asyncio.to_thread(self._publish_or_forget, ref, message)
-        return self._settle(ref, message, result, gate)
+        with tracing.span(tracing.SPAN_SUBMIT):
+            if self.health.needs_redis():
+                await asyncio.to_thread(self.health.admit)
+            else:
+                self.health.admit()
+            ref, call, publish = self._prepare(message, client, gate)
+            with _unavailable("status store"), tracing.span(tracing.SPAN_ENQUEUE):
+                result = await self.store.submit.create_async(connection, call)
+            if result.outcome is CreateOutcome.CREATED and publish:
+                await asyncio.to_thread(self._publish_or_forget, ref, message)
+            return self._settle(ref, message, result, gate)
 
     def ref(self, message_id: str) -> MessageRef:
         """The reference of ``message_id`` in this producer's namespace."""
@@ -174,14 +177,17 @@ class Dispatcher:
         """The reference, the create call, and whether the task still has to be published
         after it (a broker other than this Redis: the script records but cannot push)."""
         ref = self.ref(message.getMessageId or new_message_id(self.settings.id_prefix))
-        enqueue = self._queue_message(ref)
+        channel = self.route(message, client).name
+        traceparent = tracing.submitting(ref.id, client, channel)
+        enqueue = self._queue_message(ref, traceparent)
         call = self.store.submit.prepare(
             ref,
             message,
-            channel=self.route(message, client).name,
+            channel=channel,
             client=client,
             enqueue=enqueue,
             gate=gate,
+            traceparent=traceparent,
         )
         return ref, call, enqueue is None
 
@@ -215,9 +221,10 @@ class Dispatcher:
         raise RateLimited(gate.client, result.retry_after)
 
     def publish(self, ref: MessageRef) -> None:
+        # No trace header: the attempt finds the submit's trace in the status record.
         self.celery.send_task(DELIVER_TASK, args=task_args(ref), queue=self.settings.queue)
 
-    def _queue_message(self, ref: MessageRef) -> tuple[str, str] | None:
+    def _queue_message(self, ref: MessageRef, traceparent: str | None) -> tuple[str, str] | None:
         """(queue list key, task message) to push with the record; None: publish with kombu."""
         if not self._enqueue_direct:
             return None
@@ -225,14 +232,14 @@ class Dispatcher:
         if template is None or template.pid != os.getpid():  # origin names the process
             try:
                 template = TaskMessageTemplate.capture(
-                    self.celery, DELIVER_TASK, self.settings.queue
+                    self.celery, DELIVER_TASK, self.settings.queue, traced=tracing.enabled()
                 )
             except ValueError as exc:
                 log.warning("publishing through kombu: %s", exc)
                 self._enqueue_direct = False
                 return None
             self._template = template
-        return template.queue_key, template.build(ref)
+        return template.queue_key, template.build(ref, traceparent)
 
     def _forget(self, ref: MessageRef, message: Message) -> None:
         try:

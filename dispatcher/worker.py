@@ -15,7 +15,7 @@ from typing import Any
 
 from celery import Celery, Task, signals
 
-from dispatcher import delivery
+from dispatcher import delivery, tracing
 from dispatcher.broker import consumer_store, make_celery
 from dispatcher.channels import Channel, open_channels
 from dispatcher.config import Settings, get_settings
@@ -75,16 +75,32 @@ def _deliver(self: DeliveryTask, member: object) -> str:
         )
         return "rejected"
     ref = MessageRef.parse(member)
-    outcome = delivery.attempt(
-        ref,
-        settings=self.settings,
-        store=self.store,
-        channels=self.channels,
-        resolve_media=self.resolve_media,
-    )
-    if outcome.retry_in is not None:
-        self.apply_async(task_args(ref), countdown=outcome.retry_in)
+    traceparent = _traceparent(self, ref) if tracing.enabled() else None
+    with tracing.continuing(traceparent, tracing.SPAN_ATTEMPT, {tracing.MESSAGE_ID: ref.id}):
+        outcome = delivery.attempt(
+            ref,
+            settings=self.settings,
+            store=self.store,
+            channels=self.channels,
+            resolve_media=self.resolve_media,
+        )
+        tracing.annotate({tracing.OUTCOME: outcome.state.value})
+        if outcome.retry_in is not None:
+            self.apply_async(
+                task_args(ref),
+                countdown=outcome.retry_in,
+                headers=tracing.task_headers(traceparent),
+            )
     return outcome.state.value
+
+
+def _traceparent(task: DeliveryTask, ref: MessageRef) -> str | None:
+    """The trace this attempt continues: the task's header, else (a re-publish by recovery
+    or a replay) the one the status record keeps from the submit."""
+    header = getattr(task.request, tracing.TRACEPARENT, None)
+    if isinstance(header, str) and header:
+        return header
+    return task.store.read.traceparent(ref)
 
 
 @cache
