@@ -113,6 +113,8 @@ def get_app() -> Celery:
     signals.worker_ready.connect(_check_redis, weak=False)
     signals.worker_ready.connect(_start_reaper, weak=False)
     signals.worker_shutdown.connect(_stop_reaper, weak=False)
+    signals.worker_shutdown.connect(_flush_durations, weak=False)
+    signals.worker_process_shutdown.connect(_flush_durations, weak=False)
     return app
 
 
@@ -161,6 +163,13 @@ def _start_reaper(sender: Any = None, **_: Any) -> None:
     # Every worker runs one; claims are atomic, so several never publish an id twice.
     if get_settings().reaper_interval > 0:
         get_app().dispatcher_reaper = make_reaper(delivery_task().store).start()
+
+
+def _flush_durations(sender: Any = None, **_: Any) -> None:
+    # The attempt durations this process counted since its last flush (once a second).
+    task = delivery_task()
+    if "store" in vars(task):  # built here: this process ran deliveries
+        task.store.lease.durations.flush()
 
 
 def _stop_reaper(sender: Any = None, **_: Any) -> None:

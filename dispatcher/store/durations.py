@@ -1,0 +1,81 @@
+"""Attempt durations per channel: a histogram the workers add to the shared stats hash.
+
+An attempt lasts from its lease to its recorded outcome. Each worker process counts
+its attempts in memory and adds them to ``keys.STATS`` (``attempt:<channel>:count``,
+``:sum_ms``, ``:le:<bound>``) with one pipelined round trip at most once per
+``interval`` seconds, so timing costs the delivery path no Redis call of its own; a
+count waits at most ``interval`` seconds for its flush. ``/metrics`` renders them as
+``dispatcher_attempt_duration_seconds{channel}`` (dispatcher/api/metrics.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+
+import redis
+
+from dispatcher import keys
+from dispatcher.connections import REDIS_ERRORS
+
+log = logging.getLogger(__name__)
+
+ATTEMPT_BUCKETS_MS = (10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000)
+"""Upper bounds of the attempt-duration histogram, in milliseconds."""
+ATTEMPT_PREFIX = "attempt:"
+NO_CHANNEL = "-"
+"""The ``channel`` label of records older than routing, which do not name theirs."""
+
+
+class AttemptDurations:
+    """This process's attempt durations not yet added to the shared stats hash."""
+
+    def __init__(self, client: redis.Redis, interval: float = 1.0) -> None:
+        self.redis = client
+        self.interval = interval
+        self._lock = threading.Lock()
+        self._pending: Counter[str] = Counter()
+        self._flushed_at = float("-inf")
+        self._timer: threading.Timer | None = None
+
+    def observe(self, channel: str, seconds: float) -> None:
+        """Count one attempt on ``channel`` that took ``seconds``."""
+        ms = max(0, round(seconds * 1000))
+        prefix = f"{ATTEMPT_PREFIX}{channel or NO_CHANNEL}:"
+        with self._lock:
+            pending = self._pending
+            pending[prefix + "count"] += 1
+            pending[prefix + "sum_ms"] += ms
+            for bound in ATTEMPT_BUCKETS_MS:
+                if ms <= bound:
+                    pending[f"{prefix}le:{bound}"] += 1
+            due = time.monotonic() - self._flushed_at >= self.interval
+            if not due and self._timer is None:
+                # Flushed by the next attempt once due, or by this timer if none comes.
+                self._timer = threading.Timer(self.interval, self.flush)
+                self._timer.daemon = True
+                self._timer.start()
+        if due:
+            self.flush()
+
+    def flush(self) -> None:
+        """Add what was counted to the stats hash now (a lost Redis keeps it for later)."""
+        with self._lock:
+            pending, self._pending = self._pending, Counter()
+            self._flushed_at = time.monotonic()
+            timer, self._timer = self._timer, None
+        if timer is not None and timer is not threading.current_thread():
+            timer.cancel()
+        if not pending:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for field, value in pending.items():
+            pipe.hincrby(keys.STATS, field, value)
+        try:
+            pipe.execute()
+        except REDIS_ERRORS as exc:
+            log.warning("attempt durations not recorded yet, Redis unavailable: %s", exc)
+            with self._lock:
+                self._pending.update(pending)
