@@ -42,6 +42,9 @@ SPAN_LEASE: Final = "dispatcher.lease"
 SPAN_MEDIA: Final = "dispatcher.media"
 SPAN_PROVIDER: Final = "dispatcher.provider_call"
 
+EXPORTERS: Final = ("otlp", "console")
+"""The exporters shipped: OTLP over HTTP (protobuf), and spans printed on stdout."""
+
 API_EXCLUDED_URLS: Final = "/metrics,/healthz,/readyz,/docs,/openapi.json,/console"
 """Paths whose requests make no server span: probes and pages, not messages."""
 
@@ -72,18 +75,21 @@ def exporter_name(environ: Mapping[str, str] = os.environ) -> str | None:
 @cache
 def enabled() -> bool:
     """Whether this process traces (read once from the environment)."""
-    return exporter_name() is not None
+    name = exporter_name()
+    if name is not None and name not in EXPORTERS:
+        log.warning("tracing off: OTEL_TRACES_EXPORTER=%s is not one of %s", name, EXPORTERS)
+        return False
+    return name is not None
 
 
 @cache
 def _tracer() -> Tracer | None:
     """The tracer, with its provider and exporter installed once per process."""
-    name = exporter_name()
-    if name is None:
+    if not enabled():
         return None
     from dispatcher.tracing_sdk import install
 
-    return install(name)
+    return install(exporter_name() or "otlp")
 
 
 def start() -> bool:

@@ -6,8 +6,8 @@ processor that keeps secrets out of span attributes.
 
 from __future__ import annotations
 
-import logging
 import os
+import threading
 from typing import Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -20,22 +20,25 @@ from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 
-log = logging.getLogger(__name__)
-
-EXPORTERS: Final = ("otlp", "console")
 REDACTED: Final = "REDACTED"
 _URL_ATTRIBUTES: Final = ("http.url", "url.full", "http.target")
 _QUERY_ATTRIBUTES: Final = ("url.query",)
 _SECRET_HEADERS: Final = ("authorization", "cookie", "x-dispatcher-sign", "sign", "token")
 
+_INSTALLING = threading.Lock()
 
-def install(exporter_name: str) -> trace.Tracer | None:
-    """Install the global tracer provider exporting through ``exporter_name``."""
-    if exporter_name not in EXPORTERS:
-        log.warning(
-            "tracing off: OTEL_TRACES_EXPORTER=%s is not one of %s", exporter_name, EXPORTERS
-        )
-        return None
+
+def install(exporter_name: str) -> trace.Tracer:
+    """Install the global tracer provider exporting through ``exporter_name``, one of
+    ``tracing.EXPORTERS`` (once: the
+    worker's threads may all start their first delivery at the same moment)."""
+    with _INSTALLING:
+        if not isinstance(trace.get_tracer_provider(), TracerProvider):
+            _install(exporter_name)
+    return trace.get_tracer("dispatcher")
+
+
+def _install(exporter_name: str) -> None:
     # OTLP/HTTP: endpoint, headers and timeout from OTEL_EXPORTER_OTLP_*.
     exporter: SpanExporter = (
         OTLPSpanExporter() if exporter_name == "otlp" else ConsoleSpanExporter()
@@ -50,7 +53,6 @@ def install(exporter_name: str) -> trace.Tracer | None:
     # Redis instrumentation records commands with their arguments as "?".
     HTTPXClientInstrumentor().instrument()
     RedisInstrumentor().instrument()
-    return trace.get_tracer("dispatcher")
 
 
 class RedactingProcessor(SpanProcessor):

@@ -6,11 +6,7 @@ id, carry the getMessageId, and no span attribute holds a secret."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import socket
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -29,7 +25,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 
 from dispatcher.client import Client
-from tests.conftest import EASEMOB_APP, EASEMOB_CLIENT_SECRET, EASEMOB_ORG, ROOT
+from tests.conftest import EASEMOB_APP, EASEMOB_CLIENT_SECRET, EASEMOB_ORG, ApiProcess
 
 pytestmark = pytest.mark.integration
 
@@ -119,57 +115,20 @@ def receiver() -> Iterator[tuple[str, Receiver]]:
     server.server_close()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture()
 def api_process(
     worker_env: dict[str, str], receiver: tuple[str, Receiver], tmp_path: Path
 ) -> Iterator[str]:
     """``dispatcher api`` as its own process, tracing to the receiver."""
-    port = _free_port()
     clients = {CLIENT_ID: {"secret": CLIENT_SECRET, "channels": [CHANNEL]}}
     env = {
-        **os.environ,
         **worker_env,
         **tracing_env(receiver[0], "dispatcher-api"),
         "DISPATCHER_CLIENTS": json.dumps(clients),
     }
-    log_path = tmp_path / "api.log"
-    with log_path.open("ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "dispatcher.cli", "api", "--host", "127.0.0.1", "--port", str(port)],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-        )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"API exited at start:\n{log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"API not up:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.1)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    server = ApiProcess.start(env, tmp_path / "api.log")
+    yield server.url
+    server.stop()
 
 
 def tracing_env(endpoint: str, service: str) -> dict[str, str]:

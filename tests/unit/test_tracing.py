@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
 import textwrap
@@ -79,8 +80,18 @@ NOT_WHEN_OFF = (
 )
 
 
-def test_with_tracing_off_no_tracer_exporter_or_instrumentation_is_imported() -> None:
-    environ = {k: v for k, v in __import__("os").environ.items() if not k.startswith("OTEL_")}
+@pytest.mark.parametrize(
+    "otel",
+    [
+        {},
+        {"OTEL_SDK_DISABLED": "true", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"},
+        {"OTEL_TRACES_EXPORTER": "jaeger"},  # not shipped: off, with a warning
+    ],
+)
+def test_with_tracing_off_no_tracer_exporter_or_instrumentation_is_imported(
+    otel: dict[str, str],
+) -> None:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")} | otel
     done = subprocess.run(
         [sys.executable, "-c", OFF_PROBE],
         env=environ,
