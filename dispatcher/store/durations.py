@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import Counter
+from bisect import bisect_left
 
 import redis
 
@@ -36,21 +36,22 @@ class AttemptDurations:
         self.redis = client
         self.interval = interval
         self._lock = threading.Lock()
-        self._pending: Counter[str] = Counter()
+        self._pending: dict[str, list[int]] = {}
+        """Per channel: count, sum in ms, then how many fell in each bucket (not cumulative)."""
         self._flushed_at = float("-inf")
         self._timer: threading.Timer | None = None
 
     def observe(self, channel: str, seconds: float) -> None:
         """Count one attempt on ``channel`` that took ``seconds``."""
         ms = max(0, round(seconds * 1000))
-        prefix = f"{ATTEMPT_PREFIX}{channel or NO_CHANNEL}:"
+        bucket = bisect_left(ATTEMPT_BUCKETS_MS, ms)
         with self._lock:
-            pending = self._pending
-            pending[prefix + "count"] += 1
-            pending[prefix + "sum_ms"] += ms
-            for bound in ATTEMPT_BUCKETS_MS:
-                if ms <= bound:
-                    pending[f"{prefix}le:{bound}"] += 1
+            row = self._pending.get(channel)
+            if row is None:
+                row = self._pending[channel] = [0] * (3 + len(ATTEMPT_BUCKETS_MS))
+            row[0] += 1
+            row[1] += ms
+            row[2 + bucket] += 1
             due = time.monotonic() - self._flushed_at >= self.interval
             if not due and self._timer is None:
                 # Flushed by the next attempt once due, or by this timer if none comes.
@@ -63,7 +64,7 @@ class AttemptDurations:
     def flush(self) -> None:
         """Add what was counted to the stats hash now (a lost Redis keeps it for later)."""
         with self._lock:
-            pending, self._pending = self._pending, Counter()
+            pending, self._pending = self._pending, {}
             self._flushed_at = time.monotonic()
             timer, self._timer = self._timer, None
         if timer is not None and timer is not threading.current_thread():
@@ -71,11 +72,20 @@ class AttemptDurations:
         if not pending:
             return
         pipe = self.redis.pipeline(transaction=False)
-        for field, value in pending.items():
-            pipe.hincrby(keys.STATS, field, value)
+        for channel, row in pending.items():
+            prefix = f"{ATTEMPT_PREFIX}{channel or NO_CHANNEL}:"
+            pipe.hincrby(keys.STATS, prefix + "count", row[0])
+            pipe.hincrby(keys.STATS, prefix + "sum_ms", row[1])
+            below = 0
+            for bound, count in zip(ATTEMPT_BUCKETS_MS, row[2:], strict=False):
+                below += count  # Prometheus buckets count every observation <= the bound
+                if below:
+                    pipe.hincrby(keys.STATS, f"{prefix}le:{bound}", below)
         try:
             pipe.execute()
         except REDIS_ERRORS as exc:
             log.warning("attempt durations not recorded yet, Redis unavailable: %s", exc)
             with self._lock:
-                self._pending.update(pending)
+                for channel, row in pending.items():
+                    kept = self._pending.setdefault(channel, [0] * len(row))
+                    kept[:] = [a + b for a, b in zip(kept, row, strict=True)]
