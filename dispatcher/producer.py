@@ -129,20 +129,21 @@ class Dispatcher:
         """
         return self.submit_message(self.validate(payload, client=client), client=client).message_id
 
+    @tracing.spanned(tracing.SPAN_SUBMIT)
     def submit_message(
         self, message: Message, *, client: str | None = None, gate: Gate | None = None
     ) -> Submitted:
         """Queue a validated message. With ``gate`` (the HTTP API) the submit also passes its
         client's rate and its nonce's replay guard in the same Redis call (dispatcher/gate.py)."""
-        with tracing.span(tracing.SPAN_SUBMIT):
-            self.health.admit()
-            ref, call, publish = self._prepare(message, client, gate)
-            with _unavailable("status store"), tracing.span(tracing.SPAN_ENQUEUE):
-                result = self.store.submit.create(call)
-            if result.outcome is CreateOutcome.CREATED and publish:
-                self._publish_or_forget(ref, message)
-            return self._settle(ref, message, result, gate)
+        self.health.admit()
+        ref, call, publish = self._prepare(message, client, gate)
+        with _unavailable("status store"), tracing.span(tracing.SPAN_ENQUEUE):
+            result = self.store.submit.create(call)
+        if result.outcome is CreateOutcome.CREATED and publish:
+            self._publish_or_forget(ref, message)
+        return self._settle(ref, message, result, gate)
 
+    @tracing.spanned_async(tracing.SPAN_SUBMIT)
     async def submit_message_async(
         self,
         connection: AsyncRedis,
@@ -155,17 +156,16 @@ class Dispatcher:
         ``connection`` (an asyncio client of the same Redis); the rare blocking steps (the
         memory check every few seconds, a publish to a broker other than this Redis) run
         in a thread."""
-        with tracing.span(tracing.SPAN_SUBMIT):
-            if self.health.needs_redis():
-                await asyncio.to_thread(self.health.admit)
-            else:
-                self.health.admit()
-            ref, call, publish = self._prepare(message, client, gate)
-            with _unavailable("status store"), tracing.span(tracing.SPAN_ENQUEUE):
-                result = await self.store.submit.create_async(connection, call)
-            if result.outcome is CreateOutcome.CREATED and publish:
-                await asyncio.to_thread(self._publish_or_forget, ref, message)
-            return self._settle(ref, message, result, gate)
+        if self.health.needs_redis():
+            await asyncio.to_thread(self.health.admit)
+        else:
+            self.health.admit()
+        ref, call, publish = self._prepare(message, client, gate)
+        with _unavailable("status store"), tracing.span(tracing.SPAN_ENQUEUE):
+            result = await self.store.submit.create_async(connection, call)
+        if result.outcome is CreateOutcome.CREATED and publish:
+            await asyncio.to_thread(self._publish_or_forget, ref, message)
+        return self._settle(ref, message, result, gate)
 
     def ref(self, message_id: str) -> MessageRef:
         """The reference of ``message_id`` in this producer's namespace."""

@@ -12,18 +12,21 @@ late (a retry, a re-publish by recovery), continues the submit's trace.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from functools import cache
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
     from opentelemetry.trace import Span, Tracer
 
 log = logging.getLogger(__name__)
+P = ParamSpec("P")
+R = TypeVar("R")
 
 TRACEPARENT: Final = "traceparent"
 """The W3C header name: the delivery task's header and the status record's field."""
@@ -122,6 +125,40 @@ def span(
     if tracer is None:
         return _NO_SPAN
     return tracer.start_as_current_span(name, attributes=attributes)
+
+
+def spanned(name: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Decorate a function to run inside a span ``name`` (when tracing is on)."""
+
+    def decorate(function: Callable[P, R]) -> Callable[P, R]:
+        @functools.wraps(function)
+        def run(*args: P.args, **kwargs: P.kwargs) -> R:
+            if _tracer() is None:
+                return function(*args, **kwargs)
+            with span(name):
+                return function(*args, **kwargs)
+
+        return run
+
+    return decorate
+
+
+def spanned_async(
+    name: str,
+) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Coroutine[Any, Any, R]]]:
+    """:func:`spanned` for a coroutine function."""
+
+    def decorate(function: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+        @functools.wraps(function)
+        async def run(*args: P.args, **kwargs: P.kwargs) -> R:
+            if _tracer() is None:
+                return await function(*args, **kwargs)
+            with span(name):
+                return await function(*args, **kwargs)
+
+        return run
+
+    return decorate
 
 
 def annotate(attributes: Mapping[str, str | int | None]) -> None:
