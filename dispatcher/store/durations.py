@@ -1,10 +1,10 @@
 """Attempt durations per channel: a histogram the workers add to the shared stats hash.
 
 An attempt lasts from its lease to its recorded outcome. Each worker process counts
-its attempts in memory and adds them to ``keys.STATS`` (``attempt:<channel>:count``,
-``:sum_ms``, ``:le:<bound>``) with one pipelined round trip at most once per
-``interval`` seconds, so timing costs the delivery path no Redis call of its own; a
-count waits at most ``interval`` seconds for its flush. ``/metrics`` renders them as
+its attempts in memory; a timer thread adds them to ``keys.STATS``
+(``attempt:<channel>:count``, ``:sum_ms``, ``:le:<bound>``) with one pipelined round
+trip ``interval`` seconds after the first count it has not added yet, so timing costs
+the delivery path no Redis call; shutdown flushes what is left. ``/metrics`` renders them as
 ``dispatcher_attempt_duration_seconds{channel}`` (dispatcher/api/metrics.py).
 """
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from bisect import bisect_left
 
 import redis
@@ -38,7 +37,6 @@ class AttemptDurations:
         self._lock = threading.Lock()
         self._pending: dict[str, list[int]] = {}
         """Per channel: count, sum in ms, then how many fell in each bucket (not cumulative)."""
-        self._flushed_at = float("-inf")
         self._timer: threading.Timer | None = None
 
     def observe(self, channel: str, seconds: float) -> None:
@@ -52,20 +50,15 @@ class AttemptDurations:
             row[0] += 1
             row[1] += ms
             row[2 + bucket] += 1
-            due = time.monotonic() - self._flushed_at >= self.interval
-            if not due and self._timer is None:
-                # Flushed by the next attempt once due, or by this timer if none comes.
+            if self._timer is None:
                 self._timer = threading.Timer(self.interval, self.flush)
                 self._timer.daemon = True
                 self._timer.start()
-        if due:
-            self.flush()
 
     def flush(self) -> None:
         """Add what was counted to the stats hash now (a lost Redis keeps it for later)."""
         with self._lock:
             pending, self._pending = self._pending, {}
-            self._flushed_at = time.monotonic()
             timer, self._timer = self._timer, None
         if timer is not None and timer is not threading.current_thread():
             timer.cancel()

@@ -16,43 +16,40 @@ def stats(client: redis.Redis) -> dict[str, int]:
     return {k.decode(): int(v) for k, v in client.hgetall(keys.STATS).items()}
 
 
-def test_the_first_attempt_is_added_at_once_with_its_buckets() -> None:
+def wait_for(client: redis.Redis, field: str, value: int) -> dict[str, int]:
+    deadline = time.monotonic() + 10
+    while stats(client).get(field) != value:
+        assert time.monotonic() < deadline, stats(client)
+        time.sleep(0.02)
+    return stats(client)
+
+
+def test_attempts_are_added_together_by_a_timer_not_by_the_attempt() -> None:
     client = fakeredis.FakeRedis()
-    durations = AttemptDurations(client, interval=60)
+    durations = AttemptDurations(client, interval=0.3)
     durations.observe("easemob", 0.2)
-    found = stats(client)
-    assert found["attempt:easemob:count"] == 1
-    assert found["attempt:easemob:sum_ms"] == 200
-    assert all(
-        found.get(f"attempt:easemob:le:{b}", 0) == (1 if b >= 200 else 0)
-        for b in ATTEMPT_BUCKETS_MS
-    )
+    durations.observe("easemob", 0.01)
+    assert stats(client) == {}  # the delivery path sent nothing
+    found = wait_for(client, "attempt:easemob:count", 2)
+    assert found["attempt:easemob:sum_ms"] == 210
+    for bound in ATTEMPT_BUCKETS_MS:
+        assert found.get(f"attempt:easemob:le:{bound}", 0) == (bound >= 10) + (bound >= 200)
+    durations.observe("wechat", 0.05)  # a new timer for the next interval
+    wait_for(client, "attempt:wechat:count", 1)
 
 
-def test_attempts_within_the_interval_wait_for_one_flush() -> None:
+def test_a_flush_adds_each_count_once_and_names_records_without_a_channel() -> None:
     client = fakeredis.FakeRedis()
     durations = AttemptDurations(client, interval=60)
     durations.observe("easemob", 0.01)
-    durations.observe("easemob", 0.02)
     durations.observe("", 3.0)  # a record older than routing names no channel
-    assert stats(client)["attempt:easemob:count"] == 1
-    durations.flush()
+    durations.flush()  # what worker shutdown does
     found = stats(client)
-    assert found["attempt:easemob:count"] == 2 and found["attempt:easemob:sum_ms"] == 30
+    assert found["attempt:easemob:count"] == 1 and found["attempt:easemob:sum_ms"] == 10
     assert found["attempt:-:count"] == 1 and found["attempt:-:le:5000"] == 1
+    assert "attempt:-:le:2500" not in found
     durations.flush()
     assert stats(client) == found  # nothing counted twice
-
-
-def test_an_idle_worker_flushes_by_timer() -> None:
-    client = fakeredis.FakeRedis()
-    durations = AttemptDurations(client, interval=0.2)
-    durations.observe("wechat", 0.05)
-    durations.observe("wechat", 0.05)  # within the interval: the timer takes it
-    deadline = time.monotonic() + 10
-    while stats(client).get("attempt:wechat:count") != 2:
-        assert time.monotonic() < deadline, stats(client)
-        time.sleep(0.02)
 
 
 def test_counts_survive_a_redis_outage_until_the_next_flush() -> None:
