@@ -2,7 +2,7 @@
 
 Off unless the standard ``OTEL_*`` variables name an exporter (docs/operations.md,
 "Tracing"): an OTLP endpoint, or ``OTEL_TRACES_EXPORTER``; ``OTEL_SDK_DISABLED=true``
-wins over both. Off, no OpenTelemetry module is imported and every helper here is
+wins over both. Off, dispatcher imports nothing of OpenTelemetry and every helper here is
 a constant no-op, so the submit and delivery paths pay one flag test.
 
 The trace context of a message is its W3C ``traceparent``: the submit stores it in
