@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
+from dispatcher import tracing
 from dispatcher.channels import Channel, Origin, registry
 from dispatcher.config import Settings
 from dispatcher.errors import DeliveryError, InvalidMessage, MediaError
@@ -83,7 +84,8 @@ def attempt(
     message_id = ref.id
     # The lease script may also take the rate slot; only one channel's slot fits in it.
     prepay = next((p for p in (c.rate_prepay() for c in channels.values()) if p), None)
-    lease = store.lease.begin(ref, attempt_owner(), settings.lease_seconds, prepay=prepay)
+    with tracing.span(tracing.SPAN_LEASE):
+        lease = store.lease.begin(ref, attempt_owner(), settings.lease_seconds, prepay=prepay)
     if isinstance(lease, StandDown):
         if lease.reason is StandDownReason.MISSING:
             # No record to dead-letter (expired, or never accepted): keep a bounded trace.
@@ -95,11 +97,13 @@ def attempt(
             log.info("getMessageId=%s standing down: %s", message_id, lease.detail)
         return Outcome(AttemptOutcome.STOOD_DOWN, reason=lease.reason.value)
 
+    tracing.annotate({tracing.ATTEMPT: lease.number, tracing.CLIENT: lease.client})
     try:
         message = Message.from_stored(lease.payload)
         # The channel the message center chose at submit (older records: by type).
         spec = registry().get(lease.channel) if lease.channel else registry().for_message(message)
         channel = channels.get(spec.name)
+        tracing.annotate({tracing.CHANNEL: spec.name})
         if channel is None:
             raise DeliveryError(
                 "channel_not_configured",
@@ -107,9 +111,11 @@ def attempt(
                 retryable=True,
             )
         if int(message.messageType) in spec.media:
-            message = _resolved(message, resolve_media)
+            with tracing.span(tracing.SPAN_MEDIA):
+                message = _resolved(message, resolve_media)
         origin = Origin(lease.ref, lease.client)
-        receipt = channel.send(message_id, message, prepaid=lease.prepaid, origin=origin)
+        with tracing.span(tracing.SPAN_PROVIDER, {tracing.CHANNEL: spec.name}):
+            receipt = channel.send(message_id, message, prepaid=lease.prepaid, origin=origin)
     except DeliveryError as error:
         return _record_failure(lease, error, settings, store)
     except InvalidMessage as error:
@@ -155,6 +161,7 @@ def _record_failure(
     lease: Lease, error: DeliveryError, settings: Settings, store: StatusStore
 ) -> Outcome:
     message_id = lease.ref.id
+    tracing.annotate({tracing.ERROR_CODE: error.code})
     if error.defers and error.retry_after is not None:
         return _defer(lease, error, settings, store)
     detail = error.message

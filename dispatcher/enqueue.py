@@ -10,7 +10,8 @@ task message onto the queue list in the same Lua call that records
 and no kombu objects per submit.
 
 The message is the one ``Celery.send_task(DELIVER_TASK, args=task_args(ref), queue=q)``
-makes and kombu's Redis transport LPUSHes (task protocol 2, body in base64).
+makes and kombu's Redis transport LPUSHes (task protocol 2, body in base64),
+with a ``traceparent`` header when tracing is on (dispatcher/tracing.py).
 It is captured once per process by running ``send_task`` itself against an
 in-memory kombu channel, so Celery's and kombu's own code decide every header
 and property; each submit only fills in the id, a new task id and a new
@@ -34,6 +35,7 @@ from kombu.transport import memory
 from kombu.utils.json import dumps as kombu_dumps
 
 from dispatcher.ids import MessageRef
+from dispatcher.tracing import TRACEPARENT
 
 DELIVER_TASK = "dispatcher.deliver"
 
@@ -48,6 +50,8 @@ _TASK_ID = "__dispatcher_task_id__"
 _TAG = "__dispatcher_delivery_tag__"
 _ARGSREPR = "__dispatcher_argsrepr__"
 _BODY = "__dispatcher_body__"
+_TRACEPARENT = "__dispatcher_traceparent__"
+_PLACEHOLDERS = (_BODY, _TASK_ID, _ARGSREPR, _TAG, _TRACEPARENT)
 _PLAIN = re.compile(r"[A-Za-z0-9:_.\-]{1,199}")
 """Arguments whose ``saferepr`` is the text in plain quotes."""
 
@@ -82,8 +86,11 @@ class TaskMessageTemplate:
     """``saferepr``'s maximum size and nesting, as Celery passes them."""
 
     @classmethod
-    def capture(cls, app: Celery, task_name: str, queue: str) -> TaskMessageTemplate:
+    def capture(
+        cls, app: Celery, task_name: str, queue: str, *, traced: bool = False
+    ) -> TaskMessageTemplate:
         """Run ``app.send_task`` once on an in-memory channel and keep its message as a template.
+        ``traced``: the message has a ``traceparent`` header, filled per call.
 
         Raises ValueError when the message is not one a plain LPUSH to ``queue`` reproduces
         (a priority other than 0, a key prefix, routing to another queue, another encoding).
@@ -93,7 +100,12 @@ class TaskMessageTemplate:
             raise ValueError("a broker key prefix is configured")
         with Connection(transport=_CaptureTransport) as connection:  # type: ignore[no-untyped-call]
             app.send_task(
-                task_name, args=(_ID,), queue=queue, task_id=_TASK_ID, connection=connection
+                task_name,
+                args=(_ID,),
+                queue=queue,
+                task_id=_TASK_ID,
+                connection=connection,
+                headers={TRACEPARENT: _TRACEPARENT} if traced else None,
             )
             captured = connection.transport.captured
         if len(captured) != 1:
@@ -129,7 +141,9 @@ class TaskMessageTemplate:
         message["body"] = _BODY
         # kombu's Redis transport: client.lpush(key, dumps(message))
         text: str = kombu_dumps(message)  # type: ignore[no-untyped-call]
-        parts = _split(text, (json.dumps(p) for p in (_BODY, _TASK_ID, _ARGSREPR, _TAG)))
+        parts = _split(text)
+        if traced and _TRACEPARENT not in parts:
+            raise ValueError("traceparent header not found in the message")
         return cls(
             queue_key=queue,
             task_name=task_name,
@@ -139,8 +153,9 @@ class TaskMessageTemplate:
             _argsrepr_limits=(argsrepr_maxsize, argsrepr_maxlevels),
         )
 
-    def build(self, ref: MessageRef) -> str:
-        """The queue message for one delivery of ``ref``: a new task id and tag."""
+    def build(self, ref: MessageRef, traceparent: str | None = None) -> str:
+        """The queue message for one delivery of ``ref``: a new task id and tag (and the
+        trace it continues, in a traced template)."""
         (member,) = task_args(ref)
         id_json = json.dumps(member)
         head, tail = self._body_parts
@@ -156,6 +171,7 @@ class TaskMessageTemplate:
             _TASK_ID: json.dumps(str(uuid.uuid4())),  # Celery's task ids: kombu's uuid()
             _ARGSREPR: json.dumps(argsrepr),
             _TAG: json.dumps(str(uuid.uuid4())),
+            _TRACEPARENT: json.dumps(traceparent or ""),
         }
         parts = self._parts
         out = [parts[0]]
@@ -177,10 +193,10 @@ def ref_in(entry: bytes | str | None) -> MessageRef | None:
     return MessageRef.parse(member) if isinstance(member, str) else None
 
 
-def _split(text: str, placeholders: Any) -> tuple[str, ...]:
+def _split(text: str) -> tuple[str, ...]:
     """``text`` cut at each JSON-quoted placeholder: literal, name, literal, name, ..., literal."""
-    names = {json.dumps(p): p for p in (_BODY, _TASK_ID, _ARGSREPR, _TAG)}
-    wanted = set(placeholders)
+    names = {json.dumps(p): p for p in _PLACEHOLDERS}
+    wanted = set(names)
     parts: list[str] = []
     rest = text
     while True:

@@ -1,7 +1,9 @@
 """Logging: one line per event, text or JSON (``DISPATCHER_LOG_FORMAT``).
 
 Lines about a message say ``getMessageId=<id>``; the JSON format lifts it
-into its own field so log search can filter on it.
+into its own field so log search can filter on it. With tracing on
+(dispatcher/tracing.py) a line written inside a span also names its
+``trace_id`` and ``span_id``: a trace leads to its logs and back.
 """
 
 from __future__ import annotations
@@ -12,8 +14,34 @@ import re
 import sys
 from datetime import UTC, datetime
 
+from dispatcher import tracing
+
 MESSAGE_ID = re.compile(r"getMessageId=([A-Za-z0-9]+)")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(processName)s] %(message)s"
+TRACE_FIELDS = ("trace_id", "span_id")
+
+
+class TraceContextFilter(logging.Filter):
+    """Puts the current span's ``trace_id`` and ``span_id`` on each record (tracing on)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for field, value in tracing.log_fields().items():
+            setattr(record, field, value)
+        return True
+
+
+class TextFormatter(logging.Formatter):
+    """:data:`TEXT_FORMAT`, then ``trace_id=... span_id=...`` when the line has them."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        line = super().formatMessage(record)
+        trace_id = getattr(record, "trace_id", None)
+        if trace_id:
+            line += f" trace_id={trace_id} span_id={getattr(record, 'span_id', '')}"
+        return line
 
 
 class JsonFormatter(logging.Formatter):
@@ -30,6 +58,10 @@ class JsonFormatter(logging.Formatter):
         found = MESSAGE_ID.search(message)
         if found:
             line["getMessageId"] = found.group(1)
+        for field in TRACE_FIELDS:
+            value = getattr(record, field, None)
+            if value:
+                line[field] = value
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
         return json.dumps(line, ensure_ascii=False)
@@ -38,7 +70,9 @@ class JsonFormatter(logging.Formatter):
 def configure_logging(level: str | int = "INFO", fmt: str = "text") -> None:
     """Configure the root logger once for this process (idempotent)."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    if tracing.enabled():
+        handler.addFilter(TraceContextFilter())
     root = logging.getLogger()
     for existing in list(root.handlers):
         root.removeHandler(existing)

@@ -24,6 +24,7 @@ from celery import Celery
 from kombu.exceptions import KombuError, OperationalError
 from redis.asyncio import Redis as AsyncRedis
 
+from dispatcher import tracing
 from dispatcher.backlog import QueueBacklog, broker_depth, read_backlog
 from dispatcher.broker import broker_is_store, make_celery
 from dispatcher.channels import ChannelSpec
@@ -128,6 +129,7 @@ class Dispatcher:
         """
         return self.submit_message(self.validate(payload, client=client), client=client).message_id
 
+    @tracing.spanned(tracing.SPAN_SUBMIT)
     def submit_message(
         self, message: Message, *, client: str | None = None, gate: Gate | None = None
     ) -> Submitted:
@@ -135,12 +137,13 @@ class Dispatcher:
         client's rate and its nonce's replay guard in the same Redis call (dispatcher/gate.py)."""
         self.health.admit()
         ref, call, publish = self._prepare(message, client, gate)
-        with _unavailable("status store"):
+        with _unavailable("status store"), tracing.span(tracing.SPAN_ENQUEUE):
             result = self.store.submit.create(call)
         if result.outcome is CreateOutcome.CREATED and publish:
             self._publish_or_forget(ref, message)
         return self._settle(ref, message, result, gate)
 
+    @tracing.spanned_async(tracing.SPAN_SUBMIT)
     async def submit_message_async(
         self,
         connection: AsyncRedis,
@@ -158,7 +161,7 @@ class Dispatcher:
         else:
             self.health.admit()
         ref, call, publish = self._prepare(message, client, gate)
-        with _unavailable("status store"):
+        with _unavailable("status store"), tracing.span(tracing.SPAN_ENQUEUE):
             result = await self.store.submit.create_async(connection, call)
         if result.outcome is CreateOutcome.CREATED and publish:
             await asyncio.to_thread(self._publish_or_forget, ref, message)
@@ -174,14 +177,17 @@ class Dispatcher:
         """The reference, the create call, and whether the task still has to be published
         after it (a broker other than this Redis: the script records but cannot push)."""
         ref = self.ref(message.getMessageId or new_message_id(self.settings.id_prefix))
-        enqueue = self._queue_message(ref)
+        channel = self.route(message, client).name
+        traceparent = tracing.submitting(ref.id, client, channel)
+        enqueue = self._queue_message(ref, traceparent)
         call = self.store.submit.prepare(
             ref,
             message,
-            channel=self.route(message, client).name,
+            channel=channel,
             client=client,
             enqueue=enqueue,
             gate=gate,
+            traceparent=traceparent,
         )
         return ref, call, enqueue is None
 
@@ -215,9 +221,10 @@ class Dispatcher:
         raise RateLimited(gate.client, result.retry_after)
 
     def publish(self, ref: MessageRef) -> None:
+        # No trace header: the attempt finds the submit's trace in the status record.
         self.celery.send_task(DELIVER_TASK, args=task_args(ref), queue=self.settings.queue)
 
-    def _queue_message(self, ref: MessageRef) -> tuple[str, str] | None:
+    def _queue_message(self, ref: MessageRef, traceparent: str | None) -> tuple[str, str] | None:
         """(queue list key, task message) to push with the record; None: publish with kombu."""
         if not self._enqueue_direct:
             return None
@@ -225,14 +232,14 @@ class Dispatcher:
         if template is None or template.pid != os.getpid():  # origin names the process
             try:
                 template = TaskMessageTemplate.capture(
-                    self.celery, DELIVER_TASK, self.settings.queue
+                    self.celery, DELIVER_TASK, self.settings.queue, traced=tracing.enabled()
                 )
             except ValueError as exc:
                 log.warning("publishing through kombu: %s", exc)
                 self._enqueue_direct = False
                 return None
             self._template = template
-        return template.queue_key, template.build(ref)
+        return template.queue_key, template.build(ref, traceparent)
 
     def _forget(self, ref: MessageRef, message: Message) -> None:
         try:

@@ -15,7 +15,7 @@ from typing import Any
 
 from celery import Celery, Task, signals
 
-from dispatcher import delivery
+from dispatcher import delivery, tracing
 from dispatcher.broker import broker_is_store, consumer_store, make_celery
 from dispatcher.channels import Channel, open_channels
 from dispatcher.config import Settings, get_settings
@@ -75,16 +75,32 @@ def _deliver(self: DeliveryTask, member: object) -> str:
         )
         return "rejected"
     ref = MessageRef.parse(member)
-    outcome = delivery.attempt(
-        ref,
-        settings=self.settings,
-        store=self.store,
-        channels=self.channels,
-        resolve_media=self.resolve_media,
-    )
-    if outcome.retry_in is not None:
-        self.apply_async(task_args(ref), countdown=outcome.retry_in)
+    traceparent = _traceparent(self, ref) if tracing.enabled() else None
+    with tracing.continuing(traceparent, tracing.SPAN_ATTEMPT, {tracing.MESSAGE_ID: ref.id}):
+        outcome = delivery.attempt(
+            ref,
+            settings=self.settings,
+            store=self.store,
+            channels=self.channels,
+            resolve_media=self.resolve_media,
+        )
+        tracing.annotate({tracing.OUTCOME: outcome.state.value})
+        if outcome.retry_in is not None:
+            self.apply_async(
+                task_args(ref),
+                countdown=outcome.retry_in,
+                headers=tracing.task_headers(traceparent),
+            )
     return outcome.state.value
+
+
+def _traceparent(task: DeliveryTask, ref: MessageRef) -> str | None:
+    """The trace this attempt continues: the task's header, else (a re-publish by recovery
+    or a replay) the one the status record keeps from the submit."""
+    header = getattr(task.request, tracing.TRACEPARENT, None)
+    if isinstance(header, str) and header:
+        return header
+    return task.store.read.traceparent(ref)
 
 
 @cache
@@ -97,6 +113,8 @@ def get_app() -> Celery:
     signals.worker_ready.connect(_check_redis, weak=False)
     signals.worker_ready.connect(_start_reaper, weak=False)
     signals.worker_shutdown.connect(_stop_reaper, weak=False)
+    signals.worker_shutdown.connect(_flush_durations, weak=False)
+    signals.worker_process_shutdown.connect(_flush_durations, weak=False)
     return app
 
 
@@ -145,6 +163,13 @@ def _start_reaper(sender: Any = None, **_: Any) -> None:
     # Every worker runs one; claims are atomic, so several never publish an id twice.
     if get_settings().reaper_interval > 0:
         get_app().dispatcher_reaper = make_reaper(delivery_task().store).start()
+
+
+def _flush_durations(sender: Any = None, **_: Any) -> None:
+    # The attempt durations this process counted since its last flush (once a second).
+    task = delivery_task()
+    if "store" in vars(task):  # built here: this process ran deliveries
+        task.store.lease.durations.flush()
 
 
 def _stop_reaper(sender: Any = None, **_: Any) -> None:

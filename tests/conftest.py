@@ -23,7 +23,7 @@ import redis
 
 from dispatcher import keys
 from dispatcher.config import Settings
-from dispatcher.embedded import RedisServer, redis_answers
+from dispatcher.embedded import RedisServer, free_port, redis_answers
 from dispatcher.ids import DEFAULT_NAMESPACE, MessageRef
 from tests.rabbitmq import RabbitVhost, amqp_answers, configured_amqp
 
@@ -242,6 +242,50 @@ class WorkerProcess:
         self.process.terminate()
         try:
             self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+@dataclass
+class ApiProcess:
+    """``dispatcher api`` in a child process of its own, on a free loopback port."""
+
+    url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    @classmethod
+    def start(cls, env: dict[str, str], log_path: Path, timeout: float = 60.0) -> ApiProcess:
+        """Start it with ``env`` (on top of this process's) and wait until /healthz answers."""
+        port = free_port()
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "dispatcher.cli", "api", "--host", "127.0.0.1", "--port", str(port)],
+                env={**os.environ, **env}, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        server = cls(f"http://127.0.0.1:{port}", process, log_path)
+        deadline = time.monotonic() + timeout
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"dispatcher api exited:\n{server.log()[-3000:]}")
+            try:
+                if httpx.get(f"{server.url}/healthz", timeout=2).status_code == 200:
+                    return server
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                server.stop()
+                raise TimeoutError(f"dispatcher api not up in {timeout} s:\n{server.log()[-3000:]}")
+            time.sleep(0.1)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(15)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()

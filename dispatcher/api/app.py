@@ -18,6 +18,7 @@ from pydantic import BaseModel, SecretStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from dispatcher import tracing
 from dispatcher.api.admission import Admission
 from dispatcher.api.auth import Authenticator
 from dispatcher.api.docs_assets import install_docs
@@ -123,6 +124,7 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
         install_docs(app)
     _install_error_handlers(app, envelope)
     app.openapi = lambda: build_openapi(app, settings)  # type: ignore[method-assign]
+    tracing.instrument_api(app)  # OTEL_* turns it on (docs/operations.md, "Tracing")
     auth.warn_about_configuration()
     return app
 

@@ -31,6 +31,7 @@ from dispatcher.broker_probe import AmqpProbe, BrokerUnreachable
 from dispatcher.connections import REDIS_ERRORS, text
 from dispatcher.health import MemoryUsage, memory_usage
 from dispatcher.store import LATENCY_BUCKETS_MS, StatusStore
+from dispatcher.store.durations import ATTEMPT_BUCKETS_MS, ATTEMPT_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -287,6 +288,29 @@ def _store_metrics(figures: StoreFigures) -> Iterator[Metric]:
         buckets=buckets,
         sum_value=stats.get("latency:sum_ms", 0) / 1000,
     )
+    yield _attempt_durations(stats)
+
+
+def _attempt_durations(stats: dict[str, int]) -> Metric:
+    """``attempt:<channel>:*`` fields (dispatcher/store/durations.py), one series per channel."""
+    family = HistogramMetricFamily(
+        "dispatcher_attempt_duration_seconds",
+        "Time one delivery attempt took, from its lease to its recorded outcome, by channel.",
+        labels=["channel"],
+    )
+    channels = sorted(
+        field.removeprefix(ATTEMPT_PREFIX).removesuffix(":count")
+        for field in stats
+        if field.startswith(ATTEMPT_PREFIX) and field.endswith(":count")
+    )
+    for channel in channels:
+        prefix = f"{ATTEMPT_PREFIX}{channel}:"
+        buckets: list[tuple[str, float]] = [
+            (str(bound / 1000), stats.get(f"{prefix}le:{bound}", 0)) for bound in ATTEMPT_BUCKETS_MS
+        ]
+        buckets.append(("+Inf", stats.get(f"{prefix}count", 0)))
+        family.add_metric([channel], buckets, stats.get(f"{prefix}sum_ms", 0) / 1000)
+    return family
 
 
 def _memory(client: redis.Redis) -> MemoryUsage | None:

@@ -9,6 +9,7 @@ forward only: once terminal, no late or duplicate worker changes a record
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,7 @@ from dispatcher.connections import text
 from dispatcher.errors import DeliveryError
 from dispatcher.ids import MessageRef
 from dispatcher.record import LastError, State
+from dispatcher.store.durations import AttemptDurations
 from dispatcher.store.policy import StorePolicy
 from dispatcher.store.scripts import load
 
@@ -47,6 +49,8 @@ class Lease:
     """The channel the message center chose at submit ("" in records older than routing)."""
     client: str | None = None
     """The client that submitted the message."""
+    began: float | None = None
+    """``time.monotonic()`` when the lease was asked for: the attempt's start."""
 
 
 class StandDownReason(StrEnum):
@@ -86,6 +90,7 @@ class LeaseStore:
         self._lease = load("lease")
         self._finish = load("finish")
         self._note = load("note")
+        self.durations = AttemptDurations(client)
 
     def begin(
         self,
@@ -106,6 +111,7 @@ class LeaseStore:
                 strict=True,
             ):
                 prepay_args += dimension
+        began = time.monotonic()
         reply = self._lease(
             self.redis,
             {
@@ -137,6 +143,7 @@ class LeaseStore:
                 prepaid=text(reply[3]) == "1",
                 channel=text(reply[4]),
                 client=text(reply[5]) or None,
+                began=began,
             )
         if verdict == "terminal":
             return StandDown(ref, StandDownReason.TERMINAL, f"already {text(reply[1])}")
@@ -214,6 +221,8 @@ class LeaseStore:
             },
             args,
         )
+        if lease.began is not None:
+            self.durations.observe(lease.channel, time.monotonic() - lease.began)
         return Transition(text(reply))
 
     def note(self, ref: MessageRef, detail: str) -> State | None:

@@ -63,6 +63,11 @@ class ReadStore:
         raw = self.redis.hget(keys.message(ref), "message")
         return None if raw is None else text(raw)
 
+    def traceparent(self, ref: MessageRef) -> str | None:
+        """The trace the message's submit began (dispatcher/tracing.py), if it was traced."""
+        raw = self.redis.hget(keys.message(ref), "traceparent")
+        return None if raw is None else text(raw)
+
     def stats(self) -> dict[str, int]:
         """Counters kept by the transition scripts: ``state:<state>``, ``latency:*``, ..."""
         raw = self.redis.hgetall(keys.STATS)

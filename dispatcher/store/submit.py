@@ -20,6 +20,7 @@ from dispatcher.ids import MessageRef
 from dispatcher.models import Message
 from dispatcher.store.policy import StorePolicy
 from dispatcher.store.scripts import ArgValue, KeyValue, load
+from dispatcher.tracing import TRACEPARENT
 
 if TYPE_CHECKING:
     from dispatcher.gate import Gate
@@ -76,9 +77,11 @@ class SubmitStore:
         client: str | None = None,
         enqueue: tuple[str, str] | None = None,
         gate: Gate | None = None,
+        traceparent: str | None = None,
     ) -> CreateCall:
         """The create call: record ``queued``; with ``enqueue`` (queue list key, task
-        message) also push the task; with ``gate`` pass it first (nothing kept if not)."""
+        message) also push the task; with ``gate`` pass it first (nothing kept if not).
+        ``traceparent``: the submit's trace, which every attempt continues."""
         fields: list[str] = [
             "type",
             str(int(message.messageType)),
@@ -95,6 +98,8 @@ class SubmitStore:
         ]
         if client:
             fields += ["client", client]
+        if traceparent:
+            fields += [TRACEPARENT, traceparent]
         return CreateCall(
             keys={
                 "message": keys.message(ref),

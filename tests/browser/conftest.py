@@ -11,19 +11,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, ApiProcess
 
 SCREENSHOTS = ROOT / "artifacts" / "screenshots"
 CHROMIUM = os.environ.get("DISPATCHER_TEST_CHROMIUM", "/usr/bin/chromium")
@@ -49,63 +43,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class ApiProcess:
-    """``dispatcher api`` in a child process of its own."""
-
-    url: str
-    process: subprocess.Popen[bytes]
-    log_path: Path
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-
 @pytest.fixture()
 def api(worker_env: dict[str, str], tmp_path: Path) -> Iterator[ApiProcess]:
-    port = free_port()
     clients = {
         ADMIN: {"secret": ADMIN_SECRET, "channels": [CHANNEL], "admin": True},
         SENDER: {"secret": SENDER_SECRET, "channels": [CHANNEL]},
     }
     env = {
-        **os.environ,
         **worker_env,
         "DISPATCHER_CLIENTS": json.dumps(clients),
         "DISPATCHER_CONSOLE_PASSWORD": PASSWORD,
     }
-    log_path = tmp_path / "api.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "dispatcher.cli", "api", "--host", "127.0.0.1", "--port", str(port)],
-            env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    server = ApiProcess(f"http://127.0.0.1:{port}", process, log_path)
-    deadline = time.monotonic() + 60
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"dispatcher api exited:\n{server.log()[-3000:]}")
-        try:
-            if httpx.get(f"{server.url}/healthz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"dispatcher api not up in 60 s:\n{server.log()[-3000:]}")
-        time.sleep(0.1)
+    server = ApiProcess.start(env, tmp_path / "api.log")
     yield server
-    process.terminate()
-    try:
-        process.wait(15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    server.stop()
     assert PASSWORD not in server.log() and ADMIN_SECRET not in server.log()
 
 

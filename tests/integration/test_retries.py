@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any
 
@@ -168,3 +169,26 @@ def test_lost_response_is_retried_and_recorded_as_ambiguous(
     assert len(receipts(easemob, message_id)) == 2
     retry = next(h for h in record.history if h.state == "retrying")
     assert (retry.detail or "").startswith("ambiguous:")
+
+
+def test_each_attempt_is_timed_for_its_channels_histogram(
+    dispatcher: Any, easemob: Any, start_worker: Any, redis_client: Any
+) -> None:
+    from dispatcher import keys
+
+    fields = ("attempt:easemob:count", "attempt:easemob:le:60000")
+
+    def counted() -> list[int]:
+        return [int(v or 0) for v in redis_client.hmget(keys.STATS, fields)]
+
+    before = counted()
+    start_worker()
+    message_id = new_id()
+    easemob.fault(path=MESSAGES_PATH, body_contains=message_id, status=503, times=1)
+    dispatcher.submit(text_message(message_id))
+    assert wait_for_state(dispatcher, message_id).attempts == 2
+    # The first attempt is added at once, the retry within the worker's flush interval.
+    deadline = time.monotonic() + 10
+    while [now - then for now, then in zip(counted(), before, strict=True)] != [2, 2]:
+        assert time.monotonic() < deadline, (counted(), before)
+        time.sleep(0.05)

@@ -14,6 +14,7 @@ from dispatcher.api.app import settings_environment
 from dispatcher.config import Settings
 from dispatcher.embedded import free_port
 from dispatcher.store import LATENCY_BUCKETS_MS
+from dispatcher.store.durations import ATTEMPT_BUCKETS_MS
 from tests.unit.test_api_support import TEXT, Harness, envelope_ok, field_errors, make_harness
 
 
@@ -162,6 +163,12 @@ def test_metrics_report_the_fleet_counters_kept_in_redis(api: Harness) -> None:
             "latency:sum_ms": 2100,
             f"latency:le:{LATENCY_BUCKETS_MS[0]}": 1,
             f"latency:le:{LATENCY_BUCKETS_MS[-1]}": 7,
+            "attempt:easemob:count": 9,
+            "attempt:easemob:sum_ms": 1800,
+            f"attempt:easemob:le:{ATTEMPT_BUCKETS_MS[0]}": 2,
+            f"attempt:easemob:le:{ATTEMPT_BUCKETS_MS[-1]}": 9,
+            "attempt:wechat:count": 1,
+            "attempt:wechat:sum_ms": 40,
         },
     )
     try:
@@ -181,6 +188,14 @@ def test_metrics_report_the_fleet_counters_kept_in_redis(api: Harness) -> None:
     first = f"dispatcher_delivery_latency_seconds_bucket{{le={LATENCY_BUCKETS_MS[0] / 1000}}}"
     assert samples[first] == 1
     assert samples["dispatcher_delivery_latency_seconds_bucket{le=+Inf}"] == 7
+    attempts = "dispatcher_attempt_duration_seconds"
+    assert samples[f"{attempts}_count{{channel=easemob}}"] == 9
+    assert samples[f"{attempts}_sum{{channel=easemob}}"] == pytest.approx(1.8)
+    fastest = f"le={ATTEMPT_BUCKETS_MS[0] / 1000}"
+    assert samples[f"{attempts}_bucket{{channel=easemob,{fastest}}}"] == 2
+    assert samples[f"{attempts}_bucket{{channel=easemob,le=+Inf}}"] == 9
+    assert samples[f"{attempts}_count{{channel=wechat}}"] == 1
+    assert samples[f"{attempts}_bucket{{channel=wechat,{fastest}}}"] == 0
     assert samples["dispatcher_redis_up"] == 1
 
 

@@ -43,7 +43,7 @@ def exported(redis_url: str) -> Iterator[dict[str, set[str]]]:
     The labelled counters of the stats hash get a field each, so they have samples too.
     """
     api = make_harness(redis_url)
-    seeded = {"provider:429": 1, "rejected:undecodable": 1}
+    seeded = {"provider:429": 1, "rejected:undecodable": 1, "attempt:easemob:count": 1}
     try:
         for field, amount in seeded.items():
             api.redis.hincrby(keys.STATS, field, amount)
@@ -187,6 +187,7 @@ def test_the_dashboard_shows_what_operators_watch() -> None:
         "sum by (client) (rate(dispatcher_accepted_total",
         "dispatcher_delivered_total",
         "histogram_quantile(0.99, max by (le) (rate(dispatcher_delivery_latency_seconds_bucket",
+        "max by (le, channel) (rate(dispatcher_attempt_duration_seconds_bucket",
         "dispatcher_retries_total",
         'dispatcher_provider_errors_total{status="429"}',
         "dispatcher_dead_total",
