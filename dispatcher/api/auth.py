@@ -31,13 +31,14 @@ from dispatcher.api.signing import (
 )
 from dispatcher.config import Settings
 from dispatcher.errors import Unauthorized
+from dispatcher.ids import DEFAULT_NAMESPACE, NAMESPACE_PATTERN
 
 log = logging.getLogger(__name__)
 
 SIGN_PATTERN = re.compile(r"^(?:[0-9a-f]{64}|[0-9a-f]{32})$")
 TIMESTAMP_PATTERN = re.compile(r"^-?[0-9]{1,12}$")
 NONCE_PATTERN = re.compile(r"^[A-Za-z0-9._~-]{1,128}$")
-SINGLE_VALUED = ("client", "channel", SIGN_PARAM, TIMESTAMP_PARAM, NONCE_PARAM)
+SINGLE_VALUED = ("client", "channel", "owner", SIGN_PARAM, TIMESTAMP_PARAM, NONCE_PARAM)
 
 
 class Scheme(StrEnum):
@@ -53,12 +54,16 @@ class Caller:
 
     client: str | None
     sees_everything: bool = False
+    """An admin client (or auth off): may address other clients' messages."""
     guard: str | None = None
     """Replay-guard key to claim before acting (None: a legacy request without timestamp)."""
     guard_ttl_ms: int = 0
 
-    def can_see(self, owner: str | None) -> bool:
-        return self.sees_everything or (owner is not None and owner == self.client)
+    @property
+    def namespace(self) -> str:
+        """The caller's own namespace: its client id (with auth off and no ``client``
+        given: the in-process producers' default one)."""
+        return self.client or DEFAULT_NAMESPACE
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +124,8 @@ class Authenticator:
         """The caller of a request, or :class:`Unauthorized` with the reason (for the log)."""
         if not self.enabled:
             claimed = next((value for name, value in query if name == "client"), None)
+            if claimed and not NAMESPACE_PATTERN.fullmatch(claimed):
+                raise Unauthorized("client must be 1..64 characters of A-Z a-z 0-9 . _ ~ -")
             return Caller(client=claimed or None, sees_everything=True)
         params = dict(query)
         if len(params) != len(query):

@@ -27,6 +27,7 @@ from dispatcher.api.signing import (
 )
 from dispatcher.config import Settings
 from dispatcher.errors import Unauthorized
+from dispatcher.ids import DEFAULT_NAMESPACE
 from tests.unit.test_api_support import TEXT, Harness, body_of, envelope_ok, make_harness, unique_id
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -218,11 +219,19 @@ def test_unknown_client_and_wrong_channel_are_refused_after_the_sign_is_checked(
 
 
 def test_auth_disabled_takes_the_client_at_its_word_and_shows_everything() -> None:
-    caller = Authenticator(Settings(auth_enabled=False)).authenticate(
-        "POST", SUBMIT, [("client", "anyone")], b"junk"
-    )
-    assert caller.client == "anyone"
-    assert caller.can_see("someone-else")
+    authenticator = Authenticator(Settings(auth_enabled=False))
+    caller = authenticator.authenticate("POST", SUBMIT, [("client", "anyone")], b"junk")
+    assert caller.client == "anyone" and caller.namespace == "anyone"
+    assert caller.sees_everything
+    nobody = authenticator.authenticate("POST", SUBMIT, [], b"junk")
+    assert nobody.namespace == DEFAULT_NAMESPACE
+
+
+def test_auth_disabled_still_refuses_a_client_id_no_namespace_can_have() -> None:
+    with pytest.raises(Unauthorized):
+        Authenticator(Settings(auth_enabled=False)).authenticate(
+            "POST", SUBMIT, [("client", "a{b}")], b""
+        )
 
 
 def test_auth_disabled_warns_loudly_at_start(caplog: pytest.LogCaptureFixture) -> None:
