@@ -31,7 +31,7 @@ from dispatcher.api.signing import (
 )
 from dispatcher.config import Settings
 from dispatcher.errors import Unauthorized
-from dispatcher.ids import DEFAULT_NAMESPACE, NAMESPACE_PATTERN
+from dispatcher.ids import DEFAULT_NAMESPACE
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +58,9 @@ class Caller:
     guard: str | None = None
     """Replay-guard key to claim before acting (None: a legacy request without timestamp)."""
     guard_ttl_ms: int = 0
-
-    @property
-    def namespace(self) -> str:
-        """The caller's own namespace: its client id (with auth off and no ``client``
-        given: the in-process producers' default one)."""
-        return self.client or DEFAULT_NAMESPACE
+    namespace: str = DEFAULT_NAMESPACE
+    """Whose messages the caller's ids name: its client id; with auth off, where nobody
+    is anybody, the in-process producers' default namespace."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,8 +121,6 @@ class Authenticator:
         """The caller of a request, or :class:`Unauthorized` with the reason (for the log)."""
         if not self.enabled:
             claimed = next((value for name, value in query if name == "client"), None)
-            if claimed and not NAMESPACE_PATTERN.fullmatch(claimed):
-                raise Unauthorized("client must be 1..64 characters of A-Z a-z 0-9 . _ ~ -")
             return Caller(client=claimed or None, sees_everything=True)
         params = dict(query)
         if len(params) != len(query):
@@ -160,7 +155,7 @@ class Authenticator:
         if timestamp is None:
             # Only a legacy client gets here: the seed's request has no timestamp to bound
             # a guard by, so it is not replay-protected (docs/security.md).
-            return Caller(client_id, client.admin)
+            return Caller(client_id, client.admin, namespace=client_id)
         if not TIMESTAMP_PATTERN.match(timestamp):
             raise Unauthorized("timestamp must be unix seconds (an integer)")
         skew = int(timestamp) - (time.time() if now is None else now)
@@ -170,9 +165,8 @@ class Authenticator:
         guard_ttl_ms = math.ceil((skew + self.window) * 1000) + 1000
         # A legacy request with a timestamp but no nonce is guarded by its sign.
         nonce_key = nonce if nonce is not None else f"sign:{params[SIGN_PARAM]}"
-        return Caller(
-            client_id, client.admin, keys.replay_guard(client_id, nonce_key), guard_ttl_ms
-        )
+        guard = keys.replay_guard(client_id, nonce_key)
+        return Caller(client_id, client.admin, guard, guard_ttl_ms, namespace=client_id)
 
     @staticmethod
     def _signature(
