@@ -3,9 +3,8 @@
 Every signed endpoint takes one dependency, :func:`signed` (or :func:`operator`,
 which adds "admin only"): it reads the body and authenticates the request
 before anything else about the request is looked at, so its path and query
-parameters are validated only for a caller who signed them. A getMessageId
-becomes a reference only through :func:`~dispatcher.api.tenancy.message_ref`:
-a client reaches its own messages alone (docs/security.md). Endpoints raise
+parameters are validated only for a caller who signed them. Ids become references
+through :func:`~dispatcher.api.tenancy.message_ref` alone (docs/security.md). Endpoints raise
 :class:`~dispatcher.errors.DispatcherError`; :func:`render_error`, registered
 on the app, turns every one into the seed's envelope.
 
@@ -322,8 +321,11 @@ def _replay(call: SignedCall, query: ReplayQuery) -> dict[str, Any]:
     if query.all:
         letters = dispatcher.dead_letters(limit=10_000, namespace=dead_letter_scope(call))
         refs += [letter.ref for letter in letters]
+    refs = list(dict.fromkeys(refs))
+    if not call.caller.sees_everything:  # a client's replays are submits again
+        call.runtime.admission.charge(call.caller, len(refs))
     replayed, skipped = [], []
-    for ref in dict.fromkeys(refs):
+    for ref in refs:
         verdict = dispatcher.replay(ref, by=call.caller.client)
         entry = {"getMessageId": ref.id, "client": ref.namespace}
         if verdict == "ok":

@@ -245,3 +245,19 @@ def test_namespaces_and_client_ids_are_refused_when_they_could_break_a_key(name:
         Settings(producer_namespace=name)
     with pytest.raises(ValidationError, match="client id"):
         Settings(clients={name: {"secret": "s", "channels": ["c"]}})
+
+
+def test_a_clients_replays_are_charged_to_its_submit_rate(redis_url: str) -> None:
+    api = make_harness(redis_url, submit_rate_per_second=0.01, submit_burst=2)
+    try:
+        ids = [make_dead(api, "c1") for _ in range(3)]
+        too_many = replay(api, "c1", {"getMessageIds": ids})
+        assert too_many.status_code == 400 and "getMessageIds" in field_errors(too_many)
+        assert envelope_ok(replay(api, "c1", {"getMessageIds": ids[:2]}))["data"]["replayed"]
+        refused = replay(api, "c1", {"getMessageIds": ids[2:]})
+        assert refused.status_code == 429 and refused.headers["Retry-After"]
+        # An operator's replay is not a client's submit.
+        replayed = envelope_ok(replay(api, "ops", {"getMessageIds": ids[2:]}, owner="c1"))
+        assert replayed["data"]["replayed"] == [{"getMessageId": ids[2], "client": "c1"}]
+    finally:
+        api.close()
