@@ -243,8 +243,7 @@ def _validate(dispatcher: Dispatcher, payload: Any, client: str | None) -> Messa
     openapi_extra={"x-dispatcher-body": "StatusQuery", "x-dispatcher-signed": True},
 )
 async def status_many(call: SignedRequest) -> Response:
-    """Status records in the order asked, ``null`` for unknown ids: the caller's messages
-    (an admin's ``owner`` parameter names another client)."""
+    """Status records in the order asked, ``null`` for ids none of the caller's has."""
     ids = parse_body(StatusQuery, decode_json(call.body)).getMessageIds
     records = await run_in_threadpool(_lookup, call, ids)
     return call.runtime.envelope.ok(records)
@@ -264,8 +263,7 @@ async def status_one(
         str, Path(pattern=ID_PATTERN.pattern, description="the id submit answered")
     ],
 ) -> Response:
-    """The status record (docs/api.md) of one of the caller's messages (an admin's
-    ``owner`` parameter names another client)."""
+    """The status record (docs/api.md) of one of the caller's (or ``owner``'s) messages."""
     [record] = await run_in_threadpool(_lookup, call, [getMessageId])
     if record is None:
         raise NotFound(f"no message {getMessageId} of client {namespace_of(call)}")
