@@ -4,22 +4,14 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import UTC, datetime
 from typing import Any
 
 import click
 
-from dispatcher.cli_message import TYPE_NAMES, json_object, message_info
-from dispatcher.config import Settings
+from dispatcher.cli_dlq import dlq
+from dispatcher.cli_message import TYPE_NAMES, json_object, load_settings, message_info
 from dispatcher.errors import DispatcherError, InvalidMessage
 from dispatcher.logs import configure_logging
-
-
-def _settings() -> Settings:
-    try:
-        return Settings()
-    except ValueError as exc:
-        raise click.ClickException(f"bad DISPATCHER_* configuration: {exc}") from None
 
 
 def _echo_json(value: Any) -> None:
@@ -80,7 +72,7 @@ def api(host: str | None, port: int | None, workers: int) -> None:
     """Serve the HTTP API (uvicorn)."""
     from dispatcher.api.app import run_api
 
-    settings = _settings()
+    settings = load_settings()
     configure_logging(settings.log_level, settings.log_format)
     run_api(settings, host or settings.api_host, port or settings.api_port, workers)
 
@@ -156,7 +148,7 @@ def sandbox(easemob_port: int, qiniu_port: int, wechat_port: int, host: str) -> 
     """Run the simulators (credentials from DISPATCHER_*; WeChat's only when it has some)."""
     from dispatcher.sandbox.server import PortInUse, serve_sandbox
 
-    settings = _settings()
+    settings = load_settings()
     configure_logging(settings.log_level, settings.log_format)
     try:
         serve_sandbox(
@@ -177,7 +169,7 @@ def sandbox(easemob_port: int, qiniu_port: int, wechat_port: int, host: str) -> 
 def _remote_options(func: Any) -> Any:
     options = [
         click.option("--api", "api_url", help="Talk to the HTTP API at this URL instead of Redis directly."),
-        click.option("--client", "client_id", help="Client id for signing (with --api)."),
+        click.option("--client", "client_id", help="Client id: signs as it with --api; without, whose messages (namespace)."),
         click.option("--secret", help="Client secret for signing (with --api)."),
         click.option("--channel", default="", help="channel query value (with --api)."),
     ]  # fmt: skip
@@ -249,7 +241,9 @@ def send(
         else:
             from dispatcher.producer import Dispatcher
 
-            result = Dispatcher(_settings()).submit(payload)
+            result = Dispatcher(load_settings(), namespace=client_id).submit(
+                payload, client=client_id
+            )
     except InvalidMessage as exc:
         for error in exc.errors:
             click.echo(f"  {error.field}: {error.error}", err=True)
@@ -262,17 +256,23 @@ def send(
 @main.command()
 @click.argument("message_id")
 @_remote_options
+@click.option("--owner", help="With --api, an admin client reads this client's message.")
 def status(
-    message_id: str, api_url: str | None, client_id: str | None, secret: str | None, channel: str
+    message_id: str,
+    api_url: str | None,
+    client_id: str | None,
+    secret: str | None,
+    channel: str,
+    owner: str | None,
 ) -> None:
     """Print a message's status record as JSON (exit 1 when unknown)."""
     try:
         if api_url:
-            record = _remote(api_url, client_id, secret, channel).status(message_id)
+            record = _remote(api_url, client_id, secret, channel).status(message_id, owner=owner)
         else:
             from dispatcher.producer import Dispatcher
 
-            found = Dispatcher(_settings()).status(message_id)
+            found = Dispatcher(load_settings(), namespace=client_id).status(message_id)
             record = found.public() if found else None
     except DispatcherError as exc:
         raise click.ClickException(str(exc)) from None
@@ -303,7 +303,7 @@ def upload(path: str, key: str | None) -> None:
                 bar.update(max(uploaded - done, 0))
                 done = max(done, uploaded)
 
-            result = Dispatcher(_settings()).upload(path, key, progress=progress)
+            result = Dispatcher(load_settings()).upload(path, key, progress=progress)
     except DispatcherError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(result)
@@ -318,7 +318,7 @@ def reaper(once: bool) -> None:
     """
     from dispatcher.worker import deliver, make_reaper
 
-    settings = _settings()
+    settings = load_settings()
     configure_logging(settings.log_level, settings.log_format)
     instance = make_reaper(deliver.store)
     if once:
@@ -328,70 +328,7 @@ def reaper(once: bool) -> None:
     instance.run()
 
 
-@main.group()
-def dlq() -> None:
-    """Dead letters: messages whose retries ran out."""
-
-
-@dlq.command("list")
-@click.option("--limit", default=100, show_default=True)
-@click.option("--offset", default=0, show_default=True)
-def dlq_list(limit: int, offset: int) -> None:
-    """List dead messages (JSON lines: getMessageId, diedAt, lastError)."""
-    from dispatcher.producer import Dispatcher
-
-    for letter in Dispatcher(_settings()).dead_letters(limit=limit, offset=offset):
-        line = letter.model_dump(mode="json")
-        line["diedAt"] = _iso_time(letter.diedAt)
-        click.echo(json.dumps(line, ensure_ascii=False))
-
-
-def _iso_time(unix_seconds: float) -> str:
-    """ISO 8601 in UTC, written as ``status`` writes its times (pydantic's JSON form)."""
-    from pydantic import TypeAdapter
-
-    moment = datetime.fromtimestamp(unix_seconds, tz=UTC)
-    return str(TypeAdapter(datetime).dump_python(moment, mode="json"))
-
-
-@dlq.command("replay")
-@click.argument("message_ids", nargs=-1)
-@click.option("--all", "replay_all", is_flag=True, help="Replay every dead letter.")
-def dlq_replay(message_ids: tuple[str, ...], replay_all: bool) -> None:
-    """Send dead messages round again (all attempts restored)."""
-    from dispatcher.producer import Dispatcher
-
-    d = Dispatcher(_settings())
-    ids = list(message_ids)
-    if replay_all:
-        ids += [letter.getMessageId for letter in d.dead_letters(limit=1_000_000)]
-    if not ids:
-        raise click.UsageError("name message ids or pass --all")
-    failures = 0
-    with (
-        click.progressbar(ids, label="replaying", file=sys.stderr)
-        if len(ids) > 20
-        else _nullbar(ids) as bar
-    ):
-        for message_id in bar:
-            verdict = d.replay(message_id)
-            if verdict != "ok":
-                failures += 1
-                click.echo(f"{message_id}: not replayed ({verdict})", err=True)
-    click.echo(f"replayed {len(ids) - failures} of {len(ids)}")
-    if failures:
-        sys.exit(1)
-
-
-class _nullbar:
-    def __init__(self, items: list[str]) -> None:
-        self.items = items
-
-    def __enter__(self) -> list[str]:
-        return self.items
-
-    def __exit__(self, *exc: object) -> None:
-        return None
+main.add_command(dlq)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,5 +1,6 @@
 """What ``dispatcher send`` builds from its options: the message type by name, the
-``messageInfo`` fields by option, and JSON objects given on the command line."""
+``messageInfo`` fields by option, and JSON objects given on the command line; and the
+settings every command loads."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import json
 from typing import Any
 
 import click
+
+from dispatcher.config import Settings
 
 TYPE_NAMES = {
     "text": 1,
@@ -53,3 +56,11 @@ def json_object(text: str | None, option: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise click.BadParameter("must be a JSON object", param_hint=option)
     return value
+
+
+def load_settings() -> Settings:
+    """The settings, or a one-line error naming what is wrong with them."""
+    try:
+        return Settings()
+    except ValueError as exc:
+        raise click.ClickException(f"bad DISPATCHER_* configuration: {exc}") from None

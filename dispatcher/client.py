@@ -76,9 +76,11 @@ class _Signer:
     def __repr__(self) -> str:
         return f"<signer client={self.client_id!r} algorithm={self.algorithm}>"
 
-    def sign(self, method: str, path: str, body: bytes) -> dict[str, str]:
-        """The query parameters of one request, ``sign`` included."""
-        params = dict(self._fixed)
+    def sign(
+        self, method: str, path: str, body: bytes, extra: dict[str, str] | None = None
+    ) -> dict[str, str]:
+        """The query parameters of one request (``extra`` among them), ``sign`` included."""
+        params = {**self._fixed, **(extra or {})}
         params["timestamp"] = str(int(time.time()))
         params["nonce"] = uuid.uuid4().hex
         if self.legacy_signing:
@@ -157,13 +159,21 @@ class _Base:
         body = encode_payload(payload)
         return paths.SUBMIT, self.signer.sign("POST", paths.SUBMIT, body), body
 
-    def _status_request(self, message_id: str) -> tuple[str, dict[str, str]]:
+    def _status_request(self, message_id: str, owner: str | None) -> tuple[str, dict[str, str]]:
         path = paths.STATUS.format(getMessageId=quote(message_id, safe=""))
-        return path, self.signer.sign("GET", path, b"")
+        return path, self.signer.sign("GET", path, b"", _owner(owner))
 
-    def _status_many_request(self, ids: Sequence[str]) -> tuple[str, dict[str, str], bytes]:
+    def _status_many_request(
+        self, ids: Sequence[str], owner: str | None
+    ) -> tuple[str, dict[str, str], bytes]:
         body = encode_payload({"getMessageIds": list(ids)})
-        return paths.STATUS_MANY, self.signer.sign("POST", paths.STATUS_MANY, body), body
+        params = self.signer.sign("POST", paths.STATUS_MANY, body, _owner(owner))
+        return paths.STATUS_MANY, params, body
+
+
+def _owner(owner: str | None) -> dict[str, str] | None:
+    """An admin client's ``owner`` parameter: the client whose messages it reads."""
+    return None if owner is None else {"owner": owner}
 
 
 _HEADERS = {"Content-Type": "application/json"}
@@ -192,18 +202,21 @@ class Client(_Base):
         data = self._call("POST", path, params, body)
         return str(data["getMessageId"])
 
-    def status(self, message_id: str) -> dict[str, Any] | None:
-        """The status record, or None when the id is unknown (or another client's)."""
-        path, params = self._status_request(message_id)
+    def status(self, message_id: str, *, owner: str | None = None) -> dict[str, Any] | None:
+        """The status record of one of this client's messages (an admin client: of
+        ``owner``'s), or None when the id is unknown."""
+        path, params = self._status_request(message_id, owner)
         try:
             record: dict[str, Any] | None = self._call("GET", path, params, None)
             return record
         except NotFound:
             return None
 
-    def status_many(self, message_ids: Sequence[str]) -> list[dict[str, Any] | None]:
+    def status_many(
+        self, message_ids: Sequence[str], *, owner: str | None = None
+    ) -> list[dict[str, Any] | None]:
         """Status records in the same order, None for unknown ids."""
-        path, params, body = self._status_many_request(message_ids)
+        path, params, body = self._status_many_request(message_ids, owner)
         records: list[dict[str, Any] | None] = self._call("POST", path, params, body)
         return records
 
@@ -253,16 +266,18 @@ class AsyncClient(_Base):
         data = await self._call("POST", path, params, body)
         return str(data["getMessageId"])
 
-    async def status(self, message_id: str) -> dict[str, Any] | None:
-        path, params = self._status_request(message_id)
+    async def status(self, message_id: str, *, owner: str | None = None) -> dict[str, Any] | None:
+        path, params = self._status_request(message_id, owner)
         try:
             record: dict[str, Any] | None = await self._call("GET", path, params, None)
             return record
         except NotFound:
             return None
 
-    async def status_many(self, message_ids: Sequence[str]) -> list[dict[str, Any] | None]:
-        path, params, body = self._status_many_request(message_ids)
+    async def status_many(
+        self, message_ids: Sequence[str], *, owner: str | None = None
+    ) -> list[dict[str, Any] | None]:
+        path, params, body = self._status_many_request(message_ids, owner)
         records: list[dict[str, Any] | None] = await self._call("POST", path, params, body)
         return records
 

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from dispatcher.channels.wechat_config import WeChatConfig, WindowFallback
+from dispatcher.ids import DEFAULT_NAMESPACE, NAMESPACE_PATTERN
 from dispatcher.routing import Routing
 
 
@@ -101,6 +102,9 @@ class Settings(BaseSettings):
     dev_allow_no_auth: bool = False
 
     # Messages and delivery
+    producer_namespace: str = Field(default=DEFAULT_NAMESPACE, pattern=NAMESPACE_PATTERN.pattern)
+    """Whose caller-chosen ids ``Dispatcher.submit`` uses: a client's id, or the in-process
+    default (docs/architecture.md, "Message references")."""
     id_prefix: str = Field(default="m0", pattern=r"^[A-Za-z0-9]{1,8}$")
     status_ttl: int = 604800
     history_limit: int = 50
@@ -132,6 +136,17 @@ class Settings(BaseSettings):
     @classmethod
     def _strip_trailing_slash(cls, value: str) -> str:
         return value.rstrip("/")
+
+    @field_validator("clients")
+    @classmethod
+    def _client_ids_name_namespaces(cls, value: dict[str, ClientConfig]) -> dict[str, ClientConfig]:
+        # A client's id is the namespace of its messages, and part of their Redis keys.
+        for name in value:
+            if not NAMESPACE_PATTERN.fullmatch(name):
+                raise ValueError(
+                    f"client id {name[:80]!r} must be 1..64 characters of A-Z a-z 0-9 . _ ~ -"
+                )
+        return value
 
     @field_validator("qiniu_domain")
     @classmethod

@@ -12,9 +12,12 @@ from dataclasses import dataclass
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9]{1,64}$")
 PREFIX_PATTERN = re.compile(r"^[A-Za-z0-9]{1,8}$")
+NAMESPACE_PATTERN = re.compile(r"^[A-Za-z0-9._~-]{1,64}$")
+"""A namespace is an HTTP client's id (or an in-process producer's configured name): no
+``:`` (a reference splits at its last one), no ``{}`` (they delimit the keys' hash tag)."""
 
 DEFAULT_NAMESPACE = "default"
-"""The namespace of in-process producers and, for now, of every HTTP client."""
+"""The namespace of in-process producers unless DISPATCHER_PRODUCER_NAMESPACE names another."""
 
 
 def new_message_id(prefix: str) -> str:

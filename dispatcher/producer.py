@@ -14,7 +14,7 @@ import asyncio
 import json
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -34,9 +34,9 @@ from dispatcher.enqueue import DELIVER_TASK, TaskMessageTemplate, task_args
 from dispatcher.errors import Conflict, RateLimited, Unauthorized, Unavailable
 from dispatcher.gate import REPLAYED, Gate
 from dispatcher.health import RedisHealth
-from dispatcher.ids import DEFAULT_NAMESPACE, MessageRef, new_message_id
+from dispatcher.ids import NAMESPACE_PATTERN, MessageRef, new_message_id
 from dispatcher.models import Message, parse_message
-from dispatcher.record import DeadLetter, DeadLetterFilter, DeadLetterPage, StatusRecord
+from dispatcher.record import DeadLetter, StatusRecord
 from dispatcher.routing import Routing, check_routing, route
 from dispatcher.store import (
     CreateCall,
@@ -69,7 +69,9 @@ class Dispatcher:
     """Submit messages and read their status, within one namespace of getMessageIds.
 
     ``namespace`` scopes caller-chosen ids (docs/architecture.md, "Message
-    references"): in-process producers share the default one.
+    references"); unset, DISPATCHER_PRODUCER_NAMESPACE (in-process producers share
+    the default one). Every method that takes a getMessageId also takes a
+    :class:`MessageRef`, to address a message of another namespace.
     """
 
     def __init__(
@@ -78,10 +80,12 @@ class Dispatcher:
         *,
         client: redis.Redis | None = None,
         celery: Celery | None = None,
-        namespace: str = DEFAULT_NAMESPACE,
+        namespace: str | None = None,
     ) -> None:
         self.settings = settings
-        self.namespace = namespace
+        self.namespace = namespace or settings.producer_namespace
+        if not NAMESPACE_PATTERN.fullmatch(self.namespace):
+            raise ValueError(f"namespace {self.namespace[:80]!r}: 1..64 of A-Z a-z 0-9 . _ ~ -")
         self.redis = client or redis_client(settings)
         self.store = StatusStore.from_settings(self.redis, settings)
         self.celery = celery or make_celery(settings)
@@ -131,12 +135,18 @@ class Dispatcher:
 
     @tracing.spanned(tracing.SPAN_SUBMIT)
     def submit_message(
-        self, message: Message, *, client: str | None = None, gate: Gate | None = None
+        self,
+        message: Message,
+        *,
+        client: str | None = None,
+        gate: Gate | None = None,
+        namespace: str | None = None,
     ) -> Submitted:
-        """Queue a validated message. With ``gate`` (the HTTP API) the submit also passes its
-        client's rate and its nonce's replay guard in the same Redis call (dispatcher/gate.py)."""
+        """Queue a validated message (in ``namespace``, default this producer's). With
+        ``gate`` (the HTTP API) the submit also passes its client's rate and its nonce's
+        replay guard in the same Redis call (dispatcher/gate.py)."""
         self.health.admit()
-        ref, call, publish = self._prepare(message, client, gate)
+        ref, call, publish = self._prepare(message, client, gate, namespace)
         with _unavailable("status store"), tracing.span(tracing.SPAN_ENQUEUE):
             result = self.store.submit.create(call)
         if result.outcome is CreateOutcome.CREATED and publish:
@@ -151,6 +161,7 @@ class Dispatcher:
         *,
         client: str | None = None,
         gate: Gate | None = None,
+        namespace: str | None = None,
     ) -> Submitted:
         """:meth:`submit_message` for an event loop: the record is written through
         ``connection`` (an asyncio client of the same Redis); the rare blocking steps (the
@@ -160,23 +171,24 @@ class Dispatcher:
             await asyncio.to_thread(self.health.admit)
         else:
             self.health.admit()
-        ref, call, publish = self._prepare(message, client, gate)
+        ref, call, publish = self._prepare(message, client, gate, namespace)
         with _unavailable("status store"), tracing.span(tracing.SPAN_ENQUEUE):
             result = await self.store.submit.create_async(connection, call)
         if result.outcome is CreateOutcome.CREATED and publish:
             await asyncio.to_thread(self._publish_or_forget, ref, message)
         return self._settle(ref, message, result, gate)
 
-    def ref(self, message_id: str) -> MessageRef:
-        """The reference of ``message_id`` in this producer's namespace."""
-        return MessageRef(self.namespace, message_id)
+    def ref(self, message: str | MessageRef) -> MessageRef:
+        """The reference of a getMessageId in this producer's namespace (a reference as is)."""
+        return message if isinstance(message, MessageRef) else MessageRef(self.namespace, message)
 
     def _prepare(
-        self, message: Message, client: str | None, gate: Gate | None
+        self, message: Message, client: str | None, gate: Gate | None, namespace: str | None
     ) -> tuple[MessageRef, CreateCall, bool]:
         """The reference, the create call, and whether the task still has to be published
         after it (a broker other than this Redis: the script records but cannot push)."""
-        ref = self.ref(message.getMessageId or new_message_id(self.settings.id_prefix))
+        message_id = message.getMessageId or new_message_id(self.settings.id_prefix)
+        ref = MessageRef(namespace or self.namespace, message_id)
         channel = self.route(message, client).name
         traceparent = tracing.submitting(ref.id, client, channel)
         enqueue = self._queue_message(ref, traceparent)
@@ -251,13 +263,13 @@ class Dispatcher:
                 ref.id,
             )
 
-    def status(self, message_id: str) -> StatusRecord | None:
+    def status(self, message: str | MessageRef) -> StatusRecord | None:
         with _unavailable("status store"):
-            return self.store.read.get(self.ref(message_id))
+            return self.store.read.get(self.ref(message))
 
-    def status_many(self, message_ids: list[str]) -> list[StatusRecord | None]:
+    def status_many(self, messages: Sequence[str | MessageRef]) -> list[StatusRecord | None]:
         with _unavailable("status store"):
-            return self.store.read.get_many([self.ref(m) for m in message_ids])
+            return self.store.read.get_many([self.ref(m) for m in messages])
 
     def upload(
         self,
@@ -276,89 +288,64 @@ class Dispatcher:
         with QiniuClient.from_settings(self.settings) as client:
             return client.upload(source, key, progress=progress)
 
-    def replay(self, message_id: str, *, by: str | None = None) -> ReplayOutcome:
-        """Send a dead letter round again; ``ReplayOutcome.OK`` when requeued.
-        ``by`` names the operator in the message's history."""
-        ref = self.ref(message_id)
+    def replay(self, message: str | MessageRef, *, by: str | None = None) -> ReplayOutcome:
+        """Send a dead letter round again, in its own namespace; ``ReplayOutcome.OK`` when
+        requeued. ``by`` names the operator in the message's history."""
+        ref = self.ref(message)
         detail = "replayed from dead letters" + (f" by {by}" if by else "")
         outcome = self.store.recovery.replay(ref, detail)
         if outcome is ReplayOutcome.OK:
             self.publish(ref)
-            log.info("getMessageId=%s %s", message_id, detail)
+            log.info("getMessageId=%s of %s %s", ref.id, ref.namespace, detail)
         return outcome
 
-    def dead_letters(self, limit: int = 100, offset: int = 0) -> list[DeadLetter]:
-        """Dead messages, oldest first, with the error that killed them."""
-        with _unavailable("status store"):
-            return self._dead_letters(self.store.read.dead_letters(limit=limit, offset=offset))
-
-    def find_dead_letters(
+    def dead_letters(
         self,
-        where: DeadLetterFilter,
-        *,
         limit: int = 100,
         offset: int = 0,
-        scan_limit: int = 10_000,
-    ) -> DeadLetterPage:
-        """Dead letters matching ``where``, newest first. Client and error code are read
-        from each record, so at most ``scan_limit`` dead letters of the time range (from
-        ``offset`` on) are looked at per call."""
-        found: list[DeadLetter] = []
-        scanned = offset
-        first_died: float | None = None
+        *,
+        namespace: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        newest_first: bool = False,
+    ) -> list[DeadLetter]:
+        """Dead messages, oldest (or newest) first, with the error that killed them: every
+        namespace's, each naming its client, or only ``namespace``'s; optionally only those
+        that died between ``since`` and ``until`` (unix seconds, inclusive)."""
         read = self.store.read
         with _unavailable("status store"):
-            while len(found) < limit and scanned - offset < scan_limit:
-                chunk = read.dead_letters(
-                    limit=min(500, scan_limit - (scanned - offset)),
-                    offset=scanned,
-                    since=where.since,
-                    until=where.until,
-                    newest_first=True,
-                )
-                if not chunk:
-                    return DeadLetterPage(found, scanned, exhausted=True, first_died=first_died)
-                if first_died is None:
-                    first_died = chunk[0][1]
-                for letter in self._dead_letters(chunk):
-                    scanned += 1
-                    if where.matches(letter):
-                        found.append(letter)
-                        if len(found) == limit:
-                            break
-            more = read.dead_letters(
-                limit=1, offset=scanned, since=where.since, until=where.until, newest_first=True
-            )
-        return DeadLetterPage(found, scanned, exhausted=not more, first_died=first_died)
-
-    def _dead_letters(self, entries: list[tuple[MessageRef, float]]) -> list[DeadLetter]:
-        records = self.store.read.get_many([ref for ref, _ in entries], with_history=False)
+            entries = read.dead_letters(
+                limit, offset, since=since, until=until, newest_first=newest_first,
+                namespace=namespace,
+            )  # fmt: skip
+            records = read.get_many([ref for ref, _ in entries], with_history=False)
         return [
             DeadLetter(
                 getMessageId=ref.id,
                 diedAt=died,
                 lastError=record.lastError if record else None,
-                client=record.client if record else None,
+                client=ref.namespace,
             )
             for (ref, died), record in zip(entries, records, strict=True)
         ]
 
-    def discard_dead_letter(self, message_id: str, *, by: str) -> DiscardOutcome:
+    def discard_dead_letter(self, message: str | MessageRef, *, by: str) -> DiscardOutcome:
         """Give up on a dead message: off the dead-letter list, never replayed by ``--all``;
         its record stays until it expires. ``OK``, or why not (missing, not listed, the
         state it is in)."""
         with _unavailable("status store"):
-            verdict = self.store.recovery.discard_dead_letter(
-                self.ref(message_id), f"discarded by {by}"
-            )
+            ref = self.ref(message)
+            verdict = self.store.recovery.discard_dead_letter(ref, f"discarded by {by}")
         if verdict is DiscardOutcome.OK:
-            log.info("getMessageId=%s discarded from dead letters by %s", message_id, by)
+            log.info(
+                "getMessageId=%s of %s discarded from dead letters by %s", ref.id, ref.namespace, by
+            )
         return verdict
 
-    def stored_message(self, message_id: str) -> dict[str, Any] | None:
+    def stored_message(self, message: str | MessageRef) -> dict[str, Any] | None:
         """The message as accepted and recorded (what the worker delivers from)."""
         with _unavailable("status store"):
-            stored = self.store.read.stored_message(self.ref(message_id))
+            stored = self.store.read.stored_message(self.ref(message))
         return None if stored is None else dict(json.loads(stored))
 
     def queue_backlog(self, queues: list[str] | None = None) -> list[QueueBacklog]:

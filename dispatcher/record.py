@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from dispatcher.ids import MessageRef
 from dispatcher.models import MessageType, TargetType
 
 
@@ -79,7 +80,13 @@ class DeadLetter(BaseModel):
     getMessageId: str
     diedAt: float = Field(description="unix seconds")
     lastError: LastError | None
-    client: str | None = Field(default=None, description="the client that submitted it")
+    client: str = Field(
+        description="the client whose message it is: its namespace (docs/architecture.md)"
+    )
+
+    @property
+    def ref(self) -> MessageRef:
+        return MessageRef(self.client, self.getMessageId)
 
 
 @dataclass(frozen=True)
@@ -87,6 +94,7 @@ class DeadLetterFilter:
     """Which dead letters an operator wants to see; None matches anything."""
 
     client: str | None = None
+    """The namespace (client id) the messages belong to."""
     code: str | None = None
     """``lastError.code``, exactly."""
     since: float | None = None

@@ -3,7 +3,8 @@
 A submit's replay guard and its client's rate limit are checked by the script
 that records the message (:mod:`dispatcher.gate`): one round trip for all.
 Reads (status lookups, operator calls) are not rate limited; they only claim
-their nonce's guard.
+their nonce's guard. A plain client's replay of its dead letters sends them
+again, so it is charged to the client's submit rate (:meth:`Admission.charge`).
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ import redis
 
 from dispatcher.api.auth import Caller
 from dispatcher.connections import REDIS_ERRORS
-from dispatcher.errors import Unauthorized, Unavailable
-from dispatcher.gate import REPLAYED, Gate
+from dispatcher.errors import FieldError, InvalidMessage, RateLimited, Unauthorized, Unavailable
+from dispatcher.gate import REPLAYED, Gate, submit_bucket
+from dispatcher.ratelimit import Dimension, SharedRateLimiter
 
 
 class Admission:
@@ -46,6 +48,25 @@ class Admission:
             raise Unavailable(f"replay guard unavailable: {exc}") from None
         if not fresh:
             raise Unauthorized(REPLAYED)
+
+    def charge(self, caller: Caller, messages: int) -> None:
+        """Take ``messages`` submits of the caller's rate at once: RateLimited when its
+        budget has not that many now, InvalidMessage when its burst never will."""
+        if self.rate_per_second <= 0 or messages <= 0:
+            return
+        client = caller.client or "-"
+        if messages > self.burst:
+            error = f"at most {self.burst} messages at once (the client's submit burst)"
+            raise InvalidMessage([FieldError("getMessageIds", error)])
+        budget = Dimension(
+            submit_bucket(client), limit=self.rate_per_second, period=1.0, burst=self.burst
+        )
+        try:
+            wait = SharedRateLimiter(self.redis, [budget]).try_acquire({budget.name: messages})
+        except REDIS_ERRORS as exc:
+            raise Unavailable(f"rate limiter unavailable: {exc}") from None
+        if wait > 0:
+            raise RateLimited(client, wait)
 
     def release(self, caller: Caller) -> None:
         """Give a nonce back after a failure that accepted nothing (best effort)."""

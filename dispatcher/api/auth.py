@@ -31,13 +31,14 @@ from dispatcher.api.signing import (
 )
 from dispatcher.config import Settings
 from dispatcher.errors import Unauthorized
+from dispatcher.ids import DEFAULT_NAMESPACE
 
 log = logging.getLogger(__name__)
 
 SIGN_PATTERN = re.compile(r"^(?:[0-9a-f]{64}|[0-9a-f]{32})$")
 TIMESTAMP_PATTERN = re.compile(r"^-?[0-9]{1,12}$")
 NONCE_PATTERN = re.compile(r"^[A-Za-z0-9._~-]{1,128}$")
-SINGLE_VALUED = ("client", "channel", SIGN_PARAM, TIMESTAMP_PARAM, NONCE_PARAM)
+SINGLE_VALUED = ("client", "channel", "owner", SIGN_PARAM, TIMESTAMP_PARAM, NONCE_PARAM)
 
 
 class Scheme(StrEnum):
@@ -53,12 +54,13 @@ class Caller:
 
     client: str | None
     sees_everything: bool = False
+    """An admin client (or auth off): may address other clients' messages."""
     guard: str | None = None
     """Replay-guard key to claim before acting (None: a legacy request without timestamp)."""
     guard_ttl_ms: int = 0
-
-    def can_see(self, owner: str | None) -> bool:
-        return self.sees_everything or (owner is not None and owner == self.client)
+    namespace: str = DEFAULT_NAMESPACE
+    """Whose messages the caller's ids name: its client id; with auth off, where nobody
+    is anybody, the in-process producers' default namespace."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +155,7 @@ class Authenticator:
         if timestamp is None:
             # Only a legacy client gets here: the seed's request has no timestamp to bound
             # a guard by, so it is not replay-protected (docs/security.md).
-            return Caller(client_id, client.admin)
+            return Caller(client_id, client.admin, namespace=client_id)
         if not TIMESTAMP_PATTERN.match(timestamp):
             raise Unauthorized("timestamp must be unix seconds (an integer)")
         skew = int(timestamp) - (time.time() if now is None else now)
@@ -163,9 +165,8 @@ class Authenticator:
         guard_ttl_ms = math.ceil((skew + self.window) * 1000) + 1000
         # A legacy request with a timestamp but no nonce is guarded by its sign.
         nonce_key = nonce if nonce is not None else f"sign:{params[SIGN_PARAM]}"
-        return Caller(
-            client_id, client.admin, keys.replay_guard(client_id, nonce_key), guard_ttl_ms
-        )
+        guard = keys.replay_guard(client_id, nonce_key)
+        return Caller(client_id, client.admin, guard, guard_ttl_ms, namespace=client_id)
 
     @staticmethod
     def _signature(

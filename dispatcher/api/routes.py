@@ -3,7 +3,8 @@
 Every signed endpoint takes one dependency, :func:`signed` (or :func:`operator`,
 which adds "admin only"): it reads the body and authenticates the request
 before anything else about the request is looked at, so its path and query
-parameters are validated only for a caller who signed them. Endpoints raise
+parameters are validated only for a caller who signed them. Ids become references
+through :func:`~dispatcher.api.tenancy.message_ref` alone (docs/security.md). Endpoints raise
 :class:`~dispatcher.errors.DispatcherError`; :func:`render_error`, registered
 on the app, turns every one into the seed's envelope.
 
@@ -48,6 +49,13 @@ from dispatcher.api.paths import (
     STATUS,
     STATUS_MANY,
     SUBMIT,
+)
+from dispatcher.api.tenancy import (
+    OWNER_PARAM,
+    dead_letter_scope,
+    message_ref,
+    namespace_of,
+    requested_owner,
 )
 from dispatcher.broker_probe import Probe
 from dispatcher.config import Settings
@@ -95,6 +103,7 @@ class SignedCall:
     runtime: Runtime
     caller: Caller
     body: bytes
+    owner: str | None = None  # another client an admin's request names; None: the caller's own
 
 
 class StatusQuery(BaseModel):
@@ -136,7 +145,8 @@ async def signed(request: Request) -> SignedCall:
     path = raw_path.decode("latin-1") if raw_path else request.url.path
     caller = rt.auth.authenticate(request.method, path, request.query_params.multi_items(), body)
     request.state.caller = caller  # for the error handler's per-client count
-    return SignedCall(rt, caller, body)
+    owner = requested_owner(caller, request.query_params.get(OWNER_PARAM))
+    return SignedCall(rt, caller, body, owner)
 
 
 async def operator(call: Annotated[SignedCall, Depends(signed)]) -> SignedCall:
@@ -198,6 +208,8 @@ async def handle_basic_message(call: SignedRequest) -> Response:
     other answer means nothing was queued and no status record was left.
     """
     rt = call.runtime
+    if call.owner is not None:
+        raise InvalidMessage([FieldError(OWNER_PARAM, "a client submits only its own messages")])
     message = _validate(rt.dispatcher, decode_json(call.body), call.caller.client)
     try:
         submitted = await rt.dispatcher.submit_message_async(
@@ -205,6 +217,7 @@ async def handle_basic_message(call: SignedRequest) -> Response:
             message,
             client=call.caller.client,
             gate=rt.admission.gate(call.caller),
+            namespace=call.caller.namespace,
         )
     except Unavailable:
         # Nothing was accepted: give the nonce back so the same bytes may be retried.
@@ -230,7 +243,7 @@ def _validate(dispatcher: Dispatcher, payload: Any, client: str | None) -> Messa
     openapi_extra={"x-dispatcher-body": "StatusQuery", "x-dispatcher-signed": True},
 )
 async def status_many(call: SignedRequest) -> Response:
-    """Status records in the order asked, ``null`` for unknown ids and other clients' ids."""
+    """Status records in the order asked, ``null`` for ids none of the caller's has."""
     ids = parse_body(StatusQuery, decode_json(call.body)).getMessageIds
     records = await run_in_threadpool(_lookup, call, ids)
     return call.runtime.envelope.ok(records)
@@ -250,50 +263,50 @@ async def status_one(
         str, Path(pattern=ID_PATTERN.pattern, description="the id submit answered")
     ],
 ) -> Response:
-    """The status record (docs/api.md) of one of the caller's messages."""
+    """The status record (docs/api.md) of one of the caller's (or ``owner``'s) messages."""
     [record] = await run_in_threadpool(_lookup, call, [getMessageId])
     if record is None:
-        raise NotFound(f"no message {getMessageId} for this client")
+        raise NotFound(f"no message {getMessageId} of client {namespace_of(call)}")
     return call.runtime.envelope.ok(record)
 
 
 def _lookup(call: SignedCall, ids: list[str]) -> list[dict[str, Any] | None]:
     call.runtime.admission.claim(call.caller)
-    records = call.runtime.dispatcher.status_many(ids)
-    return [
-        record.public() if record is not None and call.caller.can_see(record.client) else None
-        for record in records
-    ]
+    records = call.runtime.dispatcher.status_many([message_ref(call, i) for i in ids])
+    return [None if record is None else record.public() for record in records]
 
 
 @router.get(
     DEAD_LETTERS,
     responses=error_responses(400, 401, 403, 503),
-    summary="List dead letters (operators)",
+    summary="List dead letters",
     tags=["operations"],
     openapi_extra={"x-dispatcher-signed": True},
 )
-async def dead_letters(call: OperatorRequest, limit: int = 100, offset: int = 0) -> Response:
-    """Dead messages, oldest first, with the error that killed them. Admin clients only."""
+async def dead_letters(call: SignedRequest, limit: int = 100, offset: int = 0) -> Response:
+    """Dead messages, oldest first, with the error that killed them and their client:
+    the caller's own; an admin's, every client's (or ``owner``'s only)."""
     letters = await run_in_threadpool(_dead_letters, call, max(1, min(limit, 1000)), max(0, offset))
     return call.runtime.envelope.ok(letters)
 
 
 def _dead_letters(call: SignedCall, limit: int, offset: int) -> list[dict[str, Any]]:
     call.runtime.admission.claim(call.caller)
-    letters = call.runtime.dispatcher.dead_letters(limit, offset)
+    scope = dead_letter_scope(call)
+    letters = call.runtime.dispatcher.dead_letters(limit, offset, namespace=scope)
     return [letter.model_dump(mode="json") for letter in letters]
 
 
 @router.post(
     DEAD_LETTERS_REPLAY,
     responses=error_responses(400, 401, 403, 503),
-    summary="Replay dead letters (operators)",
+    summary="Replay dead letters",
     tags=["operations"],
     openapi_extra={"x-dispatcher-body": "ReplayQuery", "x-dispatcher-signed": True},
 )
-async def replay_dead_letters(call: OperatorRequest) -> Response:
-    """Send dead messages round again with their attempts restored. Admin clients only."""
+async def replay_dead_letters(call: SignedRequest) -> Response:
+    """Send dead messages round again with their attempts restored: ids of the caller's
+    (or ``owner``'s) messages; ``all``, every dead letter :func:`dead_letter_scope` lists."""
     query = parse_body(ReplayQuery, decode_json(call.body))
     result = await run_in_threadpool(_replay, call, query)
     return call.runtime.envelope.ok(result)
@@ -302,16 +315,21 @@ async def replay_dead_letters(call: OperatorRequest) -> Response:
 def _replay(call: SignedCall, query: ReplayQuery) -> dict[str, Any]:
     dispatcher = call.runtime.dispatcher
     call.runtime.admission.claim(call.caller)
-    ids = list(query.getMessageIds)
+    refs = [message_ref(call, message_id) for message_id in query.getMessageIds]
     if query.all:
-        ids += [letter.getMessageId for letter in dispatcher.dead_letters(limit=10_000)]
+        letters = dispatcher.dead_letters(limit=10_000, namespace=dead_letter_scope(call))
+        refs += [letter.ref for letter in letters]
+    refs = list(dict.fromkeys(refs))
+    if not call.caller.sees_everything:  # a client's replays are submits again
+        call.runtime.admission.charge(call.caller, len(refs))
     replayed, skipped = [], []
-    for message_id in dict.fromkeys(ids):
-        verdict = dispatcher.replay(message_id)
+    for ref in refs:
+        verdict = dispatcher.replay(ref, by=call.caller.client)
+        entry = {"getMessageId": ref.id, "client": ref.namespace}
         if verdict == "ok":
-            replayed.append(message_id)
+            replayed.append(entry)
         else:
-            skipped.append({"getMessageId": message_id, "reason": verdict})
+            skipped.append({**entry, "reason": verdict})
     return {"replayed": replayed, "skipped": skipped}
 
 

@@ -22,7 +22,13 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 
 from dispatcher.config import Settings
 from dispatcher.connections import REDIS_ERRORS
-from dispatcher.console.actions import ACTIONS, apply_action, parse_filter, parse_ids
+from dispatcher.console.actions import (
+    ACTIONS,
+    apply_action,
+    find_dead_letters,
+    parse_filter,
+    parse_ids,
+)
 from dispatcher.console.live import WorkerRoster, snapshot
 from dispatcher.console.render import STATIC_FILES, Pages, security_headers, static_file
 from dispatcher.console.sessions import (
@@ -37,9 +43,9 @@ from dispatcher.console.sessions import (
 from dispatcher.console.signin import SignIn
 from dispatcher.console.views import message_view
 from dispatcher.errors import Unavailable
-from dispatcher.ids import ID_PATTERN
+from dispatcher.ids import DEFAULT_NAMESPACE, ID_PATTERN, NAMESPACE_PATTERN, MessageRef
 from dispatcher.producer import Dispatcher
-from dispatcher.record import DeadLetterPage
+from dispatcher.record import DeadLetterPage, StatusRecord
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +68,10 @@ class Console:
         self.signin = SignIn(dispatcher.redis, settings)
         self.pages = Pages(settings.timezone)
         self.roster = WorkerRoster(dispatcher)
+        self.namespaces = list(
+            dict.fromkeys([dispatcher.namespace, DEFAULT_NAMESPACE, *settings.clients])
+        )
+        """Where a getMessageId is looked for when the operator names no client."""
 
     def app(self) -> FastAPI:
         app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
@@ -230,21 +240,41 @@ class Console:
                 request, session, "message.html", section="messages", view=None, status=404,
                 searched=message_id, client=client, problem="is not a valid getMessageId",
             )  # fmt: skip
-        record, stored = await run_in_threadpool(self._read_message, message_id)
-        if record is None or (client is not None and record.client != client):
+        if client is not None and not NAMESPACE_PATTERN.fullmatch(client):
             return self.page(
                 request, session, "message.html", section="messages", view=None, status=404,
-                searched=message_id, client=client, problem="no such message",
+                searched=message_id, client=client, problem="is no client id",
             )  # fmt: skip
+        found = await run_in_threadpool(self._read_message, message_id, client)
+        if len(found) != 1:
+            owners = ", ".join(ref.namespace for ref, _, _ in found)
+            problem = (
+                f"found for several clients ({owners}): name one" if found else "no such message"
+            )
+            return self.page(
+                request, session, "message.html", section="messages", view=None, status=404,
+                searched=message_id, client=client, problem=problem,
+            )  # fmt: skip
+        [(ref, record, stored)] = found
         view = message_view(record, stored, self.settings.qiniu_domain)
         return self.page(
             request, session, "message.html", section="messages", view=view, searched=message_id,
-            client=client,
+            client=client, owner=ref.namespace,
         )  # fmt: skip
 
-    def _read_message(self, message_id: str) -> tuple[Any, dict[str, Any] | None]:
-        record = self.dispatcher.status(message_id)
-        return record, (self.dispatcher.stored_message(message_id) if record else None)
+    def _read_message(
+        self, message_id: str, client: str | None
+    ) -> list[tuple[MessageRef, StatusRecord, dict[str, Any] | None]]:
+        """The message of ``client``'s namespace or, no client named, of whichever namespace
+        holds the id among the configured clients' and the producers' (in one round trip)."""
+        namespaces = [client] if client else self.namespaces
+        refs = [MessageRef(namespace, message_id) for namespace in namespaces]
+        records = self.dispatcher.status_many(refs)
+        return [
+            (ref, record, self.dispatcher.stored_message(ref))
+            for ref, record in zip(refs, records, strict=True)
+            if record is not None
+        ]
 
     async def dead_letters(self, request: Request, session: Session) -> Response:
         query = request.query_params
@@ -253,8 +283,8 @@ class Console:
         result: DeadLetterPage | None = None
         if not problems:
             result = await run_in_threadpool(
-                lambda: self.dispatcher.find_dead_letters(
-                    where, limit=DEAD_LETTERS_PER_PAGE, offset=offset
+                lambda: find_dead_letters(
+                    self.dispatcher, where, limit=DEAD_LETTERS_PER_PAGE, offset=offset
                 )
             )
         root = console_root(request)

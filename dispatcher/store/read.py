@@ -12,7 +12,7 @@ import redis
 
 from dispatcher import keys
 from dispatcher.connections import text
-from dispatcher.ids import MessageRef
+from dispatcher.ids import DEFAULT_NAMESPACE, MessageRef
 from dispatcher.record import HistoryEntry, LastError, State, StatusRecord, from_millis
 
 _RECORD_FIELDS = (
@@ -85,11 +85,17 @@ class ReadStore:
         since: float | None = None,
         until: float | None = None,
         newest_first: bool = False,
+        namespace: str | None = None,
     ) -> list[tuple[MessageRef, float]]:
         """Dead messages with the time they died (unix seconds), oldest first (or newest
-        first), optionally only those that died between ``since`` and ``until`` (inclusive)."""
+        first), optionally only those that died between ``since`` and ``until`` (inclusive),
+        of every namespace or only of ``namespace``."""
         low = "-inf" if since is None else int(since * 1000)
         high = "+inf" if until is None else int(until * 1000)
+        if namespace is not None:
+            return self._dead_letters_of(namespace, low, high, newest_first)[
+                offset : offset + limit
+            ]
         rows: list[tuple[bytes, float]]
         if newest_first:
             rows = self.redis.zrevrangebyscore(  # type: ignore[assignment]
@@ -100,6 +106,26 @@ class ReadStore:
                 keys.DEAD_LETTERS, low, high, start=offset, num=limit, withscores=True
             )
         return [(MessageRef.parse(text(member)), float(score) / 1000) for member, score in rows]
+
+    def _dead_letters_of(
+        self, namespace: str, low: int | str, high: int | str, newest_first: bool
+    ) -> list[tuple[MessageRef, float]]:
+        """One namespace's dead letters in time order. The index is shared by every
+        namespace: ZSCAN makes Redis pick the namespace's members, so only they travel."""
+        low_ms = float(low) if low != "-inf" else float("-inf")
+        high_ms = float(high) if high != "+inf" else float("inf")
+        # Namespaces hold no glob characters (NAMESPACE_PATTERN); a bare id (a message
+        # recorded before namespaces) belongs to the default one, so that one reads all.
+        match = None if namespace == DEFAULT_NAMESPACE else f"{namespace}:*"
+        rows = sorted(
+            (score, text(member))
+            for member, score in self.redis.zscan_iter(keys.DEAD_LETTERS, match=match, count=1000)
+            if low_ms <= score <= high_ms
+        )
+        if newest_first:
+            rows.reverse()
+        refs = ((MessageRef.parse(member), score / 1000) for score, member in rows)
+        return [(ref, died) for ref, died in refs if ref.namespace == namespace]
 
     def dead_letter_count(self) -> int:
         return int(self.redis.zcard(keys.DEAD_LETTERS))

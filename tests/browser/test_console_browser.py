@@ -14,6 +14,7 @@ from typing import Any
 from playwright.sync_api import expect
 
 from dispatcher.client import Client
+from dispatcher.ids import MessageRef
 from tests.browser.conftest import (
     ADMIN,
     CHANNEL,
@@ -101,7 +102,8 @@ def test_replay_a_dead_letter_from_the_dead_letter_page_and_see_it_delivered(
     )
     with Client(api.url, SENDER, SENDER_SECRET, channel=CHANNEL) as sender:
         message_id = sender.submit(text_message(doomed))
-    wait_for_state(dispatcher, message_id, {"dead"}, timeout=45)
+    senders = MessageRef(SENDER, message_id)  # the client's message lives in its namespace
+    wait_for_state(dispatcher, senders, {"dead"}, timeout=45)
     easemob.clear()  # the provider recovers
 
     sign_in(page, api, client="", secret=PASSWORD)
@@ -117,7 +119,7 @@ def test_replay_a_dead_letter_from_the_dead_letter_page_and_see_it_delivered(
     page.get_by_role("button", name="Replay selected…").click()
 
     expect(page.get_by_role("heading", name="Replay 1 message?")).to_be_visible()
-    assert dispatcher.status(message_id).state == "dead"  # nothing happens before confirming
+    assert dispatcher.status(senders).state == "dead"  # nothing happens before confirming
     page.get_by_role("button", name="Replay 1").click()
     expect(page.get_by_role("heading", name="Replayed 1 of 1")).to_be_visible()
     expect(page.locator(f'tr[data-id="{message_id}"][data-done="yes"]')).to_contain_text("done")

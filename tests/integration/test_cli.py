@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from dispatcher import keys
+from dispatcher.ids import MessageRef
 from dispatcher.sandbox.qiniu import seed_demo_objects
 from tests.conftest import wait_for_state
 
@@ -162,7 +163,8 @@ def test_send_and_status_through_a_remote_signed_api(
             "--text",
             "hi",
         ).stdout.strip()
-        assert wait_for_state(dispatcher, message_id).state == "delivered"
+        # The message is shop's: in its namespace.
+        assert wait_for_state(dispatcher, MessageRef("shop", message_id)).state == "delivered"
         # Signed v2: the server guarded the request's (client, nonce).
         assert list(dispatcher.redis.scan_iter(match=keys.replay_guard("shop", "*")))
         shown = json.loads(run(worker_env, "status", "--api", api.url, *remote, message_id).stdout)

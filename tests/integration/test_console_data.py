@@ -9,7 +9,9 @@ from typing import Any
 
 import pytest
 
+from dispatcher.console.actions import find_dead_letters
 from dispatcher.errors import ProviderError
+from dispatcher.ids import MessageRef
 from dispatcher.record import DeadLetterFilter
 from dispatcher.store import Lease, StatusStore
 from tests.conftest import ref
@@ -30,9 +32,9 @@ def text(message_id: str) -> dict[str, Any]:
 def make_dead(dispatcher: Any, message_id: str, *, client: str, code: str) -> None:
     """Accept a message, then let one attempt kill it (no worker needed)."""
     message = dispatcher.validate(text(message_id))
-    dispatcher.submit_message(message, client=client)
+    dispatcher.submit_message(message, client=client, namespace=client)
     store: StatusStore = dispatcher.store
-    lease = store.lease.begin(ref(message_id), "w", 10)
+    lease = store.lease.begin(MessageRef(client, message_id), "w", 10)
     assert isinstance(lease, Lease)
     error = ProviderError(code, f"{code} happened", retryable=True, status=503)
     assert store.lease.mark_dead(lease, error, "test") == "ok"
@@ -49,7 +51,7 @@ def test_dead_letters_are_found_by_client_code_and_time_newest_first(dispatcher:
     make_dead(dispatcher, f"a3{tag}", client="alpha", code="service_unavailable")
 
     def ids(where: DeadLetterFilter, **kwargs: Any) -> list[str]:
-        page = dispatcher.find_dead_letters(where, **kwargs)
+        page = find_dead_letters(dispatcher, where, **kwargs)
         return [letter.getMessageId for letter in page.letters if letter.getMessageId.endswith(tag)]
 
     assert ids(DeadLetterFilter(client="alpha")) == [f"a3{tag}", f"a2{tag}", f"a1{tag}"]
@@ -59,33 +61,34 @@ def test_dead_letters_are_found_by_client_code_and_time_newest_first(dispatcher:
     assert ids(DeadLetterFilter(client="alpha", until=middle)) == [f"a1{tag}"]
     assert ids(DeadLetterFilter(client="nobody")) == []
 
-    first = dispatcher.find_dead_letters(DeadLetterFilter(client="alpha", since=middle), limit=1)
+    first = find_dead_letters(dispatcher, DeadLetterFilter(client="alpha", since=middle), limit=1)
     assert [letter.getMessageId for letter in first.letters] == [f"a3{tag}"]
     assert first.letters[0].client == "alpha"
     assert first.letters[0].lastError.code == "service_unavailable"
     assert not first.exhausted
-    rest = dispatcher.find_dead_letters(
-        DeadLetterFilter(client="alpha", since=middle), offset=first.scanned
+    rest = find_dead_letters(
+        dispatcher, DeadLetterFilter(client="alpha", since=middle), offset=first.scanned
     )
     assert [letter.getMessageId for letter in rest.letters] == [f"a2{tag}"] and rest.exhausted
 
     # The scan stops after scan_limit letters and says it did not see everything.
-    partial = dispatcher.find_dead_letters(DeadLetterFilter(client="nobody"), scan_limit=2)
+    partial = find_dead_letters(dispatcher, DeadLetterFilter(code="no-such-code"), scan_limit=2)
     assert partial.letters == [] and partial.scanned == 2 and not partial.exhausted
 
 
 def test_a_discarded_dead_letter_leaves_the_list_and_keeps_its_record(dispatcher: Any) -> None:
     tag = str(time.time_ns())
     make_dead(dispatcher, f"d{tag}", client="alpha", code="boom")
-    assert dispatcher.discard_dead_letter(f"d{tag}", by="alice") == "ok"
+    dead = MessageRef("alpha", f"d{tag}")
+    assert dispatcher.discard_dead_letter(dead, by="alice") == "ok"
 
     listed = [r.id for r, _ in dispatcher.store.read.dead_letters(limit=100_000)]
     assert f"d{tag}" not in listed
-    record = dispatcher.status(f"d{tag}")
+    record = dispatcher.status(dead)
     assert record.state == "dead"
     assert record.history[-1].detail == "discarded by alice"
     # Twice is harmless and says so; a live message or an unknown id is left alone.
-    assert dispatcher.discard_dead_letter(f"d{tag}", by="alice") == "not_listed"
+    assert dispatcher.discard_dead_letter(dead, by="alice") == "not_listed"
     live = dispatcher.submit(text(f"q{tag}"))
     assert dispatcher.discard_dead_letter(live, by="alice") == "state:queued"
     assert dispatcher.discard_dead_letter(f"none{tag}", by="alice") == "missing"
@@ -94,8 +97,8 @@ def test_a_discarded_dead_letter_leaves_the_list_and_keeps_its_record(dispatcher
 def test_replay_names_the_operator_in_the_history(dispatcher: Any) -> None:
     tag = str(time.time_ns())
     make_dead(dispatcher, f"r{tag}", client="alpha", code="boom")
-    assert dispatcher.replay(f"r{tag}", by="client ops (console)") == "ok"
-    record = dispatcher.status(f"r{tag}")
+    assert dispatcher.replay(MessageRef("alpha", f"r{tag}"), by="client ops (console)") == "ok"
+    record = dispatcher.status(MessageRef("alpha", f"r{tag}"))
     assert record.state == "queued"
     assert record.history[-1].detail == "replayed from dead letters by client ops (console)"
 

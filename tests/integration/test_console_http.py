@@ -22,6 +22,7 @@ from dispatcher.config import ClientConfig, Settings
 from dispatcher.console import issue_login_link
 from dispatcher.console.signin import MAX_FAILURES
 from dispatcher.errors import ProviderError
+from dispatcher.ids import MessageRef
 from tests.conftest import ref, settings_from_env
 
 pytestmark = pytest.mark.integration
@@ -57,13 +58,24 @@ def browser(app: FastAPI) -> Iterator[TestClient]:
         yield client
 
 
-def dead_message(app: FastAPI, text: str = "doomed") -> str:
+TEXT_MESSAGE: dict[str, Any] = {
+    "messageType": 1, "from": "u1", "to": "u2", "messageInfo": {"textMessage": "hello"},
+}  # fmt: skip
+
+
+def plain(message_id: str) -> MessageRef:
+    return MessageRef(PLAIN, message_id)
+
+
+def dead_message(app: FastAPI, text: str = "doomed", message_id: str | None = None) -> str:
+    """A message of client PLAIN (in its namespace) that died on its first attempt."""
     dispatcher = app.state.runtime.dispatcher
-    message_id: str = dispatcher.submit(
-        {"messageType": 1, "from": "u1", "to": "u2", "messageInfo": {"textMessage": text}},
-        client=PLAIN,
-    )
-    lease = dispatcher.store.lease.begin(ref(message_id), "w", 10)
+    payload = {**TEXT_MESSAGE, "messageInfo": {"textMessage": text}}
+    if message_id:
+        payload["getMessageId"] = message_id
+    message = dispatcher.validate(payload, client=PLAIN)
+    message_id = dispatcher.submit_message(message, client=PLAIN, namespace=PLAIN).message_id
+    lease = dispatcher.store.lease.begin(plain(message_id), "w", 10)
     error = ProviderError("service_unavailable", "Easemob answered 503", retryable=True, status=503)
     dispatcher.store.lease.mark_dead(lease, error, "test")
     return message_id
@@ -136,7 +148,7 @@ def test_nothing_of_the_console_answers_without_a_session(
         else:
             assert response.status_code == 401, (url, response.status_code)
     # Nothing was done by the refused actions.
-    assert app.state.runtime.dispatcher.status(message_id).state == "dead"
+    assert app.state.runtime.dispatcher.status(plain(message_id)).state == "dead"
     # A static file and the live data are refused too, and so is a forged cookie.
     browser.cookies.set("dispatcher_console", "forged.value.sig", path="/console")
     assert browser.get("/console/static/live.js").status_code == 401
@@ -201,7 +213,7 @@ def test_every_action_needs_the_session_csrf_token(app: FastAPI, browser: TestCl
     assert sign_in(browser).status_code == 303
     page = browser.get(f"/console/messages/{message_id}")
     token = csrf_of(page.text)
-    form = {"id": message_id, "action": "replay", "confirmed": "yes"}
+    form = {"id": plain(message_id).member, "action": "replay", "confirmed": "yes"}
 
     for data, headers in [
         (form, {}),
@@ -211,7 +223,7 @@ def test_every_action_needs_the_session_csrf_token(app: FastAPI, browser: TestCl
     ]:
         refused = browser.post("/console/dead-letters/apply", data=data, headers=headers)
         assert refused.status_code == 403, (data, headers)
-        assert app.state.runtime.dispatcher.status(message_id).state == "dead"
+        assert app.state.runtime.dispatcher.status(plain(message_id)).state == "dead"
     no_csrf_logout = browser.post("/console/logout", follow_redirects=False)
     assert no_csrf_logout.status_code == 403
 
@@ -220,7 +232,7 @@ def test_every_action_needs_the_session_csrf_token(app: FastAPI, browser: TestCl
         "/console/dead-letters/apply", data={**form, "confirmed": "", "csrf_token": token}
     )
     assert unconfirmed.status_code == 400
-    assert app.state.runtime.dispatcher.status(message_id).state == "dead"
+    assert app.state.runtime.dispatcher.status(plain(message_id)).state == "dead"
 
     done = browser.post(
         "/console/dead-letters/apply",
@@ -228,7 +240,7 @@ def test_every_action_needs_the_session_csrf_token(app: FastAPI, browser: TestCl
         headers={"Origin": "http://127.0.0.1:8087", "Sec-Fetch-Site": "same-origin"},
     )
     assert done.status_code == 200 and f'data-id="{message_id}" data-done="yes"' in done.text
-    record = app.state.runtime.dispatcher.status(message_id)
+    record = app.state.runtime.dispatcher.status(plain(message_id))
     assert record.state == "queued"
     assert record.history[-1].detail == "replayed from dead letters by client ops (console)"
 
@@ -278,13 +290,13 @@ def test_dead_letter_page_filters_and_discards_with_confirmation(
     token = csrf_of(listed.text)
     confirm = browser.post(
         "/console/dead-letters/confirm",
-        data={"csrf_token": token, "action": "discard", "id": [first, "neverSeen"]},
+        data={"csrf_token": token, "action": "discard", "id": [plain(first).member, "neverSeen"]},
     )
     assert confirm.status_code == 200 and "Discard 2 messages?" in confirm.text
-    assert app.state.runtime.dispatcher.status(first).state == "dead"  # nothing done yet
+    assert app.state.runtime.dispatcher.status(plain(first)).state == "dead"  # nothing done yet
     outcome = browser.post(
         "/console/dead-letters/apply",
-        data={"csrf_token": token, "action": "discard", "confirmed": "yes", "id": [first, "neverSeen"]},
+        data={"csrf_token": token, "action": "discard", "confirmed": "yes", "id": [plain(first).member, "neverSeen"]},
     )  # fmt: skip
     assert "Discarded 1 of 2" in outcome.text
     assert f'data-id="{first}" data-done="yes"' in outcome.text
@@ -402,3 +414,21 @@ def test_workers_are_listed_from_inspect_and_stay_with_their_last_seen_time(
         time.sleep(0.5)
     # Gone quiet, still listed, with how long ago it last answered.
     assert seen is not None and seen["seenAgo"] >= 8
+
+
+def test_the_message_page_looks_an_id_up_within_a_client(app: FastAPI, browser: TestClient) -> None:
+    shared = "shared" + str(time.time_ns())
+    dead_message(app, "plain's", shared)
+    dispatcher = app.state.runtime.dispatcher
+    dispatcher.submit({**TEXT_MESSAGE, "getMessageId": shared})  # the Python producer's
+    assert sign_in(browser).status_code == 303
+
+    both = browser.get(f"/console/messages/{shared}")
+    assert both.status_code == 404 and "found for several clients" in both.text
+    page = browser.get(f"/console/messages/{shared}", params={"client": PLAIN})
+    assert page.status_code == 200
+    assert re.search(rf'id="message-client">{PLAIN}\b', page.text)
+    assert f'name="id" value="{PLAIN}:{shared}"' in page.text  # its actions name the client
+    listed = browser.get("/console/dead-letters", params={"client": PLAIN}).text
+    assert f'value="{PLAIN}:{shared}"' in listed
+    assert f"/console/messages/{shared}?client={PLAIN}" in listed

@@ -14,7 +14,7 @@ import pytest
 
 from dispatcher import keys
 from dispatcher.api.paths import DEAD_LETTERS, DEAD_LETTERS_REPLAY, STATUS, STATUS_MANY, SUBMIT
-from tests.conftest import ref
+from dispatcher.ids import MessageRef
 from tests.unit.test_api_dead_letters import make_dead
 from tests.unit.test_api_support import (
     TEXT,
@@ -45,11 +45,11 @@ def test_admin_status_request_resent_to_the_replay_endpoint_is_refused(api: Harn
 
     resent = api.http.post(DEAD_LETTERS_REPLAY, params=params, content=body)
     assert resent.status_code == 401
-    assert api.redis.hget(keys.message(ref(dead)), "state") == b"dead"
+    assert api.redis.hget(keys.message(MessageRef("c1", dead)), "state") == b"dead"
     # With a nonce of its own the same bytes would still not pass: the path is signed.
     fresh = api.params(body, path=STATUS_MANY, client="ops")
     assert api.http.post(DEAD_LETTERS_REPLAY, params=fresh, content=body).status_code == 401
-    assert api.redis.hget(keys.message(ref(dead)), "state") == b"dead"
+    assert api.redis.hget(keys.message(MessageRef("c1", dead)), "state") == b"dead"
 
 
 def test_status_lookup_sign_does_not_work_for_another_id(api: Harness) -> None:

@@ -1,4 +1,5 @@
-"""Dead letters over HTTP: operators (admin clients) list and replay them; others get 403."""
+"""Dead letters over HTTP: a client lists and replays its own; an admin client every client's.
+(Which client sees which: tests/unit/test_api_tenancy.py.)"""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ import pytest
 
 from dispatcher.api.paths import DEAD_LETTERS, DEAD_LETTERS_REPLAY
 from dispatcher.errors import DeliveryError
+from dispatcher.ids import MessageRef
 from dispatcher.models import parse_message
-from tests.conftest import ref
 from tests.unit.test_api_support import TEXT, Harness, body_of, envelope_ok, make_harness, unique_id
 
 
@@ -20,14 +21,14 @@ def api(redis_url: str) -> Iterator[Harness]:
     harness.close()
 
 
-def make_dead(api: Harness) -> str:
+def make_dead(api: Harness, client: str = "c1", message_id: str | None = None) -> str:
+    """A message of ``client`` (in its namespace) whose one attempt killed it."""
     store = api.app.state.runtime.dispatcher.store
-    message_id = unique_id()
-    call = store.submit.prepare(
-        ref(message_id), parse_message(TEXT), channel="easemob", client="c1"
-    )
+    message_id = message_id or unique_id()
+    ref = MessageRef(client, message_id)
+    call = store.submit.prepare(ref, parse_message(TEXT), channel="easemob", client=client)
     store.submit.create(call)
-    lease = store.lease.begin(ref(message_id), "w1", 10)
+    lease = store.lease.begin(ref, "w1", 10)
     store.lease.mark_dead(
         lease, DeliveryError("down", "Easemob answered 503", retryable=True), "gave up"
     )
@@ -43,6 +44,7 @@ def test_an_admin_client_lists_dead_letters_with_their_last_error(api: Harness) 
     envelope = envelope_ok(response)
     assert response.status_code == 200
     [letter] = [d for d in envelope["data"] if d["getMessageId"] == message_id]
+    assert letter["client"] == "c1"
     assert letter["lastError"] == {
         "code": "down",
         "message": "Easemob answered 503",
@@ -50,22 +52,17 @@ def test_an_admin_client_lists_dead_letters_with_their_last_error(api: Harness) 
     }
 
 
-def test_a_plain_client_may_not_touch_dead_letters(api: Harness) -> None:
-    make_dead(api)
-    assert (
-        api.http.get(
-            DEAD_LETTERS, params=api.params(b"", method="GET", path=DEAD_LETTERS, client="c1")
-        ).status_code
-        == 403
+def test_a_plain_client_lists_its_own_dead_letters_only(api: Harness) -> None:
+    mine, theirs = make_dead(api, "c1"), make_dead(api, "c2")
+    response = api.http.get(
+        DEAD_LETTERS,
+        params=api.params(b"", method="GET", path=DEAD_LETTERS, client="c1", limit="1000"),
     )
-    body = body_of({"all": True})
-    response = api.http.post(
-        DEAD_LETTERS_REPLAY,
-        params=api.params(body, path=DEAD_LETTERS_REPLAY, client="c1"),
-        content=body,
-    )
-    assert response.status_code == 403
-    assert envelope_ok(response)["code"] == 403
+    listed = envelope_ok(response)["data"]
+    assert response.status_code == 200
+    assert mine in [d["getMessageId"] for d in listed]
+    assert theirs not in [d["getMessageId"] for d in listed]
+    assert {d["client"] for d in listed} == {"c1"}
 
 
 def test_replay_requeues_once_and_reports_what_it_skipped(api: Harness) -> None:
@@ -78,17 +75,29 @@ def test_replay_requeues_once_and_reports_what_it_skipped(api: Harness) -> None:
         content=body,
     )
     data = envelope_ok(response)["data"]
-    assert data["replayed"] == [message_id]
-    assert data["skipped"] == [{"getMessageId": "neverSeen", "reason": "missing"}]
+    # The ids name the caller's own messages unless an admin names an owner.
+    assert data["replayed"] == []
+    assert data["skipped"] == [
+        {"getMessageId": message_id, "client": "ops", "reason": "missing"},
+        {"getMessageId": "neverSeen", "client": "ops", "reason": "missing"},
+    ]
+    response = api.http.post(
+        DEAD_LETTERS_REPLAY,
+        params=api.params(body, path=DEAD_LETTERS_REPLAY, client="ops", owner="c1"),
+        content=body,
+    )
+    data = envelope_ok(response)["data"]
+    assert data["replayed"] == [{"getMessageId": message_id, "client": "c1"}]
+    assert data["skipped"] == [{"getMessageId": "neverSeen", "client": "c1", "reason": "missing"}]
     assert api.queued() == queued + 1
     body = body_of({"getMessageIds": [message_id]})
     again = api.http.post(
         DEAD_LETTERS_REPLAY,
-        params=api.params(body, path=DEAD_LETTERS_REPLAY, client="ops"),
+        params=api.params(body, path=DEAD_LETTERS_REPLAY, client="c1"),
         content=body,
     )
     assert envelope_ok(again)["data"]["skipped"] == [
-        {"getMessageId": message_id, "reason": "state:queued"}
+        {"getMessageId": message_id, "client": "c1", "reason": "state:queued"}
     ]
     assert api.queued() == queued + 1
 

@@ -59,20 +59,24 @@ def test_another_clients_message_is_404_as_if_unknown(api: Harness) -> None:
     assert api.status(message_id, client="c2").status_code == 200
 
 
-def test_admin_client_sees_every_message(api: Harness) -> None:
+def test_admin_client_sees_another_clients_message_by_naming_it(api: Harness) -> None:
     message_id = submit(api, client="c2")
-    response = api.status(message_id, client="ops")
+    assert api.status(message_id, client="ops").status_code == 404  # its own namespace
+    response = api.status(message_id, client="ops", owner="c2")
     assert response.status_code == 200
     assert response.json()["data"]["client"] == "c2"
 
 
-def test_with_auth_disabled_every_message_is_visible(redis_url: str) -> None:
+def test_with_auth_disabled_every_caller_shares_one_namespace(redis_url: str) -> None:
     api = make_harness(redis_url, auth_enabled=False)
     try:
         message_id = submit(api, client="c2")
-        response = api.http.get(STATUS.format(getMessageId=message_id))
-        assert response.status_code == 200
-        assert response.json()["data"]["getMessageId"] == message_id
+        path = STATUS.format(getMessageId=message_id)
+        for query in ({}, {"client": "c1"}):
+            response = api.http.get(path, params=query)
+            assert response.status_code == 200
+            assert response.json()["data"]["getMessageId"] == message_id
+        assert api.http.get(path, params={"owner": "c2"}).status_code == 404
     finally:
         api.close()
 

@@ -18,7 +18,7 @@ import pytest
 
 from dispatcher import keys
 from dispatcher.embedded import free_port
-from tests.conftest import ref
+from dispatcher.ids import MessageRef
 from tests.unit.test_api_support import (
     SEED_BODY,
     TEXT,
@@ -83,18 +83,20 @@ def test_accepted_submit_is_queued_once_with_a_record_owned_by_the_client(api: H
     response = api.submit(TEXT)
     message_id = response.json()["data"]["getMessageId"]
     assert api.queued() == 1
-    assert api.redis.hget(keys.message(ref(message_id)), "client") == b"c1"
-    assert api.redis.hget(keys.message(ref(message_id)), "state") == b"queued"
+    assert api.redis.hget(keys.message(MessageRef("c1", message_id)), "client") == b"c1"
+    assert api.redis.hget(keys.message(MessageRef("c1", message_id)), "state") == b"queued"
 
 
 def test_the_seeds_example_body_is_accepted_byte_for_byte(api: Harness) -> None:
     response = api.submit(SEED_BODY)
     assert response.status_code == 200, response.text
     message_id = response.json()["data"]["getMessageId"]
-    stored = json.loads(api.redis.hget(keys.message(ref(message_id)), "message") or b"{}")
+    stored = json.loads(
+        api.redis.hget(keys.message(MessageRef("c1", message_id)), "message") or b"{}"
+    )
     assert stored["messageInfo"] == {"videoMessage": "661d21d918d8476c88fc9b90279c400f.mp4"}
     assert stored["to"] == "148992289019003396"
-    assert api.redis.hget(keys.message(ref(message_id)), "targetType") == b"chatgroups"
+    assert api.redis.hget(keys.message(MessageRef("c1", message_id)), "targetType") == b"chatgroups"
 
 
 def test_same_id_and_content_again_answers_200_and_queues_nothing_new(api: Harness) -> None:
@@ -112,7 +114,9 @@ def test_valid_unicode_is_stored_byte_for_byte(api: Harness) -> None:
     text = "emoji 🧪👩\u200d💻 RTL שלום zero\u200bwidth 𝔘𝔫𝔦"
     payload = {**TEXT, "messageInfo": {"textMessage": text}}
     message_id = api.submit(payload).json()["data"]["getMessageId"]
-    stored = json.loads(api.redis.hget(keys.message(ref(message_id)), "message") or b"{}")
+    stored = json.loads(
+        api.redis.hget(keys.message(MessageRef("c1", message_id)), "message") or b"{}"
+    )
     assert stored["messageInfo"]["textMessage"].encode() == text.encode()
 
 
@@ -217,7 +221,7 @@ def test_every_error_answers_its_code_in_the_envelope_and_leaves_nothing(
         if case.prepare:
             case.prepare(api, message_id)
         queued, records = api.queued(), api.record_count()
-        original = api.redis.hgetall(keys.message(ref(message_id)))
+        original = api.redis.hgetall(keys.message(MessageRef("c1", message_id)))
 
         started = time.monotonic()
         response = api.submit(case.body(message_id))
@@ -232,7 +236,7 @@ def test_every_error_answers_its_code_in_the_envelope_and_leaves_nothing(
             assert envelope["data"] is None or "errors" not in envelope["data"]
         assert api.queued() == queued, "a rejected submit queued something"
         assert api.record_count() == records, "a rejected submit left a status record"
-        assert api.redis.hgetall(keys.message(ref(message_id))) == original
+        assert api.redis.hgetall(keys.message(MessageRef("c1", message_id))) == original
         if case.code == 409:
             assert original and original[b"to"] == b"u_receiver"
             assert envelope["data"] == {"getMessageId": message_id}

@@ -23,7 +23,7 @@ from dispatcher.api.app import create_app
 from dispatcher.api.paths import STATUS, STATUS_MANY, SUBMIT
 from dispatcher.api.signing import Algorithm, compute_legacy_sign, compute_sign
 from dispatcher.config import Settings
-from tests.conftest import ref
+from dispatcher.ids import DEFAULT_NAMESPACE, MessageRef
 
 with warnings.catch_warnings():
     # Starlette 1.x prefers httpx2 for its TestClient; httpx works and is what we ship.
@@ -131,12 +131,16 @@ class Harness:
         return int(self.redis.llen(self.settings.queue))
 
     def has_record(self, message_id: str) -> bool:
-        return bool(self.redis.exists(keys.message(ref(message_id)), keys.history(ref(message_id))))
+        """Whether any client's namespace (or the default one) holds a record of the id."""
+        refs = [MessageRef(n, message_id) for n in (*CLIENTS, DEFAULT_NAMESPACE)]
+        return bool(
+            self.redis.exists(*(k for r in refs for k in (keys.message(r), keys.history(r))))
+        )
 
     def record_count(self) -> int:
-        """Records under this harness's own id prefix: whatever it generated, nothing else
-        (the test Redis may be shared with other test sessions)."""
-        pattern = keys.message(ref(f"{self.settings.id_prefix}*"))
+        """Records under this harness's own id prefix, in any namespace: whatever it
+        generated, nothing else (the test Redis may be shared with other test sessions)."""
+        pattern = keys.message(MessageRef("*", f"{self.settings.id_prefix}*"))
         return sum(1 for _ in self.redis.scan_iter(match=pattern, count=1000))
 
     def close(self) -> None:

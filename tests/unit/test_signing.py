@@ -27,6 +27,7 @@ from dispatcher.api.signing import (
 )
 from dispatcher.config import Settings
 from dispatcher.errors import Unauthorized
+from dispatcher.ids import DEFAULT_NAMESPACE
 from tests.unit.test_api_support import TEXT, Harness, body_of, envelope_ok, make_harness, unique_id
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -221,8 +222,9 @@ def test_auth_disabled_takes_the_client_at_its_word_and_shows_everything() -> No
     caller = Authenticator(Settings(auth_enabled=False)).authenticate(
         "POST", SUBMIT, [("client", "anyone")], b"junk"
     )
-    assert caller.client == "anyone"
-    assert caller.can_see("someone-else")
+    assert caller.client == "anyone" and caller.sees_everything
+    # Nobody is anybody: every caller shares the in-process producers' namespace.
+    assert caller.namespace == DEFAULT_NAMESPACE
 
 
 def test_auth_disabled_warns_loudly_at_start(caplog: pytest.LogCaptureFixture) -> None:
