@@ -30,7 +30,7 @@ from dispatcher.broker import broker_is_store, make_celery
 from dispatcher.channels import ChannelSpec
 from dispatcher.config import Settings
 from dispatcher.connections import REDIS_ERRORS, redis_client
-from dispatcher.enqueue import DELIVER_TASK, TaskMessageTemplate, task_args
+from dispatcher.enqueue import DELIVER_TASK, DirectEnqueue, task_args
 from dispatcher.errors import Conflict, RateLimited, Unauthorized, Unavailable
 from dispatcher.gate import REPLAYED, Gate
 from dispatcher.health import RedisHealth
@@ -38,6 +38,7 @@ from dispatcher.ids import NAMESPACE_PATTERN, MessageRef, new_message_id
 from dispatcher.models import Message, parse_message
 from dispatcher.record import DeadLetter, StatusRecord
 from dispatcher.routing import Routing, check_routing, route
+from dispatcher.scheduling import SendAt, apply_send_at
 from dispatcher.store import (
     CreateCall,
     CreateOutcome,
@@ -63,6 +64,8 @@ class Submitted:
     message_id: str
     created: bool
     """False when the same id and content were already accepted (nothing new queued)."""
+    scheduled: bool = False
+    """Recorded ``scheduled``: queued at its ``sendAt``."""
 
 
 class Dispatcher:
@@ -92,10 +95,11 @@ class Dispatcher:
         # Refuses new work while Redis memory is nearly full.
         self.health = RedisHealth.from_settings(self.redis, settings)
         # The broker is this Redis: queue the task in the script that records ``queued``.
-        self._enqueue_direct = broker_is_store(settings) and (
-            self.celery.conf.broker_url == settings.redis_url
+        self.direct_enqueue = DirectEnqueue(
+            self.celery,
+            settings.queue,
+            enabled=broker_is_store(settings) and self.celery.conf.broker_url == settings.redis_url,
         )
-        self._template: TaskMessageTemplate | None = None
         self._routing = _routing_by_client(settings)
 
     def route(self, message: Message, client: str | None = None) -> ChannelSpec:
@@ -116,22 +120,31 @@ class Dispatcher:
     def from_env(cls) -> Dispatcher:
         return cls(Settings())
 
-    def validate(self, payload: Any, *, client: str | None = None) -> Message:
+    def validate(
+        self, payload: Any, *, client: str | None = None, send_at: SendAt | None = None
+    ) -> Message:
         """Parse and check a request body without queuing it (raises InvalidMessage),
-        also against the channel the center picks for ``client``."""
+        also against the channel the center picks for ``client``. ``send_at`` (a
+        datetime with its zone, RFC 3339 text or epoch ms) stands for the body's sendAt."""
         message = parse_message(payload, media_domain=self.settings.qiniu_domain)
+        apply_send_at(message, send_at, self.settings.schedule_max_days)
         channel = self.route(message, client)
         message_id = message.getMessageId or new_message_id(self.settings.id_prefix)
         channel.check_size(self.settings, message_id, message, client)
         return message
 
-    def submit(self, payload: Any, *, client: str | None = None) -> str:
+    def submit(
+        self, payload: Any, *, client: str | None = None, send_at: SendAt | None = None
+    ) -> str:
         """Validate and queue a message; returns its getMessageId.
 
+        With ``send_at`` (or ``sendAt`` in the payload) later than a second from now the
+        message is recorded ``scheduled`` and queued at that time (docs/api.md).
         Raises InvalidMessage (every broken field named), Conflict (id reused
         for other content) or Unavailable (Redis/broker down; nothing kept).
         """
-        return self.submit_message(self.validate(payload, client=client), client=client).message_id
+        message = self.validate(payload, client=client, send_at=send_at)
+        return self.submit_message(message, client=client).message_id
 
     @tracing.spanned(tracing.SPAN_SUBMIT)
     def submit_message(
@@ -191,7 +204,7 @@ class Dispatcher:
         ref = MessageRef(namespace or self.namespace, message_id)
         channel = self.route(message, client).name
         traceparent = tracing.submitting(ref.id, client, channel)
-        enqueue = self._queue_message(ref, traceparent)
+        enqueue = self.direct_enqueue(ref, traceparent)
         call = self.store.submit.prepare(
             ref,
             message,
@@ -200,6 +213,7 @@ class Dispatcher:
             enqueue=enqueue,
             gate=gate,
             traceparent=traceparent,
+            send_at_ms=message.sendAt,
         )
         return ref, call, enqueue is None
 
@@ -221,6 +235,9 @@ class Dispatcher:
                 "getMessageId=%s queued type=%d to=%s", ref.id, message.messageType, message.to
             )
             return Submitted(ref.id, created=True)
+        if outcome is CreateOutcome.SCHEDULED:
+            log.info("getMessageId=%s scheduled for %s ms", ref.id, message.sendAt)
+            return Submitted(ref.id, created=True, scheduled=True)
         if outcome is CreateOutcome.DUPLICATE:
             log.info("getMessageId=%s resubmitted with the same content: nothing queued", ref.id)
             return Submitted(ref.id, created=False)
@@ -235,23 +252,6 @@ class Dispatcher:
     def publish(self, ref: MessageRef) -> None:
         # No trace header: the attempt finds the submit's trace in the status record.
         self.celery.send_task(DELIVER_TASK, args=task_args(ref), queue=self.settings.queue)
-
-    def _queue_message(self, ref: MessageRef, traceparent: str | None) -> tuple[str, str] | None:
-        """(queue list key, task message) to push with the record; None: publish with kombu."""
-        if not self._enqueue_direct:
-            return None
-        template = self._template
-        if template is None or template.pid != os.getpid():  # origin names the process
-            try:
-                template = TaskMessageTemplate.capture(
-                    self.celery, DELIVER_TASK, self.settings.queue, traced=tracing.enabled()
-                )
-            except ValueError as exc:
-                log.warning("publishing through kombu: %s", exc)
-                self._enqueue_direct = False
-                return None
-            self._template = template
-        return template.queue_key, template.build(ref, traceparent)
 
     def _forget(self, ref: MessageRef, message: Message) -> None:
         try:

@@ -10,6 +10,7 @@ every script with its keys.
 - ``submit``    record ``queued`` (with its task and gate), or undo it
 - ``lease``     lease a message for an attempt, record the attempt's outcome
 - ``recovery``  claim what is overdue (the reaper), replay dead letters, trace rejects
+- ``schedule``  queue messages whose ``sendAt`` has come (the scheduler)
 - ``read``      records, dead letters, counters
 """
 
@@ -29,11 +30,13 @@ from dispatcher.store.lease import (
 from dispatcher.store.policy import StorePolicy
 from dispatcher.store.read import ReadStore
 from dispatcher.store.recovery import DiscardOutcome, Reaper, RecoveryStore, ReplayOutcome
+from dispatcher.store.schedule import Scheduler, ScheduleStore
 from dispatcher.store.submit import CreateCall, CreateOutcome, CreateResult, SubmitStore
 
 
 class StatusStore:
-    """The stages over one Redis client: ``submit``, ``lease``, ``recovery``, ``read``."""
+    """The stages over one Redis client: ``submit``, ``lease``, ``recovery``, ``schedule``,
+    ``read``."""
 
     def __init__(self, client: redis.Redis, policy: StorePolicy | None = None) -> None:
         self.redis = client
@@ -41,6 +44,7 @@ class StatusStore:
         self.submit = SubmitStore(client, self.policy)
         self.lease = LeaseStore(client, self.policy)
         self.recovery = RecoveryStore(client, self.policy)
+        self.schedule = ScheduleStore(client, self.policy)
         self.read = ReadStore(client)
 
     @classmethod
@@ -60,6 +64,8 @@ __all__ = [
     "Reaper",
     "RecoveryStore",
     "ReplayOutcome",
+    "ScheduleStore",
+    "Scheduler",
     "StandDown",
     "StandDownReason",
     "StatusStore",

@@ -6,7 +6,7 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
-local TERMINAL = {delivered = true, failed = true, dead = true}
+local TERMINAL = {delivered = true, failed = true, dead = true, cancelled = true, recalled = true}
 
 -- Append one state change to a message's bounded history list.
 local function push_history(key, state, at, detail, limit, ttl)
