@@ -40,6 +40,7 @@ from dispatcher.record import DeadLetter, StatusRecord
 from dispatcher.routing import Routing, check_routing, route
 from dispatcher.scheduling import SendAt, apply_send_at
 from dispatcher.store import (
+    CancelResult,
     CreateCall,
     CreateOutcome,
     CreateResult,
@@ -47,6 +48,7 @@ from dispatcher.store import (
     ReplayOutcome,
     StatusStore,
 )
+from dispatcher.withdraw import RecallResult, Withdrawal
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +102,7 @@ class Dispatcher:
             settings.queue,
             enabled=broker_is_store(settings) and self.celery.conf.broker_url == settings.redis_url,
         )
+        self.withdrawal = Withdrawal(settings, self.store)
         self._routing = _routing_by_client(settings)
 
     def route(self, message: Message, client: str | None = None) -> ChannelSpec:
@@ -270,6 +273,14 @@ class Dispatcher:
     def status_many(self, messages: Sequence[str | MessageRef]) -> list[StatusRecord | None]:
         with _unavailable("status store"):
             return self.store.read.get_many([self.ref(m) for m in messages])
+
+    def cancel(self, message: str | MessageRef, *, by: str | None = None) -> CancelResult:
+        """Cancel a message not sent yet; the result says what happened (docs/api.md)."""
+        return self.withdrawal.cancel(self.ref(message), by)
+
+    def recall(self, message: str | MessageRef, *, by: str | None = None) -> RecallResult:
+        """Recall a delivered message from its recipients (RecallRefused says why not)."""
+        return self.withdrawal.recall(self.ref(message), by)
 
     def upload(
         self,

@@ -14,8 +14,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import BeforeValidator
 
-from dispatcher.errors import FieldError, InvalidMessage
-
 if TYPE_CHECKING:
     from dispatcher.models import Message
 
@@ -67,6 +65,8 @@ def check_horizon(send_at_ms: int, now_ms: int, max_days: float) -> None:
 def apply_send_at(message: Message, send_at: SendAt | None, max_days: float) -> None:
     """Set ``send_at`` (when given) as the message's sendAt and check how far ahead it
     is; InvalidMessage naming ``sendAt`` otherwise."""
+    from dispatcher.errors import FieldError, InvalidMessage  # a neighbour on floor 1
+
     try:
         if send_at is not None:
             message.sendAt = parse_send_at(send_at)

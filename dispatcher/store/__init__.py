@@ -11,6 +11,7 @@ every script with its keys.
 - ``lease``     lease a message for an attempt, record the attempt's outcome
 - ``recovery``  claim what is overdue (the reaper), replay dead letters, trace rejects
 - ``schedule``  queue messages whose ``sendAt`` has come (the scheduler)
+- ``withdraw``  cancel a message not sent yet, record a recall of a delivered one
 - ``read``      records, dead letters, counters
 """
 
@@ -32,11 +33,12 @@ from dispatcher.store.read import ReadStore
 from dispatcher.store.recovery import DiscardOutcome, Reaper, RecoveryStore, ReplayOutcome
 from dispatcher.store.schedule import Scheduler, ScheduleStore
 from dispatcher.store.submit import CreateCall, CreateOutcome, CreateResult, SubmitStore
+from dispatcher.store.withdraw import CancelOutcome, CancelResult, WithdrawStore
 
 
 class StatusStore:
     """The stages over one Redis client: ``submit``, ``lease``, ``recovery``, ``schedule``,
-    ``read``."""
+    ``withdraw``, ``read``."""
 
     def __init__(self, client: redis.Redis, policy: StorePolicy | None = None) -> None:
         self.redis = client
@@ -45,6 +47,7 @@ class StatusStore:
         self.lease = LeaseStore(client, self.policy)
         self.recovery = RecoveryStore(client, self.policy)
         self.schedule = ScheduleStore(client, self.policy)
+        self.withdraw = WithdrawStore(client, self.policy)
         self.read = ReadStore(client)
 
     @classmethod
@@ -54,6 +57,8 @@ class StatusStore:
 
 __all__ = [
     "LATENCY_BUCKETS_MS",
+    "CancelOutcome",
+    "CancelResult",
     "CreateCall",
     "CreateOutcome",
     "CreateResult",
@@ -72,4 +77,5 @@ __all__ = [
     "StorePolicy",
     "SubmitStore",
     "Transition",
+    "WithdrawStore",
 ]
