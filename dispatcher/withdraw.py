@@ -19,7 +19,7 @@ from dispatcher.channels import registry
 from dispatcher.channels.base import RecallAnswer, RecallRequest, RecallVerdict
 from dispatcher.config import Settings
 from dispatcher.connections import REDIS_ERRORS
-from dispatcher.errors import ApiError, NotFound, Unavailable
+from dispatcher.errors import NotFound, RecallRefused, Unavailable
 from dispatcher.ids import MessageRef
 from dispatcher.record import State
 from dispatcher.store import CancelOutcome, CancelResult, StatusStore
@@ -35,14 +35,6 @@ Recall = Callable[[Settings, Any, RecallRequest], RecallAnswer]
 def announce(event: str, ref: MessageRef, record: dict[str, Any]) -> None:
     """A message was cancelled or recalled: the one place subscribers (webhooks) hook in."""
     log.info("getMessageId=%s %s %s", ref.id, event, record.get("detail", ""))
-
-
-class RecallRefused(ApiError):
-    """409: the message cannot be recalled; ``reason`` says why (docs/api.md)."""
-
-    def __init__(self, reason: str, message: str, **data: Any) -> None:
-        self.reason = reason
-        super().__init__(409, message, {"reason": reason, **data})
 
 
 @dataclass(frozen=True, slots=True)

@@ -140,6 +140,9 @@ def _record(ref: MessageRef, values: list[Any], history: list[Any]) -> StatusRec
         return None
     last_error = fields["lastError"]
     entries = []
+    if fields["state"] == State.SCHEDULED and not history:
+        # A waiting message has no history list yet (lua/create.lua): its one entry.
+        history = [json.dumps({"state": "scheduled", "at": fields["createdAt"]})]
     for raw in history:
         entry = json.loads(text(raw))
         entries.append(

@@ -27,6 +27,8 @@ from tests.fault.harness import (
 pytestmark = pytest.mark.fault
 
 WORKERS = 4
+MEMORY_BUDGET = 1536
+"""Redis bytes a scheduled text message may cost while it waits (record, history, entry)."""
 PROMOTED = "scheduled time reached"
 """How the history of a promotion begins (lua/promote_due.lua)."""
 FAST_PROVIDER = {"calls_per_second": 100_000, "messages_per_minute": 10_000_000}
@@ -87,6 +89,13 @@ def wait_promoted(dispatcher: Any, timeout: float) -> None:
         time.sleep(0.2)
 
 
+def stored_bytes(dispatcher: Any) -> int:
+    """Redis memory minus what is not data: the append-only file's and clients' buffers."""
+    memory = dispatcher.redis.info("memory")
+    buffers = ("mem_aof_buffer", "mem_clients_normal", "mem_clients_slaves")
+    return int(memory["used_memory"]) - sum(int(memory.get(name, 0)) for name in buffers)
+
+
 def held_by_workers(dispatcher: Any) -> dict[str, Any]:
     """What ``celery inspect scheduled`` lists per worker (ETA tasks held in memory)."""
     replies = dispatcher.celery.control.inspect(timeout=3).scheduled() or {}
@@ -103,7 +112,9 @@ def test_scheduled_messages_are_queued_within_a_second_of_their_time_once(
 ) -> None:
     count, seconds = load()
     workers = start_all(start_worker)
+    used_before = stored_bytes(dispatcher)
     due = schedule_spread(dispatcher, count, seconds, lead=3 + count / 1500)
+    per_message = (stored_bytes(dispatcher) - used_before) / count
     assert dispatcher.redis.llen(dispatcher.settings.queue) == 0
     seen_replies = 0
     while dispatcher.store.schedule.waiting():
@@ -117,8 +128,10 @@ def test_scheduled_messages_are_queued_within_a_second_of_their_time_once(
     p50, p99 = statistics.median(lags), percentile(lags, 0.99)
     print(
         f"\n{count} messages over {seconds:.0f}s, {WORKERS} workers: promotion lag "
-        f"p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms, max {max(lags) * 1000:.0f} ms"
+        f"p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms, max {max(lags) * 1000:.0f} ms; "
+        f"{per_message:.0f} Redis bytes per scheduled message"
     )
+    assert per_message <= MEMORY_BUDGET
     assert min(lags) >= 0, "a message was queued before its time"
     assert p99 < 1.0
     records = assert_invariants(dispatcher, easemob, list(due), timeout=60 + count / 50)

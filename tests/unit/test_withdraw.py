@@ -14,13 +14,12 @@ from dispatcher import keys
 from dispatcher.channels.easemob import EasemobChannel
 from dispatcher.channels.easemob.recall import RecallVerdict, read_answer
 from dispatcher.config import Settings
-from dispatcher.errors import NotFound
+from dispatcher.errors import NotFound, RecallRefused
 from dispatcher.producer import Dispatcher
 from dispatcher.record import State
 from dispatcher.sandbox.easemob import create_easemob_app
 from dispatcher.sandbox.server import ServerThread
 from dispatcher.store import CancelOutcome, Lease, StandDown, StandDownReason
-from dispatcher.withdraw import RecallRefused
 from tests.conftest import (
     EASEMOB_APP,
     EASEMOB_CLIENT_ID,
@@ -79,6 +78,8 @@ def test_a_message_not_sent_yet_is_cancelled_and_never_leased_again(
     record = dispatcher.status("m0c")
     assert record is not None and record.state == "cancelled"
     assert record.history[-1].detail == "cancelled by ops"
+    expected = ["scheduled", "cancelled"] if when == "scheduled" else [when, "cancelled"]
+    assert [h.state for h in record.history][-2:] == expected
     r = dispatcher.redis
     assert r.zscore(keys.SCHEDULE, ref("m0c").member) is None
     assert r.zscore(keys.IN_FLIGHT, ref("m0c").member) is None

@@ -8,7 +8,8 @@
 -- args: member ttl# history_limit# detail
 -- include: lib
 
-local state = redis.call('HGET', message, 'state')
+local s = redis.call('HMGET', message, 'state', 'createdAt', 'scheduledFor')
+local state = s[1]
 if not state then return 'missing' end
 if TERMINAL[state] then return 'terminal:' .. state end
 if state == 'processing' then return 'processing' end
@@ -19,5 +20,6 @@ redis.call('ZREM', schedule, member)
 redis.call('ZREM', inflight, member)
 redis.call('HINCRBY', stats, 'state:cancelled', 1)
 redis.call('EXPIRE', message, ttl)
+if state == 'scheduled' then scheduled_history(history, s[2], s[3], history_limit, ttl) end
 push_history(history, 'cancelled', now, detail, history_limit, ttl)
 return 'cancelled:' .. state

@@ -17,6 +17,12 @@ local function push_history(key, state, at, detail, limit, ttl)
   redis.call('EXPIRE', key, ttl)
 end
 
+-- The first history entry of a message leaving ``scheduled``: the submit wrote none, to
+-- keep a waiting message to one key (dispatcher/store/lua/create.lua).
+local function scheduled_history(key, created_at, due, limit, ttl)
+  push_history(key, 'scheduled', tonumber(created_at), 'for ' .. due .. ' (epoch ms)', limit, ttl)
+end
+
 -- Why an operator's action on a dead letter does not apply, or nil when the message is dead.
 local function not_dead(message_key, dead_key, member)
   local state = redis.call('HGET', message_key, 'state')

@@ -21,13 +21,16 @@ for i = 1, #batch, 2 do
   if due and tonumber(due) <= now then
     redis.call('ZREM', schedule, member)
     local mkey = key_open .. member .. record_close
-    if redis.call('HGET', mkey, 'state') == 'scheduled' then
+    local s = redis.call('HMGET', mkey, 'state', 'createdAt')
+    if s[1] == 'scheduled' then
+      local hkey = key_open .. member .. history_close
       if queue then redis.call('LPUSH', queue, task) end
       redis.call('HSET', mkey, 'state', 'queued', 'updatedAt', now)
       redis.call('EXPIRE', mkey, ttl)
       redis.call('ZADD', inflight, now + queued_grace_ms, member)
       redis.call('HINCRBY', stats, 'promoted', 1)
-      push_history(key_open .. member .. history_close, 'queued', now,
+      scheduled_history(hkey, s[2], due, history_limit, ttl)
+      push_history(hkey, 'queued', now,
         'scheduled time reached (' .. (now - tonumber(due)) .. ' ms after it)', history_limit, ttl)
       table.insert(promoted, member)
     end
