@@ -12,7 +12,7 @@ import time
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
-from pydantic import BeforeValidator
+from pydantic import BeforeValidator, WithJsonSchema
 
 if TYPE_CHECKING:
     from dispatcher.models import Message
@@ -52,7 +52,20 @@ def parse_send_at(value: Any) -> int:
     )
 
 
-SendAtMs = Annotated[int, BeforeValidator(parse_send_at)]
+SendAtMs = Annotated[
+    int,
+    BeforeValidator(parse_send_at),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "format": "date-time"},
+                {"type": "integer", "minimum": 0},
+            ],
+            "description": "when to send: RFC 3339 with an offset, or epoch milliseconds; "
+            "past or within 1 s means now (docs/api.md)",
+        }
+    ),
+]
 """A request's ``sendAt``, validated into epoch milliseconds."""
 
 
