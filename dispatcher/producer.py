@@ -40,7 +40,6 @@ from dispatcher.record import DeadLetter, StatusRecord
 from dispatcher.routing import Routing, check_routing, route
 from dispatcher.scheduling import SendAt, apply_send_at
 from dispatcher.store import (
-    CancelResult,
     CreateCall,
     CreateOutcome,
     CreateResult,
@@ -48,7 +47,7 @@ from dispatcher.store import (
     ReplayOutcome,
     StatusStore,
 )
-from dispatcher.withdraw import RecallResult, Withdrawal
+from dispatcher.withdraw import CancelResult, RecallResult, Withdrawal
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +65,6 @@ class Submitted:
     message_id: str
     created: bool
     """False when the same id and content were already accepted (nothing new queued)."""
-    scheduled: bool = False
-    """Recorded ``scheduled``: queued at its ``sendAt``."""
 
 
 class Dispatcher:
@@ -97,11 +94,8 @@ class Dispatcher:
         # Refuses new work while Redis memory is nearly full.
         self.health = RedisHealth.from_settings(self.redis, settings)
         # The broker is this Redis: queue the task in the script that records ``queued``.
-        self.direct_enqueue = DirectEnqueue(
-            self.celery,
-            settings.queue,
-            enabled=broker_is_store(settings) and self.celery.conf.broker_url == settings.redis_url,
-        )
+        direct = broker_is_store(settings) and self.celery.conf.broker_url == settings.redis_url
+        self.direct_enqueue = DirectEnqueue(self.celery, settings.queue, enabled=direct)
         self.withdrawal = Withdrawal(settings, self.store)
         self._routing = _routing_by_client(settings)
 
@@ -123,14 +117,11 @@ class Dispatcher:
     def from_env(cls) -> Dispatcher:
         return cls(Settings())
 
-    def validate(
-        self, payload: Any, *, client: str | None = None, send_at: SendAt | None = None
-    ) -> Message:
+    def validate(self, payload: Any, *, client: str | None = None) -> Message:
         """Parse and check a request body without queuing it (raises InvalidMessage),
-        also against the channel the center picks for ``client``. ``send_at`` (a
-        datetime with its zone, RFC 3339 text or epoch ms) stands for the body's sendAt."""
+        also against the channel the center picks for ``client``."""
         message = parse_message(payload, media_domain=self.settings.qiniu_domain)
-        apply_send_at(message, send_at, self.settings.schedule_max_days)
+        apply_send_at(message, None, self.settings.schedule_max_days)
         channel = self.route(message, client)
         message_id = message.getMessageId or new_message_id(self.settings.id_prefix)
         channel.check_size(self.settings, message_id, message, client)
@@ -139,14 +130,12 @@ class Dispatcher:
     def submit(
         self, payload: Any, *, client: str | None = None, send_at: SendAt | None = None
     ) -> str:
-        """Validate and queue a message; returns its getMessageId.
-
-        With ``send_at`` (or ``sendAt`` in the payload) later than a second from now the
-        message is recorded ``scheduled`` and queued at that time (docs/api.md).
-        Raises InvalidMessage (every broken field named), Conflict (id reused
+        """Validate and queue a message (at ``send_at``, or the body's sendAt: docs/api.md);
+        returns its getMessageId. Raises InvalidMessage (every broken field named), Conflict (id reused
         for other content) or Unavailable (Redis/broker down; nothing kept).
         """
-        message = self.validate(payload, client=client, send_at=send_at)
+        message = self.validate(payload, client=client)
+        apply_send_at(message, send_at, self.settings.schedule_max_days)
         return self.submit_message(message, client=client).message_id
 
     @tracing.spanned(tracing.SPAN_SUBMIT)
@@ -233,14 +222,12 @@ class Dispatcher:
     ) -> Submitted:
         """The answer to a submit once the store has spoken (raises for every refusal)."""
         outcome = result.outcome
-        if outcome is CreateOutcome.CREATED:
+        if outcome in (CreateOutcome.CREATED, CreateOutcome.SCHEDULED):
+            state = "queued" if outcome is CreateOutcome.CREATED else "scheduled"
             log.info(
-                "getMessageId=%s queued type=%d to=%s", ref.id, message.messageType, message.to
+                "getMessageId=%s %s type=%d to=%s", ref.id, state, message.messageType, message.to
             )
             return Submitted(ref.id, created=True)
-        if outcome is CreateOutcome.SCHEDULED:
-            log.info("getMessageId=%s scheduled for %s ms", ref.id, message.sendAt)
-            return Submitted(ref.id, created=True, scheduled=True)
         if outcome is CreateOutcome.DUPLICATE:
             log.info("getMessageId=%s resubmitted with the same content: nothing queued", ref.id)
             return Submitted(ref.id, created=False)

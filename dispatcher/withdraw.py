@@ -24,6 +24,15 @@ from dispatcher.ids import MessageRef
 from dispatcher.record import State
 from dispatcher.store import CancelOutcome, CancelResult, StatusStore
 
+__all__ = [
+    "CancelResult",
+    "RecallResult",
+    "RecipientRecall",
+    "Withdrawal",
+    "announce",
+    "recipients",
+]
+
 log = logging.getLogger(__name__)
 
 CANCELLED_EVENT = "message.cancelled"
