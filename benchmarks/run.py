@@ -1,4 +1,5 @@
-"""Benchmarks P1-P5 of issue 7, each beside a baseline measured in the same run.
+"""Benchmarks P1-P5 of issue 7 and P9 (scheduled sends), each beside a baseline measured
+in the same run (P9's baseline: the same worker idle).
 
     python benchmarks/run.py --quick          # < 3 minutes on 2 cores
     python benchmarks/run.py --only P1,P2     # a subset
@@ -7,7 +8,7 @@
                                               # also P1, P3 with RabbitMQ as the broker
 
 Starts its own Redis (no AOF), the Easemob simulator and every worker/API
-process, runs, stops them and prints one JSON object with keys P1..P5, each
+process, runs, stops them and prints one JSON object with keys P1..P5 and P9, each
 ``{"value", "baseline", "ratio", "goal", "met", ...details}``. Progress goes
 to stderr. Figures are ratios against baselines on the same Redis with the
 same pool and concurrency; absolute numbers move with the machine's load.
@@ -512,6 +513,13 @@ class Bench:
 
         self.results["P4"] = http_bench.run(self, say)
 
+    # -- P9 ----------------------------------------------------------------
+
+    def p9(self) -> None:
+        from benchmarks import scheduled
+
+        self.results["P9"] = scheduled.run(self, say)
+
     # -- all ---------------------------------------------------------------
 
     def run(self, only: set[str]) -> dict[str, Any]:
@@ -536,10 +544,12 @@ class Bench:
                 self.p4()
             if "P5" in only:
                 self.p5()
+            if "P9" in only:
+                self.p9()
         finally:
             self.redis.close()
             self.server.cleanup()
-        keys_in_order = ("P1", "P1_amqp", "P2", "P3", "P3_amqp", "P4", "P5")
+        keys_in_order = ("P1", "P1_amqp", "P2", "P3", "P3_amqp", "P4", "P5", "P9")
         out: dict[str, Any] = {k: self.results[k] for k in keys_in_order if k in self.results}
         out["machine"] = machine()
         out["seconds"] = round(time.monotonic() - started, 1)
@@ -568,7 +578,7 @@ def machine() -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small N: under 3 minutes")
-    parser.add_argument("--only", default="P1,P2,P3,P4,P5", help="comma-separated subset")
+    parser.add_argument("--only", default="P1,P2,P3,P4,P5,P9", help="comma-separated subset")
     parser.add_argument("--pool", default=None, help="worker pool (default: the product's)")
     parser.add_argument("--concurrency", type=int, default=None)
     parser.add_argument(

@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from dispatcher import cli_withdraw
 from dispatcher.cli_dlq import dlq
 from dispatcher.cli_message import TYPE_NAMES, json_object, load_settings, message_info
 from dispatcher.errors import DispatcherError, InvalidMessage
@@ -331,5 +332,6 @@ def reaper(once: bool) -> None:
 main.add_command(dlq)
 
 
+cli_withdraw.register(main)
 if __name__ == "__main__":  # pragma: no cover
     main()

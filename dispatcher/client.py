@@ -42,6 +42,7 @@ from dispatcher.errors import (
     MessageTooLarge,
     NotFound,
     RateLimited,
+    RecallRefused,
     Unauthorized,
     Unavailable,
 )
@@ -121,6 +122,8 @@ def raise_for_envelope(response: httpx.Response, client_id: str = "") -> Any:
         raise Unauthorized(message)
     if code == 404:
         raise NotFound(message)
+    if code == 409 and isinstance(data, dict) and "reason" in data:
+        raise RecallRefused(str(data.pop("reason")), message, **data)
     if code == 409:
         raise Conflict(str((data or {}).get("getMessageId", "")) or message)
     if code == 429:
@@ -162,6 +165,12 @@ class _Base:
     def _status_request(self, message_id: str, owner: str | None) -> tuple[str, dict[str, str]]:
         path = paths.STATUS.format(getMessageId=quote(message_id, safe=""))
         return path, self.signer.sign("GET", path, b"", _owner(owner))
+
+    def _action_request(
+        self, template: str, message_id: str, owner: str | None
+    ) -> tuple[str, dict[str, str]]:
+        path = template.format(getMessageId=quote(message_id, safe=""))
+        return path, self.signer.sign("POST", path, b"", _owner(owner))
 
     def _status_many_request(
         self, ids: Sequence[str], owner: str | None
@@ -219,6 +228,19 @@ class Client(_Base):
         path, params, body = self._status_many_request(message_ids, owner)
         records: list[dict[str, Any] | None] = self._call("POST", path, params, body)
         return records
+
+    def cancel(self, message_id: str, *, owner: str | None = None) -> dict[str, Any]:
+        """Cancel a message not sent yet: ``{"outcome", "state", ...}`` (docs/api.md);
+        ``owner``: an admin client names the client whose message it is."""
+        path, params = self._action_request(paths.CANCEL, message_id, owner)
+        answer: dict[str, Any] = self._call("POST", path, params, None)
+        return answer
+
+    def recall(self, message_id: str, *, owner: str | None = None) -> dict[str, Any]:
+        """Recall a delivered message; RecallRefused (``.reason``) when it cannot be."""
+        path, params = self._action_request(paths.RECALL, message_id, owner)
+        answer: dict[str, Any] = self._call("POST", path, params, None)
+        return answer
 
     def _call(self, method: str, path: str, params: dict[str, str], body: bytes | None) -> Any:
         try:
@@ -281,6 +303,16 @@ class AsyncClient(_Base):
         records: list[dict[str, Any] | None] = await self._call("POST", path, params, body)
         return records
 
+    async def cancel(self, message_id: str, *, owner: str | None = None) -> dict[str, Any]:
+        path, params = self._action_request(paths.CANCEL, message_id, owner)
+        answer: dict[str, Any] = await self._call("POST", path, params, None)
+        return answer
+
+    async def recall(self, message_id: str, *, owner: str | None = None) -> dict[str, Any]:
+        path, params = self._action_request(paths.RECALL, message_id, owner)
+        answer: dict[str, Any] = await self._call("POST", path, params, None)
+        return answer
+
     async def _call(
         self, method: str, path: str, params: dict[str, str], body: bytes | None
     ) -> Any:
@@ -315,6 +347,7 @@ __all__ = [
     "InvalidMessage",
     "MessageTooLarge",
     "RateLimited",
+    "RecallRefused",
     "Unauthorized",
     "Unavailable",
 ]

@@ -118,6 +118,11 @@ class Settings(BaseSettings):
     retry_grace: int = 30
     max_requeues: int = 5
 
+    # Scheduled delivery, cancel and recall (docs/api.md, "Send later, cancel, recall")
+    schedule_max_days: float = Field(default=30.0, gt=0)
+    scheduler_interval: float = Field(default=0.2, ge=0)
+    easemob_recall_window: int = Field(default=120, ge=0)
+
     # Redis health (F6 in docs/reliability.md): refuse new submissions from this fraction of maxmemory
     memory_refuse_ratio: float = Field(default=0.9, ge=0, le=1)
     memory_check_interval: float = Field(default=2.0, ge=0)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import re
 import uuid
@@ -34,8 +35,11 @@ from kombu.connection import Connection
 from kombu.transport import memory
 from kombu.utils.json import dumps as kombu_dumps
 
+from dispatcher import tracing
 from dispatcher.ids import MessageRef
 from dispatcher.tracing import TRACEPARENT
+
+log = logging.getLogger(__name__)
 
 DELIVER_TASK = "dispatcher.deliver"
 
@@ -179,6 +183,38 @@ class TaskMessageTemplate:
             out.append(values[parts[i]])
             out.append(parts[i + 1])
         return "".join(out)
+
+
+class DirectEnqueue:
+    """The queue messages our scripts push themselves, when the broker is the status
+    store's Redis (the submit and the scheduler's promotion); None otherwise, and the
+    caller publishes through kombu."""
+
+    def __init__(self, app: Celery, queue: str, *, enabled: bool) -> None:
+        self.app = app
+        self.queue = queue
+        self.enabled = enabled
+        """The broker is the status store's Redis (``broker.broker_is_store``)."""
+        self._template: TaskMessageTemplate | None = None
+
+    def __call__(self, ref: MessageRef, traceparent: str | None = None) -> tuple[str, str] | None:
+        """(queue list key, task message) for one delivery of ``ref``, or None; with
+        tracing on, ``traceparent`` is the trace the attempt continues (without one the
+        attempt finds the submit's in the status record)."""
+        if not self.enabled:
+            return None
+        template = self._template
+        if template is None or template.pid != os.getpid():  # origin names the process
+            try:
+                template = TaskMessageTemplate.capture(
+                    self.app, DELIVER_TASK, self.queue, traced=tracing.enabled()
+                )
+            except ValueError as exc:
+                log.warning("publishing through kombu: %s", exc)
+                self.enabled = False
+                return None
+            self._template = template
+        return template.queue_key, template.build(ref, traceparent)
 
 
 def ref_in(entry: bytes | str | None) -> MessageRef | None:

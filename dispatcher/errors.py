@@ -148,6 +148,14 @@ class RateLimited(ApiError):
         )
 
 
+class RecallRefused(ApiError):
+    """409: the message cannot be recalled; ``reason`` says why (docs/api.md, "Recall")."""
+
+    def __init__(self, reason: str, message: str, **data: Any) -> None:
+        self.reason = reason
+        super().__init__(409, message, {"reason": reason, **data})
+
+
 class NotFound(ApiError):
     """404: no such message, or it belongs to another client."""
 

@@ -22,6 +22,11 @@ IN_FLIGHT = f"{PREFIX}:inflight"
 """Sorted set of every non-terminal message reference, scored by the time (ms) it must have
 progressed by: lease end, retry due time plus grace, or queued time plus grace."""
 
+SCHEDULE = f"{PREFIX}:schedule"
+"""Sorted set of message references (``MessageRef.member``) waiting for their time, scored
+by the time (ms) they are due to be queued. One key for the whole fleet: on a Redis
+Cluster it lives on one node (docs/architecture.md, "Scheduled delivery")."""
+
 MAX_DEAD_LETTERS = 100_000
 """The dead-letter index is trimmed to this many newest entries."""
 

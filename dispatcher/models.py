@@ -1,11 +1,8 @@
 """The messages dispatcher accepts: the envelope, ``ext``, and the validated :class:`Message`.
 
-``parse_message`` is the one entry point for untrusted input: it checks the
-envelope, the ``messageInfo`` of the given ``messageType``
-(:mod:`dispatcher.message_info`) and ``ext`` in one pass and raises
-:class:`~dispatcher.errors.InvalidMessage` naming every broken field. The
-status record is in :mod:`dispatcher.record`.
-"""
+``parse_message``, the one entry point for untrusted input, checks the envelope, the
+``messageInfo`` (:mod:`dispatcher.message_info`) and ``ext`` in one pass, naming every
+broken field. Records: :mod:`dispatcher.record`."""
 
 from __future__ import annotations
 
@@ -50,6 +47,7 @@ from dispatcher.message_info import (
     VideoInfo,
     VoiceInfo,
 )
+from dispatcher.scheduling import SendAtMs
 
 CUSTOM_EVENT_PATTERN = re.compile(r"^[a-zA-Z0-9\-_/.]{1,32}$")
 RESERVED_EXT_KEY = "dispatcher"
@@ -165,6 +163,7 @@ class Envelope(BaseModel):
     getMessageId: str | None = Field(default=None, pattern=ID_PATTERN.pattern)
     targetType: TargetType | None = None
     channelType: StrictInt | None = Field(default=None, description="a hint (routing.py)")
+    sendAt: SendAtMs | None = None
 
     @field_validator("messageType", mode="before")
     @classmethod
@@ -208,6 +207,7 @@ class Message(BaseModel):
     getMessageId: str | None = None
     targetType: TargetType | None = None
     channelType: int | None = None  # the caller's hint (routing.py); not stored
+    sendAt: int | None = None  # epoch ms (scheduling.py); in the record, not in stored()
 
     @property
     def target_type(self) -> TargetType:
@@ -355,6 +355,7 @@ def parse_message(payload: Any, *, media_domain: str | None = None) -> Message:
         getMessageId=envelope.getMessageId,
         targetType=envelope.targetType,
         channelType=envelope.channelType,
+        sendAt=envelope.sendAt,
     )
 
 

@@ -30,7 +30,7 @@ from dispatcher.broker import broker_is_store, make_celery
 from dispatcher.channels import ChannelSpec
 from dispatcher.config import Settings
 from dispatcher.connections import REDIS_ERRORS, redis_client
-from dispatcher.enqueue import DELIVER_TASK, TaskMessageTemplate, task_args
+from dispatcher.enqueue import DELIVER_TASK, DirectEnqueue, task_args
 from dispatcher.errors import Conflict, RateLimited, Unauthorized, Unavailable
 from dispatcher.gate import REPLAYED, Gate
 from dispatcher.health import RedisHealth
@@ -38,6 +38,7 @@ from dispatcher.ids import NAMESPACE_PATTERN, MessageRef, new_message_id
 from dispatcher.models import Message, parse_message
 from dispatcher.record import DeadLetter, StatusRecord
 from dispatcher.routing import Routing, check_routing, route
+from dispatcher.scheduling import SendAt, apply_send_at
 from dispatcher.store import (
     CreateCall,
     CreateOutcome,
@@ -46,6 +47,7 @@ from dispatcher.store import (
     ReplayOutcome,
     StatusStore,
 )
+from dispatcher.withdraw import CancelResult, RecallResult, Withdrawal
 
 log = logging.getLogger(__name__)
 
@@ -92,10 +94,9 @@ class Dispatcher:
         # Refuses new work while Redis memory is nearly full.
         self.health = RedisHealth.from_settings(self.redis, settings)
         # The broker is this Redis: queue the task in the script that records ``queued``.
-        self._enqueue_direct = broker_is_store(settings) and (
-            self.celery.conf.broker_url == settings.redis_url
-        )
-        self._template: TaskMessageTemplate | None = None
+        direct = broker_is_store(settings) and self.celery.conf.broker_url == settings.redis_url
+        self.direct_enqueue = DirectEnqueue(self.celery, settings.queue, enabled=direct)
+        self.withdrawal = Withdrawal(settings, self.store)
         self._routing = _routing_by_client(settings)
 
     def route(self, message: Message, client: str | None = None) -> ChannelSpec:
@@ -120,18 +121,22 @@ class Dispatcher:
         """Parse and check a request body without queuing it (raises InvalidMessage),
         also against the channel the center picks for ``client``."""
         message = parse_message(payload, media_domain=self.settings.qiniu_domain)
+        apply_send_at(message, None, self.settings.schedule_max_days)
         channel = self.route(message, client)
         message_id = message.getMessageId or new_message_id(self.settings.id_prefix)
         channel.check_size(self.settings, message_id, message, client)
         return message
 
-    def submit(self, payload: Any, *, client: str | None = None) -> str:
-        """Validate and queue a message; returns its getMessageId.
-
-        Raises InvalidMessage (every broken field named), Conflict (id reused
+    def submit(
+        self, payload: Any, *, client: str | None = None, send_at: SendAt | None = None
+    ) -> str:
+        """Validate and queue a message (at ``send_at``, or the body's sendAt: docs/api.md);
+        returns its getMessageId. Raises InvalidMessage (every broken field named), Conflict (id reused
         for other content) or Unavailable (Redis/broker down; nothing kept).
         """
-        return self.submit_message(self.validate(payload, client=client), client=client).message_id
+        message = self.validate(payload, client=client)
+        apply_send_at(message, send_at, self.settings.schedule_max_days)
+        return self.submit_message(message, client=client).message_id
 
     @tracing.spanned(tracing.SPAN_SUBMIT)
     def submit_message(
@@ -191,7 +196,7 @@ class Dispatcher:
         ref = MessageRef(namespace or self.namespace, message_id)
         channel = self.route(message, client).name
         traceparent = tracing.submitting(ref.id, client, channel)
-        enqueue = self._queue_message(ref, traceparent)
+        enqueue = self.direct_enqueue(ref, traceparent)
         call = self.store.submit.prepare(
             ref,
             message,
@@ -200,6 +205,7 @@ class Dispatcher:
             enqueue=enqueue,
             gate=gate,
             traceparent=traceparent,
+            send_at_ms=message.sendAt,
         )
         return ref, call, enqueue is None
 
@@ -216,9 +222,10 @@ class Dispatcher:
     ) -> Submitted:
         """The answer to a submit once the store has spoken (raises for every refusal)."""
         outcome = result.outcome
-        if outcome is CreateOutcome.CREATED:
+        if outcome in (CreateOutcome.CREATED, CreateOutcome.SCHEDULED):
+            state = "queued" if outcome is CreateOutcome.CREATED else "scheduled"
             log.info(
-                "getMessageId=%s queued type=%d to=%s", ref.id, message.messageType, message.to
+                "getMessageId=%s %s type=%d to=%s", ref.id, state, message.messageType, message.to
             )
             return Submitted(ref.id, created=True)
         if outcome is CreateOutcome.DUPLICATE:
@@ -235,23 +242,6 @@ class Dispatcher:
     def publish(self, ref: MessageRef) -> None:
         # No trace header: the attempt finds the submit's trace in the status record.
         self.celery.send_task(DELIVER_TASK, args=task_args(ref), queue=self.settings.queue)
-
-    def _queue_message(self, ref: MessageRef, traceparent: str | None) -> tuple[str, str] | None:
-        """(queue list key, task message) to push with the record; None: publish with kombu."""
-        if not self._enqueue_direct:
-            return None
-        template = self._template
-        if template is None or template.pid != os.getpid():  # origin names the process
-            try:
-                template = TaskMessageTemplate.capture(
-                    self.celery, DELIVER_TASK, self.settings.queue, traced=tracing.enabled()
-                )
-            except ValueError as exc:
-                log.warning("publishing through kombu: %s", exc)
-                self._enqueue_direct = False
-                return None
-            self._template = template
-        return template.queue_key, template.build(ref, traceparent)
 
     def _forget(self, ref: MessageRef, message: Message) -> None:
         try:
@@ -270,6 +260,14 @@ class Dispatcher:
     def status_many(self, messages: Sequence[str | MessageRef]) -> list[StatusRecord | None]:
         with _unavailable("status store"):
             return self.store.read.get_many([self.ref(m) for m in messages])
+
+    def cancel(self, message: str | MessageRef, *, by: str | None = None) -> CancelResult:
+        """Cancel a message not sent yet; the result says what happened (docs/api.md)."""
+        return self.withdrawal.cancel(self.ref(message), by)
+
+    def recall(self, message: str | MessageRef, *, by: str | None = None) -> RecallResult:
+        """Recall a delivered message from its recipients (RecallRefused says why not)."""
+        return self.withdrawal.recall(self.ref(message), by)
 
     def upload(
         self,

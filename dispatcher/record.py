@@ -18,19 +18,24 @@ from dispatcher.models import MessageType, TargetType
 
 
 class State(StrEnum):
+    SCHEDULED = "scheduled"
     QUEUED = "queued"
     PROCESSING = "processing"
     RETRYING = "retrying"
     DELIVERED = "delivered"
     FAILED = "failed"
     DEAD = "dead"
+    CANCELLED = "cancelled"
+    RECALLED = "recalled"
 
     @property
     def terminal(self) -> bool:
         return self in TERMINAL_STATES
 
 
-TERMINAL_STATES = frozenset({State.DELIVERED, State.FAILED, State.DEAD})
+TERMINAL_STATES = frozenset(
+    {State.DELIVERED, State.FAILED, State.DEAD, State.CANCELLED, State.RECALLED}
+)
 
 
 class LastError(BaseModel):
@@ -59,6 +64,8 @@ class StatusRecord(BaseModel):
     attempts: int = 0
     createdAt: datetime
     updatedAt: datetime
+    scheduledFor: datetime | None = None
+    """When a message submitted with ``sendAt`` is (or was) due to be queued."""
     deliveredAt: datetime | None = None
     providerMessageId: str | None = None
     lastError: LastError | None = None

@@ -20,11 +20,11 @@ from dispatcher.broker import broker_is_store, consumer_store, make_celery
 from dispatcher.channels import Channel, open_channels
 from dispatcher.config import Settings, get_settings
 from dispatcher.connections import redis_client
-from dispatcher.enqueue import DELIVER_TASK, task_args
+from dispatcher.enqueue import DELIVER_TASK, DirectEnqueue, task_args
 from dispatcher.health import warn_redis_configuration
 from dispatcher.ids import MessageRef
 from dispatcher.logs import configure_logging
-from dispatcher.store import Reaper, StatusStore
+from dispatcher.store import Reaper, Scheduler, StatusStore
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +115,8 @@ def get_app() -> Celery:
     signals.worker_shutdown.connect(_stop_reaper, weak=False)
     signals.worker_shutdown.connect(_flush_durations, weak=False)
     signals.worker_process_shutdown.connect(_flush_durations, weak=False)
+    signals.worker_ready.connect(_start_scheduler, weak=False)
+    signals.worker_shutdown.connect(_stop_scheduler, weak=False)
     return app
 
 
@@ -176,3 +178,24 @@ def _stop_reaper(sender: Any = None, **_: Any) -> None:
     reaper = getattr(get_app(), "dispatcher_reaper", None)
     if reaper is not None:
         reaper.stop()
+
+
+def make_scheduler(store: StatusStore) -> Scheduler:
+    return Scheduler(
+        store.schedule,
+        DirectEnqueue(get_app(), get_settings().queue, enabled=broker_is_store(get_settings())),
+        publish,
+        interval=get_settings().scheduler_interval,
+    )
+
+
+def _start_scheduler(sender: Any = None, **_: Any) -> None:
+    # Every worker runs one, leaderless: a promotion claims each message atomically.
+    if get_settings().scheduler_interval > 0:
+        get_app().dispatcher_scheduler = make_scheduler(delivery_task().store).start()
+
+
+def _stop_scheduler(sender: Any = None, **_: Any) -> None:
+    scheduler = getattr(get_app(), "dispatcher_scheduler", None)
+    if scheduler is not None:
+        scheduler.stop()

@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from dispatcher import tracing
+from dispatcher.api import message_actions
 from dispatcher.api.admission import Admission
 from dispatcher.api.auth import Authenticator
 from dispatcher.api.docs_assets import install_docs
@@ -116,6 +117,7 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
     )
     app.state.runtime = runtime
     app.include_router(router)
+    app.include_router(message_actions.router)
     for channel in registry().channels:  # endpoints providers call back (WeChat's receipts)
         if channel.routes is not None and channel.configured(settings):
             app.include_router(channel.routes(settings, dispatcher.store))

@@ -215,7 +215,8 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         "allowed, missing or wrong sign, stale timestamp, or replayed nonce",
         403: "operators only: the client is not an admin",
         404: "no such message (or it belongs to another client)",
-        409: "getMessageId already used for a different message",
+        409: "submit: getMessageId already used for a different message; recall: the "
+        "message cannot be recalled, data.reason says why",
         413: "request body, or the provider message it makes, over the size limit",
         429: "the client's submit rate limit is used up; see Retry-After",
         503: "Redis or the broker is unreachable; nothing was accepted, retry later",

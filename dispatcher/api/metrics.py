@@ -52,6 +52,9 @@ TRANSITIONS = {
     "failed": ("dispatcher_failed", "Messages failed permanently."),
     "dead": ("dispatcher_dead", "Messages that used up their retries (dead letters)."),
     "retrying": ("dispatcher_retries", "Delivery attempts that will be retried."),
+    "scheduled": ("dispatcher_scheduled", "Messages accepted with a later sendAt."),
+    "cancelled": ("dispatcher_cancelled", "Messages cancelled before they were sent."),
+    "recalled": ("dispatcher_recalled", "Delivered messages recalled from every recipient."),
 }
 """Counters read from ``state:<state>`` in the shared stats hash."""
 
@@ -126,6 +129,7 @@ class StoreFigures:
     stats: dict[str, int]
     dead_letters: int
     in_flight: int
+    scheduled: int
     memory: MemoryUsage | None
 
 
@@ -155,11 +159,13 @@ class RedisCollector(Collector):
         pipe.hgetall(keys.STATS)
         pipe.zcard(keys.DEAD_LETTERS)
         pipe.zcard(keys.IN_FLIGHT)
-        stats, dead, in_flight = pipe.execute()
+        pipe.zcard(keys.SCHEDULE)
+        stats, dead, in_flight, scheduled = pipe.execute()
         return StoreFigures(
             {text(k): int(v) for k, v in stats.items()},
             int(dead),
             int(in_flight),
+            int(scheduled),
             _memory(self.store.redis),
         )
 
@@ -263,6 +269,11 @@ def _store_metrics(figures: StoreFigures) -> Iterator[Metric]:
         "dispatcher_in_flight",
         "Messages accepted and not yet delivered, failed or dead.",
         value=figures.in_flight,
+    )
+    yield GaugeMetricFamily(
+        "dispatcher_scheduled_waiting",
+        "Messages accepted with a sendAt that is still ahead (not counted as in flight).",
+        value=figures.scheduled,
     )
     for state, (name, documentation) in TRANSITIONS.items():
         yield CounterMetricFamily(name, documentation, value=stats.get(f"state:{state}", 0))

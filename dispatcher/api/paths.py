@@ -9,3 +9,5 @@ MAX_STATUS_IDS = 100
 DEAD_LETTERS = "/sender/v1/dead-letters"
 DEAD_LETTERS_REPLAY = "/sender/v1/dead-letters/replay"
 METRICS = "/metrics"
+CANCEL = "/sender/v1/messages/{getMessageId}/cancel"
+RECALL = "/sender/v1/messages/{getMessageId}/recall"

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -98,6 +100,37 @@ class ChannelSpec:
     routes: Callable[[Settings, StatusStore], APIRouter] | None = None
     """HTTP endpoints the provider calls back (WeChat's receipts), mounted by the API when
     the channel is configured."""
+    recall: Callable[[Settings, redis.Redis, RecallRequest], RecallAnswer] | None = None
+    """Take a delivered copy back from its recipient, within the provider's recall window
+    (None: the provider has no recall)."""
+
+
+class RecallVerdict(StrEnum):
+    """What a provider said to a recall. ``NOT_FOUND``: it no longer has the message
+    (expired, or recalled already); ``FAILED``: any other refusal or error."""
+
+    RECALLED = "recalled"
+    WINDOW_PASSED = "window_passed"
+    NOT_ENABLED = "not_enabled"
+    NOT_FOUND = "not_found"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class RecallRequest:
+    """One delivered copy to take back: the provider's id for it and its recipient."""
+
+    provider_message_id: str
+    to: str
+    target_type: str
+    sender: str
+    delivered_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class RecallAnswer:
+    verdict: RecallVerdict
+    detail: str
 
 
 Block = TypeVar("Block", bound=BaseModel)

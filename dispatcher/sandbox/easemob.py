@@ -43,6 +43,7 @@ from dispatcher.sandbox.easemob_checks import (
     json_object,
     now_ms,
 )
+from dispatcher.sandbox.easemob_recall import RecallBook
 from dispatcher.sandbox.skeleton import Simulator, record_traffic, require, simulator_app
 
 Clock = Callable[[], float]
@@ -96,6 +97,9 @@ class EasemobApp:
     token_calls_per_second: int = 300
     max_body_bytes: int = 5120
     max_users_per_call: int = 600
+    recall_window: float = 120.0
+    """Seconds after a send it may be recalled (the console's setting: 2 min to 7 days)."""
+    recall_enabled: bool = True
 
 
 class EasemobSimulator:
@@ -118,6 +122,7 @@ class EasemobSimulator:
         self.message_window = SlidingWindow(config.messages_per_minute, 60.0, clock)
         # Snowflake-like: milliseconds shifted left, then a counter: 19 digits, increasing.
         self._ids = itertools.count(int(time.time() * 1000) << 22)
+        self.recalls = RecallBook(config.recall_window, config.recall_enabled, clock)
         self._stats = dict.fromkeys(
             (
                 "token_calls",
@@ -270,7 +275,10 @@ def create_easemob_app(*, clock: Clock = time.monotonic, **options: Any) -> Fast
             raise EasemobError(403, "message_send_error", "message send reach limit", FORBIDDEN_OP)
         sim.count("messages_accepted", len(targets))
         # One id per recipient; a repeated target keeps the last one, as a map does.
-        return {target: sim.next_message_id() if reply_ids else "success" for target in targets}
+        data = {target: sim.next_message_id() if reply_ids else "success" for target in targets}
+        for target, message_id in data.items():
+            sim.recalls.sent(message_id, target_type, target)
+        return data
 
     async def checked_body(
         request: Request, org: str, app_name: str, *, token_call: bool = False
@@ -318,6 +326,18 @@ def create_easemob_app(*, clock: Clock = time.monotonic, **options: Any) -> Fast
         reply_ids = request.query_params.get("useMsgId", "").lower() == "true"
         data = accept(request, target_type, targets, classic=True, reply_ids=reply_ids)
         return envelope(request, "/messages", data)
+
+    # Before the send route below, whose {target_type} would take "msg_recall".
+    @api.post("/{org}/{app_name}/messages/msg_recall", tags=["easemob"])
+    async def recall(org: str, app_name: str, request: Request) -> dict[str, Any]:
+        payload = await checked_body(request, org, app_name)
+        verdict = sim.recalls.recall(payload)
+        if verdict != "yes":
+            return {"msgs": [{"msg_id": payload["msg_id"], "recalled": verdict}]}
+        chat_type = payload["chat_type"]
+        data = {"recalled": "yes", "chattype": chat_type, "from": payload.get("from") or "admin"}
+        data |= {"to": payload["to"], "msg_id": payload["msg_id"]}
+        return envelope(request, "/messages/msg_recall", data)
 
     @api.post("/{org}/{app_name}/messages/{target_type}", tags=["easemob"])
     async def send_new(
@@ -374,6 +394,7 @@ def create_easemob_app_from_settings(settings: Settings, **overrides: Any) -> Fa
         "calls_per_second": settings.easemob_calls_per_second,
         "messages_per_minute": settings.easemob_messages_per_minute,
         "max_body_bytes": settings.easemob_max_body_bytes,
+        "recall_window": settings.easemob_recall_window,
     }
     options.update(overrides)
     return create_easemob_app(**options)

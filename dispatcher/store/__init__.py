@@ -10,6 +10,8 @@ every script with its keys.
 - ``submit``    record ``queued`` (with its task and gate), or undo it
 - ``lease``     lease a message for an attempt, record the attempt's outcome
 - ``recovery``  claim what is overdue (the reaper), replay dead letters, trace rejects
+- ``schedule``  queue messages whose ``sendAt`` has come (the scheduler)
+- ``withdraw``  cancel a message not sent yet, record a recall of a delivered one
 - ``read``      records, dead letters, counters
 """
 
@@ -29,11 +31,14 @@ from dispatcher.store.lease import (
 from dispatcher.store.policy import StorePolicy
 from dispatcher.store.read import ReadStore
 from dispatcher.store.recovery import DiscardOutcome, Reaper, RecoveryStore, ReplayOutcome
+from dispatcher.store.schedule import Scheduler, ScheduleStore
 from dispatcher.store.submit import CreateCall, CreateOutcome, CreateResult, SubmitStore
+from dispatcher.store.withdraw import CancelOutcome, CancelResult, WithdrawStore
 
 
 class StatusStore:
-    """The stages over one Redis client: ``submit``, ``lease``, ``recovery``, ``read``."""
+    """The stages over one Redis client: ``submit``, ``lease``, ``recovery``, ``schedule``,
+    ``withdraw``, ``read``."""
 
     def __init__(self, client: redis.Redis, policy: StorePolicy | None = None) -> None:
         self.redis = client
@@ -41,6 +46,8 @@ class StatusStore:
         self.submit = SubmitStore(client, self.policy)
         self.lease = LeaseStore(client, self.policy)
         self.recovery = RecoveryStore(client, self.policy)
+        self.schedule = ScheduleStore(client, self.policy)
+        self.withdraw = WithdrawStore(client, self.policy)
         self.read = ReadStore(client)
 
     @classmethod
@@ -50,6 +57,8 @@ class StatusStore:
 
 __all__ = [
     "LATENCY_BUCKETS_MS",
+    "CancelOutcome",
+    "CancelResult",
     "CreateCall",
     "CreateOutcome",
     "CreateResult",
@@ -60,10 +69,13 @@ __all__ = [
     "Reaper",
     "RecoveryStore",
     "ReplayOutcome",
+    "ScheduleStore",
+    "Scheduler",
     "StandDown",
     "StandDownReason",
     "StatusStore",
     "StorePolicy",
     "SubmitStore",
     "Transition",
+    "WithdrawStore",
 ]

@@ -81,6 +81,8 @@ class Transition(StrEnum):
     ALREADY_DELIVERED = "terminal:delivered"
     ALREADY_FAILED = "terminal:failed"
     ALREADY_DEAD = "terminal:dead"
+    ALREADY_CANCELLED = "terminal:cancelled"
+    ALREADY_RECALLED = "terminal:recalled"
 
 
 class LeaseStore:

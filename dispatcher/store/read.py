@@ -26,6 +26,7 @@ _RECORD_FIELDS = (
     "attempts",
     "createdAt",
     "updatedAt",
+    "scheduledFor",
     "deliveredAt",
     "providerMessageId",
     "lastError",
@@ -139,6 +140,9 @@ def _record(ref: MessageRef, values: list[Any], history: list[Any]) -> StatusRec
         return None
     last_error = fields["lastError"]
     entries = []
+    if fields["state"] == State.SCHEDULED and not history:
+        # A waiting message has no history list yet (lua/create.lua): its one entry.
+        history = [json.dumps({"state": "scheduled", "at": fields["createdAt"]})]
     for raw in history:
         entry = json.loads(text(raw))
         entries.append(
@@ -158,6 +162,7 @@ def _record(ref: MessageRef, values: list[Any], history: list[Any]) -> StatusRec
         attempts=int(fields["attempts"] or 0),
         createdAt=from_millis(fields["createdAt"]),
         updatedAt=from_millis(fields["updatedAt"]),
+        scheduledFor=from_millis(fields["scheduledFor"]),
         deliveredAt=from_millis(fields["deliveredAt"]),
         providerMessageId=fields["providerMessageId"],
         lastError=LastError.model_validate_json(last_error) if last_error else None,

@@ -36,11 +36,14 @@ class ReplayOutcome(StrEnum):
 
     OK = "ok"
     MISSING = "missing"
+    SCHEDULED = "state:scheduled"
     QUEUED = "state:queued"
     PROCESSING = "state:processing"
     RETRYING = "state:retrying"
     DELIVERED = "state:delivered"
     FAILED = "state:failed"
+    CANCELLED = "state:cancelled"
+    RECALLED = "state:recalled"
 
 
 class DiscardOutcome(StrEnum):
@@ -49,11 +52,14 @@ class DiscardOutcome(StrEnum):
     OK = "ok"
     MISSING = "missing"
     NOT_LISTED = "not_listed"
+    SCHEDULED = "state:scheduled"
     QUEUED = "state:queued"
     PROCESSING = "state:processing"
     RETRYING = "state:retrying"
     DELIVERED = "state:delivered"
     FAILED = "state:failed"
+    CANCELLED = "state:cancelled"
+    RECALLED = "state:recalled"
 
 
 class RecoveryStore:

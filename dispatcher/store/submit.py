@@ -18,6 +18,7 @@ from dispatcher import keys
 from dispatcher.connections import text
 from dispatcher.ids import MessageRef
 from dispatcher.models import Message
+from dispatcher.scheduling import IMMEDIATE_MS
 from dispatcher.store.policy import StorePolicy
 from dispatcher.store.scripts import ArgValue, KeyValue, load
 from dispatcher.tracing import TRACEPARENT
@@ -30,9 +31,11 @@ class CreateOutcome(StrEnum):
     """``DUPLICATE``: the same id and content were accepted before, nothing new is queued;
     ``CONFLICT``: the id is taken by other content; ``REPLAYED``: the gate's replay guard
     saw this sign already; ``RATE_LIMITED``: the gate's rate, retry after
-    ``CreateResult.retry_after``."""
+    ``CreateResult.retry_after``; ``SCHEDULED``: created, waiting for its ``sendAt``
+    (no task until then)."""
 
     CREATED = "created"
+    SCHEDULED = "scheduled"
     DUPLICATE = "duplicate"
     CONFLICT = "conflict"
     REPLAYED = "replayed"
@@ -78,10 +81,13 @@ class SubmitStore:
         enqueue: tuple[str, str] | None = None,
         gate: Gate | None = None,
         traceparent: str | None = None,
+        send_at_ms: int | None = None,
     ) -> CreateCall:
         """The create call: record ``queued``; with ``enqueue`` (queue list key, task
         message) also push the task; with ``gate`` pass it first (nothing kept if not).
-        ``traceparent``: the submit's trace, which every attempt continues."""
+        ``traceparent``: the submit's trace, which every attempt continues. With
+        ``send_at_ms`` later than :data:`IMMEDIATE_MS` from now (Redis's clock), record
+        ``scheduled`` in :data:`keys.SCHEDULE` instead, and push nothing."""
         fields: list[str] = [
             "type",
             str(int(message.messageType)),
@@ -105,9 +111,11 @@ class SubmitStore:
                 "message": keys.message(ref),
                 "history": keys.history(ref),
                 "inflight": keys.IN_FLIGHT,
+                "stats": keys.STATS,
                 "queue": enqueue[0] if enqueue else None,
                 "rate": gate.rate_key if gate else None,
                 "guard": gate.guard if gate else None,
+                "schedule": keys.SCHEDULE if send_at_ms is not None else None,
             },
             args={
                 "fingerprint": message.fingerprint(),
@@ -119,6 +127,8 @@ class SubmitStore:
                 "gate_interval_ms": gate.interval_ms if gate else 0,
                 "gate_tolerance_ms": gate.tolerance_ms if gate else 0,
                 "guard_ttl_ms": gate.guard_ttl_ms if gate else 0,
+                "send_at_ms": send_at_ms or 0,
+                "immediate_ms": IMMEDIATE_MS,
                 "fields": fields,
             },
         )

@@ -28,7 +28,7 @@ from tests.conftest import EASEMOB_APP, EASEMOB_ORG, WorkerProcess
 
 MESSAGES_PATH = f"/{EASEMOB_ORG}/{EASEMOB_APP}/messages"
 TOKEN_PATH = f"/{EASEMOB_ORG}/{EASEMOB_APP}/token"
-TERMINAL = frozenset({"delivered", "failed", "dead"})
+TERMINAL = frozenset({"delivered", "failed", "dead", "cancelled", "recalled"})
 MAX_WORKERS = 4
 """The fault suite shares 2 cores: never more worker processes than this at once."""
 BOTH_BROKERS = pytest.mark.parametrize("broker", ["redis", "amqp"], indirect=True)
@@ -371,7 +371,9 @@ def check_forward_only(records: dict[str, Any]) -> None:
         assert record.state.value == states[-1], f"I3: {message_id} record/history disagree"
 
 
-BOUNDED_KEYS = frozenset({keys.IN_FLIGHT, keys.DEAD_LETTERS, keys.STATS, keys.REJECTED})
+BOUNDED_KEYS = frozenset(
+    {keys.IN_FLIGHT, keys.DEAD_LETTERS, keys.STATS, keys.REJECTED, keys.SCHEDULE}
+)
 """Ours without a TTL: bounded by design (see dispatcher/keys.py)."""
 
 

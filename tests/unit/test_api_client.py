@@ -4,6 +4,7 @@ async over the ASGI transport; answers map to the producer API's errors."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,7 +17,9 @@ from dispatcher.errors import (
     Conflict,
     InvalidMessage,
     MessageTooLarge,
+    NotFound,
     RateLimited,
+    RecallRefused,
     Unauthorized,
     Unavailable,
 )
@@ -184,3 +187,16 @@ def test_client_repr_and_errors_never_show_the_secret(served: tuple[Harness, str
         with pytest.raises(Unauthorized) as caught:
             api.submit(TEXT)
     assert "wrong-secret-value" not in str(caught.value)
+
+
+def test_cancel_and_recall_answer_through_the_client(served: tuple[Harness, str]) -> None:
+    _, url = served
+    with client_for(url) as api:
+        message_id = api.submit({**TEXT, "sendAt": int(time.time() * 1000) + 60_000})
+        assert api.status(message_id)["state"] == "scheduled"  # type: ignore[index]
+        with pytest.raises(RecallRefused) as refused:
+            api.recall(message_id)
+        assert refused.value.reason == "not_delivered"
+        assert api.cancel(message_id)["outcome"] == "cancelled"
+        with pytest.raises(NotFound):
+            api.cancel(unique_id())

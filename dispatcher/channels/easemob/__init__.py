@@ -24,6 +24,7 @@ from dispatcher.channels.easemob.mapping import (
     retry_after_seconds,
     transport_error,
 )
+from dispatcher.channels.easemob.recall import recall_delivered
 from dispatcher.channels.http import PerThreadHttp, encode_body, json_or_none
 from dispatcher.channels.tokens import TokenCache
 from dispatcher.config import Settings
@@ -52,6 +53,7 @@ class EasemobConfig(BaseModel):
     max_body_bytes: int
     calls_per_second: int
     messages_per_minute: int
+    recall_window: int
 
 
 def easemob_config(settings: Settings) -> EasemobConfig:
@@ -224,6 +226,7 @@ CHANNEL = ChannelSpec(
         message_id, message, settings.easemob_max_body_bytes
     ),
     open=EasemobChannel,
+    recall=recall_delivered,
 )
 
 __all__ = [

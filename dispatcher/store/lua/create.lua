@@ -1,9 +1,13 @@
 -- Record a submit as ``queued``; with ``task`` also push its delivery task onto the queue
 -- list (the broker is this Redis: both or neither). With a gate, the submit first passes
 -- its sign's replay guard and its client's rate (dispatcher/gate.py); a refusal keeps
--- nothing. Returns created, duplicate, conflict, replayed or wait:<ms>.
--- keys: message history inflight queue? rate? guard?
--- args: fingerprint ttl# history_limit# queued_grace_ms# member task? gate_interval_ms# gate_tolerance_ms# guard_ttl_ms# fields...
+-- nothing. With ``schedule`` and a ``send_at_ms`` more than ``immediate_ms`` ahead the
+-- message is recorded ``scheduled`` in that sorted set instead (no task: promote_due.lua
+-- queues it at its time), and its record is kept ``ttl`` from that time; its history
+-- starts when it leaves ``scheduled``.
+-- Returns created, scheduled, duplicate, conflict, replayed or wait:<ms>.
+-- keys: message history inflight stats queue? rate? guard? schedule?
+-- args: fingerprint ttl# history_limit# queued_grace_ms# member task? gate_interval_ms# gate_tolerance_ms# guard_ttl_ms# send_at_ms# immediate_ms# fields...
 -- include: lib
 
 if guard and not redis.call('SET', guard, '1', 'NX', 'PX', guard_ttl_ms) then
@@ -21,9 +25,21 @@ if fp then
   if fp == fingerprint then return 'duplicate' end
   return 'conflict'
 end
+local now = now_ms()
+if schedule and send_at_ms > now + immediate_ms then
+  local keep = ttl + math.ceil((send_at_ms - now) / 1000)
+  redis.call('ZADD', schedule, send_at_ms, member)
+  -- No history list while it waits (a key less per waiting message): the ``scheduled``
+  -- entry is written when it leaves that state (scheduled_history in lib.lua).
+  redis.call('HSET', message, 'fp', fingerprint, 'state', 'scheduled', 'attempts', 0,
+             'createdAt', now, 'updatedAt', now, 'scheduledFor', send_at_ms, unpack(fields))
+  redis.call('EXPIRE', message, keep)
+  redis.call('HINCRBY', stats, 'state:scheduled', 1)
+  redis.call('DEL', history)
+  return 'scheduled'
+end
 -- The push first: one that fails (wrong key type, out of memory) has recorded nothing.
 if task then redis.call('LPUSH', queue, task) end
-local now = now_ms()
 redis.call('HSET', message, 'fp', fingerprint, 'state', 'queued', 'attempts', 0,
            'createdAt', now, 'updatedAt', now, unpack(fields))
 redis.call('EXPIRE', message, ttl)

@@ -6,7 +6,7 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
-local TERMINAL = {delivered = true, failed = true, dead = true}
+local TERMINAL = {delivered = true, failed = true, dead = true, cancelled = true, recalled = true}
 
 -- Append one state change to a message's bounded history list.
 local function push_history(key, state, at, detail, limit, ttl)
@@ -15,6 +15,12 @@ local function push_history(key, state, at, detail, limit, ttl)
   redis.call('RPUSH', key, cjson.encode(entry))
   redis.call('LTRIM', key, -limit, -1)
   redis.call('EXPIRE', key, ttl)
+end
+
+-- The first history entry of a message leaving ``scheduled``: the submit wrote none, to
+-- keep a waiting message to one key (dispatcher/store/lua/create.lua).
+local function scheduled_history(key, created_at, due, limit, ttl)
+  push_history(key, 'scheduled', tonumber(created_at), 'for ' .. due .. ' (epoch ms)', limit, ttl)
 end
 
 -- Why an operator's action on a dead letter does not apply, or nil when the message is dead.
