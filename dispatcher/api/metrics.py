@@ -47,6 +47,9 @@ REJECT_REASONS: dict[int, str] = {
 }
 """``reason`` label of ``dispatcher_rejected_total`` by answer code."""
 
+BUSY = "busy"
+"""``reason`` of a 503 answered because the service was saturated (docs/operations.md)."""
+
 TRANSITIONS = {
     "delivered": ("dispatcher_delivered", "Messages delivered to the provider."),
     "failed": ("dispatcher_failed", "Messages failed permanently."),
@@ -105,18 +108,19 @@ class ApiMetrics:
         self._clients = frozenset(clients)
         for client in (*self._clients, NO_CLIENT):  # every series from zero, for rate()
             self.accepted.labels(client)
-            for reason in (*REJECT_REASONS.values(), "other"):
+            for reason in (*REJECT_REASONS.values(), BUSY, "other"):
                 self.rejected.labels(reason, client)
         self.registry.register(fleet)
 
-    def count_submit(self, code: int, client: str | None = None) -> None:
-        """One submit by ``client`` (None: not known) answered ``code``."""
+    def count_submit(self, code: int, client: str | None = None, reason: str | None = None) -> None:
+        """One submit by ``client`` (None: not known) answered ``code`` (``reason``: why, when
+        the code alone does not say, as for a busy 503)."""
         self.submitted.inc()
         label = client if client in self._clients else NO_CLIENT
         if code == 200:
             self.accepted.labels(label).inc()
         else:
-            self.rejected.labels(REJECT_REASONS.get(code, "other"), label).inc()
+            self.rejected.labels(reason or REJECT_REASONS.get(code, "other"), label).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -40,7 +40,7 @@ from dispatcher.api.envelope import (
     SubmitResponse,
     error_responses,
 )
-from dispatcher.api.metrics import ApiMetrics
+from dispatcher.api.metrics import BUSY, ApiMetrics
 from dispatcher.api.paths import (
     DEAD_LETTERS,
     DEAD_LETTERS_REPLAY,
@@ -62,6 +62,7 @@ from dispatcher.config import Settings
 from dispatcher.connections import LoopRedis
 from dispatcher.errors import (
     AUTHENTICATION_FAILED,
+    Busy,
     DispatcherError,
     FieldError,
     Forbidden,
@@ -172,7 +173,8 @@ async def render_error(request: Request, exc: Exception) -> Response:
     response = rt.envelope.error(exc)
     if request.url.path == SUBMIT:
         caller: Caller | None = getattr(request.state, "caller", None)
-        rt.metrics.count_submit(response.status_code, caller.client if caller else None)
+        reason = BUSY if isinstance(exc, Busy) else None
+        rt.metrics.count_submit(response.status_code, caller.client if caller else None, reason)
     return response
 
 
@@ -219,6 +221,8 @@ async def handle_basic_message(call: SignedRequest) -> Response:
             gate=rt.admission.gate(call.caller),
             namespace=call.caller.namespace,
         )
+    except Busy:
+        raise  # refused before the script ran: the nonce was never claimed
     except Unavailable:
         # Nothing was accepted: give the nonce back so the same bytes may be retried.
         await run_in_threadpool(rt.admission.release, call.caller)
