@@ -49,7 +49,7 @@ class Settings(BaseSettings):
     worker_concurrency: int = 32
 
     # Load bounds (docs/operations.md, "Load bounds"): pools wait, overload answers 503 at once
-    redis_pool_timeout: float = Field(default=1.0, gt=0)
+    redis_pool_timeout: float = Field(default=5.0, gt=0)
     redis_max_connections: int = Field(default=64, ge=1)
     api_redis_connections: int = Field(default=64, ge=1)
     api_max_submits_in_flight: int = Field(default=1024, ge=1)
