@@ -62,6 +62,32 @@ def test_the_asyncio_pool_waits_then_says_exhausted(redis_url: str) -> None:
     asyncio.run(scenario())
 
 
+def test_the_asyncio_pool_serves_waiters_in_arrival_order(redis_url: str) -> None:
+    """A request arriving just as a connection comes free queues behind the earlier ones
+    (else, under a sustained burst, a few wait many times the average and time out)."""
+
+    async def scenario() -> list[str]:
+        client = async_redis_client(settings(redis_url, redis_pool_timeout=10), max_connections=1)
+        pool = client.connection_pool
+        served: list[str] = []
+
+        async def take(name: str) -> None:
+            connection = await pool.get_connection()
+            served.append(name)
+            await pool.release(connection)
+
+        held = await pool.get_connection()
+        early = [asyncio.create_task(take(f"early-{i}")) for i in range(5)]
+        await asyncio.sleep(0)  # let them queue (one loop turn, no wall-clock wait)
+        await pool.release(held)
+        late = asyncio.create_task(take("late"))
+        await asyncio.gather(*early, late)
+        await client.aclose()
+        return served
+
+    assert asyncio.run(scenario()) == [*(f"early-{i}" for i in range(5)), "late"]
+
+
 def test_the_producer_answers_busy_and_keeps_nothing_when_its_pool_stays_busy(
     redis_url: str,
 ) -> None:
