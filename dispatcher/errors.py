@@ -64,7 +64,9 @@ class Busy(Unavailable):
     no Redis connection came free within its wait budget. Nothing was sent or kept; the
     API answers 503 with ``Retry-After`` (docs/operations.md, "Load bounds")."""
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        self.retry_after = retry_after
+        """Seconds the server asked to wait (known to HTTP clients; the server sets it)."""
         super().__init__(message, public=SERVICE_BUSY)
 
 

@@ -15,9 +15,10 @@ import pytest
 
 from dispatcher import Dispatcher
 from dispatcher.api.paths import SUBMIT
+from dispatcher.client import raise_for_envelope
 from dispatcher.config import Settings
 from dispatcher.connections import PoolExhausted, async_redis_client, redis_client
-from dispatcher.errors import SERVICE_BUSY, Busy
+from dispatcher.errors import SERVICE_BUSY, Busy, Unavailable
 from tests.unit.test_api_support import TEXT, Harness, body_of, make_harness, unique_id
 
 
@@ -208,3 +209,18 @@ def test_a_submit_that_waits_past_the_redis_budget_is_busy_and_may_be_sent_again
     run_on_app(api, scenario)
     assert api.has_record(message_id)
     assert busy_count(api) == 1
+
+
+def test_the_http_client_raises_busy_with_the_wait_the_server_asked_for() -> None:
+    busy = httpx.Response(
+        503,
+        headers={"Retry-After": "1"},
+        json={"code": 503, "message": SERVICE_BUSY, "data": {"retryAfter": 1}},
+    )
+    with pytest.raises(Busy) as raised:
+        raise_for_envelope(busy)
+    assert raised.value.retry_after == 1
+    down = httpx.Response(503, json={"code": 503, "message": "service unavailable"})
+    with pytest.raises(Unavailable) as raised_down:
+        raise_for_envelope(down)
+    assert not isinstance(raised_down.value, Busy)
