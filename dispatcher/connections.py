@@ -83,6 +83,7 @@ class _WaitingPool(redis.BlockingConnectionPool):
         try:
             return super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
         except redis.ConnectionError as exc:
+            # redis-py raises a plain ConnectionError while handling the queue's Empty.
             if isinstance(exc.__context__, queue.Empty):
                 raise PoolExhausted(_exhausted(self.max_connections, self.timeout)) from None
             raise

@@ -179,7 +179,8 @@ class SubmitData(BaseModel):
 class ErrorResponse(_Envelope):
     data: ErrorList | RetryAfter | SubmitData | None = Field(
         default=None,
-        description="400/413: every broken field; 429 and 503 busy: the wait; 409: the id in conflict",
+        description="400/413: every broken field; 429 and a busy 503: the wait; "
+        "409: the id in conflict",
     )
 
 
