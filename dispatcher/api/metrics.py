@@ -29,6 +29,7 @@ from dispatcher import keys
 from dispatcher.backlog import QueueBacklog, read_backlog
 from dispatcher.broker_probe import AmqpProbe, BrokerUnreachable
 from dispatcher.connections import REDIS_ERRORS, text
+from dispatcher.errors import Busy
 from dispatcher.health import MemoryUsage, memory_usage
 from dispatcher.store import LATENCY_BUCKETS_MS, StatusStore
 from dispatcher.store.durations import ATTEMPT_BUCKETS_MS, ATTEMPT_PREFIX
@@ -112,15 +113,18 @@ class ApiMetrics:
                 self.rejected.labels(reason, client)
         self.registry.register(fleet)
 
-    def count_submit(self, code: int, client: str | None = None, reason: str | None = None) -> None:
-        """One submit by ``client`` (None: not known) answered ``code`` (``reason``: why, when
-        the code alone does not say, as for a busy 503)."""
+    def count_submit(
+        self, code: int, client: str | None = None, refusal: Exception | None = None
+    ) -> None:
+        """One submit by ``client`` (None: not known) answered ``code``; ``refusal``: the error
+        behind a refusal, which tells a busy 503 from an unavailable one."""
         self.submitted.inc()
         label = client if client in self._clients else NO_CLIENT
         if code == 200:
             self.accepted.labels(label).inc()
         else:
-            self.rejected.labels(reason or REJECT_REASONS.get(code, "other"), label).inc()
+            reason = BUSY if isinstance(refusal, Busy) else REJECT_REASONS.get(code, "other")
+            self.rejected.labels(reason, label).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -14,8 +14,9 @@ from prometheus_client import Gauge
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dispatcher.api.envelope import EnvelopeWriter
-from dispatcher.api.metrics import BUSY, ApiMetrics
+from dispatcher.api.metrics import ApiMetrics
 from dispatcher.api.paths import SUBMIT
+from dispatcher.errors import Busy
 
 
 class SubmitBound:
@@ -35,6 +36,7 @@ class SubmitBound:
         self.envelope = envelope
         self.metrics = metrics
         self.in_flight = 0
+        self.refusal = Busy(f"more than {limit} submits in flight in this process")
         gauge = Gauge(
             "dispatcher_submits_in_flight",
             "Submit requests this API process is working on now.",
@@ -47,7 +49,7 @@ class SubmitBound:
             await self.app(scope, receive, send)
             return
         if self.in_flight >= self.limit:
-            self.metrics.count_submit(503, None, reason=BUSY)
+            self.metrics.count_submit(503, None, self.refusal)
             await self.envelope.busy()(scope, receive, send)
             return
         self.in_flight += 1

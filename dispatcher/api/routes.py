@@ -40,7 +40,7 @@ from dispatcher.api.envelope import (
     SubmitResponse,
     error_responses,
 )
-from dispatcher.api.metrics import BUSY, ApiMetrics
+from dispatcher.api.metrics import ApiMetrics
 from dispatcher.api.paths import (
     DEAD_LETTERS,
     DEAD_LETTERS_REPLAY,
@@ -62,7 +62,6 @@ from dispatcher.config import Settings
 from dispatcher.connections import LoopRedis
 from dispatcher.errors import (
     AUTHENTICATION_FAILED,
-    Busy,
     DispatcherError,
     FieldError,
     Forbidden,
@@ -173,8 +172,7 @@ async def render_error(request: Request, exc: Exception) -> Response:
     response = rt.envelope.error(exc)
     if request.url.path == SUBMIT:
         caller: Caller | None = getattr(request.state, "caller", None)
-        reason = BUSY if isinstance(exc, Busy) else None
-        rt.metrics.count_submit(response.status_code, caller.client if caller else None, reason)
+        rt.metrics.count_submit(response.status_code, caller.client if caller else None, exc)
     return response
 
 
@@ -221,11 +219,9 @@ async def handle_basic_message(call: SignedRequest) -> Response:
             gate=rt.admission.gate(call.caller),
             namespace=call.caller.namespace,
         )
-    except Busy:
-        raise  # refused before the script ran: the nonce was never claimed
-    except Unavailable:
+    except Unavailable as refusal:
         # Nothing was accepted: give the nonce back so the same bytes may be retried.
-        await run_in_threadpool(rt.admission.release, call.caller)
+        await rt.admission.give_back(call.caller, refusal)
         raise
     rt.metrics.count_submit(200, call.caller.client)
     return rt.envelope.ok({"getMessageId": submitted.message_id})
