@@ -1,5 +1,5 @@
-"""Benchmarks P1-P5 of issue 7 and P9 (scheduled sends), each beside a baseline measured
-in the same run (P9's baseline: the same worker idle).
+"""Benchmarks P1-P5 of issue 7, P9 (scheduled sends) and P11 (1,000 concurrent senders), each
+beside a baseline measured in the same run (P9's baseline: the same worker idle).
 
     python benchmarks/run.py --quick          # < 3 minutes on 2 cores
     python benchmarks/run.py --only P1,P2     # a subset
