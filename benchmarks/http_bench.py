@@ -52,9 +52,9 @@ def wait_workers(process: harness.Process, count: int, timeout: float = 90) -> N
         time.sleep(0.1)
 
 
-def load(url: str, n: int) -> dict[str, Any]:
+def load(url: str, n: int, connections: int = CONNECTIONS) -> dict[str, Any]:
     out = subprocess.run(
-        [sys.executable, "-m", "benchmarks.loadgen", url, str(n), str(CONNECTIONS)],
+        [sys.executable, "-m", "benchmarks.loadgen", url, str(n), str(connections)],
         env=harness.child_env({}),
         cwd=harness.ROOT,
         capture_output=True,
@@ -82,24 +82,20 @@ def apply_async_loop(redis_url: str, n: int) -> dict[str, Any]:
     }
 
 
-def run(bench: Any, say: Callable[[str], None]) -> dict[str, Any]:
-    n = bench.n(4000, 20000)
-    bench.flush()
-    say(f"P4 baseline: bare apply_async loop, n={n}")
-    enqueue = apply_async_loop(bench.redis_url, n)
-
-    bench.flush()
+def api_process(bench: Any, **env: str) -> tuple[harness.Process, str]:
+    """``dispatcher api --workers 2`` on the bench's Redis with the load generator's client
+    (rate limit out of the way), and its URL; ``env``: more ``DISPATCHER_*``."""
     port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {
+    settings = {
         "DISPATCHER_REDIS_URL": bench.redis_url,
-        "DISPATCHER_QUEUE": f"p4-{uuid.uuid4().hex[:6]}",
+        "DISPATCHER_QUEUE": f"api-{uuid.uuid4().hex[:6]}",
         "DISPATCHER_CLIENTS": json.dumps(
             {loadgen.CLIENT: {"secret": loadgen.SECRET, "channels": [loadgen.CHANNEL]}}
         ),
         "DISPATCHER_SUBMIT_RATE_PER_SECOND": "1000000",
         "DISPATCHER_SUBMIT_BURST": "1000000",
         "DISPATCHER_LOG_LEVEL": "INFO",
+        **env,
     }
     api = harness.Process(
         "api",
@@ -107,8 +103,23 @@ def run(bench: Any, say: Callable[[str], None]) -> dict[str, Any]:
             *(sys.executable, "-m", "dispatcher.cli", "api"),
             *("--host", "127.0.0.1", "--port", str(port), "--workers", str(API_WORKERS)),
         ],
-        env,
+        settings,
     )
+    return api, f"http://127.0.0.1:{port}"
+
+
+def record_count(bench: Any) -> int:
+    return sum(1 for _ in bench.redis.scan_iter(match=keys.ALL_RECORDS, count=1000))
+
+
+def run(bench: Any, say: Callable[[str], None]) -> dict[str, Any]:
+    n = bench.n(4000, 20000)
+    bench.flush()
+    say(f"P4 baseline: bare apply_async loop, n={n}")
+    enqueue = apply_async_loop(bench.redis_url, n)
+
+    bench.flush()
+    api, url = api_process(bench)
     say(f"P4 ours: dispatcher api --workers {API_WORKERS}, {CONNECTIONS} connections, n={n}")
     with harness.started(api):
         wait_workers(api, API_WORKERS)
@@ -116,7 +127,7 @@ def run(bench: Any, say: Callable[[str], None]) -> dict[str, Any]:
         spy = harness.py_spy(api.pid, "api", subprocesses=True)
         ours = load(url, n)
         harness.stop_py_spy(spy)
-        accepted = sum(1 for _ in bench.redis.scan_iter(match=keys.ALL_RECORDS, count=1000))
+        accepted = record_count(bench)
     ours["status_records"] = accepted
 
     port = free_port()

@@ -25,6 +25,7 @@ from dispatcher.api.signing import compute_sign
 CLIENT = "bench"
 CHANNEL = "bench"
 SECRET = "bench-secret-0123456789"
+WARM_MAX = 2048
 TEXT = {"messageType": 1, "from": "u1", "to": "u2", "messageInfo": {"textMessage": "hello"}}
 
 
@@ -46,7 +47,7 @@ def build_requests(host: str, port: int, n: int) -> list[bytes]:
 
 
 async def connection(
-    host: str, port: int, queue: list[bytes], latencies: list[float], statuses: Counter[int]
+    host: str, port: int, queue: list[bytes], latencies: list[float], statuses: Counter[str]
 ) -> None:
     reader, writer = await asyncio.open_connection(host, port)
     try:
@@ -57,13 +58,18 @@ async def connection(
             head = await reader.readuntil(b"\r\n\r\n")
             status = int(head[9:12])
             length = 0
+            retry_after = False
             for line in head.split(b"\r\n"):
-                if line[:15].lower() == b"content-length:":
+                name = line[:15].lower()
+                if name == b"content-length:":
                     length = int(line[15:])
+                elif name[:12] == b"retry-after:":
+                    retry_after = True
             if length:
                 await reader.readexactly(length)
             latencies.append(time.perf_counter() - started)
-            statuses[status] += 1
+            # A deliberate refusal ("service busy", 429) says when to come back.
+            statuses[f"{status}+retry-after" if retry_after else str(status)] += 1
     finally:
         writer.close()
 
@@ -71,12 +77,13 @@ async def connection(
 async def run(url: str, n: int, connections: int) -> dict[str, object]:
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
-    # Enough to start every server thread (Celery builds its result backend once per thread).
-    warm = build_requests(host, port, connections * 16)
+    # Enough to start every server thread (Celery builds its result backend once per thread)
+    # and to open every connection.
+    warm = build_requests(host, port, max(connections, min(connections * 16, WARM_MAX)))
     await asyncio.gather(*(connection(host, port, warm, [], Counter()) for _ in range(connections)))
     queue = build_requests(host, port, n)
     latencies: list[float] = []
-    statuses: Counter[int] = Counter()
+    statuses: Counter[str] = Counter()
     cpu = time.process_time()
     started = time.perf_counter()
     await asyncio.gather(
@@ -94,7 +101,7 @@ async def run(url: str, n: int, connections: int) -> dict[str, object]:
         "seconds": round(elapsed, 3),
         "p50_ms": pct(0.50),
         "p99_ms": pct(0.99),
-        "statuses": {str(k): v for k, v in sorted(statuses.items())},
+        "statuses": dict(sorted(statuses.items())),
         "loadgen_cpu_ms_per_request": round(1000 * (time.process_time() - cpu) / max(n, 1), 3),
     }
 

@@ -1,5 +1,5 @@
-"""Benchmarks P1-P5 of issue 7 and P9 (scheduled sends), each beside a baseline measured
-in the same run (P9's baseline: the same worker idle).
+"""Benchmarks P1-P5 of issue 7, P9 (scheduled sends) and P11 (1,000 concurrent senders), each
+beside a baseline measured in the same run (P9's baseline: the same worker idle).
 
     python benchmarks/run.py --quick          # < 3 minutes on 2 cores
     python benchmarks/run.py --only P1,P2     # a subset
@@ -520,6 +520,13 @@ class Bench:
 
         self.results["P9"] = scheduled.run(self, say)
 
+    # -- P11 ---------------------------------------------------------------
+
+    def p11(self) -> None:
+        from benchmarks import overload_bench
+
+        self.results["P11"] = overload_bench.run(self, say, self.args.p11_pool)
+
     # -- all ---------------------------------------------------------------
 
     def run(self, only: set[str]) -> dict[str, Any]:
@@ -546,10 +553,12 @@ class Bench:
                 self.p5()
             if "P9" in only:
                 self.p9()
+            if "P11" in only:
+                self.p11()
         finally:
             self.redis.close()
             self.server.cleanup()
-        keys_in_order = ("P1", "P1_amqp", "P2", "P3", "P3_amqp", "P4", "P5", "P9")
+        keys_in_order = ("P1", "P1_amqp", "P2", "P3", "P3_amqp", "P4", "P5", "P9", "P11")
         out: dict[str, Any] = {k: self.results[k] for k in keys_in_order if k in self.results}
         out["machine"] = machine()
         out["seconds"] = round(time.monotonic() - started, 1)
@@ -578,7 +587,10 @@ def machine() -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small N: under 3 minutes")
-    parser.add_argument("--only", default="P1,P2,P3,P4,P5,P9", help="comma-separated subset")
+    parser.add_argument("--only", default="P1,P2,P3,P4,P5,P9,P11", help="comma-separated subset")
+    parser.add_argument(
+        "--p11-pool", type=int, default=None, help="P11 with this DISPATCHER_API_REDIS_CONNECTIONS"
+    )
     parser.add_argument("--pool", default=None, help="worker pool (default: the product's)")
     parser.add_argument("--concurrency", type=int, default=None)
     parser.add_argument(

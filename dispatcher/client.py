@@ -8,7 +8,8 @@
 Answers other than 200 raise the same errors as the Python producer API
 (:class:`~dispatcher.errors.InvalidMessage` naming every broken field,
 :class:`~dispatcher.errors.MessageTooLarge`, :class:`~dispatcher.errors.Conflict`,
-:class:`~dispatcher.errors.Unavailable`) plus the HTTP ones of
+:class:`~dispatcher.errors.Unavailable`, and its :class:`~dispatcher.errors.Busy` for a
+503 with ``Retry-After``) plus the HTTP ones of
 :mod:`dispatcher.errors` (:class:`Unauthorized`, :class:`RateLimited`,
 :class:`ApiError` for anything else). A status lookup of an unknown id
 returns None.
@@ -36,6 +37,7 @@ from dispatcher.api import paths
 from dispatcher.api.signing import Algorithm, compute_legacy_sign, compute_sign
 from dispatcher.errors import (
     ApiError,
+    Busy,
     Conflict,
     FieldError,
     InvalidMessage,
@@ -130,6 +132,9 @@ def raise_for_envelope(response: httpx.Response, client_id: str = "") -> Any:
         retry_after = response.headers.get("Retry-After") or (data or {}).get("retryAfter") or 1
         raise RateLimited(client_id, float(retry_after), message)
     if code == 503:
+        retry_after = response.headers.get("Retry-After")
+        if retry_after is not None:  # "service busy": come back after that many seconds
+            raise Busy(message, float(retry_after))
         raise Unavailable(message)
     raise ApiError(code, message, data)
 

@@ -48,6 +48,13 @@ class Settings(BaseSettings):
     worker_pool: Literal["threads", "prefork", "solo", "gevent", "eventlet"] = "threads"
     worker_concurrency: int = 32
 
+    # Load bounds (docs/operations.md, "Load bounds"): pools wait, overload answers 503 at once
+    redis_pool_timeout: float = Field(default=5.0, gt=0)
+    redis_max_connections: int = Field(default=64, ge=1)
+    api_redis_connections: int = Field(default=64, ge=1)
+    api_max_submits_in_flight: int = Field(default=1024, ge=1)
+    busy_retry_after: int = Field(default=1, ge=1)
+
     # Easemob
     easemob_base_url: str = "https://a1.easemob.com"
     easemob_org: str | None = None

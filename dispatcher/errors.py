@@ -56,6 +56,20 @@ class Unavailable(DispatcherError):
         super().__init__(message)
 
 
+SERVICE_BUSY = "service busy: nothing was accepted, retry after Retry-After seconds"
+
+
+class Busy(Unavailable):
+    """The service is saturated, not broken: too many submits in flight in this process, or
+    no Redis connection came free within its wait budget. Nothing was sent or kept; the
+    API answers 503 with ``Retry-After`` (docs/operations.md, "Load bounds")."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        self.retry_after = retry_after
+        """Seconds the server asked to wait (known to HTTP clients; the server sets it)."""
+        super().__init__(message, public=SERVICE_BUSY)
+
+
 class ConfigurationError(DispatcherError):
     """A setting needed for this operation is missing or wrong."""
 

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 import redis
 
 from dispatcher.config import Settings
-from dispatcher.connections import REDIS_ERRORS, text
-from dispatcher.errors import Unavailable
+from dispatcher.connections import REDIS_ERRORS, PoolExhausted, text
+from dispatcher.errors import Busy, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +126,7 @@ class RedisHealth:
         self._lock = threading.Lock()
         self._checked_at: float | None = None
         self._usage: MemoryUsage | None = None
+        self._refreshing = False
 
     @classmethod
     def from_settings(cls, client: redis.Redis, settings: Settings) -> RedisHealth:
@@ -155,21 +156,30 @@ class RedisHealth:
         return self.refuse_ratio > 0 and not self._fresh(self._clock())
 
     def _fresh(self, now: float) -> bool:
-        """The cached memory figure is recent enough to go by."""
+        """The cached memory figure is recent enough to go by, or another caller is already
+        reading a new one: under load one reading per interval, not one per request (a
+        stalled Redis would otherwise hold every request's thread on INFO)."""
         checked_at = self._checked_at
-        return checked_at is not None and now - checked_at < self.check_interval
+        if checked_at is None:
+            return False
+        return self._refreshing or now - checked_at < self.check_interval
 
     def _cached_usage(self) -> MemoryUsage | None:
         now = self._clock()
         with self._lock:
             if self._fresh(now):
                 return self._usage
+            self._refreshing = True
         try:
             usage: MemoryUsage | None = memory_usage(self.redis)
+        except PoolExhausted as exc:
+            raise Busy(f"status store busy: {exc}") from None
         except REDIS_ERRORS as exc:
             raise Unavailable(f"status store unavailable: {exc}") from None
         except redis.ResponseError:
             usage = None  # INFO refused (a proxy or an emulation): nothing to go by
+        finally:
+            self._refreshing = False
         with self._lock:
             self._usage, self._checked_at = usage, now
         return usage

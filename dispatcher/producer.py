@@ -29,9 +29,9 @@ from dispatcher.backlog import QueueBacklog, broker_depth, read_backlog
 from dispatcher.broker import broker_is_store, make_celery
 from dispatcher.channels import ChannelSpec
 from dispatcher.config import Settings
-from dispatcher.connections import REDIS_ERRORS, redis_client
+from dispatcher.connections import REDIS_ERRORS, PoolExhausted, redis_client
 from dispatcher.enqueue import DELIVER_TASK, DirectEnqueue, task_args
-from dispatcher.errors import Conflict, RateLimited, Unauthorized, Unavailable
+from dispatcher.errors import Busy, Conflict, RateLimited, Unauthorized, Unavailable
 from dispatcher.gate import REPLAYED, Gate
 from dispatcher.health import RedisHealth
 from dispatcher.ids import NAMESPACE_PATTERN, MessageRef, new_message_id
@@ -378,6 +378,8 @@ def _unavailable(what: str) -> Iterator[None]:
     """Redis errors inside become :class:`Unavailable` naming ``what`` (nothing was kept)."""
     try:
         yield
+    except PoolExhausted as exc:
+        raise Busy(f"{what} busy: {exc}") from None
     except REDIS_ERRORS as exc:
         raise Unavailable(f"{what} unavailable: {_reason(exc)}") from None
 

@@ -12,10 +12,18 @@ from __future__ import annotations
 import contextlib
 
 import redis
+from starlette.concurrency import run_in_threadpool
 
 from dispatcher.api.auth import Caller
 from dispatcher.connections import REDIS_ERRORS
-from dispatcher.errors import FieldError, InvalidMessage, RateLimited, Unauthorized, Unavailable
+from dispatcher.errors import (
+    Busy,
+    FieldError,
+    InvalidMessage,
+    RateLimited,
+    Unauthorized,
+    Unavailable,
+)
 from dispatcher.gate import REPLAYED, Gate, submit_bucket
 from dispatcher.ratelimit import Dimension, SharedRateLimiter
 
@@ -67,6 +75,13 @@ class Admission:
             raise Unavailable(f"rate limiter unavailable: {exc}") from None
         if wait > 0:
             raise RateLimited(client, wait)
+
+    async def give_back(self, caller: Caller, refusal: Unavailable) -> None:
+        """After a refused submit, release its nonce so the same bytes may be sent again; not
+        after :class:`Busy`, which came before the nonce was claimed (and with Redis perhaps
+        stalled, a release would hold the answer up)."""
+        if not isinstance(refusal, Busy):
+            await run_in_threadpool(self.release, caller)
 
     def release(self, caller: Caller) -> None:
         """Give a nonce back after a failure that accepted nothing (best effort)."""

@@ -26,6 +26,7 @@ from dispatcher.api.docs_assets import install_docs
 from dispatcher.api.envelope import EnvelopeWriter
 from dispatcher.api.metrics import ApiMetrics, RedisCollector
 from dispatcher.api.openapi import build_openapi
+from dispatcher.api.overload import SubmitBound
 from dispatcher.api.routes import Runtime, render_error, router
 from dispatcher.broker import BrokerKind, broker_is_store, broker_kind
 from dispatcher.broker_probe import AmqpProbe
@@ -125,6 +126,12 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
     if settings.api_docs:
         install_docs(app)
     _install_error_handlers(app, envelope)
+    app.add_middleware(
+        SubmitBound,
+        limit=settings.api_max_submits_in_flight,
+        envelope=envelope,
+        metrics=runtime.metrics,
+    )
     app.openapi = lambda: build_openapi(app, settings)  # type: ignore[method-assign]
     tracing.instrument_api(app)  # OTEL_* turns it on (docs/operations.md, "Tracing")
     auth.warn_about_configuration()

@@ -26,7 +26,9 @@ from starlette.responses import Response
 
 from dispatcher.config import Settings
 from dispatcher.errors import (
+    SERVICE_BUSY,
     ApiError,
+    Busy,
     Conflict,
     DispatcherError,
     InvalidMessage,
@@ -66,6 +68,7 @@ class EnvelopeWriter:
             b',"servicePhone":' + _dumps(settings.service_phone) + b',"host":' + _dumps(self.host)
         )
         self._ok = _dumps(OK)
+        self.busy_retry_after = settings.busy_retry_after
         self._second = -1
         self._foot = b""
 
@@ -103,6 +106,13 @@ class EnvelopeWriter:
             message = MESSAGES.get(code, "error")
         return Response(self.render(code, message, data), code, headers=headers, media_type=JSON)
 
+    def busy(self) -> Response:
+        """503 "service busy" with ``Retry-After``: overload, answered at once (nothing kept)."""
+        seconds = self.busy_retry_after
+        return self.answer(
+            503, SERVICE_BUSY, {"retryAfter": seconds}, headers={"Retry-After": str(seconds)}
+        )
+
     def error(self, exc: DispatcherError) -> Response:
         """The envelope for one of our errors; the HTTP status is the envelope's code."""
         if isinstance(exc, InvalidMessage):
@@ -117,6 +127,9 @@ class EnvelopeWriter:
             return self.answer(exc.code, exc.message, exc.data)
         if isinstance(exc, Conflict):
             return self.answer(409, str(exc), {"getMessageId": exc.message_id})
+        if isinstance(exc, Busy):
+            log.info("503 busy: %s", exc)
+            return self.busy()
         if isinstance(exc, Unavailable):
             # The reason (hosts, ports) is for operators, not callers.
             log.warning("503: %s", exc)
@@ -166,7 +179,8 @@ class SubmitData(BaseModel):
 class ErrorResponse(_Envelope):
     data: ErrorList | RetryAfter | SubmitData | None = Field(
         default=None,
-        description="400/413: every broken field; 429: the wait; 409: the id in conflict",
+        description="400/413: every broken field; 429 and a busy 503: the wait; "
+        "409: the id in conflict",
     )
 
 
@@ -219,6 +233,7 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         "message cannot be recalled, data.reason says why",
         413: "request body, or the provider message it makes, over the size limit",
         429: "the client's submit rate limit is used up; see Retry-After",
-        503: "Redis or the broker is unreachable; nothing was accepted, retry later",
+        503: "Redis or the broker is unreachable, or the service is busy (then with "
+        "Retry-After); nothing was accepted, retry later with the same getMessageId",
     }
     return {code: {"model": ErrorResponse, "description": descriptions[code]} for code in codes}

@@ -29,6 +29,7 @@ from dispatcher import keys
 from dispatcher.backlog import QueueBacklog, read_backlog
 from dispatcher.broker_probe import AmqpProbe, BrokerUnreachable
 from dispatcher.connections import REDIS_ERRORS, text
+from dispatcher.errors import Busy
 from dispatcher.health import MemoryUsage, memory_usage
 from dispatcher.store import LATENCY_BUCKETS_MS, StatusStore
 from dispatcher.store.durations import ATTEMPT_BUCKETS_MS, ATTEMPT_PREFIX
@@ -46,6 +47,9 @@ REJECT_REASONS: dict[int, str] = {
     503: "unavailable",
 }
 """``reason`` label of ``dispatcher_rejected_total`` by answer code."""
+
+BUSY = "busy"
+"""``reason`` of a 503 answered because the service was saturated (docs/operations.md)."""
 
 TRANSITIONS = {
     "delivered": ("dispatcher_delivered", "Messages delivered to the provider."),
@@ -105,18 +109,22 @@ class ApiMetrics:
         self._clients = frozenset(clients)
         for client in (*self._clients, NO_CLIENT):  # every series from zero, for rate()
             self.accepted.labels(client)
-            for reason in (*REJECT_REASONS.values(), "other"):
+            for reason in (*REJECT_REASONS.values(), BUSY, "other"):
                 self.rejected.labels(reason, client)
         self.registry.register(fleet)
 
-    def count_submit(self, code: int, client: str | None = None) -> None:
-        """One submit by ``client`` (None: not known) answered ``code``."""
+    def count_submit(
+        self, code: int, client: str | None = None, refusal: Exception | None = None
+    ) -> None:
+        """One submit by ``client`` (None: not known) answered ``code``; ``refusal``: the error
+        behind a refusal, which tells a busy 503 from an unavailable one."""
         self.submitted.inc()
         label = client if client in self._clients else NO_CLIENT
         if code == 200:
             self.accepted.labels(label).inc()
         else:
-            self.rejected.labels(REJECT_REASONS.get(code, "other"), label).inc()
+            reason = BUSY if isinstance(refusal, Busy) else REJECT_REASONS.get(code, "other")
+            self.rejected.labels(reason, label).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -172,7 +172,7 @@ async def render_error(request: Request, exc: Exception) -> Response:
     response = rt.envelope.error(exc)
     if request.url.path == SUBMIT:
         caller: Caller | None = getattr(request.state, "caller", None)
-        rt.metrics.count_submit(response.status_code, caller.client if caller else None)
+        rt.metrics.count_submit(response.status_code, caller.client if caller else None, exc)
     return response
 
 
@@ -219,9 +219,9 @@ async def handle_basic_message(call: SignedRequest) -> Response:
             gate=rt.admission.gate(call.caller),
             namespace=call.caller.namespace,
         )
-    except Unavailable:
+    except Unavailable as refusal:
         # Nothing was accepted: give the nonce back so the same bytes may be retried.
-        await run_in_threadpool(rt.admission.release, call.caller)
+        await rt.admission.give_back(call.caller, refusal)
         raise
     rt.metrics.count_submit(200, call.caller.client)
     return rt.envelope.ok({"getMessageId": submitted.message_id})

@@ -166,6 +166,12 @@ class Api:
     """The HTTP API of this test, served by uvicorn in a thread (auth off: faults, not signing)."""
 
     url: str
+    app: Any
+
+    @property
+    def health(self) -> Any:
+        """The API's memory gate (:class:`dispatcher.health.RedisHealth`)."""
+        return self.app.state.runtime.dispatcher.health
 
     def submit(self, payload: dict[str, Any], timeout: float = 10.0) -> httpx.Response:
         return httpx.post(f"{self.url}{SUBMIT}", json=payload, timeout=timeout)
@@ -176,5 +182,6 @@ def api(fault_env: dict[str, str]) -> Iterator[Api]:
     from dispatcher.api import create_app
 
     settings = settings_from_env({**fault_env, "DISPATCHER_AUTH_ENABLED": "false"})
-    with ServerThread(create_app(settings)) as server:
-        yield Api(server.url)
+    app = create_app(settings)
+    with ServerThread(app) as server:
+        yield Api(server.url, app)

@@ -247,6 +247,15 @@ def _kill_if_ours(pid: int, queue: str) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
+def wait_until(check: Callable[[], object], timeout: float, what: str) -> None:
+    """Poll ``check`` until it is true; fail naming ``what`` after ``timeout`` seconds.
+    For conditions a busy machine reaches late: never a sleep of a guessed length."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"not within {timeout}s: {what}"
+        time.sleep(0.05)
+
+
 # ---------------------------------------------------------------------------
 # Steady load
 
@@ -258,18 +267,19 @@ class Load:
         self.submit = submit
         self.pause = pause
         self.accepted: list[str] = []
-        self.answers: list[tuple[float, int, str]] = []  # (monotonic time, status, id)
+        self.answers: list[tuple[float, float, int, str]] = []  # (sent, answered, status, id)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
             message_id = new_id("load")
+            sent = time.monotonic()
             try:
                 status = self.submit(text_message(message_id)).status_code
             except Exception:
                 status = -1  # the API itself did not answer: never an acceptance
-            self.answers.append((time.monotonic(), status, message_id))
+            self.answers.append((sent, time.monotonic(), status, message_id))
             if status == 200:
                 self.accepted.append(message_id)
             self._stop.wait(self.pause)
@@ -283,7 +293,12 @@ class Load:
         self._thread.join(30)
 
     def between(self, start: float, end: float) -> list[int]:
-        return [status for at, status, _ in self.answers if start <= at <= end]
+        """Answers to requests sent from ``start`` and answered by ``end`` (on a slow machine
+        a request sent before an event may be answered well after it)."""
+        return [status for sent, at, status, _ in self.answers if start <= sent and at <= end]
+
+    def accepted_since(self, start: float) -> bool:
+        return 200 in self.between(start, time.monotonic())
 
 
 # ---------------------------------------------------------------------------

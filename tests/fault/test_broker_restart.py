@@ -14,7 +14,14 @@ from typing import Any
 import pytest
 
 from dispatcher.errors import Unavailable
-from tests.fault.harness import MESSAGES_PATH, Load, assert_invariants, new_id, text_message
+from tests.fault.harness import (
+    MESSAGES_PATH,
+    Load,
+    assert_invariants,
+    new_id,
+    text_message,
+    wait_until,
+)
 from tests.rabbitmq import RabbitServer, server_script
 
 pytestmark = pytest.mark.fault
@@ -39,14 +46,6 @@ def fault_env(fault_env: dict[str, str], rabbit_node: RabbitServer) -> dict[str,
     return {**fault_env, "DISPATCHER_BROKER_URL": rabbit_node.url}
 
 
-def wait_until(condition: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        time.sleep(0.1)
-
-
 def test_rabbitmq_killed_under_load_and_restarted_loses_no_accepted_message(
     dispatcher: Any, easemob: Any, start_worker: Any, api: Any, rabbit_node: RabbitServer
 ) -> None:
@@ -68,7 +67,7 @@ def test_rabbitmq_killed_under_load_and_restarted_loses_no_accepted_message(
     while_down = load.between(down_at + 0.5, up_at + restarted_in)  # until the node answered
     assert while_down, "the load kept submitting while the broker was down"
     assert set(while_down) == {503}, f"only 503 while the broker is down, got {set(while_down)}"
-    refused = [m for _, status, m in load.answers if status == 503]
+    refused = [m for _, _, status, m in load.answers if status == 503]
     assert all(dispatcher.status(m) is None for m in refused), "a 503 leaves no record"
     easemob.clear_faults()
     records = assert_invariants(dispatcher, easemob, load.accepted, timeout=90)

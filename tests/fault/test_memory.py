@@ -7,6 +7,7 @@ s: a record's TTL restarts at each transition, so it must outlast the queue wait
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +26,7 @@ from tests.fault.harness import (
     new_id,
     text_message,
     wait_all_terminal,
+    wait_until,
 )
 
 pytestmark = pytest.mark.fault
@@ -95,7 +97,10 @@ def test_volume_run_leaves_only_expiring_keys_and_memory_returns_to_baseline(
     while count_keys(client, keys.ALL_RECORDS) and time.monotonic() < expires_by:
         time.sleep(1)
     left = count_keys(client, keys.ALL_RECORDS) + count_keys(client, keys.ALL_HISTORIES)
-    time.sleep(2)
+    # Expired keys are freed by Redis's own cycles: wait for the figure, bounded.
+    near_baseline = baseline + 1_000_000 + (peak - baseline) * 0.05
+    with contextlib.suppress(AssertionError):
+        wait_until(lambda: used_memory(client) < near_baseline, 30, "memory near baseline")
     after = used_memory(client)
     print(
         f"\nF15: N={N}: submitted in {submitted_in:.1f}s, all delivered after {done_in:.1f}s "
@@ -104,5 +109,5 @@ def test_volume_run_leaves_only_expiring_keys_and_memory_returns_to_baseline(
         f"{after / 1e6:.2f} MB; records left {left}"
     )
     assert left == 0, f"{left} records or histories outlived the status TTL"
-    assert after - baseline < 1_000_000 + (peak - baseline) * 0.05, "memory back near baseline"
+    assert after < near_baseline, "memory back near baseline"
     client.close()

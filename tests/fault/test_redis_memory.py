@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,7 +14,7 @@ import redis
 from dispatcher import Dispatcher, keys
 from dispatcher.api.app import create_app
 from dispatcher.errors import Unavailable
-from dispatcher.health import redis_warnings
+from dispatcher.health import RedisHealth, redis_warnings
 from dispatcher.sandbox.server import ServerThread
 from tests.conftest import ref, settings_from_env
 from tests.fault.harness import (
@@ -25,6 +24,7 @@ from tests.fault.harness import (
     submit_texts,
     text_message,
     wait_all_terminal,
+    wait_until,
 )
 
 pytestmark = pytest.mark.fault
@@ -61,6 +61,15 @@ def fill(client: redis.Redis, ratio: float, start: int = 0) -> int:
     return index
 
 
+def refuses(health: RedisHealth) -> bool:
+    """The gate refuses new work now (it reads Redis when its reading is stale)."""
+    try:
+        health.admit()
+    except Unavailable:
+        return True
+    return False
+
+
 def test_nearly_full_redis_refuses_new_work_with_a_clear_error_and_evicts_nothing(
     dispatcher: Any,
     easemob: Any,
@@ -75,7 +84,9 @@ def test_nearly_full_redis_refuses_new_work_with_a_clear_error_and_evicts_nothin
     wait_all_terminal(dispatcher, early, timeout=20)
 
     filled = fill(admin, 0.93)
-    time.sleep(0.6)  # past DISPATCHER_MEMORY_CHECK_INTERVAL
+    # Each gate reads Redis memory once per DISPATCHER_MEMORY_CHECK_INTERVAL.
+    wait_until(lambda: refuses(dispatcher.health), 10, "the producer sees memory nearly full")
+    wait_until(lambda: refuses(api.health), 10, "the API sees memory nearly full")
     refused = new_id("full")
     with pytest.raises(Unavailable, match="memory nearly full"):
         dispatcher.submit(text_message(refused))
@@ -94,10 +105,11 @@ def test_nearly_full_redis_refuses_new_work_with_a_clear_error_and_evicts_nothin
     try:
         with contextlib.suppress(redis.exceptions.OutOfMemoryError):
             fill(admin, 1.01, start=filled)
-        # Memory hovers at the limit once writes fail; put the limit below it so the
-        # submit surely meets Redis's OOM refusal (a script that starts under it may write).
+        # Memory hovers at the limit once writes fail; put the limit well below it so the
+        # submit surely meets Redis's OOM refusal (a script that starts under it may write,
+        # and buffers freed meanwhile can lower the figure by more than a megabyte).
         used = int(admin.info("memory")["used_memory"])
-        admin.config_set("maxmemory", used - 1024 * 1024)
+        admin.config_set("maxmemory", used // 2)
         with pytest.raises(Unavailable):
             unguarded.submit(text_message(new_id("oom")))
     finally:
@@ -109,7 +121,8 @@ def test_nearly_full_redis_refuses_new_work_with_a_clear_error_and_evicts_nothin
 
     for key in admin.scan_iter("filler:*", count=1000):
         admin.delete(key)
-    time.sleep(0.6)
+    wait_until(lambda: not refuses(dispatcher.health), 10, "the producer sees memory free")
+    wait_until(lambda: not refuses(api.health), 10, "the API sees memory free")
     later = submit_texts(dispatcher, 5, prefix="later")
     assert api.submit(text_message(new_id("later"))).status_code == 200
     records = assert_invariants(dispatcher, easemob, early + later, timeout=20)

@@ -17,6 +17,7 @@ from starlette.testclient import TestClient
 
 from dispatcher import keys
 from dispatcher.api.app import create_app
+from dispatcher.api.overload import SubmitBound
 from dispatcher.api.paths import SUBMIT
 from dispatcher.config import ClientConfig, Settings
 from dispatcher.console import issue_login_link
@@ -361,7 +362,9 @@ def test_live_data_reads_the_counters_and_the_queue(app: FastAPI, browser: TestC
 def test_mounting_the_console_adds_nothing_to_the_submit_path(settings_model: Settings) -> None:
     with_console = create_app(settings_model)
     without = create_app(settings_model.model_copy(update={"console_enabled": False}))
-    assert with_console.user_middleware == without.user_middleware == []
+    # The console adds no middleware: the submit path has only its in-flight bound.
+    middleware = [[m.cls for m in app.user_middleware] for app in (with_console, without)]
+    assert middleware == [[SubmitBound], [SubmitBound]]
     scope = {"type": "http", "method": "POST", "path": SUBMIT, "root_path": "", "headers": []}
     matches = [route.matches(scope)[0] for route in with_console.routes]
     # Routes are tried in order: the submit route matches first, and the mount never does.
