@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 import redis
 from celery import Celery
 from celery.worker.consumer import Consumer
+from kombu.entity import Queue
 from kombu.transport import redis as kombu_redis
 
 from dispatcher.config import Settings, get_settings
@@ -78,6 +79,8 @@ def make_celery(settings: Settings) -> Celery:
         task_serializer="json",
         accept_content=["json"],
         task_default_queue=settings.queue,
+        # A worker started without -Q consumes both; webhooks never wait behind deliveries.
+        task_queues=(Queue(settings.queue), Queue(settings.webhook_queue)),  # type: ignore[no-untyped-call]
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         task_acks_on_failure_or_timeout=True,

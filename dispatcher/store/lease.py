@@ -211,6 +211,7 @@ class LeaseStore:
             "retry_grace_ms": int(self.policy.retry_grace * 1000),
             "provider_status": error.status if error is not None and error.status else None,
             "deferred": 1 if deferred else None,
+            "announce": 1 if self.policy.announces(lease.client, f"message.{state}") else None,
         }
         reply = self._finish(
             self.redis,
@@ -220,6 +221,7 @@ class LeaseStore:
                 "dead": keys.DEAD_LETTERS,
                 "stats": keys.STATS,
                 "inflight": keys.IN_FLIGHT,
+                "outbox": keys.WEBHOOK_OUTBOX,
             },
             args,
         )
