@@ -228,8 +228,10 @@ class WebhookStore:
 
     def enable(self, endpoint_id: str) -> bool:
         """Clear the endpoint's disabled mark and failure streak; whether it was disabled."""
+        key = keys.webhook_endpoint(endpoint_id)
         pipe = self.redis.pipeline()
-        pipe.hdel(keys.webhook_endpoint(endpoint_id), "disabled", "disabledAt", "failingSince")
+        pipe.hexists(key, "disabled")
+        pipe.hdel(key, "disabled", "disabledAt", "failingSince")
         return bool(pipe.execute()[0])
 
     def backlog(self) -> dict[str, int]:

@@ -7,6 +7,8 @@ import base64
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -195,8 +197,11 @@ def test_a_receiver_down_for_a_while_gets_every_event_once_after_dedupe(
     assert producer.redis.zcard(keys.WEBHOOK_DUE) == 0
 
 
-def test_410_disables_the_endpoint(
-    producer: Dispatcher, receiver: Receiver, workers: Callable[..., WorkerProcess]
+def test_410_disables_the_endpoint_and_its_dead_letters_replay_once_enabled(
+    producer: Dispatcher,
+    receiver: Receiver,
+    workers: Callable[..., WorkerProcess],
+    webhook_env: dict[str, str],
 ) -> None:
     workers()
     receiver.fault(path="/webhooks", status=410, body={"error": "gone"})
@@ -213,6 +218,22 @@ def test_410_disables_the_endpoint(
     assert set(letters) == {first, second}
     assert "endpoint disabled" in (letters[second].last_error or "")
     assert len(receiver.requests()) == calls  # nothing more was sent to it
+
+    # Fixed and enabled again, the dead letters are replayed with their webhook ids.
+    httpx.delete(f"{receiver.url}/_sandbox/faults", timeout=5).raise_for_status()
+    endpoint = producer.settings.clients[CLIENT].webhooks[0].endpoint_id(CLIENT)
+    env = {**os.environ, **webhook_env}
+    for args in (["enable", endpoint], ["replay", "--all"]):
+        run = subprocess.run(
+            [sys.executable, "-m", "dispatcher.cli", "webhooks", *args],
+            env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert run.returncode == 0, run.stderr
+    assert "disabled" not in endpoint_health(producer)
+    wait_until(lambda: len(receiver.verified()) == 2, 30, "both events after the replay")
+    got = {e["webhookId"]: e["payload"]["data"]["getMessageId"] for e in receiver.verified()}
+    assert got == {d.webhook_id: message_id for message_id, d in letters.items()}
+    assert store.dead_letters() == []
 
 
 def test_loopback_is_refused_unless_allowed(
