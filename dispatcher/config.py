@@ -68,6 +68,8 @@ class Settings(BaseSettings):
     easemob_max_body_bytes: int = 5120
     easemob_calls_per_second: int = 100
     easemob_messages_per_minute: int = 6000
+    easemob_callback_secret: SecretStr | None = None
+    easemob_callback_window: int = Field(default=300, ge=1)
 
     # WeChat Official Account (docs/channels.md); unset fields take WeChatConfig's defaults
     wechat_appid: str | None = None

@@ -106,6 +106,23 @@ def wechat_rate(appid: str) -> str:
     return f"wechat:{appid}:calls"
 
 
+def easemob_msgid(msg_id: str) -> str:
+    """The message reference an Easemob message id belongs to (one per target), for
+    Easemob's callbacks (docs/providers.md)."""
+    return f"{PREFIX}:easemob:msgid:{msg_id}"
+
+
+def easemob_callback(call_id: str) -> str:
+    """Marks an Easemob callback seen (Easemob sends a failed one again at once)."""
+    return f"{PREFIX}:easemob:call:{call_id}"
+
+
+EASEMOB_UNKNOWN_CALLBACKS = f"{PREFIX}:easemob:unknown-callbacks"
+"""List of verified Easemob callbacks naming a msg_id we do not know, newest first, bounded."""
+
+MAX_UNKNOWN_CALLBACKS = 1000
+
+
 def rate_limit(name: str) -> str:
     """State of one shared rate limiter (GCRA theoretical arrival time)."""
     return f"{PREFIX}:rate:{name}"

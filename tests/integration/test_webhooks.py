@@ -31,6 +31,8 @@ pytestmark = pytest.mark.integration
 
 SECRET = "whsec_" + base64.b64encode(b"k" * 32).decode()
 CLIENT = "shop"
+EVENTS = ["message.delivered", "message.failed", "message.dead", "message.read"]
+CALLBACK_SECRET = "easemob-callback-secret"
 
 
 def wait_until(condition: Callable[[], Any], timeout: float = 30.0, what: str = "") -> Any:
@@ -94,7 +96,9 @@ def webhook_env(
     clients = {
         CLIENT: {
             "secret": "client-signing-secret",
-            "webhooks": [{"url": f"{receiver.url}/webhooks/shop", "secret": SECRET}],
+            "webhooks": [
+                {"url": f"{receiver.url}/webhooks/shop", "secret": SECRET, "events": EVENTS}
+            ],
         }
     }
     return {
@@ -106,6 +110,7 @@ def webhook_env(
         "DISPATCHER_WEBHOOK_POLL_INTERVAL": "0.1",
         "DISPATCHER_WEBHOOK_CLAIM_SECONDS": "5",
         "DISPATCHER_WEBHOOK_TIMEOUT": "3",
+        "DISPATCHER_EASEMOB_CALLBACK_SECRET": CALLBACK_SECRET,
     }
 
 
@@ -262,3 +267,49 @@ def test_a_webhook_worker_killed_mid_send_loses_no_event(
     payloads = {e["webhookId"]: e["payload"] for e in receiver.verified()}
     assert len(payloads) == 1
     assert next(iter(payloads.values()))["data"]["getMessageId"] == message_id
+
+
+@pytest.fixture()
+def api_server(producer: Dispatcher) -> Iterator[str]:
+    from dispatcher.api.app import create_app
+
+    with ServerThread(create_app(producer.settings, producer)) as server:
+        yield server.url
+
+
+@pytest.fixture()
+def easemob_callbacks(easemob: Any) -> Iterator[Callable[..., None]]:
+    def configure(**rule: Any) -> None:
+        url = f"{easemob.url}/_sandbox/easemob/callbacks"
+        httpx.put(url, json=rule, timeout=5).raise_for_status()
+
+    yield configure
+    configure(url=None)
+
+
+def test_easemob_callbacks_reach_the_client_as_read_at_and_message_read(
+    producer: Dispatcher,
+    receiver: Receiver,
+    workers: Callable[..., WorkerProcess],
+    api_server: str,
+    easemob: Any,
+    easemob_callbacks: Callable[..., None],
+) -> None:
+    from dispatcher.channels.easemob.callbacks import CALLBACKS
+
+    easemob_callbacks(
+        url=api_server + CALLBACKS, secret=CALLBACK_SECRET, offline_users=["u2"], read_after=0.3
+    )
+    workers()
+    message_id = producer.submit(text_message(), client=CLIENT)
+    wait_for_state(producer, message_id)
+    types = lambda: {e["payload"]["type"] for e in receiver.verified()}  # noqa: E731
+    wait_until(lambda: types() == {"message.delivered", "message.read"}, 30, "both events")
+    record = producer.status(message_id)
+    assert record is not None and record.readAt is not None
+    details = [h.detail for h in record.history]
+    assert "Easemob receipt: chat_offline" in details and "Easemob receipt: read" in details
+    [read] = [e["payload"] for e in receiver.verified() if e["payload"]["type"] == "message.read"]
+    assert read["data"]["getMessageId"] == message_id and read["data"]["readAt"]
+    sent = httpx.get(f"{easemob.url}/_sandbox/easemob/callbacks", timeout=5).json()["sent"]
+    assert {s["status"] for s in sent} == {200}
