@@ -119,20 +119,20 @@ class WebhookStore:
             Event.parse(text(raw)) for raw in self.redis.lrange(keys.WEBHOOK_OUTBOX, 0, limit - 1)
         ]
 
-    def fan_out(self, event: Event, bodies: dict[str, str]) -> int:
-        """Deliveries of ``event`` by member -> body; -1 when another pump took it first."""
-        members = list(bodies)
-        entries: list[str] = []
-        for member in members:
-            entries += [member, bodies[member]]
+    def fan_out(self, plan: list[tuple[Event, dict[str, str]]]) -> int:
+        """Each event's deliveries (member -> body) in one call; how many were created
+        (an event another pump took first creates none)."""
+        args: list[str | int] = []
+        delivery_keys: list[str] = []
+        for event, bodies in plan:
+            args += [event.raw, len(bodies)]
+            for member, body in bodies.items():
+                args += [member, body]
+                delivery_keys.append(keys.webhook_delivery(member))
         reply = self._fanout(
             self.redis,
-            {
-                "outbox": keys.WEBHOOK_OUTBOX,
-                "due": keys.WEBHOOK_DUE,
-                "deliveries": [keys.webhook_delivery(m) for m in members],
-            },
-            {"event": event.raw, "entries": entries},
+            {"outbox": keys.WEBHOOK_OUTBOX, "due": keys.WEBHOOK_DUE, "deliveries": delivery_keys},
+            {"plan": args},
         )
         return int(reply)
 
@@ -221,6 +221,11 @@ class WebhookStore:
             {"member": member},
         )
         return text(reply)
+
+    def disabled(self, endpoint_id: str) -> str | None:
+        """Why the endpoint is disabled, or None."""
+        reason = self.redis.hget(keys.webhook_endpoint(endpoint_id), "disabled")
+        return None if reason is None else text(reason)
 
     def endpoint_health(self, endpoint_id: str) -> dict[str, str]:
         fields = self.redis.hgetall(keys.webhook_endpoint(endpoint_id))

@@ -34,21 +34,20 @@ class WebhookPump:
     _thread: threading.Thread | None = field(default=None, init=False)
 
     def fan_out(self) -> int:
-        """One batch of outbox events into deliveries; how many events were taken."""
+        """One batch of outbox events into deliveries (one Redis call); how many events."""
         events = self.store.pending_events(self.batch)
+        plan = []
         for event in events:
             ref = MessageRef.parse(event.member)
             body = build_body(event, ref.id)
             targets = self.subscriptions.targets(event.client, event.type)
-            bodies = {delivery_member(endpoint, event.id): body for endpoint in targets}
-            if self.store.fan_out(event, bodies) >= 0:
-                log.info(
-                    "getMessageId=%s webhook-id=%s %s for %d endpoint(s)",
-                    ref.id,
-                    event.id,
-                    event.type,
-                    len(bodies),
-                )
+            plan.append(
+                (event, {delivery_member(endpoint, event.id): body for endpoint in targets})
+            )
+            log.debug("getMessageId=%s webhook-id=%s %s for %d endpoint(s)",
+                      ref.id, event.id, event.type, len(targets))  # fmt: skip
+        if plan:
+            self.store.fan_out(plan)
         return len(events)
 
     def promote(self) -> int:

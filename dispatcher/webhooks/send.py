@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 import httpx
 from standardwebhooks.webhooks import Webhook
 
+from dispatcher.channels.http import PerThreadHttp
 from dispatcher.webhooks.config import WebhookEndpoint
 from dispatcher.webhooks.outbox import Event
 
@@ -65,11 +66,10 @@ def check_destination(url: str, *, allow_loopback: bool) -> None:
         raise RefusedDestination("not an http(s) URL")
     port = parts.port or (443 if parts.scheme == "https" else 80)
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except OSError as exc:
-        raise RefusedDestination(f"cannot resolve {host}: {exc}") from None
-    for info in infos:
-        address = ipaddress.ip_address(str(info[4][0]).partition("%")[0])
+        addresses = [ipaddress.ip_address(host)]  # a literal needs no resolver
+    except ValueError:
+        addresses = _resolve(host, port)
+    for address in addresses:
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
             address = address.ipv4_mapped
         if address.is_loopback:
@@ -81,6 +81,14 @@ def check_destination(url: str, *, allow_loopback: bool) -> None:
             continue
         if address in METADATA_ADDRESSES or not address.is_global:
             raise RefusedDestination(f"{host} resolves to non-public address {address}")
+
+
+def _resolve(host: str, port: int) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise RefusedDestination(f"cannot resolve {host}: {exc}") from None
+    return [ipaddress.ip_address(str(info[4][0]).partition("%")[0]) for info in infos]
 
 
 def build_body(event: Event, message_id: str) -> str:
@@ -136,7 +144,7 @@ def signed_headers(endpoint: WebhookEndpoint, webhook_id: str, body: str) -> dic
 
 
 def post(
-    http: httpx.Client,
+    http: PerThreadHttp,
     endpoint: WebhookEndpoint,
     webhook_id: str,
     body: str,
@@ -150,10 +158,7 @@ def post(
         return Answer(Verdict.FAILED, None, f"refused destination: {exc}")
     try:
         response = http.post(
-            endpoint.url,
-            content=body.encode(),
-            headers=signed_headers(endpoint, webhook_id, body),
-            follow_redirects=False,
+            httpx.URL(endpoint.url), body.encode(), signed_headers(endpoint, webhook_id, body)
         )
     except httpx.TimeoutException:
         return Answer(Verdict.FAILED, None, "timed out")

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from standardwebhooks.webhooks import Webhook
 
 from dispatcher.api.webhooks import DEAD_LETTERS, ENDPOINTS, REPLAY
+from dispatcher.channels.http import PerThreadHttp
 from dispatcher.config import ClientConfig
 from dispatcher.webhooks.config import WebhookEndpoint
 from dispatcher.webhooks.outbox import Event, Outcome, WebhookStore, delivery_member
@@ -128,11 +129,10 @@ def test_signatures_verify_with_standardwebhooks_and_with_each_secret_while_rota
 
 
 def answer(status: int, **headers: str) -> Any:
-    transport = httpx.MockTransport(lambda request: httpx.Response(status, headers=headers))
-    with httpx.Client(transport=transport) as http:
-        return post(
-            http, endpoint(url="https://93.184.215.14/h"), "msg_1", "{}", allow_loopback=False
-        )
+    http = PerThreadHttp(httpx.Timeout(5), {})
+    http._local.transport = httpx.MockTransport(lambda r: httpx.Response(status, headers=headers))
+    target = endpoint(url="https://93.184.215.14/h")
+    return post(http, target, "msg_1", "{}", allow_loopback=False)
 
 
 def test_what_an_answer_means() -> None:
@@ -172,7 +172,8 @@ def dead_delivery(api: Harness) -> str:
     raw = event(state="dead", client="c1")
     api.redis.rpush("dispatcher:webhooks:outbox", raw.raw)
     member = delivery_member(endpoint_id, raw.id)
-    assert store.fan_out(raw, {member: build_body(raw, "m0abc")}) == 1
+    assert store.fan_out([(raw, {member: build_body(raw, "m0abc")})]) == 1
+    assert store.fan_out([(raw, {member: "again"})]) == 0  # taken already: nothing twice
     [(claimed, claim)] = [c for c in store.claim_due(100, 60) if c[0] == member]
     delivery = store.delivery(claimed)
     assert delivery is not None and delivery.claim == claim
