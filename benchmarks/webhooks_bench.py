@@ -81,7 +81,6 @@ def run(bench: Any, say: Callable[[str], None], sim: harness.Simulator) -> dict[
             DISPATCHER_CLIENTS=json.dumps(clients),
             DISPATCHER_WEBHOOK_QUEUE=f"p6-hooks-{uuid.uuid4().hex[:6]}",
             DISPATCHER_WEBHOOK_ALLOW_LOOPBACK="true",
-            DISPATCHER_WEBHOOK_POLL_INTERVAL="0.2",
         )
         drain: dict[str, Any] = {}
 

@@ -10,6 +10,7 @@ before a fork.
 from __future__ import annotations
 
 import logging
+import time
 from functools import cache, cached_property
 from typing import Any
 
@@ -217,7 +218,8 @@ def _start_webhook_pump(sender: Any = None, **_: Any) -> None:
     get_app().dispatcher_webhook_pump = WebhookPump(
         WebhookStore(delivery_task().store.redis, dead_ttl=settings.status_ttl),
         subscriptions,
-        lambda member, claim: task.apply_async((member, claim), queue=settings.webhook_queue),
+        lambda batch: task.apply_async((batch, time.time()), queue=settings.webhook_queue),
         interval=settings.webhook_poll_interval,
         claim_seconds=settings.webhook_claim_seconds,
+        per_task=settings.webhook_batch,
     ).start()

@@ -28,6 +28,8 @@ class Outcome(StrEnum):
     DELIVERED = "delivered"
     RETRYING = "retrying"
     DEAD = "dead"
+    RELEASED = "released"
+    """Not attempted: due again now (a batch ran short of its claim's time)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +105,21 @@ def _int(value: bytes | str | None) -> int | None:
     return None if value is None or value in (b"", "") else int(text(value))
 
 
+def _delivery(member: str, fields: dict[bytes, bytes]) -> Delivery | None:
+    if not fields.get(b"body"):
+        return None
+    return Delivery(
+        member,
+        text(fields[b"body"]),
+        _int(fields.get(b"attempts")) or 0,
+        _int(fields.get(b"claim")) or 0,
+        _int(fields.get(b"createdAt")) or 0,
+        text(fields[b"lastError"]) if fields.get(b"lastError") else None,
+        _int(fields.get(b"lastStatus")),
+        _int(fields.get(b"diedAt")),
+    )
+
+
 class WebhookStore:
     def __init__(self, client: redis.Redis, *, dead_ttl: int = 604800) -> None:
         self.redis = client
@@ -152,19 +169,14 @@ class WebhookStore:
     # -- the task
 
     def delivery(self, member: str) -> Delivery | None:
-        fields = self.redis.hgetall(keys.webhook_delivery(member))
-        if not fields.get(b"body"):
-            return None
-        return Delivery(
-            member,
-            text(fields[b"body"]),
-            _int(fields.get(b"attempts")) or 0,
-            _int(fields.get(b"claim")) or 0,
-            _int(fields.get(b"createdAt")) or 0,
-            text(fields[b"lastError"]) if fields.get(b"lastError") else None,
-            _int(fields.get(b"lastStatus")),
-            _int(fields.get(b"diedAt")),
-        )
+        return self.deliveries([member])[0]
+
+    def deliveries(self, members: list[str]) -> list[Delivery | None]:
+        """The deliveries in the order asked (None for gone ones), in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for member in members:
+            pipe.hgetall(keys.webhook_delivery(member))
+        return [_delivery(m, fields) for m, fields in zip(members, pipe.execute(), strict=True)]
 
     def record(
         self,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from functools import cached_property
+from typing import Any
 
 import httpx
 from celery import Task
@@ -22,23 +23,23 @@ WEBHOOK_TASK = "dispatcher.webhook"
 
 
 def deliver_webhook(
-    member: str,
+    delivery: Delivery | None,
     claim: int,
     *,
+    disabled: str | None,
     settings: Settings,
     subscriptions: Subscriptions,
     store: WebhookStore,
     http: PerThreadHttp,
 ) -> str:
-    """Attempt the delivery once, if ``claim`` is still its newest; returns what happened."""
-    delivery = store.delivery(member)
+    """Attempt the delivery once, if ``claim`` is still its newest; returns what happened.
+    ``disabled``: why its endpoint is disabled, or None."""
     if delivery is None or delivery.claim != claim:
         return "stale"
     message_id = _message_id(delivery)
     configured = subscriptions.endpoints.get(delivery.endpoint_id)
     if configured is None:
         return _give_up(store, delivery, message_id, "endpoint no longer configured")
-    disabled = store.disabled(delivery.endpoint_id)
     if disabled:
         return _give_up(store, delivery, message_id, f"endpoint disabled: {disabled}")
     _, endpoint = configured
@@ -136,12 +137,32 @@ class WebhookTask(Task):  # type: ignore[misc]  # celery is untyped
         return PerThreadHttp(httpx.Timeout(self.settings.webhook_timeout), {})
 
 
-def run_webhook_task(self: WebhookTask, member: str, claim: int) -> str:
-    return deliver_webhook(
-        member,
-        int(claim),
-        settings=self.settings,
-        subscriptions=self.subscriptions,
-        store=self.store,
-        http=self.http,
-    )
+def run_webhook_task(self: WebhookTask, batch: list[list[Any]], claimed_at: float) -> list[str]:
+    """Send claimed deliveries of one endpoint in turn (claimed at ``claimed_at``, unix
+    time). One whose claim would end before its request could time out is released (due
+    again now), never sent on a claim that may have passed to another worker."""
+    settings, store = self.settings, self.store
+    deadline = claimed_at + settings.webhook_claim_seconds - settings.webhook_timeout
+    claims = [(str(member), int(claim)) for member, claim in batch]
+    deliveries = store.deliveries([member for member, _ in claims])
+    disabled = store.disabled(claims[0][0].partition(":")[0]) if claims else None
+    outcomes = []
+    for (_, claim), delivery in zip(claims, deliveries, strict=True):
+        if time.time() > deadline:
+            if delivery is not None and delivery.claim == claim:
+                store.record(delivery, Outcome.RELEASED, attempted=False)
+            outcomes.append("released")
+            continue
+        outcome = deliver_webhook(
+            delivery,
+            claim,
+            disabled=disabled,
+            settings=settings,
+            subscriptions=self.subscriptions,
+            store=store,
+            http=self.http,
+        )
+        if outcome == "dead" and delivery is not None:  # a 410 or a long failure disables
+            disabled = store.disabled(delivery.endpoint_id)
+        outcomes.append(outcome)
+    return outcomes

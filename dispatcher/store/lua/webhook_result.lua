@@ -1,4 +1,5 @@
--- Record the outcome of one webhook attempt (``outcome``: delivered, retrying or dead),
+-- Record the outcome of one webhook attempt (``outcome``: delivered, retrying or dead;
+-- ``released``: not attempted, due again now, e.g. the rest of a batch out of time),
 -- unless a newer claim of the delivery exists (``stale``). ``attempted`` is 0 when no
 -- request was sent (the endpoint is disabled or gone). With ``disable`` the endpoint is
 -- disabled for that reason. Returns ok, stale or missing.
@@ -13,6 +14,10 @@ if not current then
 end
 if tonumber(current) ~= claim then return 'stale' end
 local now = now_ms()
+if outcome == 'released' then
+  redis.call('ZADD', due, now, member)
+  return 'ok'
+end
 if attempted == 1 then
   redis.call('HINCRBY', endpoint, 'attempts', 1)
   redis.call('HINCRBY', delivery, 'attempts', 1)
