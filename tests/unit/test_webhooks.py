@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -197,3 +198,68 @@ def test_operators_see_endpoints_health_and_dead_letters_and_replay_them(api: Ha
     assert replayed == {"replayed": [member], "skipped": []}
     assert api.redis.zscore("dispatcher:webhooks:due", member) is not None
     assert get(api, ENDPOINTS, client="c1").status_code == 403
+
+
+def test_an_endpoint_failing_for_the_disable_period_is_disabled_and_says_so(
+    redis_url: str,
+) -> None:
+    import redis as redis_lib
+
+    from dispatcher.config import Settings
+    from dispatcher.webhooks.task import deliver_webhook
+
+    client = redis_lib.Redis.from_url(redis_url)
+    hooks = [{"url": "https://93.184.215.14/h", "secret": SECRET}]
+    settings = Settings(clients={"c1": {"secret": "x", "webhooks": hooks}})
+    endpoint_id = settings.clients["c1"].webhooks[0].endpoint_id("c1")
+    store = WebhookStore(client)
+    raw = event(state="delivered", client="c1", at=int(datetime.now(tz=UTC).timestamp() * 1000))
+    member = delivery_member(endpoint_id, raw.id)
+    client.rpush("dispatcher:webhooks:outbox", raw.raw)
+    store.fan_out([(raw, {member: build_body(raw, "m0abc")})])
+    six_days_ago = int((datetime.now(tz=UTC) - timedelta(days=6)).timestamp() * 1000)
+    client.hset(f"dispatcher:webhooks:endpoint:{endpoint_id}", "failingSince", six_days_ago)
+    [(_, claim)] = [c for c in store.claim_due(1000, 60) if c[0] == member]
+    http = PerThreadHttp(httpx.Timeout(5), {})
+    http._local.transport = httpx.MockTransport(lambda r: httpx.Response(500))
+    outcome = deliver_webhook(
+        store.delivery(member),
+        claim,
+        disabled=None,
+        settings=settings,
+        subscriptions=settings.webhook_subscriptions(),
+        store=store,
+        http=http,
+    )
+    assert outcome == "dead"
+    assert "failing for 5 day(s)" in (store.disabled(endpoint_id) or "")
+    client.close()
+
+
+def test_the_easemob_simulator_signs_its_callbacks_and_sends_a_failed_one_once_more() -> None:
+    from dispatcher.channels.easemob.callbacks import security
+    from dispatcher.sandbox.easemob_callbacks import CallbackRule, CallbackSender
+    from dispatcher.sandbox.server import ServerThread
+
+    got: list[dict[str, Any]] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        message = await receive()
+        got.append(json.loads(message["body"]))
+        status = 500 if len(got) == 1 else 200
+        await send({"type": "http.response.start", "status": status, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    with ServerThread(app) as server:
+        sender = CallbackSender("org#app", CallbackRule(url=server.url, secret="s"))
+        sender.message_sent("u1", "chat", {"u2": "123"})
+        deadline = time.monotonic() + 10
+        while len(sender.log) < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    assert len(got) == 2 and got[0] == got[1]  # Easemob's retry: the same call again
+    body = got[0]
+    assert body["security"] == security(body["callId"], "s", body["timestamp"])
+    assert body["msg_id"] == "123" and body["eventType"] == "chat"
+    assert sender.log[0]["status"] == 200
