@@ -1,5 +1,6 @@
-"""Benchmarks P1-P5 of issue 7, P9 (scheduled sends) and P11 (1,000 concurrent senders), each
-beside a baseline measured in the same run (P9's baseline: the same worker idle).
+"""Benchmarks P1-P5 of issue 7, P6 (status webhooks), P9 (scheduled sends) and P11 (1,000
+concurrent senders), each beside a baseline measured in the same run (P6's: the same run
+without webhooks; P9's: the same worker idle).
 
     python benchmarks/run.py --quick          # < 3 minutes on 2 cores
     python benchmarks/run.py --only P1,P2     # a subset
@@ -8,7 +9,7 @@ beside a baseline measured in the same run (P9's baseline: the same worker idle)
                                               # also P1, P3 with RabbitMQ as the broker
 
 Starts its own Redis (no AOF), the Easemob simulator and every worker/API
-process, runs, stops them and prints one JSON object with keys P1..P5 and P9, each
+process, runs, stops them and prints one JSON object with keys P1..P6, P9 and P11, each
 ``{"value", "baseline", "ratio", "goal", "met", ...details}``. Progress goes
 to stderr. Figures are ratios against baselines on the same Redis with the
 same pool and concurrency; absolute numbers move with the machine's load.
@@ -99,9 +100,12 @@ class Bench:
     def our_workers(
         self, env: dict[str, str], count: int, pool: str, concurrency: int
     ) -> list[harness.Process]:
+        queues = ",".join(
+            env[q] for q in ("DISPATCHER_QUEUE", "DISPATCHER_WEBHOOK_QUEUE") if q in env
+        )
         return [
             harness.celery_worker(
-                f"dispatcher-{i}", "dispatcher.worker", env["DISPATCHER_QUEUE"], env,
+                f"dispatcher-{i}", "dispatcher.worker", queues, env,
                 pool=pool, concurrency=concurrency,
             )
             for i in range(count)
@@ -111,6 +115,8 @@ class Bench:
         from dispatcher.producer import Dispatcher
 
         values: dict[str, Any] = {k.removeprefix("DISPATCHER_").lower(): v for k, v in env.items()}
+        if "clients" in values:
+            values["clients"] = json.loads(values["clients"])
         return Dispatcher(Settings(**values))
 
     def flush(self) -> None:
@@ -138,8 +144,11 @@ class Bench:
         timeout: float = 120,
         prefill: bool = False,
         on_timed_start: Callable[[], None] | None = None,
+        client: str | None = None,
+        after_timed: Callable[[], None] | None = None,
     ) -> dict[str, Any]:
-        """Submit ``n`` texts with the producer API; time until all are delivered.
+        """Submit ``n`` texts with the producer API (as ``client``); time until all are
+        delivered; then ``after_timed``, the workers still running.
 
         ``prefill``: submit them before the workers start and time only the delivery
         (the workers' throughput, not the producer's).
@@ -149,7 +158,7 @@ class Bench:
         # Warm up every worker thread (token, scripts, connections) before the clock starts.
         warm = processes * concurrency
         for _ in range(warm + (n if prefill else 0)):
-            dispatcher.submit(TEXT)
+            dispatcher.submit(TEXT, client=client)
         workers = self.our_workers(env, processes, pool, concurrency)
         with harness.started(*workers):
             harness.wait_until(lambda: self.delivered() >= warm, 60)
@@ -157,13 +166,15 @@ class Bench:
                 workers,
                 sim,
                 n,
-                submit=None if prefill else lambda i: dispatcher.submit(TEXT),
+                submit=None if prefill else lambda i: dispatcher.submit(TEXT, client=client),
                 finished=lambda: self.delivered() >= n + warm,
                 timeout=timeout,
                 label="dispatcher",
                 unit="message",
                 on_timed_start=on_timed_start,
             )
+            if after_timed is not None:
+                after_timed()
         dispatcher.close()
         return {**result, "prefilled": prefill}
 
@@ -532,7 +543,7 @@ class Bench:
     def run(self, only: set[str]) -> dict[str, Any]:
         started = time.monotonic()
         try:
-            if only & {"P1", "P2", "P5"}:
+            if only & {"P1", "P2", "P5", "P6"}:
                 sim = harness.Simulator().start()
                 try:
                     if only & {"P1", "P5"}:
@@ -541,6 +552,10 @@ class Bench:
                         self.p2(sim)
                     if self.args.amqp and "P1" in only:
                         self.on_amqp(sim, {"P1"})
+                    if "P6" in only:
+                        from benchmarks import webhooks_bench
+
+                        self.results["P6"] = webhooks_bench.run(self, say, sim)
                 finally:
                     sim.stop()
             if "P3" in only:
@@ -558,7 +573,7 @@ class Bench:
         finally:
             self.redis.close()
             self.server.cleanup()
-        keys_in_order = ("P1", "P1_amqp", "P2", "P3", "P3_amqp", "P4", "P5", "P9", "P11")
+        keys_in_order = ("P1", "P1_amqp", "P2", "P3", "P3_amqp", "P4", "P5", "P6", "P9", "P11")
         out: dict[str, Any] = {k: self.results[k] for k in keys_in_order if k in self.results}
         out["machine"] = machine()
         out["seconds"] = round(time.monotonic() - started, 1)
@@ -587,7 +602,7 @@ def machine() -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small N: under 3 minutes")
-    parser.add_argument("--only", default="P1,P2,P3,P4,P5,P9,P11", help="comma-separated subset")
+    parser.add_argument("--only", default="P1,P2,P3,P4,P5,P6,P9,P11", help="comma-separated subset")
     parser.add_argument(
         "--p11-pool", type=int, default=None, help="P11 with this DISPATCHER_API_REDIS_CONNECTIONS"
     )

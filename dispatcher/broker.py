@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 import redis
 from celery import Celery
 from celery.worker.consumer import Consumer
+from kombu.entity import Queue
 from kombu.transport import redis as kombu_redis
 
 from dispatcher.config import Settings, get_settings
@@ -78,6 +79,8 @@ def make_celery(settings: Settings) -> Celery:
         task_serializer="json",
         accept_content=["json"],
         task_default_queue=settings.queue,
+        # A worker started without -Q consumes both; webhooks never wait behind deliveries.
+        task_queues=_queues(settings, kind),
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         task_acks_on_failure_or_timeout=True,
@@ -110,6 +113,16 @@ def make_celery(settings: Settings) -> Celery:
     else:
         celery.conf.broker_transport_options = _redis_transport_options(settings)
     return celery
+
+
+def _queues(settings: Settings, kind: BrokerKind) -> tuple[Queue, ...]:
+    """The delivery queue and the webhook queue (docs/webhooks.md); quorum queues on
+    RabbitMQ, as every queue Celery declares there (:func:`_amqp_options`)."""
+    arguments = {"x-queue-type": "quorum"} if kind is BrokerKind.AMQP else None
+    return tuple(
+        Queue(name, queue_arguments=arguments)  # type: ignore[no-untyped-call]
+        for name in (settings.queue, settings.webhook_queue)
+    )
 
 
 def _redis_transport_options(settings: Settings) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import click
 from dispatcher import cli_withdraw
 from dispatcher.cli_dlq import dlq
 from dispatcher.cli_message import TYPE_NAMES, json_object, load_settings, message_info
+from dispatcher.cli_webhooks import webhooks
 from dispatcher.errors import DispatcherError, InvalidMessage
 from dispatcher.logs import configure_logging
 
@@ -330,7 +331,7 @@ def reaper(once: bool) -> None:
 
 
 main.add_command(dlq)
-
+main.add_command(webhooks)  # docs/webhooks.md, "Operators"
 
 cli_withdraw.register(main)
 if __name__ == "__main__":  # pragma: no cover

@@ -12,6 +12,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from dispatcher.channels.wechat_config import WeChatConfig, WindowFallback
 from dispatcher.ids import DEFAULT_NAMESPACE, NAMESPACE_PATTERN
 from dispatcher.routing import Routing
+from dispatcher.webhooks.config import Subscriptions, WebhookEndpoint, parse_schedule
 
 
 class ClientConfig(BaseModel):
@@ -31,6 +32,8 @@ class ClientConfig(BaseModel):
     """How the center picks this client's channels (docs/channels.md); unset: DISPATCHER_ROUTING."""
     wechat: WeChatConfig | None = None
     """The client's own WeChat app (docs/channels.md); unset: the DISPATCHER_WECHAT_* app."""
+    webhooks: list[WebhookEndpoint] = Field(default_factory=list)
+    """Where the client's message events are pushed (docs/webhooks.md)."""
 
 
 class Settings(BaseSettings):
@@ -65,6 +68,8 @@ class Settings(BaseSettings):
     easemob_max_body_bytes: int = 5120
     easemob_calls_per_second: int = 100
     easemob_messages_per_minute: int = 6000
+    easemob_callback_secret: SecretStr | None = None
+    easemob_callback_window: int = Field(default=300, ge=1)
 
     # WeChat Official Account (docs/channels.md); unset fields take WeChatConfig's defaults
     wechat_appid: str | None = None
@@ -140,6 +145,16 @@ class Settings(BaseSettings):
     console_session_secret: SecretStr | None = None
     console_session_seconds: int = Field(default=28800, ge=60)
 
+    # Status webhooks (docs/webhooks.md)
+    webhook_retry_schedule: str = "0,5,300,1800,7200,18000,36000,36000"
+    webhook_allow_loopback: bool = False
+    webhook_timeout: float = Field(default=15.0, gt=0)
+    webhook_queue: str = "webhooks"
+    webhook_disable_after: int = Field(default=432000, ge=60)
+    webhook_claim_seconds: int = Field(default=60, ge=5)
+    webhook_poll_interval: float = Field(default=0.5, gt=0)
+    webhook_batch: int = Field(default=10, ge=1, le=100)
+
     # Logging
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
@@ -168,9 +183,23 @@ class Settings(BaseSettings):
         value = value.rstrip("/")
         return value if "://" in value else f"http://{value}"
 
+    @field_validator("webhook_retry_schedule")
+    @classmethod
+    def _check_schedule(cls, value: str) -> str:
+        parse_schedule(value)
+        return value
+
     @property
     def effective_broker_url(self) -> str:
         return self.broker_url or self.redis_url
+
+    @property
+    def webhook_schedule(self) -> tuple[float, ...]:
+        """Seconds before each webhook attempt, the first counted from the event."""
+        return parse_schedule(self.webhook_retry_schedule)
+
+    def webhook_subscriptions(self) -> Subscriptions:
+        return Subscriptions({name: c.webhooks for name, c in self.clients.items()})
 
 
 PROVIDER_CREDENTIALS = {

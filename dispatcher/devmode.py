@@ -34,9 +34,13 @@ from dispatcher.devmode_env import (
     DEV_CHANNEL,
     DEV_CLIENT,
     DEV_EASEMOB,
+    DEV_EASEMOB_CALLBACK_SECRET,
     DEV_QINIU,
+    DEV_READ_AFTER,
     DEV_RETRIES,
     DEV_ROUTING,
+    DEV_WEBHOOK_SECRET,
+    DEV_WEBHOOKS,
     DEV_WECHAT,
     DEV_WECHAT_APPID,
 )
@@ -181,10 +185,14 @@ def _start(
     ports, auth, concurrency = options.ports, options.auth, options.concurrency
     real_easemob, real_qiniu, real_wechat = real
     from dispatcher.api.app import create_app
+    from dispatcher.channels.easemob.callbacks import CALLBACKS
     from dispatcher.console import dev_banner_line
     from dispatcher.sandbox.easemob import create_easemob_app_from_settings
+    from dispatcher.sandbox.easemob_callbacks import CallbackRule
     from dispatcher.sandbox.qiniu import create_qiniu_app_from_settings, seed_demo_objects
+    from dispatcher.sandbox.webhook_receiver import create_webhook_receiver
     from dispatcher.sandbox.wechat import create_wechat_app_from_settings
+    from dispatcher.webhooks.config import TERMINAL_EVENTS, EventType
 
     env: dict[str, str] = {}
     notes: list[str] = []
@@ -203,6 +211,7 @@ def _start(
     if not real_easemob:
         env.update(DEV_EASEMOB)
         env["DISPATCHER_EASEMOB_BASE_URL"] = f"http://127.0.0.1:{ports.easemob}"
+        env["DISPATCHER_EASEMOB_CALLBACK_SECRET"] = DEV_EASEMOB_CALLBACK_SECRET
     if not real_qiniu:
         env.update(DEV_QINIU)
         qiniu_url = f"http://127.0.0.1:{ports.qiniu}"
@@ -216,15 +225,26 @@ def _start(
         env["DISPATCHER_WECHAT_BASE_URL"] = f"http://127.0.0.1:{ports.wechat}"
     # Shorter retries than production so a dead letter shows up in seconds, and OpenIDs
     # routed to WeChat; explicit settings win.
-    for name, value in {**DEV_RETRIES, **DEV_ROUTING}.items():
+    for name, value in {**DEV_RETRIES, **DEV_ROUTING, **DEV_WEBHOOKS}.items():
         if name not in os.environ:
             env[name] = value
     secret = secrets.token_hex(16)
     env["DISPATCHER_AUTH_ENABLED"] = "true" if auth else "false"
-    if auth:
+    # The dev client's events go to a receiver of dev mode's own (docs/webhooks.md).
+    receiver = running.enter_context(ServerThread(create_webhook_receiver([DEV_WEBHOOK_SECRET])))
+    hook = {
+        "url": f"{receiver.url}/webhooks/{DEV_CLIENT}",
+        "secret": DEV_WEBHOOK_SECRET,
+        "events": [e.value for e in (*TERMINAL_EVENTS.values(), EventType.READ)],
+    }
+    if auth or "DISPATCHER_CLIENTS" not in os.environ:
         env["DISPATCHER_CLIENTS"] = json.dumps(
-            {DEV_CLIENT: {"secret": secret, "channels": [DEV_CHANNEL]}}
+            {DEV_CLIENT: {"secret": secret, "channels": [DEV_CHANNEL], "webhooks": [hook]}}
         )
+    notes.append(
+        f"Webhooks   receiver {receiver.url}/webhooks/{DEV_CLIENT}  (events of client {DEV_CLIENT}, "
+        "verified with standardwebhooks: /_sandbox/webhooks)"
+    )
     os.environ.update(env)
     settings = Settings()
     notes.append(
@@ -237,7 +257,13 @@ def _start(
             f"Easemob    {settings.easemob_base_url} (real credentials from the environment)"
         )
     else:
-        easemob = ServerThread(create_easemob_app_from_settings(settings), port=ports.easemob)
+        callbacks = CallbackRule(
+            url=f"http://127.0.0.1:{ports.api}{CALLBACKS}",
+            secret=DEV_EASEMOB_CALLBACK_SECRET,
+            read_after=DEV_READ_AFTER,
+        )
+        easemob_app = create_easemob_app_from_settings(settings, callbacks=callbacks)
+        easemob = ServerThread(easemob_app, port=ports.easemob)
         running.enter_context(easemob)
         notes.append(
             f"Easemob    simulator http://127.0.0.1:{ports.easemob}  (ledger: /_sandbox/requests)"

@@ -31,5 +31,14 @@ DEV_ROUTING = {
     )
 }
 DEV_RETRIES = {"DISPATCHER_MAX_ATTEMPTS": "4", "DISPATCHER_BACKOFF_CAP": "2"}
+DEV_WEBHOOK_SECRET = "whsec_ZGlzcGF0Y2hlci1kZXYtd2ViaG9vay1zZWNyZXQhIQ=="
+"""The dev client's webhook secret (32 bytes; only dev mode's own receiver trusts it)."""
+DEV_WEBHOOKS = {
+    "DISPATCHER_WEBHOOK_ALLOW_LOOPBACK": "true",
+    "DISPATCHER_WEBHOOK_RETRY_SCHEDULE": "0,1,2,5,10,20",
+}
+DEV_EASEMOB_CALLBACK_SECRET = "dev-easemob-callback-secret"
+DEV_READ_AFTER = 2.0
+"""Seconds after a delivery until the Easemob simulator says the message was read."""
 DEV_CLIENT = "dev"
 DEV_CHANNEL = "dev"

@@ -106,6 +106,23 @@ def wechat_rate(appid: str) -> str:
     return f"wechat:{appid}:calls"
 
 
+def easemob_msgid(msg_id: str) -> str:
+    """The message reference an Easemob message id belongs to (one per target), for
+    Easemob's callbacks (docs/providers.md)."""
+    return f"{PREFIX}:easemob:msgid:{msg_id}"
+
+
+def easemob_callback(call_id: str) -> str:
+    """Marks an Easemob callback seen (Easemob sends a failed one again at once)."""
+    return f"{PREFIX}:easemob:call:{call_id}"
+
+
+EASEMOB_UNKNOWN_CALLBACKS = f"{PREFIX}:easemob:unknown-callbacks"
+"""List of verified Easemob callbacks naming a msg_id we do not know, newest first, bounded."""
+
+MAX_UNKNOWN_CALLBACKS = 1000
+
+
 def rate_limit(name: str) -> str:
     """State of one shared rate limiter (GCRA theoretical arrival time)."""
     return f"{PREFIX}:rate:{name}"
@@ -141,3 +158,32 @@ def console_login_link(token_hash: str) -> str:
 def console_login_failures(who: str) -> str:
     """Failed console sign-ins of one remote address, counted for a few minutes."""
     return f"{PREFIX}:console:login-failures:{who}"
+
+
+# Status webhooks (docs/webhooks.md)
+
+WEBHOOK_OUTBOX = f"{PREFIX}:webhooks:outbox"
+"""List of events recorded by the script that made the state change, oldest first, each a
+JSON object; the webhook pump turns each into one delivery per subscribed endpoint."""
+
+WEBHOOK_DUE = f"{PREFIX}:webhooks:due"
+"""Sorted set of delivery members (``<endpoint id>:<webhook id>``) scored by when (ms)
+they are due: the next attempt, or the end of a claimed attempt's lease."""
+
+WEBHOOK_DEAD = f"{PREFIX}:webhooks:dead"
+"""Sorted set of delivery members whose attempts ran out, scored by when (ms)."""
+
+MAX_WEBHOOK_DEAD = 100_000
+
+WEBHOOK_DELIVERY_OPEN = f"{PREFIX}:webhooks:delivery:"
+"""How a script that only learns delivery members spells their keys: open + member."""
+
+
+def webhook_delivery(member: str) -> str:
+    """Hash of one delivery: its endpoint, webhook id, body, attempts, last error."""
+    return f"{WEBHOOK_DELIVERY_OPEN}{member}"
+
+
+def webhook_endpoint(endpoint_id: str) -> str:
+    """Hash of one endpoint's health: counts, last error, failing since, disabled."""
+    return f"{PREFIX}:webhooks:endpoint:{endpoint_id}"

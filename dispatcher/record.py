@@ -67,6 +67,8 @@ class StatusRecord(BaseModel):
     scheduledFor: datetime | None = None
     """When a message submitted with ``sendAt`` is (or was) due to be queued."""
     deliveredAt: datetime | None = None
+    readAt: datetime | None = None
+    """When the receiver read it (a provider's read receipt; docs/webhooks.md)."""
     providerMessageId: str | None = None
     lastError: LastError | None = None
     history: list[HistoryEntry] = Field(default_factory=list)

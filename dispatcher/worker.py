@@ -10,6 +10,7 @@ before a fork.
 from __future__ import annotations
 
 import logging
+import time
 from functools import cache, cached_property
 from typing import Any
 
@@ -25,6 +26,9 @@ from dispatcher.health import warn_redis_configuration
 from dispatcher.ids import MessageRef
 from dispatcher.logs import configure_logging
 from dispatcher.store import Reaper, Scheduler, StatusStore
+from dispatcher.webhooks.outbox import WebhookStore
+from dispatcher.webhooks.pump import WebhookPump
+from dispatcher.webhooks.task import WEBHOOK_TASK, WebhookTask, run_webhook_task
 
 log = logging.getLogger(__name__)
 
@@ -109,9 +113,11 @@ def get_app() -> Celery:
     settings = get_settings()
     app = make_celery(settings)
     app.task(name=DELIVER_TASK, base=DeliveryTask, bind=True, ignore_result=True)(_deliver)
+    app.task(name=WEBHOOK_TASK, base=WebhookTask, bind=True, ignore_result=True)(run_webhook_task)
     signals.setup_logging.connect(_configure_worker_logging, weak=False)
     signals.worker_ready.connect(_check_redis, weak=False)
     signals.worker_ready.connect(_start_reaper, weak=False)
+    signals.worker_ready.connect(_start_webhook_pump, weak=False)
     signals.worker_shutdown.connect(_stop_reaper, weak=False)
     signals.worker_shutdown.connect(_flush_durations, weak=False)
     signals.worker_process_shutdown.connect(_flush_durations, weak=False)
@@ -175,9 +181,10 @@ def _flush_durations(sender: Any = None, **_: Any) -> None:
 
 
 def _stop_reaper(sender: Any = None, **_: Any) -> None:
-    reaper = getattr(get_app(), "dispatcher_reaper", None)
-    if reaper is not None:
-        reaper.stop()
+    for name in ("dispatcher_reaper", "dispatcher_webhook_pump"):
+        loop = getattr(get_app(), name, None)
+        if loop is not None:
+            loop.stop()
 
 
 def make_scheduler(store: StatusStore) -> Scheduler:
@@ -199,3 +206,20 @@ def _stop_scheduler(sender: Any = None, **_: Any) -> None:
     scheduler = getattr(get_app(), "dispatcher_scheduler", None)
     if scheduler is not None:
         scheduler.stop()
+
+
+def _start_webhook_pump(sender: Any = None, **_: Any) -> None:
+    # Every worker runs one, like the reaper: fan-out and claims are atomic.
+    settings = get_settings()
+    subscriptions = settings.webhook_subscriptions()
+    if not subscriptions.endpoints:
+        return
+    task = get_app().tasks[WEBHOOK_TASK]
+    get_app().dispatcher_webhook_pump = WebhookPump(
+        WebhookStore(delivery_task().store.redis, dead_ttl=settings.status_ttl),
+        subscriptions,
+        lambda batch: task.apply_async((batch, time.time()), queue=settings.webhook_queue),
+        interval=settings.webhook_poll_interval,
+        claim_seconds=settings.webhook_claim_seconds,
+        per_task=settings.webhook_batch,
+    ).start()

@@ -28,6 +28,7 @@ from dispatcher.api.metrics import ApiMetrics, RedisCollector
 from dispatcher.api.openapi import build_openapi
 from dispatcher.api.overload import SubmitBound
 from dispatcher.api.routes import Runtime, render_error, router
+from dispatcher.api.webhooks import router as webhooks_router
 from dispatcher.broker import BrokerKind, broker_is_store, broker_kind
 from dispatcher.broker_probe import AmqpProbe
 from dispatcher.channels import registry
@@ -38,6 +39,8 @@ from dispatcher.errors import DispatcherError, FieldError
 from dispatcher.health import warn_redis_configuration
 from dispatcher.producer import Dispatcher
 from dispatcher.store import StatusStore
+from dispatcher.webhooks.metrics import WebhookCollector
+from dispatcher.webhooks.outbox import WebhookStore
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +98,9 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
         ),
         probes={"redis": store_probe, "broker": broker_probe},
     )
+    runtime.metrics.registry.register(
+        WebhookCollector(WebhookStore(store_probe), settings.webhook_subscriptions())
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -119,6 +125,7 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
     app.state.runtime = runtime
     app.include_router(router)
     app.include_router(message_actions.router)
+    app.include_router(webhooks_router)
     for channel in registry().channels:  # endpoints providers call back (WeChat's receipts)
         if channel.routes is not None and channel.configured(settings):
             app.include_router(channel.routes(settings, dispatcher.store))

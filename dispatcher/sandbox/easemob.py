@@ -24,6 +24,11 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dispatcher.config import Settings
+from dispatcher.sandbox.easemob_callbacks import (
+    CallbackRule,
+    CallbackSender,
+    install_callback_control,
+)
 from dispatcher.sandbox.easemob_checks import (
     APP_NOT_FOUND,
     FORBIDDEN_OP,
@@ -220,6 +225,9 @@ class EasemobSimulator:
             )
 
 
+_CHAT_TYPES = {"users": "chat", "chatgroups": "groupchat", "chatrooms": "chatroom"}
+
+
 def _uri(request: Request) -> str:
     return f"{str(request.base_url).rstrip('/')}{request.url.path}"
 
@@ -229,13 +237,16 @@ def _duration_ms(request: Request) -> int:
     return 0 if started is None else int((time.monotonic() - started) * 1000)
 
 
-def create_easemob_app(*, clock: Clock = time.monotonic, **options: Any) -> FastAPI:
+def create_easemob_app(
+    *, clock: Clock = time.monotonic, callbacks: CallbackRule | None = None, **options: Any
+) -> FastAPI:
     """The Easemob simulator as an ASGI app; ``app.state.easemob`` is its :class:`EasemobSimulator`.
 
     ``options`` are :class:`EasemobApp`'s fields; ``clock`` drives token expiry and the
-    rate windows (tests pass a fake one).
+    rate windows (tests pass a fake one); ``callbacks``: where and how it calls back.
     """
     sim = EasemobSimulator(EasemobApp(**options), clock)
+    sender = CallbackSender(f"{sim.config.org}#{sim.config.app}", callbacks)
     api = simulator_app(
         "Easemob simulator",
         version="2022",
@@ -325,6 +336,8 @@ def create_easemob_app(*, clock: Clock = time.monotonic, **options: Any) -> Fast
         target_type, targets = check_classic_send(payload, sim.caps)
         reply_ids = request.query_params.get("useMsgId", "").lower() == "true"
         data = accept(request, target_type, targets, classic=True, reply_ids=reply_ids)
+        if reply_ids:
+            sender.message_sent(str(payload.get("from")), _CHAT_TYPES[target_type], data)
         return envelope(request, "/messages", data)
 
     # Before the send route below, whose {target_type} would take "msg_recall".
@@ -350,6 +363,7 @@ def create_easemob_app(*, clock: Clock = time.monotonic, **options: Any) -> Fast
         payload = await checked_body(request, org, app_name)
         targets = check_new_send(payload, sim.caps[target_type])
         data = accept(request, target_type, targets, classic=False, reply_ids=True)
+        sender.message_sent(str(payload.get("from")), _CHAT_TYPES[target_type], data)
         return envelope(request, f"/messages/{target_type}", data)
 
     @api.post("/_sandbox/easemob/expire-tokens", tags=["sandbox"])
@@ -360,6 +374,7 @@ def create_easemob_app(*, clock: Clock = time.monotonic, **options: Any) -> Fast
     async def stats() -> dict[str, int]:
         return sim.stats()
 
+    install_callback_control(api, sender)
     record_traffic(api)
     return api
 

@@ -92,6 +92,7 @@ class LeaseStore:
         self._lease = load("lease")
         self._finish = load("finish")
         self._note = load("note")
+        self._read = load("read")
         self.durations = AttemptDurations(client)
 
     def begin(
@@ -211,6 +212,7 @@ class LeaseStore:
             "retry_grace_ms": int(self.policy.retry_grace * 1000),
             "provider_status": error.status if error is not None and error.status else None,
             "deferred": 1 if deferred else None,
+            "announce": 1 if self.policy.announces(lease.client, f"message.{state}") else None,
         }
         reply = self._finish(
             self.redis,
@@ -220,6 +222,7 @@ class LeaseStore:
                 "dead": keys.DEAD_LETTERS,
                 "stats": keys.STATS,
                 "inflight": keys.IN_FLIGHT,
+                "outbox": keys.WEBHOOK_OUTBOX,
             },
             args,
         )
@@ -242,3 +245,24 @@ class LeaseStore:
             )
         )
         return None if reply == "missing" else State(reply)
+
+    def mark_read(self, ref: MessageRef, read_at_ms: int, detail: str) -> str:
+        """Set ``readAt`` once, with ``message.read`` when the client wants it: ok, already
+        (a repeated receipt) or missing."""
+        reply = self._read(
+            self.redis,
+            {
+                "message": keys.message(ref),
+                "history": keys.history(ref),
+                "outbox": keys.WEBHOOK_OUTBOX,
+            },
+            {
+                "member": ref.member,
+                "detail": detail,
+                "read_at": read_at_ms,
+                "ttl": self.policy.ttl,
+                "history_limit": self.policy.history_limit,
+                "readers": self.policy.clients_announcing("message.read"),
+            },
+        )
+        return text(reply)

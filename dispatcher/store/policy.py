@@ -18,6 +18,9 @@ class StorePolicy:
     """Seconds past a retry's due time before recovery publishes it again."""
     max_requeues: int = 5
     """Expired leases a message survives before it is dead-lettered as poison."""
+    announced: frozenset[tuple[str, str]] = frozenset()
+    """(client, event type) pairs some webhook endpoint takes: the scripts that make those
+    changes record the event in the webhook outbox (docs/webhooks.md)."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> StorePolicy:
@@ -27,7 +30,20 @@ class StorePolicy:
             queued_grace=settings.queued_grace,
             retry_grace=settings.retry_grace,
             max_requeues=settings.max_requeues,
+            announced=frozenset(
+                (client, event.value)
+                for client, config in settings.clients.items()
+                for endpoint in config.webhooks
+                for event in endpoint.events
+            ),
         )
+
+    def announces(self, client: str | None, event: str) -> bool:
+        return client is not None and (client, event) in self.announced
+
+    def clients_announcing(self, event: str) -> str:
+        """``,a,b,``: the clients whose ``event`` the scripts record (for a script's find)."""
+        return "," + ",".join(sorted(c for c, e in self.announced if e == event)) + ","
 
     @property
     def queued_grace_ms(self) -> int:

@@ -28,6 +28,7 @@ _RECORD_FIELDS = (
     "updatedAt",
     "scheduledFor",
     "deliveredAt",
+    "readAt",
     "providerMessageId",
     "lastError",
 )
@@ -164,6 +165,7 @@ def _record(ref: MessageRef, values: list[Any], history: list[Any]) -> StatusRec
         updatedAt=from_millis(fields["updatedAt"]),
         scheduledFor=from_millis(fields["scheduledFor"]),
         deliveredAt=from_millis(fields["deliveredAt"]),
+        readAt=from_millis(fields["readAt"]),
         providerMessageId=fields["providerMessageId"],
         lastError=LastError.model_validate_json(last_error) if last_error else None,
         history=entries,

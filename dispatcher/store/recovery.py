@@ -92,6 +92,7 @@ class RecoveryStore:
                 "inflight": keys.IN_FLIGHT,
                 "dead": keys.DEAD_LETTERS,
                 "stats": keys.STATS,
+                "outbox": keys.WEBHOOK_OUTBOX,
                 "queue": queue_key,
             },
             {
@@ -104,6 +105,7 @@ class RecoveryStore:
                 "record_close": record_close,
                 "history_close": history_close,
                 "dead_cap": keys.MAX_DEAD_LETTERS,
+                "dead_announced": self.policy.clients_announcing("message.dead"),
             },
         )
         return [MessageRef.parse(text(member)) for member in claimed]

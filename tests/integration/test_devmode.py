@@ -210,6 +210,24 @@ def test_dev_starts_its_own_valkey_and_the_printed_curl_is_delivered(dev: DevPro
     envelope = json.loads(reply.stdout)
     assert envelope["code"] == 200, envelope
     assert dev.wait_delivered(envelope["data"]["getMessageId"])["channel"] == "easemob"
+    # Its events reach dev mode's webhook receiver, signatures verified; the simulator's
+    # read receipt (a callback to the API) follows as message.read.
+    receiver = re.search(r"Webhooks   receiver (http://127\.0\.0\.1:\d+)/webhooks/dev", out)
+    assert receiver, out[-3000:]
+
+    def events() -> set[str]:
+        listing = httpx.get(f"{receiver.group(1)}/_sandbox/webhooks", timeout=10).json()
+        assert listing["rejected"] == []
+        return {
+            e["payload"]["type"]
+            for e in listing["verified"]
+            if e["payload"]["data"]["getMessageId"] == envelope["data"]["getMessageId"]
+        }
+
+    deadline = time.monotonic() + 30
+    while events() != {"message.delivered", "message.read"} and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert events() == {"message.delivered", "message.read"}
     # The tour's WeChat send: an OpenID-shaped recipient is routed to the WeChat simulator.
     assert f"WeChat     simulator http://127.0.0.1:{dev.ports['--wechat-port']}" in out
     assert f"--to {DEV_OPENID}" in out

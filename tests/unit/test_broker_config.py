@@ -53,7 +53,7 @@ def test_rabbitmq_declares_every_queue_as_a_quorum_queue() -> None:
     # so producers and workers always declare it with the same arguments.
     assert queues["webhooks"].queue_arguments == {"x-queue-type": "quorum"}
     # With no -Q a worker consumes every queue in the configuration.
-    assert "deliveries" in queues.consume_from
+    assert "deliveries" in queues.consume_from and "webhooks" in queues.consume_from
 
 
 def test_rabbitmq_publishes_with_confirms_and_acks_late_with_a_fixed_prefetch() -> None:

@@ -7,12 +7,14 @@ limiter with both of Easemob's dimensions, and one small HTTP pool per thread.
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import redis
 from pydantic import BaseModel, SecretStr
 
+from dispatcher import keys
 from dispatcher.channels.base import ChannelSpec, Origin, Receipt, config_block
 from dispatcher.channels.easemob.mapping import (
     body_size,
@@ -28,9 +30,18 @@ from dispatcher.channels.easemob.recall import recall_delivered
 from dispatcher.channels.http import PerThreadHttp, encode_body, json_or_none
 from dispatcher.channels.tokens import TokenCache
 from dispatcher.config import Settings
+from dispatcher.connections import REDIS_ERRORS
 from dispatcher.errors import ConfigurationError, ProviderError
+from dispatcher.ids import MessageRef
 from dispatcher.models import MEDIA_TYPES, Message, MessageType
 from dispatcher.ratelimit import Dimension, Prepay, SharedRateLimiter
+
+if TYPE_CHECKING:
+    from fastapi import APIRouter
+
+    from dispatcher.store import StatusStore
+
+log = logging.getLogger(__name__)
 
 NAME = "easemob"
 RATE_SAFETY = 0.97  # aim a little under the provider's limit: our clock is not theirs
@@ -67,6 +78,9 @@ class EasemobChannel:
 
     def __init__(self, settings: Settings, client: redis.Redis) -> None:
         self.config = config = easemob_config(settings)
+        # Easemob's callbacks find their message through the ids a send got back.
+        self.index = client if settings.easemob_callback_secret is not None else None
+        self.index_ttl = settings.status_ttl
         self.lease_seconds = settings.lease_seconds
         self.base = f"{config.base_url}/{config.org}/{config.app}"
         self.tokens = TokenCache(
@@ -154,7 +168,21 @@ class EasemobChannel:
             if response.status_code == 429 or (response.status_code == 403 and error.retryable):
                 self.limiter.penalize(error.retry_after or 1.0)
             raise error
-        return Receipt(_provider_message_id(json_or_none(response), message.to), notes)
+        body = json_or_none(response)
+        if self.index is not None and origin is not None:
+            self._remember_ids(origin.ref, _target_ids(body))
+        return Receipt(_provider_message_id(body, message.to), notes)
+
+    def _remember_ids(self, ref: MessageRef, ids: dict[str, str]) -> None:
+        """Index each target's Easemob message id to ``ref`` (one pipelined call)."""
+        assert self.index is not None
+        pipe = self.index.pipeline(transaction=False)
+        for msg_id in ids.values():
+            pipe.set(keys.easemob_msgid(msg_id), ref.member, ex=self.index_ttl)
+        try:
+            pipe.execute()
+        except REDIS_ERRORS as exc:  # the message is sent: never retry it for this
+            log.warning("getMessageId=%s Easemob ids not indexed for callbacks: %s", ref.id, exc)
 
     def _acquire(self, costs: dict[str, float]) -> None:
         try:
@@ -198,6 +226,19 @@ class EasemobChannel:
         return str(body["access_token"]), int(body.get("expires_in") or 0)
 
 
+def _target_ids(body: Any) -> dict[str, str]:
+    data = body.get("data") if isinstance(body, dict) else None
+    if not isinstance(data, dict):
+        return {}
+    return {str(target): str(msg_id) for target, msg_id in data.items() if msg_id is not None}
+
+
+def _callback_routes(settings: Settings, store: StatusStore) -> APIRouter:
+    from dispatcher.channels.easemob.callbacks import callback_routes  # FastAPI: the API's only
+
+    return callback_routes(settings, store)
+
+
 def _provider_message_id(body: Any, target: str) -> str | None:
     data = body.get("data") if isinstance(body, dict) else None
     if isinstance(data, dict):
@@ -227,6 +268,7 @@ CHANNEL = ChannelSpec(
     ),
     open=EasemobChannel,
     recall=recall_delivered,
+    routes=_callback_routes,
 )
 
 __all__ = [

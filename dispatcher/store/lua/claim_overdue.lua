@@ -3,9 +3,9 @@
 -- A lease lost more than ``max_requeues`` times is dead-lettered (poison). The message
 -- keys are spelled here from the members (key_open .. member .. record_close): this
 -- script is not single-slot (docs/architecture.md, "Scripts").
--- keys: inflight dead stats queue?
--- args: limit# requeue_delay_ms# max_requeues# ttl# history_limit# key_open record_close history_close dead_cap#
--- include: lib
+-- keys: inflight dead stats outbox queue?
+-- args: limit# requeue_delay_ms# max_requeues# ttl# history_limit# key_open record_close history_close dead_cap# dead_announced
+-- include: lib outbox
 
 local now = now_ms()
 local due = redis.call('ZRANGEBYSCORE', inflight, '-inf', now, 'LIMIT', 0, limit)
@@ -43,6 +43,7 @@ for _, member in ipairs(due) do
       redis.call('ZREMRANGEBYRANK', dead, 0, -(dead_cap + 1))
       redis.call('HINCRBY', stats, 'state:dead', 1)
       redis.call('EXPIRE', mkey, ttl)
+      outbox_add(outbox, mkey, member, 'message.dead', now, dead_announced)
       push_history(hkey, 'dead', now, 'recovered ' .. (requeues - 1) ..
         ' times without finishing: dead-lettered', history_limit, ttl)
     else

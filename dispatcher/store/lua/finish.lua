@@ -2,10 +2,10 @@
 -- A terminal state is never left; a retry is scheduled only by the lease's own owner.
 -- The provider's HTTP status of a failed attempt is counted as provider:<status>.
 -- Returns ok, missing, stale or terminal:<state>.
--- keys: message history dead stats inflight
+-- keys: message history dead stats inflight outbox
 -- A deferred retry (``deferred``: a provider's pause) gives the attempt back.
--- args: owner new_state ttl# history_limit# detail last_error? provider_id? delay_ms? dead_cap# member latency_bounds retry_grace_ms# provider_status? deferred?
--- include: lib
+-- args: owner new_state ttl# history_limit# detail last_error? provider_id? delay_ms? dead_cap# member latency_bounds retry_grace_ms# provider_status? deferred? announce?
+-- include: lib outbox
 
 local s = redis.call('HMGET', message, 'state', 'leaseOwner')
 if not s[1] then return 'missing' end
@@ -40,6 +40,7 @@ if new_state == 'dead' then
   redis.call('ZADD', dead, now, member)
   redis.call('ZREMRANGEBYRANK', dead, 0, -(dead_cap + 1))
 end
+if announce then outbox_add(outbox, message, member, 'message.' .. new_state, now, nil) end
 redis.call('EXPIRE', message, ttl)
 push_history(history, new_state, now, detail, history_limit, ttl)
 return 'ok'

@@ -1,0 +1,88 @@
+"""The webhook pump: recorded events become deliveries, due deliveries become tasks.
+
+Every worker runs one (like the reaper). Both steps are atomic claims in Redis, so
+several pumps never fan an event out twice nor publish one claim twice; a delivery
+whose task is lost (broker, worker killed mid-send) is claimed again when its claim's
+lease ends (DISPATCHER_WEBHOOK_CLAIM_SECONDS).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from dispatcher.connections import REDIS_ERRORS
+from dispatcher.ids import MessageRef
+from dispatcher.webhooks.config import Subscriptions
+from dispatcher.webhooks.outbox import WebhookStore, delivery_member
+from dispatcher.webhooks.send import build_body
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WebhookPump:
+    store: WebhookStore
+    subscriptions: Subscriptions
+    publish: Callable[[list[tuple[str, int]]], None]
+    interval: float = 0.5
+    claim_seconds: float = 60.0
+    batch: int = 200
+    per_task: int = 10
+    """Deliveries of one endpoint sent by one task (a task costs more than a send)."""
+    _stop: threading.Event = field(default_factory=threading.Event, init=False)
+    _thread: threading.Thread | None = field(default=None, init=False)
+
+    def fan_out(self) -> int:
+        """One batch of outbox events into deliveries (one Redis call); how many events."""
+        events = self.store.pending_events(self.batch)
+        plan = []
+        for event in events:
+            ref = MessageRef.parse(event.member)
+            body = build_body(event, ref.id)
+            targets = self.subscriptions.targets(event.client, event.type)
+            plan.append(
+                (event, {delivery_member(endpoint, event.id): body for endpoint in targets})
+            )
+            log.debug("getMessageId=%s webhook-id=%s %s for %d endpoint(s)",
+                      ref.id, event.id, event.type, len(targets))  # fmt: skip
+        if plan:
+            self.store.fan_out(plan)
+        return len(events)
+
+    def promote(self) -> int:
+        """Publish one batch of due deliveries, grouped by endpoint; how many."""
+        claimed = self.store.claim_due(self.batch, self.claim_seconds)
+        by_endpoint: dict[str, list[tuple[str, int]]] = {}
+        for member, claim in claimed:
+            by_endpoint.setdefault(member.partition(":")[0], []).append((member, claim))
+        for group in by_endpoint.values():
+            for start in range(0, len(group), self.per_task):
+                self.publish(group[start : start + self.per_task])
+        return len(claimed)
+
+    def run_once(self) -> int:
+        return self.fan_out() + self.promote()
+
+    def run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                while self.run_once() >= self.batch and not self._stop.is_set():
+                    pass
+            except REDIS_ERRORS as exc:
+                log.warning("webhook pump: Redis unavailable (%s); trying again", exc)
+            except Exception:
+                log.exception("webhook pump: unexpected error; trying again")
+            self._stop.wait(self.interval)
+
+    def start(self) -> WebhookPump:
+        self._thread = threading.Thread(target=self.run, name="dispatcher-webhooks", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)

@@ -1,0 +1,265 @@
+"""Webhook pieces on their own: secrets, the destination guard, bodies, signatures, answers,
+and the operators' HTTP endpoints (docs/webhooks.md)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from typing import Any
+
+import httpx
+import pytest
+from pydantic import ValidationError
+from standardwebhooks.webhooks import Webhook
+
+from dispatcher.api.webhooks import DEAD_LETTERS, ENDPOINTS, REPLAY
+from dispatcher.channels.http import PerThreadHttp
+from dispatcher.config import ClientConfig
+from dispatcher.webhooks.config import WebhookEndpoint
+from dispatcher.webhooks.outbox import Event, Outcome, WebhookStore, delivery_member
+from dispatcher.webhooks.send import (
+    MAX_BODY_BYTES,
+    RefusedDestination,
+    Verdict,
+    build_body,
+    check_destination,
+    post,
+    retry_after_seconds,
+    signed_headers,
+)
+from tests.unit.test_api_support import CLIENTS, Harness, envelope_ok, make_harness
+
+SECRET = "whsec_" + base64.b64encode(b"s" * 32).decode()
+OLD_SECRET = "whsec_" + base64.b64encode(b"o" * 24).decode()
+
+
+def endpoint(**fields: Any) -> WebhookEndpoint:
+    return WebhookEndpoint.model_validate(
+        {"url": "https://hooks.example/x", "secret": SECRET, **fields}
+    )
+
+
+@pytest.mark.parametrize(
+    "secret",
+    ["s3cr3t", "whsec_not base64!", "whsec_" + base64.b64encode(b"x" * 16).decode(),
+     "whsec_" + base64.b64encode(b"x" * 65).decode()],
+)  # fmt: skip
+def test_a_secret_that_is_not_whsec_and_24_to_64_bytes_is_refused(secret: str) -> None:
+    with pytest.raises(ValidationError):
+        endpoint(secret=secret)
+
+
+def test_a_misspelt_endpoint_field_or_unknown_event_is_refused() -> None:
+    with pytest.raises(ValidationError):
+        endpoint(event=["message.delivered"])
+    with pytest.raises(ValidationError):
+        endpoint(events=["message.sent"])
+    config = ClientConfig.model_validate(
+        {"secret": "x", "webhooks": [{"url": "https://a.example", "secret": SECRET}]}
+    )
+    assert [e.value for e in config.webhooks[0].events] == [
+        "message.delivered", "message.failed", "message.dead"
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "url", ["http://10.0.0.8/h", "http://192.168.1.2/h", "http://169.254.169.254/latest",
+            "http://100.100.100.200/", "http://[::ffff:10.1.2.3]/", "http://[fe80::1]/",
+            "http://0.0.0.0/", "ftp://hooks.example/"],
+)  # fmt: skip
+def test_private_link_local_and_metadata_destinations_are_always_refused(url: str) -> None:
+    with pytest.raises(RefusedDestination):
+        check_destination(url, allow_loopback=True)
+
+
+def test_loopback_is_refused_unless_allowed() -> None:
+    for url in ("http://127.0.0.1:9/h", "http://localhost:9/h", "http://[::1]:9/h"):
+        with pytest.raises(RefusedDestination, match="loopback"):
+            check_destination(url, allow_loopback=False)
+        check_destination(url, allow_loopback=True)
+
+
+def test_a_public_address_passes() -> None:
+    check_destination("https://93.184.215.14/hooks", allow_loopback=False)
+
+
+def event(**snapshot: Any) -> Event:
+    fields = {
+        "type": "message.failed",
+        "member": "shop:m0abc",
+        "client": "shop",
+        "at": 1764422400123,
+    }
+    return Event.parse(json.dumps({**fields, **snapshot}))
+
+
+def test_the_body_is_the_records_public_fields_and_the_id_is_stable() -> None:
+    error = json.dumps({"code": "bad_to", "message": "no such user", "retryable": False})
+    first = event(state="failed", attempts="2", lastError=error, providerMessageId=None)
+    body = json.loads(build_body(first, "m0abc"))
+    assert body == {
+        "type": "message.failed",
+        "timestamp": "2025-11-29T13:20:00.123Z",
+        "data": {"getMessageId": "m0abc", "state": "failed", "attempts": 2, "channel": None,
+                 "providerMessageId": None, "deliveredAt": None, "readAt": None,
+                 "lastError": {"code": "bad_to", "message": "no such user", "retryable": False}},
+    }  # fmt: skip
+    assert first.id == Event.parse(first.raw).id and first.id.startswith("msg_")
+    assert first.id != event(state="failed", attempts="3").id
+
+
+def test_a_huge_error_text_still_makes_a_body_under_20_kb() -> None:
+    error = json.dumps({"code": "x", "message": "é" * 50_000, "retryable": True})
+    assert len(build_body(event(state="dead", lastError=error), "m0abc").encode()) < MAX_BODY_BYTES
+
+
+def test_signatures_verify_with_standardwebhooks_and_with_each_secret_while_rotating() -> None:
+    body = build_body(event(state="delivered"), "m0abc")
+    rotating = endpoint(previous_secret=OLD_SECRET)
+    headers = signed_headers(rotating, "msg_1", body)
+    assert len(headers["webhook-signature"].split(" ")) == 2
+    for secret in (SECRET, OLD_SECRET):
+        assert Webhook(secret).verify(body, headers)["data"]["getMessageId"] == "m0abc"
+    tampered = body.replace("m0abc", "m0abd")
+    with pytest.raises(Exception, match="signature"):
+        Webhook(SECRET).verify(tampered, headers)
+
+
+def answer(status: int, **headers: str) -> Any:
+    http = PerThreadHttp(httpx.Timeout(5), {})
+    http._local.transport = httpx.MockTransport(lambda r: httpx.Response(status, headers=headers))
+    target = endpoint(url="https://93.184.215.14/h")
+    return post(http, target, "msg_1", "{}", allow_loopback=False)
+
+
+def test_what_an_answer_means() -> None:
+    assert answer(204).verdict is Verdict.DELIVERED
+    assert answer(410).verdict is Verdict.GONE
+    moved = answer(302, location="https://elsewhere.example/")
+    assert moved.verdict is Verdict.FAILED and "redirect" in moved.error
+    assert answer(503, **{"retry-after": "120"}).retry_after == 120
+    assert answer(500, **{"retry-after": "120"}).retry_after is None  # only when throttled
+
+
+def test_retry_after_as_seconds_or_date_capped_at_a_day() -> None:
+    assert retry_after_seconds("7") == 7
+    later = format_datetime(datetime.now(tz=UTC) + timedelta(seconds=90), usegmt=True)
+    assert 80 <= (retry_after_seconds(later) or 0) <= 91
+    assert retry_after_seconds("9999999") == 86400
+    assert retry_after_seconds("soon") is None
+
+
+# -- operators over HTTP
+
+
+@pytest.fixture()
+def api(redis_url: str) -> Iterator[Harness]:
+    clients = {
+        **CLIENTS,
+        "c1": {**CLIENTS["c1"], "webhooks": [{"url": "https://a.example/h", "secret": SECRET}]},
+    }
+    harness = make_harness(redis_url, clients=clients)
+    yield harness
+    harness.close()
+
+
+def dead_delivery(api: Harness) -> str:
+    store = WebhookStore(api.redis)
+    endpoint_id = api.settings.clients["c1"].webhooks[0].endpoint_id("c1")
+    raw = event(state="dead", client="c1")
+    api.redis.rpush("dispatcher:webhooks:outbox", raw.raw)
+    member = delivery_member(endpoint_id, raw.id)
+    assert store.fan_out([(raw, {member: build_body(raw, "m0abc")})]) == 1
+    assert store.fan_out([(raw, {member: "again"})]) == 0  # taken already: nothing twice
+    [(claimed, claim)] = [c for c in store.claim_due(100, 60) if c[0] == member]
+    delivery = store.delivery(claimed)
+    assert delivery is not None and delivery.claim == claim
+    store.record(delivery, Outcome.DEAD, attempted=True, status=500, error="HTTP 500")
+    return member
+
+
+def get(api: Harness, path: str, client: str = "ops") -> httpx.Response:
+    return api.http.get(path, params=api.params(b"", method="GET", path=path, client=client))
+
+
+def test_operators_see_endpoints_health_and_dead_letters_and_replay_them(api: Harness) -> None:
+    member = dead_delivery(api)
+    [view] = envelope_ok(get(api, ENDPOINTS))["data"]
+    assert view["client"] == "c1" and view["failures"] >= 1 and view["lastError"] == "HTTP 500"
+    assert SECRET not in json.dumps(view)
+    letters = envelope_ok(get(api, DEAD_LETTERS))["data"]
+    assert any(f"{d['endpoint']}:{d['webhookId']}" == member for d in letters)
+    params = api.params(b"", method="POST", path=REPLAY, client="ops", delivery=member)
+    replayed = envelope_ok(api.http.post(REPLAY, params=params))["data"]
+    assert replayed == {"replayed": [member], "skipped": []}
+    assert api.redis.zscore("dispatcher:webhooks:due", member) is not None
+    assert get(api, ENDPOINTS, client="c1").status_code == 403
+
+
+def test_an_endpoint_failing_for_the_disable_period_is_disabled_and_says_so(
+    redis_url: str,
+) -> None:
+    import redis as redis_lib
+
+    from dispatcher.config import Settings
+    from dispatcher.webhooks.task import deliver_webhook
+
+    client = redis_lib.Redis.from_url(redis_url)
+    hooks = [{"url": "https://93.184.215.14/h", "secret": SECRET}]
+    settings = Settings(clients={"c1": {"secret": "x", "webhooks": hooks}})
+    endpoint_id = settings.clients["c1"].webhooks[0].endpoint_id("c1")
+    store = WebhookStore(client)
+    raw = event(state="delivered", client="c1", at=int(datetime.now(tz=UTC).timestamp() * 1000))
+    member = delivery_member(endpoint_id, raw.id)
+    client.rpush("dispatcher:webhooks:outbox", raw.raw)
+    store.fan_out([(raw, {member: build_body(raw, "m0abc")})])
+    six_days_ago = int((datetime.now(tz=UTC) - timedelta(days=6)).timestamp() * 1000)
+    client.hset(f"dispatcher:webhooks:endpoint:{endpoint_id}", "failingSince", six_days_ago)
+    [(_, claim)] = [c for c in store.claim_due(1000, 60) if c[0] == member]
+    http = PerThreadHttp(httpx.Timeout(5), {})
+    http._local.transport = httpx.MockTransport(lambda r: httpx.Response(500))
+    outcome = deliver_webhook(
+        store.delivery(member),
+        claim,
+        disabled=None,
+        settings=settings,
+        subscriptions=settings.webhook_subscriptions(),
+        store=store,
+        http=http,
+    )
+    assert outcome == "dead"
+    assert "failing for 5 day(s)" in (store.disabled(endpoint_id) or "")
+    client.close()
+
+
+def test_the_easemob_simulator_signs_its_callbacks_and_sends_a_failed_one_once_more() -> None:
+    from dispatcher.channels.easemob.callbacks import security
+    from dispatcher.sandbox.easemob_callbacks import CallbackRule, CallbackSender
+    from dispatcher.sandbox.server import ServerThread
+
+    got: list[dict[str, Any]] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        message = await receive()
+        got.append(json.loads(message["body"]))
+        status = 500 if len(got) == 1 else 200
+        await send({"type": "http.response.start", "status": status, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    with ServerThread(app) as server:
+        sender = CallbackSender("org#app", CallbackRule(url=server.url, secret="s"))
+        sender.message_sent("u1", "chat", {"u2": "123"})
+        deadline = time.monotonic() + 10
+        while len(sender.log) < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    assert len(got) == 2 and got[0] == got[1]  # Easemob's retry: the same call again
+    body = got[0]
+    assert body["security"] == security(body["callId"], "s", body["timestamp"])
+    assert body["msg_id"] == "123" and body["eventType"] == "chat"
+    assert sender.log[0]["status"] == 200
