@@ -4,8 +4,9 @@
 Cancel is one store script, atomic against a starting attempt. Recall asks the channel
 (its ``recall``, when its provider has one) to take the delivered copy back from each
 recipient, within the provider's recall window,
-and records ``recalled`` once every recipient's copy is gone. Each success is announced
-through :func:`announce`, where event subscribers (webhooks) attach.
+and records ``recalled`` once every recipient's copy is gone. The store scripts record the
+``message.cancelled`` / ``message.recalled`` webhook events with the change
+(docs/webhooks.md); :func:`announce` logs it.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ Recall = Callable[[Settings, Any, RecallRequest], RecallAnswer]
 
 
 def announce(event: str, ref: MessageRef, record: dict[str, Any]) -> None:
-    """A message was cancelled or recalled: the one place subscribers (webhooks) hook in."""
+    """A message was cancelled or recalled: its log line (the webhook event is in the store)."""
     log.info("getMessageId=%s %s %s", ref.id, event, record.get("detail", ""))
 
 

@@ -68,12 +68,14 @@ class WithdrawStore:
                 "inflight": keys.IN_FLIGHT,
                 "schedule": keys.SCHEDULE,
                 "stats": keys.STATS,
+                "outbox": keys.WEBHOOK_OUTBOX,
             },
             {
                 "member": ref.member,
                 "ttl": self.policy.ttl,
                 "history_limit": self.policy.history_limit,
                 "detail": detail,
+                "announced": self.policy.clients_announcing("message.cancelled"),
             },
         )
         return CancelResult.from_reply(text(reply))
@@ -82,7 +84,18 @@ class WithdrawStore:
         """``delivered`` -> ``recalled``: ``ok``, ``missing``, or the state it is in instead."""
         reply = self._recalled(
             self.redis,
-            {"message": keys.message(ref), "history": keys.history(ref), "stats": keys.STATS},
-            {"ttl": self.policy.ttl, "history_limit": self.policy.history_limit, "detail": detail},
+            {
+                "message": keys.message(ref),
+                "history": keys.history(ref),
+                "stats": keys.STATS,
+                "outbox": keys.WEBHOOK_OUTBOX,
+            },
+            {
+                "member": ref.member,
+                "ttl": self.policy.ttl,
+                "history_limit": self.policy.history_limit,
+                "detail": detail,
+                "announced": self.policy.clients_announcing("message.recalled"),
+            },
         )
         return text(reply)

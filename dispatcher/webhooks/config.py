@@ -16,8 +16,7 @@ SECRET_BYTES = (24, 64)
 
 
 class EventType(StrEnum):
-    """What a client can subscribe to. ``message.cancelled`` and ``message.recalled`` are
-    reserved for the send-later and recall features: an endpoint may list them already."""
+    """What a client can subscribe to."""
 
     DELIVERED = "message.delivered"
     FAILED = "message.failed"

@@ -20,6 +20,7 @@ from dispatcher.record import State
 from dispatcher.sandbox.easemob import create_easemob_app
 from dispatcher.sandbox.server import ServerThread
 from dispatcher.store import CancelOutcome, Lease, StandDown, StandDownReason
+from dispatcher.webhooks.outbox import Event
 from tests.conftest import (
     EASEMOB_APP,
     EASEMOB_CLIENT_ID,
@@ -239,3 +240,28 @@ def test_wechat_messages_have_no_recall(dispatcher: Dispatcher) -> None:
     with pytest.raises(RecallRefused, match="the wechat channel has no recall") as refused:
         dispatcher.recall("m0wx")
     assert refused.value.reason == "not_supported"
+
+
+WEBHOOK_SECRET = "whsec_" + "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0"  # base64 of 27 bytes
+
+
+def test_a_cancel_records_message_cancelled_for_a_subscribed_client_only() -> None:
+    endpoint = {"url": "https://hooks.example/in", "secret": WEBHOOK_SECRET}
+    d = make_dispatcher(
+        clients={
+            "alice": {"secret": "a", "webhooks": [{**endpoint, "events": ["message.cancelled"]}]},
+            "bob": {"secret": "b", "webhooks": [{**endpoint, "events": ["message.delivered"]}]},
+        }
+    )
+    d.submit(body("m0hook"), client="alice")
+    d.submit(body("m0hook2"), client="bob")
+    assert d.cancel("m0hook").outcome is CancelOutcome.CANCELLED
+    assert d.cancel("m0hook2").outcome is CancelOutcome.CANCELLED
+    [raw] = d.redis.lrange(keys.WEBHOOK_OUTBOX, 0, -1)
+    event = Event.parse(raw.decode())
+    assert (event.type, event.client, event.snapshot["state"]) == (
+        "message.cancelled",
+        "alice",
+        "cancelled",
+    )
+    assert event.member.endswith(":m0hook")

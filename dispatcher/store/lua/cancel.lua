@@ -4,9 +4,9 @@
 -- lease.lua: whichever runs first wins, and a lease never starts on a cancelled message
 -- (its task may still be in the broker: it stands down).
 -- Returns cancelled:<state before>, processing, terminal:<state> or missing.
--- keys: message history inflight schedule stats
--- args: member ttl# history_limit# detail
--- include: lib
+-- keys: message history inflight schedule stats outbox
+-- args: member ttl# history_limit# detail announced
+-- include: lib outbox
 
 local s = redis.call('HMGET', message, 'state', 'createdAt', 'scheduledFor')
 local state = s[1]
@@ -22,4 +22,5 @@ redis.call('HINCRBY', stats, 'state:cancelled', 1)
 redis.call('EXPIRE', message, ttl)
 if state == 'scheduled' then scheduled_history(history, s[2], s[3], history_limit, ttl) end
 push_history(history, 'cancelled', now, detail, history_limit, ttl)
+outbox_add(outbox, message, member, 'message.cancelled', now, announced)
 return 'cancelled:' .. state

@@ -1,8 +1,8 @@
 -- Record that a delivered message was recalled from its recipients: ``delivered`` becomes
 -- the terminal ``recalled``. Returns ok, missing or the state it is in instead.
--- keys: message history stats
--- args: ttl# history_limit# detail
--- include: lib
+-- keys: message history stats outbox
+-- args: member ttl# history_limit# detail announced
+-- include: lib outbox
 
 local state = redis.call('HGET', message, 'state')
 if not state then return 'missing' end
@@ -12,4 +12,5 @@ redis.call('HSET', message, 'state', 'recalled', 'updatedAt', now, 'recalledAt',
 redis.call('HINCRBY', stats, 'state:recalled', 1)
 redis.call('EXPIRE', message, ttl)
 push_history(history, 'recalled', now, detail, history_limit, ttl)
+outbox_add(outbox, message, member, 'message.recalled', now, announced)
 return 'ok'
