@@ -1,10 +1,13 @@
 """Lease stage: a worker leases a message for one attempt, then records its outcome.
 
 ``lua/lease.lua`` grants the lease (and may take the send's rate slot in the
-same call, a :class:`~dispatcher.ratelimit.Prepay`); ``lua/finish.lua`` records
-``delivered``, ``retrying``, ``failed`` or ``dead``. Every transition moves
-forward only: once terminal, no late or duplicate worker changes a record
-(docs/architecture.md, "Status state machine").
+same call, a :class:`~dispatcher.ratelimit.Prepay`); ``lua/extend.lua`` keeps it
+before each provider call; ``lua/finish.lua`` records ``delivered``,
+``retrying``, ``failed`` or ``dead``. Only the holder of the lease (its owner and
+lease number) moves the state; a late attempt's answer goes to the history, and
+its provider accept makes the message delivered. Every transition moves forward
+only (docs/architecture.md, "Status state machine"; docs/reliability.md, "The
+state machine").
 """
 
 from __future__ import annotations
@@ -51,15 +54,19 @@ class Lease:
     """The client that submitted the message."""
     began: float | None = None
     """``time.monotonic()`` when the lease was asked for: the attempt's start."""
+    lease_number: int = 0
+    """Which grant this is (every lease counts, a deferred attempt's too); an outcome names it."""
 
 
 class StandDownReason(StrEnum):
     """``MISSING``: no status record (expired, or never accepted); ``TERMINAL``: done
-    already; ``BUSY``: another worker holds a live lease."""
+    already; ``BUSY``: another worker holds a live lease; ``EARLY``: a retry whose due
+    time (on Redis's clock) has not come, ``StandDown.wait`` seconds ahead."""
 
     MISSING = "missing"
     TERMINAL = "terminal"
     BUSY = "busy"
+    EARLY = "early"
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +76,8 @@ class StandDown:
     ref: MessageRef
     reason: StandDownReason
     detail: str
+    wait: float = 0.0
+    """``EARLY``: seconds until the retry is due."""
 
 
 class Transition(StrEnum):
@@ -77,7 +86,7 @@ class Transition(StrEnum):
     OK = "ok"
     MISSING = "missing"
     STALE = "stale"
-    """A retry from a worker whose lease another worker has taken over."""
+    """The attempt no longer holds the lease: its outcome went to the history only."""
     ALREADY_DELIVERED = "terminal:delivered"
     ALREADY_FAILED = "terminal:failed"
     ALREADY_DEAD = "terminal:dead"
@@ -93,6 +102,7 @@ class LeaseStore:
         self._finish = load("finish")
         self._note = load("note")
         self.durations = AttemptDurations(client)
+        self._extend = load("extend")
 
     def begin(
         self,
@@ -146,15 +156,36 @@ class LeaseStore:
                 channel=text(reply[4]),
                 client=text(reply[5]) or None,
                 began=began,
+                lease_number=int(text(reply[6])),
             )
         if verdict == "terminal":
             return StandDown(ref, StandDownReason.TERMINAL, f"already {text(reply[1])}")
+        if verdict == "early":
+            wait = int(text(reply[1])) / 1000
+            return StandDown(ref, StandDownReason.EARLY, f"retry due in {wait:.3f} s", wait)
         if verdict == "busy":
             holder, remaining = text(reply[1]), int(text(reply[2]))
             return StandDown(ref, StandDownReason.BUSY, f"held by {holder} for {remaining} ms more")
         return StandDown(
             ref, StandDownReason.MISSING, "no status record (expired or never accepted)"
         )
+
+    def extend(self, lease: Lease, lease_seconds: float) -> float | None:
+        """Keep ``lease`` for ``lease_seconds`` from now; the seconds it has left, or None
+        when it is no longer this attempt's."""
+        reply = text(
+            self._extend(
+                self.redis,
+                {"message": keys.message(lease.ref), "inflight": keys.IN_FLIGHT},
+                {
+                    "owner": lease.owner,
+                    "lease": lease.lease_number,
+                    "lease_ms": int(lease_seconds * 1000),
+                    "member": lease.ref.member,
+                },
+            )
+        )
+        return None if reply == "lost" else int(reply) / 1000
 
     def mark_delivered(
         self, lease: Lease, provider_message_id: str | None, detail: str
@@ -198,6 +229,7 @@ class LeaseStore:
             ).model_dump_json()
         args: dict[str, Any] = {
             "owner": lease.owner,
+            "lease": lease.lease_number,
             "new_state": state.value,
             "ttl": self.policy.ttl,
             "history_limit": self.policy.history_limit,

@@ -102,6 +102,8 @@ class EasemobChannel:
             {"Accept": "application/json", "User-Agent": "dispatcher"},
         )
         self._messages_url = httpx.URL(f"{self.base}/messages?useMsgId=true")
+        self.call_seconds = config.timeout + CONNECT_TIMEOUT
+        """The longest one provider call may take (its lease must cover that)."""
 
     def close(self) -> None:
         self.http.close()
@@ -141,6 +143,8 @@ class EasemobChannel:
         token = self.tokens.get()
         if not prepaid:
             self._acquire(costs)
+        before_call = origin.before_call if origin is not None else _no_checkpoint
+        before_call(self.call_seconds)
         response = self._post_message(payload, token)
         if response.status_code == 401:
             # The token expired or was revoked: refresh once (shared) and resend.
@@ -148,6 +152,7 @@ class EasemobChannel:
             notes.append("token refreshed after 401")
             token = self.tokens.get()
             self._acquire(costs)  # the resend is a call of its own
+            before_call(self.call_seconds)
             response = self._post_message(payload, token)
         if response.status_code != 200:
             error = classify(response.status_code, json_or_none(response), response.headers)
@@ -196,6 +201,10 @@ class EasemobChannel:
                 status=response.status_code,
             )
         return str(body["access_token"]), int(body.get("expires_in") or 0)
+
+
+def _no_checkpoint(longest: float) -> None:
+    """A send outside an attempt (tests, tools) has no lease to keep."""
 
 
 def _provider_message_id(body: Any, target: str) -> str | None:
