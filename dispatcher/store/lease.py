@@ -26,7 +26,7 @@ from dispatcher.ids import MessageRef
 from dispatcher.record import LastError, State
 from dispatcher.store.durations import AttemptDurations
 from dispatcher.store.policy import StorePolicy
-from dispatcher.store.scripts import load
+from dispatcher.store.scripts import load, operation_id
 
 if TYPE_CHECKING:
     from dispatcher.ratelimit import Prepay
@@ -228,6 +228,7 @@ class LeaseStore:
                 code=error.code, message=error.message, retryable=error.retryable
             ).model_dump_json()
         args: dict[str, Any] = {
+            "op": operation_id(),
             "owner": lease.owner,
             "lease": lease.lease_number,
             "new_state": state.value,

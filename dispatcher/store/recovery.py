@@ -26,7 +26,7 @@ from dispatcher import keys
 from dispatcher.connections import REDIS_ERRORS, text
 from dispatcher.ids import MessageRef
 from dispatcher.store.policy import StorePolicy
-from dispatcher.store.scripts import load
+from dispatcher.store.scripts import load, operation_id
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +119,7 @@ class RecoveryStore:
                 "inflight": keys.IN_FLIGHT,
             },
             {
+                "op": operation_id(),
                 "ttl": self.policy.ttl,
                 "history_limit": self.policy.history_limit,
                 "member": ref.member,

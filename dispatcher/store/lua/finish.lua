@@ -6,11 +6,14 @@
 -- attempt that no longer holds the lease only goes into the history, the state unchanged.
 -- A deferred retry (``deferred``: a provider's pause) gives the attempt back.
 -- The provider's HTTP status of a failed attempt is counted as provider:<status>.
--- Returns ok, missing, stale (recorded in the history only) or terminal:<state>.
+-- Returns ok, missing, stale (recorded in the history only) or terminal:<state>; a re-run
+-- of the same call (``op``) after a lost reply answers what the first run did.
 -- keys: message history dead stats inflight
--- args: owner lease# new_state ttl# history_limit# detail last_error? provider_id? delay_ms? dead_cap# member latency_bounds retry_grace_ms# provider_status? deferred?
+-- args: op? owner lease# new_state ttl# history_limit# detail last_error? provider_id? delay_ms? dead_cap# member latency_bounds retry_grace_ms# provider_status? deferred?
 -- include: lib
 
+local again = earlier_reply(message, op)
+if again then return again end
 local s = redis.call('HMGET', message, 'state', 'leaseOwner', 'lease')
 if not s[1] then return 'missing' end
 local now = now_ms()
@@ -60,4 +63,4 @@ if new_state == 'dead' then
 end
 redis.call('EXPIRE', message, ttl)
 push_history(history, new_state, now, detail, history_limit, ttl)
-return 'ok'
+return remember(message, op, 'ok')
