@@ -36,8 +36,9 @@ if s[1] == 'processing' then
   detail = detail .. '; took over from ' .. (s[2] or '?') ..
     ' whose lease expired (that attempt may have reached the provider)'
 end
+-- A task arrived: the recovery's doubling wait (claim_overdue.lua) starts over.
 redis.call('HSET', message, 'state', 'processing', 'attempts', attempts, 'lease', number,
-           'leaseOwner', owner, 'leaseUntil', now + lease_ms, 'updatedAt', now)
+           'leaseOwner', owner, 'leaseUntil', now + lease_ms, 'updatedAt', now, 'waits', 0)
 redis.call('HDEL', message, 'dueAt')
 redis.call('EXPIRE', message, ttl)
 redis.call('ZADD', inflight, now + lease_ms, member)
