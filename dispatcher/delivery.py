@@ -23,6 +23,7 @@ from typing import Protocol
 from dispatcher import tracing
 from dispatcher.channels import Channel, Origin, registry
 from dispatcher.config import Settings
+from dispatcher.enqueue import new_task_id
 from dispatcher.errors import DeliveryError, InvalidMessage, LeaseLost, MediaError
 from dispatcher.ids import MessageRef
 from dispatcher.media.resolve import needs_resolution
@@ -53,12 +54,13 @@ class AttemptOutcome(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """An attempt's outcome: when ``RETRYING``, the seconds until the next attempt;
-    when ``STOOD_DOWN``, why."""
+    """An attempt's outcome: with ``retry_in``, publish the task again (``task_id``) to run
+    that many seconds from now; when ``STOOD_DOWN``, why."""
 
     state: AttemptOutcome
     retry_in: float | None = None
     reason: str = ""
+    task_id: str | None = None
 
 
 def backoff_delay(
@@ -114,12 +116,16 @@ def attempt(
     store: StatusStore,
     channels: dict[str, Channel],
     resolve_media: MediaResolver | None,
+    task_id: str | None = None,
 ) -> Outcome:
+    """One attempt for the task ``task_id`` (None: no task, e.g. a tool or a test)."""
     message_id = ref.id
     # The lease script may also take the rate slot; only one channel's slot fits in it.
     prepay = next((p for p in (c.rate_prepay() for c in channels.values()) if p), None)
     with tracing.span(tracing.SPAN_LEASE):
-        lease = store.lease.begin(ref, attempt_owner(), settings.lease_seconds, prepay=prepay)
+        lease = store.lease.begin(
+            ref, attempt_owner(), settings.lease_seconds, prepay=prepay, task_id=task_id
+        )
     if isinstance(lease, StandDown):
         if lease.reason is StandDownReason.EARLY:
             # A copy of the retry's task, or a clock ahead of Redis's: wait again, no attempt used.
@@ -128,6 +134,7 @@ def attempt(
                 AttemptOutcome.STOOD_DOWN,
                 retry_in=countdown(lease.wait, settings),
                 reason=lease.reason.value,
+                task_id=task_id,
             )
         if lease.reason is StandDownReason.MISSING:
             # No record to dead-letter (expired, or never accepted): keep a bounded trace.
@@ -236,8 +243,9 @@ def _record_failure(
         cap=settings.backoff_cap,
         retry_after=retry_after,
     )
+    next_task = new_task_id()
     verdict = store.lease.mark_retrying(
-        lease, error, delay, f"{detail}; next attempt in {delay:.2f}s"
+        lease, error, delay, f"{detail}; next attempt in {delay:.2f}s", task_id=next_task
     )
     if verdict is not Transition.OK:
         return _late(lease, verdict, "retrying", error)
@@ -248,7 +256,7 @@ def _record_failure(
         delay,
         error,
     )
-    return Outcome(AttemptOutcome.RETRYING, retry_in=countdown(delay, settings))
+    return Outcome(AttemptOutcome.RETRYING, retry_in=countdown(delay, settings), task_id=next_task)
 
 
 def countdown(delay: float, settings: Settings) -> float:
@@ -277,10 +285,15 @@ def _late(lease: Lease, verdict: Transition, outcome: str, error: DeliveryError)
 def _defer(lease: Lease, error: DeliveryError, settings: Settings, store: StatusStore) -> Outcome:
     """A provider's pause: wait until it ends, without using up an attempt."""
     delay = error.retry_after or 0.0
+    next_task = new_task_id()
     verdict = store.lease.mark_deferred(
-        lease, error, delay, f"{error.message}; deferred {delay:.0f}s, attempt not counted"
+        lease,
+        error,
+        delay,
+        f"{error.message}; deferred {delay:.0f}s, attempt not counted",
+        task_id=next_task,
     )
     if verdict is not Transition.OK:
         return Outcome(AttemptOutcome.STOOD_DOWN, reason=verdict.value)
     log.warning("getMessageId=%s deferred %.0fs: %s", lease.ref.id, delay, error)
-    return Outcome(AttemptOutcome.RETRYING, retry_in=countdown(delay, settings))
+    return Outcome(AttemptOutcome.RETRYING, retry_in=countdown(delay, settings), task_id=next_task)

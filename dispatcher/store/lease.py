@@ -60,11 +60,13 @@ class Lease:
 
 class StandDownReason(StrEnum):
     """``MISSING``: no status record (expired, or never accepted); ``TERMINAL``: done
-    already; ``BUSY``: another worker holds a live lease; ``EARLY``: a retry whose due
-    time (on Redis's clock) has not come, ``StandDown.wait`` seconds ahead."""
+    already; ``SUPERSEDED``: the task is a copy, another task was published for the message
+    since; ``BUSY``: another worker holds a live lease; ``EARLY``: a retry whose due time
+    (on Redis's clock) has not come, ``StandDown.wait`` seconds ahead."""
 
     MISSING = "missing"
     TERMINAL = "terminal"
+    SUPERSEDED = "superseded"
     BUSY = "busy"
     EARLY = "early"
 
@@ -111,8 +113,12 @@ class LeaseStore:
         lease_seconds: float,
         *,
         prepay: Prepay | None = None,
+        task_id: str | None = None,
     ) -> Lease | StandDown:
-        """Lease the message to ``owner``; with ``prepay`` also try its rate slot (one call)."""
+        """Lease the message to ``owner``; with ``prepay`` also try its rate slot (one call).
+
+        ``task_id``: the delivery task asking; only the message's live task is served, a
+        superseded copy stands down (docs/reliability.md, "The state machine")."""
         prepay_args: list[float] = []
         if prepay is not None:
             for dimension in zip(
@@ -133,6 +139,7 @@ class LeaseStore:
                 "rates": prepay.keys if prepay else (),
             },
             {
+                "task": task_id,
                 "owner": owner,
                 "lease_ms": int(lease_seconds * 1000),
                 "ttl": self.policy.ttl,
@@ -160,6 +167,10 @@ class LeaseStore:
             )
         if verdict == "terminal":
             return StandDown(ref, StandDownReason.TERMINAL, f"already {text(reply[1])}")
+        if verdict == "superseded":
+            return StandDown(
+                ref, StandDownReason.SUPERSEDED, f"a copy: the live task is {text(reply[1])}"
+            )
         if verdict == "early":
             wait = int(text(reply[1])) / 1000
             return StandDown(ref, StandDownReason.EARLY, f"retry due in {wait:.3f} s", wait)
@@ -193,16 +204,32 @@ class LeaseStore:
         return self._finish_as(lease, State.DELIVERED, detail, provider_id=provider_message_id)
 
     def mark_retrying(
-        self, lease: Lease, error: DeliveryError, delay: float, detail: str
+        self,
+        lease: Lease,
+        error: DeliveryError,
+        delay: float,
+        detail: str,
+        *,
+        task_id: str | None = None,
     ) -> Transition:
-        return self._finish_as(lease, State.RETRYING, detail, error=error, delay=delay)
+        """``retrying`` after ``delay``; ``task_id`` names the task the caller publishes for
+        it (the message's live task from then on)."""
+        return self._finish_as(
+            lease, State.RETRYING, detail, error=error, delay=delay, task_id=task_id
+        )
 
     def mark_deferred(
-        self, lease: Lease, error: DeliveryError, delay: float, detail: str
+        self,
+        lease: Lease,
+        error: DeliveryError,
+        delay: float,
+        detail: str,
+        *,
+        task_id: str | None = None,
     ) -> Transition:
         """``retrying`` after ``delay``, the attempt given back (a provider's pause)."""
         return self._finish_as(
-            lease, State.RETRYING, detail, error=error, delay=delay, deferred=True
+            lease, State.RETRYING, detail, error=error, delay=delay, deferred=True, task_id=task_id
         )
 
     def mark_failed(self, lease: Lease, error: DeliveryError, detail: str) -> Transition:
@@ -221,6 +248,7 @@ class LeaseStore:
         provider_id: str | None = None,
         delay: float | None = None,
         deferred: bool = False,
+        task_id: str | None = None,
     ) -> Transition:
         last_error = None
         if error is not None:
@@ -229,6 +257,7 @@ class LeaseStore:
             ).model_dump_json()
         args: dict[str, Any] = {
             "op": operation_id(),
+            "task": task_id,
             "owner": lease.owner,
             "lease": lease.lease_number,
             "new_state": state.value,

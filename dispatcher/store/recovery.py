@@ -67,11 +67,12 @@ class DiscardOutcome(StrEnum):
 
 
 class Overdue(NamedTuple):
-    """One claim: the messages to publish again, and how many overdue members it looked at
-    (as many as asked: there may be more)."""
+    """One claim: the messages to publish again, how many overdue members it looked at (as
+    many as asked: there may be more), and the id each one's task must carry."""
 
     refs: list[MessageRef]
     scanned: int
+    task_ids: list[str]
 
 
 class RecoveryStore:
@@ -99,7 +100,7 @@ class RecoveryStore:
         again: its entry is gone.
         """
         key_open, record_close, history_close = keys.MESSAGE_KEY_PARTS
-        claimed, scanned = self._claim(
+        claimed, scanned, task_ids = self._claim(
             self.redis,
             {
                 "inflight": keys.IN_FLIGHT,
@@ -121,7 +122,11 @@ class RecoveryStore:
                 "backlog_since_ms": None if queue_key is None else self._head_queued_at(queue_key),
             },
         )
-        return Overdue([MessageRef.parse(text(member)) for member in claimed], int(scanned))
+        return Overdue(
+            [MessageRef.parse(text(member)) for member in claimed],
+            int(scanned),
+            [text(task_id) for task_id in task_ids],
+        )
 
     def _head_queued_at(self, queue_key: str) -> int | None:
         """When the message next in line in ``queue_key`` was queued (ms on Redis's clock);
@@ -154,8 +159,15 @@ class RecoveryStore:
             },
         )
 
-    def replay(self, ref: MessageRef, detail: str = "replayed from dead letters") -> ReplayOutcome:
-        """Send a dead message round again: ``dead`` -> ``queued``, attempts reset."""
+    def replay(
+        self,
+        ref: MessageRef,
+        detail: str = "replayed from dead letters",
+        *,
+        task_id: str | None = None,
+    ) -> ReplayOutcome:
+        """Send a dead message round again: ``dead`` -> ``queued``, attempts reset.
+        ``task_id`` names the task the caller publishes (the message's live task)."""
         reply = self._replay(
             self.redis,
             {
@@ -166,6 +178,7 @@ class RecoveryStore:
             },
             {
                 "op": operation_id(),
+                "task": task_id,
                 "ttl": self.policy.ttl,
                 "history_limit": self.policy.history_limit,
                 "member": ref.member,
@@ -225,7 +238,8 @@ class Reaper:
     """
 
     store: RecoveryStore
-    publish: Callable[[MessageRef], None]
+    publish: Callable[[MessageRef, str], None]
+    """Publish a message's delivery task with the given task id."""
     interval: float
     requeue_delay: float
     batch: int = 500
@@ -244,9 +258,9 @@ class Reaper:
             )
             failed: list[MessageRef] = []
             error: Exception | None = None
-            for ref in overdue.refs:
+            for ref, task_id in zip(overdue.refs, overdue.task_ids, strict=True):
                 try:
-                    self.publish(ref)
+                    self.publish(ref, task_id)
                 except Exception as exc:  # the broker refused: the next pass tries again
                     failed.append(ref)
                     error = exc

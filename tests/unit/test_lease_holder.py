@@ -197,3 +197,24 @@ def test_retry_after_is_capped_well_under_the_visibility_timeout(store: StatusSt
     due = int(store.redis.hget(keys.message(ref("m1")), "dueAt") or 0)
     now_ms = store.redis.time()[0] * 1000
     assert 110_000 < due - now_ms <= 121_000, "the due time on Redis's clock is capped too"
+
+
+def test_a_message_has_one_live_task_and_copies_stand_down(store: StatusStore) -> None:
+    lease = store.lease.begin(ref("m1"), "w1", 60, task_id="t-create")
+    assert isinstance(lease, Lease)
+    assert store.lease.mark_retrying(lease, BUSY, 300, "503", task_id="t-retry") == "ok"
+    copy = store.lease.begin(ref("m1"), "w2", 60, task_id="t-create")  # redelivered
+    assert isinstance(copy, StandDown) and copy.reason is StandDownReason.SUPERSEDED
+    early = store.lease.begin(ref("m1"), "w3", 60, task_id="t-retry")
+    assert isinstance(early, StandDown) and early.reason is StandDownReason.EARLY
+    store.redis.hset(keys.message(ref("m1")), "dueAt", 0)
+    assert isinstance(store.lease.begin(ref("m1"), "w4", 60, task_id="t-retry"), Lease)
+
+
+def test_the_reapers_task_supersedes_the_one_whose_lease_ran_out(store: StatusStore) -> None:
+    assert isinstance(store.lease.begin(ref("m1"), "w1", 0, task_id="t-create"), Lease)
+    overdue = store.recovery.claim_overdue(requeue_delay=60)
+    assert overdue.refs == [ref("m1")]
+    late_copy = store.lease.begin(ref("m1"), "w2", 60, task_id="t-create")
+    assert isinstance(late_copy, StandDown) and late_copy.reason is StandDownReason.SUPERSEDED
+    assert isinstance(store.lease.begin(ref("m1"), "w3", 60, task_id=overdue.task_ids[0]), Lease)

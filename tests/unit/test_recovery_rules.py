@@ -49,7 +49,7 @@ class Publisher:
         self.refuse = refuse
         self.published: list[str] = []
 
-    def __call__(self, message_ref: MessageRef) -> None:
+    def __call__(self, message_ref: MessageRef, task_id: str) -> None:
         if message_ref.id in self.refuse:
             raise ConnectionError("broker refused")
         self.published.append(message_ref.id)

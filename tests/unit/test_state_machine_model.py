@@ -1,9 +1,10 @@
 """The status state machine under random interleavings (docs/reliability.md, "The state machine").
 
 A hypothesis state machine drives one message's scripts on fakeredis in any order:
-tasks arriving (leases), attempts finishing with any outcome (late ones too), leases
-extended, the reaper, an operator's replay, a script re-run after a lost reply, and
-Redis's clock moving ahead. After every step it checks the invariants.
+tasks arriving (leases), copies of any task published before (a broker's redelivery),
+attempts finishing with any outcome (late ones too), leases extended, the reaper, an
+operator's replay, a script re-run after a lost reply, and Redis's clock moving ahead.
+After every step it checks the invariants.
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ class StatusModel(RuleBasedStateMachine):
         )
         call = self.store.submit.prepare(MESSAGE, parse_message(TEXT), channel="easemob")
         assert self.store.submit.create(call).outcome == "created"
-        self.tasks = 1
+        self.tasks = ["create"]  # task ids in the broker, copies included
+        self.published = ["create"]
         self.workers: list[Lease] = []
         self.owners = 0
         self.state = "queued"
@@ -71,27 +73,32 @@ class StatusModel(RuleBasedStateMachine):
 
     # -- rules -----------------------------------------------------------------------
 
-    @precondition(lambda self: self.tasks > 0)
-    @rule(lease_seconds=st.sampled_from([0, 5, 30]))
-    def a_task_arrives(self, lease_seconds: int) -> None:
+    def publish(self, task_id: str) -> None:
+        self.tasks.append(task_id)
+        self.published.append(task_id)
+
+    @precondition(lambda self: bool(self.tasks))
+    @rule(which=st.integers(min_value=0), lease_seconds=st.sampled_from([0, 5, 30]))
+    def a_task_arrives(self, which: int, lease_seconds: int) -> None:
         self.step = "lease"
-        self.tasks -= 1
-        before, due = self.field("state"), self.field("dueAt")
+        task = self.tasks.pop(which % len(self.tasks))
+        before, due, live = self.field("state"), self.field("dueAt"), self.field("task")
         self.owners += 1
-        got = self.store.lease.begin(MESSAGE, f"w{self.owners}", lease_seconds)
+        got = self.store.lease.begin(MESSAGE, f"w{self.owners}", lease_seconds, task_id=task)
         if isinstance(got, Lease):
+            assert live in (None, task), f"a copy ({task}) was served, not {live}"
             if before == "retrying":
                 assert due is not None and self.now_ms() >= int(due), "a retry ran early"
             self.workers.append(got)
         elif got.reason is StandDownReason.EARLY:
-            self.tasks += 1  # it waits again
+            self.tasks.append(task)  # it waits again, as the same task
         else:
             assert isinstance(got, StandDown)
 
-    @rule()
-    def a_copy_of_the_task_appears(self) -> None:
+    @rule(which=st.integers(min_value=0))
+    def a_copy_of_an_earlier_task_appears(self, which: int) -> None:
         self.step = "copy"
-        self.tasks += 1
+        self.tasks.append(self.published[which % len(self.published)])
 
     @precondition(lambda self: bool(self.workers))
     @rule(
@@ -103,14 +110,19 @@ class StatusModel(RuleBasedStateMachine):
     def an_attempt_ends(self, which: int, outcome: str, delay: float, lost_reply: bool) -> None:
         self.step = f"finish:{outcome}"
         worker = self.workers.pop(which % len(self.workers))
+        next_task = f"t{len(self.published)}"
 
         def finish() -> str:
             if outcome == "delivered":
                 return self.store.lease.mark_delivered(worker, "p", "ok").value
             if outcome == "retrying":
-                return self.store.lease.mark_retrying(worker, ERROR, delay, "503").value
+                return self.store.lease.mark_retrying(
+                    worker, ERROR, delay, "503", task_id=next_task
+                ).value
             if outcome == "deferred":
-                return self.store.lease.mark_deferred(worker, ERROR, delay, "paused").value
+                return self.store.lease.mark_deferred(
+                    worker, ERROR, delay, "paused", task_id=next_task
+                ).value
             if outcome == "failed":
                 return self.store.lease.mark_failed(worker, ERROR, "400").value
             return self.store.lease.mark_dead(worker, ERROR, "used up").value
@@ -127,7 +139,7 @@ class StatusModel(RuleBasedStateMachine):
         else:
             first = finish()
         if first == "ok" and outcome in ("retrying", "deferred"):
-            self.tasks += 1  # the countdown task
+            self.publish(next_task)  # the countdown task
 
     @precondition(lambda self: bool(self.workers))
     @rule(which=st.integers(min_value=0))
@@ -147,13 +159,15 @@ class StatusModel(RuleBasedStateMachine):
     @rule()
     def the_reaper_runs(self) -> None:
         self.step = "reaper"
-        self.tasks += len(self.store.recovery.claim_overdue(requeue_delay=5).refs)
+        for task_id in self.store.recovery.claim_overdue(requeue_delay=5).task_ids:
+            self.publish(task_id)
 
     @rule()
     def an_operator_replays(self) -> None:
         self.step = "replay"
-        if self.store.recovery.replay(MESSAGE) == "ok":
-            self.tasks += 1
+        task_id = f"t{len(self.published)}"
+        if self.store.recovery.replay(MESSAGE, task_id=task_id) == "ok":
+            self.publish(task_id)
 
     # -- invariants ------------------------------------------------------------------
 
@@ -163,6 +177,7 @@ class StatusModel(RuleBasedStateMachine):
         self.delivered_is_never_a_dead_letter()
         self.every_open_message_has_a_deadline()
         self.at_most_one_live_lease()
+        self.at_most_one_live_task()
 
     def states_move_only_as_allowed(self) -> None:
         state = self.field("state")
@@ -180,6 +195,12 @@ class StatusModel(RuleBasedStateMachine):
     def every_open_message_has_a_deadline(self) -> None:
         deadline = self.store.redis.zscore(keys.IN_FLIGHT, MESSAGE.member)
         assert (deadline is not None) == (self.state not in TERMINAL)
+
+    def at_most_one_live_task(self) -> None:
+        """Of the tasks in the broker, only copies of one would be served."""
+        recorded = self.field("task")
+        live = {t for t in self.tasks if recorded is None or t == recorded}
+        assert len(live) <= 1, (live, recorded)
 
     def at_most_one_live_lease(self) -> None:
         until = self.field("leaseUntil")

@@ -15,7 +15,8 @@
 -- gets its TTL renewed: a record never expires while its message is not terminal.
 -- The message keys are spelled here from the members (key_open .. member .. record_close):
 -- this script is not single-slot (docs/architecture.md, "Scripts").
--- Returns {claimed members, number looked at}.
+-- Each claimed member gets the id of the task to publish (its live task, lease.lua).
+-- Returns {claimed members, number looked at, their task ids}.
 -- keys: inflight dead stats rejected
 -- args: scan# requeue_delay_ms# max_requeues# ttl# history_limit# key_open record_close history_close dead_cap# rejected_cap# backlog_since_ms?
 -- include: lib
@@ -23,9 +24,17 @@
 local now = now_ms()
 local due = redis.call('ZRANGEBYSCORE', inflight, '-inf', now, 'LIMIT', 0, scan)
 local claimed = {}
+local task_ids = {}
 local furthest = math.floor(ttl * 1000 / 2)
 local function deadline(delay_ms) return now + math.min(delay_ms, furthest) end
 local since = tonumber(backlog_since_ms)
+local function claim(mkey, member)
+  local n = redis.call('HINCRBY', mkey, 'recoveries', 1)
+  local task = 'recovery:' .. member .. ':' .. n
+  redis.call('HSET', mkey, 'task', task)
+  table.insert(claimed, member)
+  table.insert(task_ids, task)
+end
 for _, member in ipairs(due) do
   local mkey = key_open .. member .. record_close
   local hkey = key_open .. member .. history_close
@@ -58,7 +67,7 @@ for _, member in ipairs(due) do
       redis.call('HINCRBY', stats, 'recovered', 1)
       push_history(hkey, s[1], now, 'recovery: re-enqueued (' .. s[1] ..
         ' past its deadline; its queue entry may be lost)', history_limit, ttl)
-      table.insert(claimed, member)
+      claim(mkey, member)
     else
       local requeues = tonumber(s[2] or '0')
       if s[4] ~= s[5] then requeues = requeues + 1 end
@@ -79,9 +88,9 @@ for _, member in ipairs(due) do
         redis.call('HINCRBY', stats, 'recovered', 1)
         push_history(hkey, s[1], now, 'recovery: re-enqueued (' .. s[1] ..
           ' past its deadline; lost lease ' .. requeues .. ')', history_limit, ttl)
-        table.insert(claimed, member)
+        claim(mkey, member)
       end
     end
   end
 end
-return {claimed, #due}
+return {claimed, #due, task_ids}

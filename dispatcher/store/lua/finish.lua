@@ -4,12 +4,13 @@
 -- a fact, so ``delivered`` learned by any attempt (even one whose lease was taken over)
 -- becomes the state, and takes the message off the dead letters. Any other outcome of an
 -- attempt that no longer holds the lease only goes into the history, the state unchanged.
--- A deferred retry (``deferred``: a provider's pause) gives the attempt back.
+-- A deferred retry (``deferred``: a provider's pause) gives the attempt back. A retry names
+-- its task (``task``), the one the caller publishes: the message's live task (lease.lua).
 -- The provider's HTTP status of a failed attempt is counted as provider:<status>.
 -- Returns ok, missing, stale (recorded in the history only) or terminal:<state>; a re-run
 -- of the same call (``op``) after a lost reply answers what the first run did.
 -- keys: message history dead stats inflight
--- args: op? owner lease# new_state ttl# history_limit# detail last_error? provider_id? delay_ms? dead_cap# member latency_bounds retry_grace_ms# provider_status? deferred?
+-- args: op? task? owner lease# new_state ttl# history_limit# detail last_error? provider_id? delay_ms? dead_cap# member latency_bounds retry_grace_ms# provider_status? deferred?
 -- include: lib
 
 local again = earlier_reply(message, op)
@@ -52,6 +53,7 @@ end
 if new_state == 'retrying' then
   local due = now + tonumber(delay_ms or '0')
   redis.call('HSET', message, 'dueAt', due)
+  if task then redis.call('HSET', message, 'task', task) end
   redis.call('ZADD', inflight, due + retry_grace_ms, member)
   if deferred then redis.call('HINCRBY', message, 'attempts', -1) end
 else
