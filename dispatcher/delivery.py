@@ -128,7 +128,8 @@ def attempt(
         )
     if isinstance(lease, StandDown):
         if lease.reason is StandDownReason.EARLY:
-            # A copy of the retry's task, or a clock ahead of Redis's: wait again, no attempt used.
+            # Woken before the due time (a countdown capped, a clock ahead of Redis's): the
+            # same task waits again, no attempt used.
             log.info("getMessageId=%s early: %s", message_id, lease.detail)
             return Outcome(
                 AttemptOutcome.STOOD_DOWN,

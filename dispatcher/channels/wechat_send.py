@@ -292,12 +292,15 @@ class WeChatSender:
         """One API call with the shared token; on a token error, one refresh and one resend."""
         self.quotas.check(operation)
         payload = encode_body(body) if body is not None else None
+        # Before each provider call (a token fetch too) the attempt keeps its lease or stops.
+        state.before_call(self.call_seconds)
         token = self.tokens.get()
         state.before_call(self.call_seconds)
         answer = self._post(operation, token, payload, files, params)
         if answer.errcode in TOKEN_ERRORS:
             self.tokens.invalidate(token)
             state.notes.append(f"token refreshed after errcode {answer.errcode}")
+            state.before_call(self.call_seconds)
             token = self.tokens.get()
             state.before_call(self.call_seconds)
             answer = self._post(operation, token, payload, files, params)

@@ -139,17 +139,20 @@ class EasemobChannel:
         # Token first, then the rate slot, then the call: a slow token fetch must not
         # bunch admitted calls into a burst the provider would throttle (F11). A slot the
         # lease script took (only while the token is in memory) is the same slot, earlier.
+        # Before each provider call (a token fetch too) the attempt keeps its lease or stops.
         notes: list[str] = []
+        before_call = origin.before_call if origin is not None else _no_checkpoint
+        before_call(self.call_seconds)
         token = self.tokens.get()
         if not prepaid:
             self._acquire(costs)
-        before_call = origin.before_call if origin is not None else _no_checkpoint
         before_call(self.call_seconds)
         response = self._post_message(payload, token)
         if response.status_code == 401:
             # The token expired or was revoked: refresh once (shared) and resend.
             self.tokens.invalidate(token)
             notes.append("token refreshed after 401")
+            before_call(self.call_seconds)
             token = self.tokens.get()
             self._acquire(costs)  # the resend is a call of its own
             before_call(self.call_seconds)
