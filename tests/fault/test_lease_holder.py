@@ -14,8 +14,11 @@ import time
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.fault.harness import MESSAGES_PATH, new_id, records_of, text_message
+
+pytestmark = pytest.mark.fault
 
 
 def wait_for(condition: Any, timeout: float, what: str) -> Any:
