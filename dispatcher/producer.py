@@ -30,7 +30,7 @@ from dispatcher.broker import broker_is_store, make_celery
 from dispatcher.channels import ChannelSpec
 from dispatcher.config import Settings
 from dispatcher.connections import REDIS_ERRORS, PoolExhausted, redis_client
-from dispatcher.enqueue import DELIVER_TASK, DirectEnqueue, new_task_id, task_args
+from dispatcher.enqueue import DELIVER_TASK, DirectEnqueue, task_args
 from dispatcher.errors import Busy, Conflict, RateLimited, Unauthorized, Unavailable
 from dispatcher.gate import REPLAYED, Gate
 from dispatcher.health import RedisHealth
@@ -239,12 +239,10 @@ class Dispatcher:
             raise RuntimeError(f"unexpected answer from the status store: {result!r}")
         raise RateLimited(gate.client, result.retry_after)
 
-    def publish(self, ref: MessageRef, *, task_id: str | None = None) -> None:
-        """Queue a delivery of ``ref``; ``task_id`` when the store recorded the task's id."""
+    def publish(self, ref: MessageRef, task_id: str | None = None) -> None:
         # No trace header: the attempt finds the submit's trace in the status record.
-        options = {"task_id": task_id} if task_id else {}
         self.celery.send_task(
-            DELIVER_TASK, args=task_args(ref), queue=self.settings.queue, **options
+            DELIVER_TASK, args=task_args(ref), queue=self.settings.queue, task_id=task_id
         )
 
     def _forget(self, ref: MessageRef, message: Message) -> None:
@@ -295,10 +293,8 @@ class Dispatcher:
         requeued. ``by`` names the operator in the message's history."""
         ref = self.ref(message)
         detail = "replayed from dead letters" + (f" by {by}" if by else "")
-        task_id = new_task_id()
-        outcome = self.store.recovery.replay(ref, detail, task_id=task_id)
+        outcome = self.store.recovery.replay(ref, detail, publish=self.publish)
         if outcome is ReplayOutcome.OK:
-            self.publish(ref, task_id=task_id)
             log.info("getMessageId=%s of %s %s", ref.id, ref.namespace, detail)
         return outcome
 

@@ -27,7 +27,7 @@ import redis
 
 from dispatcher import keys
 from dispatcher.connections import REDIS_ERRORS, text
-from dispatcher.enqueue import ref_in
+from dispatcher.enqueue import new_task_id, ref_in
 from dispatcher.ids import MessageRef
 from dispatcher.store.policy import StorePolicy
 from dispatcher.store.scripts import load, operation_id
@@ -164,10 +164,12 @@ class RecoveryStore:
         ref: MessageRef,
         detail: str = "replayed from dead letters",
         *,
-        task_id: str | None = None,
+        publish: Callable[[MessageRef, str], None] | None = None,
     ) -> ReplayOutcome:
-        """Send a dead message round again: ``dead`` -> ``queued``, attempts reset.
-        ``task_id`` names the task the caller publishes (the message's live task)."""
+        """Send a dead message round again: ``dead`` -> ``queued``, attempts reset. With
+        ``publish``, the message's new task is published once the record says so, under
+        the id the record names (its live task, docs/reliability.md, "The state machine")."""
+        task_id = new_task_id() if publish is not None else None
         reply = self._replay(
             self.redis,
             {
@@ -186,7 +188,10 @@ class RecoveryStore:
                 "queued_grace_ms": self.policy.queued_grace_ms,
             },
         )
-        return ReplayOutcome(text(reply))
+        outcome = ReplayOutcome(text(reply))
+        if outcome is ReplayOutcome.OK and publish is not None and task_id is not None:
+            publish(ref, task_id)
+        return outcome
 
     def discard_dead_letter(self, ref: MessageRef, detail: str) -> DiscardOutcome:
         """Take a dead message off the dead-letter index for good (``detail`` goes to its

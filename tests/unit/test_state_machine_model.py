@@ -165,9 +165,7 @@ class StatusModel(RuleBasedStateMachine):
     @rule()
     def an_operator_replays(self) -> None:
         self.step = "replay"
-        task_id = f"t{len(self.published)}"
-        if self.store.recovery.replay(MESSAGE, task_id=task_id) == "ok":
-            self.publish(task_id)
+        self.store.recovery.replay(MESSAGE, publish=lambda _, task_id: self.publish(task_id))
 
     # -- invariants ------------------------------------------------------------------
 
