@@ -2,8 +2,9 @@
 -- Only the lease's holder (``owner`` and its lease number ``lease``, both as granted) moves
 -- the state, and a terminal state is never left, with one exception: a provider's accept is
 -- a fact, so ``delivered`` learned by any attempt (even one whose lease was taken over)
--- becomes the state, and takes the message off the dead letters. Any other outcome of an
--- attempt that no longer holds the lease only goes into the history, the state unchanged.
+-- becomes the state over ``failed`` or ``dead``, and takes the message off the dead
+-- letters. Any other outcome of an attempt that no longer holds the lease only goes into
+-- the history, the state unchanged.
 -- A deferred retry (``deferred``: a provider's pause) gives the attempt back. A retry names
 -- its task (``task``), the one the caller publishes: the message's live task (lease.lua).
 -- The provider's HTTP status of a failed attempt is counted as provider:<status>.
@@ -20,7 +21,10 @@ if not s[1] then return 'missing' end
 local now = now_ms()
 if provider_status then redis.call('HINCRBY', stats, 'provider:' .. provider_status, 1) end
 local holder = s[1] == 'processing' and s[2] == owner and tonumber(s[3] or '0') == lease
-local late_accept = new_state == 'delivered' and s[1] ~= 'delivered'
+-- A late accept wins over what a lost lease left open or failed, not over an operator's
+-- cancel or recall.
+local late_accept = new_state == 'delivered' and
+  (not TERMINAL[s[1]] or s[1] == 'failed' or s[1] == 'dead')
 if not holder and not late_accept then
   local said = 'late answer of an attempt that lost its lease (' .. owner .. '): ' .. new_state
   if provider_id then said = said .. ' (providerMessageId ' .. provider_id .. ')' end
