@@ -1,7 +1,10 @@
 """One delivery attempt, top to bottom: lease -> channel -> media -> send -> outcome.
 
 ``attempt`` never raises for a delivery problem: it records the outcome in the
-status store and tells the caller whether (and when) to try again.
+status store and tells the caller whether (and when) to try again. The attempt
+stays inside its lease: before each provider call the lease is kept (extended
+while it is still ours) or the attempt is abandoned (docs/reliability.md, "The
+state machine").
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import os
 import random
 import socket
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from enum import StrEnum
@@ -19,7 +23,8 @@ from typing import Protocol
 from dispatcher import tracing
 from dispatcher.channels import Channel, Origin, registry
 from dispatcher.config import Settings
-from dispatcher.errors import DeliveryError, InvalidMessage, MediaError
+from dispatcher.enqueue import new_task_id
+from dispatcher.errors import DeliveryError, InvalidMessage, LeaseLost, MediaError
 from dispatcher.ids import MessageRef
 from dispatcher.media.resolve import needs_resolution
 from dispatcher.models import ImageInfo, Message, VideoInfo, VoiceInfo
@@ -49,12 +54,13 @@ class AttemptOutcome(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """An attempt's outcome: when ``RETRYING``, the seconds until the next attempt;
-    when ``STOOD_DOWN``, why."""
+    """An attempt's outcome: with ``retry_in``, publish the task again (``task_id``) to run
+    that many seconds from now; when ``STOOD_DOWN``, why."""
 
     state: AttemptOutcome
     retry_in: float | None = None
     reason: str = ""
+    task_id: str | None = None
 
 
 def backoff_delay(
@@ -66,6 +72,36 @@ def backoff_delay(
     if retry_after is not None:
         delay = max(delay, retry_after)
     return delay
+
+
+LEASE_MARGIN = 1.0
+"""Seconds of lease kept beyond a provider call's longest duration (the outcome's write)."""
+
+
+@dataclass
+class LeaseKeeper:
+    """Keeps one attempt inside its lease: called before each provider call (the channel's
+    :meth:`~dispatcher.channels.Origin.before_call`), it extends the lease when what is left
+    would not cover the call, or raises :class:`LeaseLost` when the lease is no longer ours.
+
+    ``expires`` is on this process's monotonic clock, read before the lease was asked for,
+    so it never runs later than the lease on Redis's clock; waits for a rate slot or a token
+    inside the attempt count against it."""
+
+    lease: Lease
+    store: StatusStore
+    lease_seconds: float
+    expires: float
+
+    def __call__(self, longest: float) -> None:
+        needed = longest + LEASE_MARGIN
+        if self.expires - time.monotonic() >= needed:
+            return
+        asked = time.monotonic()
+        left = self.store.lease.extend(self.lease, max(self.lease_seconds, needed))
+        if left is None:
+            raise LeaseLost(f"attempt {self.lease.number} lost its lease before a provider call")
+        self.expires = asked + left
 
 
 def attempt_owner() -> str:
@@ -80,13 +116,27 @@ def attempt(
     store: StatusStore,
     channels: dict[str, Channel],
     resolve_media: MediaResolver | None,
+    task_id: str | None = None,
 ) -> Outcome:
+    """One attempt for the task ``task_id`` (None: no task, e.g. a tool or a test)."""
     message_id = ref.id
     # The lease script may also take the rate slot; only one channel's slot fits in it.
     prepay = next((p for p in (c.rate_prepay() for c in channels.values()) if p), None)
     with tracing.span(tracing.SPAN_LEASE):
-        lease = store.lease.begin(ref, attempt_owner(), settings.lease_seconds, prepay=prepay)
+        lease = store.lease.begin(
+            ref, attempt_owner(), settings.lease_seconds, prepay=prepay, task_id=task_id
+        )
     if isinstance(lease, StandDown):
+        if lease.reason is StandDownReason.EARLY:
+            # Woken before the due time (a countdown capped, a clock ahead of Redis's): the
+            # same task waits again, no attempt used.
+            log.info("getMessageId=%s early: %s", message_id, lease.detail)
+            return Outcome(
+                AttemptOutcome.STOOD_DOWN,
+                retry_in=countdown(lease.wait, settings),
+                reason=lease.reason.value,
+                task_id=task_id,
+            )
         if lease.reason is StandDownReason.MISSING:
             # No record to dead-letter (expired, or never accepted): keep a bounded trace.
             log.warning("getMessageId=%s dropped from the queue: %s", message_id, lease.detail)
@@ -113,9 +163,15 @@ def attempt(
         if int(message.messageType) in spec.media:
             with tracing.span(tracing.SPAN_MEDIA):
                 message = _resolved(message, resolve_media)
-        origin = Origin(lease.ref, lease.client)
+        began = lease.began if lease.began is not None else time.monotonic()
+        keeper = LeaseKeeper(lease, store, settings.lease_seconds, began + settings.lease_seconds)
+        origin = Origin(lease.ref, lease.client, keeper)
         with tracing.span(tracing.SPAN_PROVIDER, {tracing.CHANNEL: spec.name}):
             receipt = channel.send(message_id, message, prepaid=lease.prepaid, origin=origin)
+    except LeaseLost as lost:
+        log.warning("getMessageId=%s attempt abandoned: %s", message_id, lost)
+        store.lease.note(lease.ref, f"attempt {lease.number} by {lease.owner} abandoned: {lost}")
+        return Outcome(AttemptOutcome.STOOD_DOWN, reason="lease_lost")
     except DeliveryError as error:
         return _record_failure(lease, error, settings, store)
     except InvalidMessage as error:
@@ -168,25 +224,32 @@ def _record_failure(
     if error.ambiguous:
         detail = f"ambiguous: {detail}"
     if not error.retryable:
-        store.lease.mark_failed(lease, error, detail)
+        verdict = store.lease.mark_failed(lease, error, detail)
+        if verdict is not Transition.OK:
+            return _late(lease, verdict, "failed", error)
         log.warning("getMessageId=%s failed permanently: %s", message_id, error)
         return Outcome(AttemptOutcome.FAILED)
     if lease.number >= settings.max_attempts:
-        store.lease.mark_dead(lease, error, f"{detail}; {lease.number} attempts used")
+        verdict = store.lease.mark_dead(lease, error, f"{detail}; {lease.number} attempts used")
+        if verdict is not Transition.OK:
+            return _late(lease, verdict, "dead", error)
         log.error("getMessageId=%s dead after %d attempts: %s", message_id, lease.number, error)
         return Outcome(AttemptOutcome.DEAD)
+    retry_after = error.retry_after
+    if retry_after is not None:
+        retry_after = min(retry_after, settings.retry_after_cap)
     delay = backoff_delay(
         lease.number,
         base=settings.backoff_base,
         cap=settings.backoff_cap,
-        retry_after=error.retry_after,
+        retry_after=retry_after,
     )
+    next_task = new_task_id()
     verdict = store.lease.mark_retrying(
-        lease, error, delay, f"{detail}; next attempt in {delay:.2f}s"
+        lease, error, delay, f"{detail}; next attempt in {delay:.2f}s", task_id=next_task
     )
     if verdict is not Transition.OK:
-        log.info("getMessageId=%s retry not scheduled (%s)", message_id, verdict)
-        return Outcome(AttemptOutcome.STOOD_DOWN, reason=verdict.value)
+        return _late(lease, verdict, "retrying", error)
     log.warning(
         "getMessageId=%s attempt %d failed, retry in %.2fs: %s",
         message_id,
@@ -194,18 +257,44 @@ def _record_failure(
         delay,
         error,
     )
-    return Outcome(AttemptOutcome.RETRYING, retry_in=delay)
+    return Outcome(AttemptOutcome.RETRYING, retry_in=countdown(delay, settings), task_id=next_task)
+
+
+def countdown(delay: float, settings: Settings) -> float:
+    """The task's countdown for a retry due in ``delay`` seconds.
+
+    A broker holds a delayed task only until its visibility timeout, and a long Retry-After
+    is capped: a task woken before the due time finds it early on Redis's clock and waits
+    again, its attempt untouched."""
+    return max(0.0, min(delay, settings.retry_after_cap, settings.visibility_timeout / 2))
+
+
+def _late(lease: Lease, verdict: Transition, outcome: str, error: DeliveryError) -> Outcome:
+    """The attempt's outcome reached the store after its lease was taken over (or the
+    message ended meanwhile): the history has it, the state is another attempt's."""
+    log.warning(
+        "getMessageId=%s attempt %d would be %s (%s) but no longer holds its lease: %s",
+        lease.ref.id,
+        lease.number,
+        outcome,
+        error,
+        verdict,
+    )
+    return Outcome(AttemptOutcome.STOOD_DOWN, reason=verdict.value)
 
 
 def _defer(lease: Lease, error: DeliveryError, settings: Settings, store: StatusStore) -> Outcome:
     """A provider's pause: wait until it ends, without using up an attempt."""
     delay = error.retry_after or 0.0
+    next_task = new_task_id()
     verdict = store.lease.mark_deferred(
-        lease, error, delay, f"{error.message}; deferred {delay:.0f}s, attempt not counted"
+        lease,
+        error,
+        delay,
+        f"{error.message}; deferred {delay:.0f}s, attempt not counted",
+        task_id=next_task,
     )
     if verdict is not Transition.OK:
         return Outcome(AttemptOutcome.STOOD_DOWN, reason=verdict.value)
     log.warning("getMessageId=%s deferred %.0fs: %s", lease.ref.id, delay, error)
-    # A broker holds a delayed task only until its visibility timeout: wake before that;
-    # a message still paused then is deferred again, its attempts untouched.
-    return Outcome(AttemptOutcome.RETRYING, retry_in=min(delay, settings.visibility_timeout / 2))
+    return Outcome(AttemptOutcome.RETRYING, retry_in=countdown(delay, settings), task_id=next_task)

@@ -49,6 +49,13 @@ def task_args(ref: MessageRef) -> tuple[str]:
     return (ref.member,)
 
 
+def new_task_id() -> str:
+    """A delivery task's id, as Celery makes them. A retry, a recovery or a replay records
+    the id of the task it publishes, so copies of older tasks stand down
+    (docs/reliability.md, "The state machine")."""
+    return str(uuid.uuid4())
+
+
 _ID = "__dispatcher_message_id__"
 _TASK_ID = "__dispatcher_task_id__"
 _TAG = "__dispatcher_delivery_tag__"
@@ -172,7 +179,7 @@ class TaskMessageTemplate:
             )
         values = {
             _BODY: json.dumps(body),
-            _TASK_ID: json.dumps(str(uuid.uuid4())),  # Celery's task ids: kombu's uuid()
+            _TASK_ID: json.dumps(new_task_id()),
             _ARGSREPR: json.dumps(argsrepr),
             _TAG: json.dumps(str(uuid.uuid4())),
             _TRACEPARENT: json.dumps(traceparent or ""),

@@ -105,6 +105,11 @@ class DeliveryError(DispatcherError):
         super().__init__(f"{code}: {message}")
 
 
+class LeaseLost(DispatcherError):
+    """The attempt no longer holds its lease (another attempt took it over): it must not
+    call the provider again. Not a :class:`DeliveryError`, so no channel handles it."""
+
+
 class ProviderError(DeliveryError):
     """The messaging provider (Easemob) refused or failed a call."""
 

@@ -239,9 +239,11 @@ class Dispatcher:
             raise RuntimeError(f"unexpected answer from the status store: {result!r}")
         raise RateLimited(gate.client, result.retry_after)
 
-    def publish(self, ref: MessageRef) -> None:
+    def publish(self, ref: MessageRef, task_id: str | None = None) -> None:
         # No trace header: the attempt finds the submit's trace in the status record.
-        self.celery.send_task(DELIVER_TASK, args=task_args(ref), queue=self.settings.queue)
+        self.celery.send_task(
+            DELIVER_TASK, args=task_args(ref), queue=self.settings.queue, task_id=task_id
+        )
 
     def _forget(self, ref: MessageRef, message: Message) -> None:
         try:
@@ -291,9 +293,8 @@ class Dispatcher:
         requeued. ``by`` names the operator in the message's history."""
         ref = self.ref(message)
         detail = "replayed from dead letters" + (f" by {by}" if by else "")
-        outcome = self.store.recovery.replay(ref, detail)
+        outcome = self.store.recovery.replay(ref, detail, publish=self.publish)
         if outcome is ReplayOutcome.OK:
-            self.publish(ref)
             log.info("getMessageId=%s of %s %s", ref.id, ref.namespace, detail)
         return outcome
 

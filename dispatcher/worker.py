@@ -87,12 +87,14 @@ def _deliver(self: DeliveryTask, member: object) -> str:
             store=self.store,
             channels=self.channels,
             resolve_media=self.resolve_media,
+            task_id=self.request.id,
         )
         tracing.annotate({tracing.OUTCOME: outcome.state.value})
         if outcome.retry_in is not None:
             self.apply_async(
                 task_args(ref),
                 countdown=outcome.retry_in,
+                task_id=outcome.task_id,
                 headers=tracing.task_headers(traceparent),
             )
     return outcome.state.value
@@ -145,11 +147,16 @@ def publish(ref: MessageRef, **options: Any) -> None:
     delivery_task().apply_async(task_args(ref), **options)
 
 
+def publish_recovered(ref: MessageRef, task_id: str) -> None:
+    """Queue a delivery the reaper claimed, as the task it recorded."""
+    publish(ref, task_id=task_id)
+
+
 def make_reaper(store: StatusStore) -> Reaper:
     settings = get_settings()
     return Reaper(
         store.recovery,
-        publish,
+        publish_recovered,
         interval=settings.reaper_interval,
         requeue_delay=max(settings.lease_seconds, 10),
         # The queue list lives in the status store's Redis only when that is the broker.

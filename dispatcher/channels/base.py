@@ -52,6 +52,13 @@ class Origin:
 
     ref: MessageRef
     client: str | None = None
+    checkpoint: Callable[[float], None] | None = None
+    """Called before each provider call with the longest that call may take: the attempt
+    keeps its lease for that long or raises :class:`~dispatcher.errors.LeaseLost`."""
+
+    def before_call(self, longest: float) -> None:
+        if self.checkpoint is not None:
+            self.checkpoint(longest)
 
 
 class Channel(Protocol):

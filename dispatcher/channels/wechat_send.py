@@ -93,8 +93,13 @@ class _Send:
 
     ref: MessageRef
     message: Message
+    origin: Origin | None = None
     notes: list[str] = field(default_factory=list)
     media_ids: dict[str, str] = field(default_factory=dict)
+
+    def before_call(self, longest: float) -> None:
+        if self.origin is not None:
+            self.origin.before_call(longest)
 
 
 class WeChatSender:
@@ -115,6 +120,8 @@ class WeChatSender:
         self._clock = clock
         # A lock outlives one call (connect + read) and no more.
         lock_seconds = config.timeout + CONNECT_TIMEOUT + 1
+        self.call_seconds = config.timeout + CONNECT_TIMEOUT
+        """The longest one API call may take (its lease must cover that)."""
         # Token and limiter are the app's own: two apps (or Easemob) never share them.
         self.tokens = TokenCache(
             client,
@@ -165,7 +172,7 @@ class WeChatSender:
         origin: Origin | None = None,
     ) -> Receipt:
         ref = origin.ref if origin is not None else MessageRef(DEFAULT_NAMESPACE, message_id)
-        state = _Send(ref, message)
+        state = _Send(ref, message, origin)
         if message.messageType is MessageType.TEMPLATE:
             body = template_body(state.ref.id, message, self.config.templates)
             return self._template_receipt(state, self._call(state, TEMPLATE_SEND, body))
@@ -285,12 +292,17 @@ class WeChatSender:
         """One API call with the shared token; on a token error, one refresh and one resend."""
         self.quotas.check(operation)
         payload = encode_body(body) if body is not None else None
+        # Before each provider call (a token fetch too) the attempt keeps its lease or stops.
+        state.before_call(self.call_seconds)
         token = self.tokens.get()
+        state.before_call(self.call_seconds)
         answer = self._post(operation, token, payload, files, params)
         if answer.errcode in TOKEN_ERRORS:
             self.tokens.invalidate(token)
             state.notes.append(f"token refreshed after errcode {answer.errcode}")
+            state.before_call(self.call_seconds)
             token = self.tokens.get()
+            state.before_call(self.call_seconds)
             answer = self._post(operation, token, payload, files, params)
         return answer
 

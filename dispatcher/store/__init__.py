@@ -30,7 +30,13 @@ from dispatcher.store.lease import (
 )
 from dispatcher.store.policy import StorePolicy
 from dispatcher.store.read import ReadStore
-from dispatcher.store.recovery import DiscardOutcome, Reaper, RecoveryStore, ReplayOutcome
+from dispatcher.store.recovery import (
+    DiscardOutcome,
+    Overdue,
+    Reaper,
+    RecoveryStore,
+    ReplayOutcome,
+)
 from dispatcher.store.schedule import Scheduler, ScheduleStore
 from dispatcher.store.submit import CreateCall, CreateOutcome, CreateResult, SubmitStore
 from dispatcher.store.withdraw import CancelOutcome, CancelResult, WithdrawStore
@@ -65,6 +71,7 @@ __all__ = [
     "DiscardOutcome",
     "Lease",
     "LeaseStore",
+    "Overdue",
     "ReadStore",
     "Reaper",
     "RecoveryStore",

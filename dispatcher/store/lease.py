@@ -1,10 +1,13 @@
 """Lease stage: a worker leases a message for one attempt, then records its outcome.
 
 ``lua/lease.lua`` grants the lease (and may take the send's rate slot in the
-same call, a :class:`~dispatcher.ratelimit.Prepay`); ``lua/finish.lua`` records
-``delivered``, ``retrying``, ``failed`` or ``dead``. Every transition moves
-forward only: once terminal, no late or duplicate worker changes a record
-(docs/architecture.md, "Status state machine").
+same call, a :class:`~dispatcher.ratelimit.Prepay`); ``lua/extend.lua`` keeps it
+before each provider call; ``lua/finish.lua`` records ``delivered``,
+``retrying``, ``failed`` or ``dead``. Only the holder of the lease (its owner and
+lease number) moves the state; a late attempt's answer goes to the history, and
+its provider accept makes the message delivered. Every transition moves forward
+only (docs/architecture.md, "Status state machine"; docs/reliability.md, "The
+state machine").
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from dispatcher.ids import MessageRef
 from dispatcher.record import LastError, State
 from dispatcher.store.durations import AttemptDurations
 from dispatcher.store.policy import StorePolicy
-from dispatcher.store.scripts import load
+from dispatcher.store.scripts import load, operation_id
 
 if TYPE_CHECKING:
     from dispatcher.ratelimit import Prepay
@@ -51,15 +54,21 @@ class Lease:
     """The client that submitted the message."""
     began: float | None = None
     """``time.monotonic()`` when the lease was asked for: the attempt's start."""
+    lease_number: int = 0
+    """Which grant this is (every lease counts, a deferred attempt's too); an outcome names it."""
 
 
 class StandDownReason(StrEnum):
     """``MISSING``: no status record (expired, or never accepted); ``TERMINAL``: done
-    already; ``BUSY``: another worker holds a live lease."""
+    already; ``SUPERSEDED``: the task is a copy, another task was published for the message
+    since; ``BUSY``: another worker holds a live lease; ``EARLY``: a retry whose due time
+    (on Redis's clock) has not come, ``StandDown.wait`` seconds ahead."""
 
     MISSING = "missing"
     TERMINAL = "terminal"
+    SUPERSEDED = "superseded"
     BUSY = "busy"
+    EARLY = "early"
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +78,8 @@ class StandDown:
     ref: MessageRef
     reason: StandDownReason
     detail: str
+    wait: float = 0.0
+    """``EARLY``: seconds until the retry is due."""
 
 
 class Transition(StrEnum):
@@ -77,7 +88,7 @@ class Transition(StrEnum):
     OK = "ok"
     MISSING = "missing"
     STALE = "stale"
-    """A retry from a worker whose lease another worker has taken over."""
+    """The attempt no longer holds the lease: its outcome went to the history only."""
     ALREADY_DELIVERED = "terminal:delivered"
     ALREADY_FAILED = "terminal:failed"
     ALREADY_DEAD = "terminal:dead"
@@ -94,6 +105,7 @@ class LeaseStore:
         self._note = load("note")
         self._read = load("read")
         self.durations = AttemptDurations(client)
+        self._extend = load("extend")
 
     def begin(
         self,
@@ -102,8 +114,12 @@ class LeaseStore:
         lease_seconds: float,
         *,
         prepay: Prepay | None = None,
+        task_id: str | None = None,
     ) -> Lease | StandDown:
-        """Lease the message to ``owner``; with ``prepay`` also try its rate slot (one call)."""
+        """Lease the message to ``owner``; with ``prepay`` also try its rate slot (one call).
+
+        ``task_id``: the delivery task asking; only the message's live task is served, a
+        superseded copy stands down (docs/reliability.md, "The state machine")."""
         prepay_args: list[float] = []
         if prepay is not None:
             for dimension in zip(
@@ -124,6 +140,7 @@ class LeaseStore:
                 "rates": prepay.keys if prepay else (),
             },
             {
+                "task": task_id,
                 "owner": owner,
                 "lease_ms": int(lease_seconds * 1000),
                 "ttl": self.policy.ttl,
@@ -147,9 +164,17 @@ class LeaseStore:
                 channel=text(reply[4]),
                 client=text(reply[5]) or None,
                 began=began,
+                lease_number=int(text(reply[6])),
             )
         if verdict == "terminal":
             return StandDown(ref, StandDownReason.TERMINAL, f"already {text(reply[1])}")
+        if verdict == "superseded":
+            return StandDown(
+                ref, StandDownReason.SUPERSEDED, f"a copy: the live task is {text(reply[1])}"
+            )
+        if verdict == "early":
+            wait = int(text(reply[1])) / 1000
+            return StandDown(ref, StandDownReason.EARLY, f"retry due in {wait:.3f} s", wait)
         if verdict == "busy":
             holder, remaining = text(reply[1]), int(text(reply[2]))
             return StandDown(ref, StandDownReason.BUSY, f"held by {holder} for {remaining} ms more")
@@ -157,22 +182,55 @@ class LeaseStore:
             ref, StandDownReason.MISSING, "no status record (expired or never accepted)"
         )
 
+    def extend(self, lease: Lease, lease_seconds: float) -> float | None:
+        """Keep ``lease`` for ``lease_seconds`` from now; the seconds it has left, or None
+        when it is no longer this attempt's."""
+        reply = text(
+            self._extend(
+                self.redis,
+                {"message": keys.message(lease.ref), "inflight": keys.IN_FLIGHT},
+                {
+                    "owner": lease.owner,
+                    "lease": lease.lease_number,
+                    "lease_ms": int(lease_seconds * 1000),
+                    "member": lease.ref.member,
+                },
+            )
+        )
+        return None if reply == "lost" else int(reply) / 1000
+
     def mark_delivered(
         self, lease: Lease, provider_message_id: str | None, detail: str
     ) -> Transition:
         return self._finish_as(lease, State.DELIVERED, detail, provider_id=provider_message_id)
 
     def mark_retrying(
-        self, lease: Lease, error: DeliveryError, delay: float, detail: str
+        self,
+        lease: Lease,
+        error: DeliveryError,
+        delay: float,
+        detail: str,
+        *,
+        task_id: str | None = None,
     ) -> Transition:
-        return self._finish_as(lease, State.RETRYING, detail, error=error, delay=delay)
+        """``retrying`` after ``delay``; ``task_id`` names the task the caller publishes for
+        it (the message's live task from then on)."""
+        return self._finish_as(
+            lease, State.RETRYING, detail, error=error, delay=delay, task_id=task_id
+        )
 
     def mark_deferred(
-        self, lease: Lease, error: DeliveryError, delay: float, detail: str
+        self,
+        lease: Lease,
+        error: DeliveryError,
+        delay: float,
+        detail: str,
+        *,
+        task_id: str | None = None,
     ) -> Transition:
         """``retrying`` after ``delay``, the attempt given back (a provider's pause)."""
         return self._finish_as(
-            lease, State.RETRYING, detail, error=error, delay=delay, deferred=True
+            lease, State.RETRYING, detail, error=error, delay=delay, deferred=True, task_id=task_id
         )
 
     def mark_failed(self, lease: Lease, error: DeliveryError, detail: str) -> Transition:
@@ -191,6 +249,7 @@ class LeaseStore:
         provider_id: str | None = None,
         delay: float | None = None,
         deferred: bool = False,
+        task_id: str | None = None,
     ) -> Transition:
         last_error = None
         if error is not None:
@@ -198,7 +257,10 @@ class LeaseStore:
                 code=error.code, message=error.message, retryable=error.retryable
             ).model_dump_json()
         args: dict[str, Any] = {
+            "op": operation_id(),
+            "task": task_id,
             "owner": lease.owner,
+            "lease": lease.lease_number,
             "new_state": state.value,
             "ttl": self.policy.ttl,
             "history_limit": self.policy.history_limit,

@@ -4,10 +4,12 @@ Celery on Redis redelivers a dead worker's task only after the visibility
 timeout (an hour by default). The store knows better: every non-terminal
 message has a deadline in the in-flight index (lease end, retry due time,
 queued time plus grace). The :class:`Reaper` claims the overdue ones
-atomically (``lua/claim_overdue.lua``) and publishes them again; the new
-attempt takes over the expired lease, and a message recovered too often is
-dead-lettered as poison. Operators replay dead letters; queue messages that no
-record can hold leave a bounded trace (docs/reliability.md).
+atomically (``lua/claim_overdue.lua``), publishes each and un-claims what it
+could not publish (``lua/unclaim.lua``); the new attempt takes over the expired
+lease, and a message that lost its lease too often is dead-lettered as poison.
+Operators replay dead letters; queue messages that no record can hold, and
+records that expired before their message ended, leave a bounded trace
+(docs/reliability.md, "Recovery").
 """
 
 from __future__ import annotations
@@ -19,14 +21,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import NamedTuple
 
 import redis
 
 from dispatcher import keys
 from dispatcher.connections import REDIS_ERRORS, text
+from dispatcher.enqueue import new_task_id, ref_in
 from dispatcher.ids import MessageRef
 from dispatcher.store.policy import StorePolicy
-from dispatcher.store.scripts import load
+from dispatcher.store.scripts import load, operation_id
 
 log = logging.getLogger(__name__)
 
@@ -62,41 +66,51 @@ class DiscardOutcome(StrEnum):
     RECALLED = "state:recalled"
 
 
+class Overdue(NamedTuple):
+    """One claim: the messages to publish again, how many overdue members it looked at (as
+    many as asked: there may be more), and the id each one's task must carry."""
+
+    refs: list[MessageRef]
+    scanned: int
+    task_ids: list[str]
+
+
 class RecoveryStore:
     def __init__(self, client: redis.Redis, policy: StorePolicy) -> None:
         self.redis = client
         self.policy = policy
         self._claim = load("claim_overdue")
+        self._unclaim = load("unclaim")
         self._replay = load("replay")
         self._discard_dead = load("discard_dead")
 
     def claim_overdue(
         self, limit: int = 500, requeue_delay: float = 30.0, queue_key: str | None = None
-    ) -> list[MessageRef]:
-        """Messages to re-publish: lease expired, retry never ran, or queued too long.
+    ) -> Overdue:
+        """Messages to re-publish: lease expired, retry never ran, or queue entry lost.
 
-        Each claimed deadline moves ahead, so concurrent reapers never publish the
-        same message twice: ``requeue_delay`` after an expired lease, and doubling
-        each time for a queued or retrying message (it may only be behind a
-        backlog). One whose lease expired more than ``max_requeues`` times is
-        dead-lettered instead (a poison message: it keeps losing its worker);
-        waiting in a backlog never makes a message poison. With ``queue_key`` (the
-        broker's queue list, when the broker is this Redis) a queued message is left
-        alone while that queue is not empty: its entry is most likely still ahead
-        of it, and a duplicate would only grow the backlog.
+        Looks at up to ``limit`` overdue members; each claimed deadline moves ahead, so
+        concurrent reapers never publish the same message twice: ``requeue_delay``
+        after an expired lease, and doubling each time for a queued or retrying message
+        until its next lease. One that lost its lease more than ``max_requeues`` times is
+        dead-lettered instead (a poison message: it keeps losing its worker); waiting
+        never makes a message poison. With ``queue_key`` (the broker's queue list, when
+        the broker is this Redis) a queued message behind the head of that queue is left
+        alone (its entry is still ahead of it), and one ahead of the head is published
+        again: its entry is gone.
         """
         key_open, record_close, history_close = keys.MESSAGE_KEY_PARTS
-        claimed = self._claim(
+        claimed, scanned, task_ids = self._claim(
             self.redis,
             {
                 "inflight": keys.IN_FLIGHT,
                 "dead": keys.DEAD_LETTERS,
                 "stats": keys.STATS,
+                "rejected": keys.REJECTED,
                 "outbox": keys.WEBHOOK_OUTBOX,
-                "queue": queue_key,
             },
             {
-                "limit": limit,
+                "scan": limit,
                 "requeue_delay_ms": int(requeue_delay * 1000),
                 "max_requeues": self.policy.max_requeues,
                 "ttl": self.policy.ttl,
@@ -105,13 +119,59 @@ class RecoveryStore:
                 "record_close": record_close,
                 "history_close": history_close,
                 "dead_cap": keys.MAX_DEAD_LETTERS,
+                "rejected_cap": keys.MAX_REJECTED,
                 "dead_announced": self.policy.clients_announcing("message.dead"),
+                "backlog_since_ms": None if queue_key is None else self._head_queued_at(queue_key),
             },
         )
-        return [MessageRef.parse(text(member)) for member in claimed]
+        return Overdue(
+            [MessageRef.parse(text(member)) for member in claimed],
+            int(scanned),
+            [text(task_id) for task_id in task_ids],
+        )
 
-    def replay(self, ref: MessageRef, detail: str = "replayed from dead letters") -> ReplayOutcome:
-        """Send a dead message round again: ``dead`` -> ``queued``, attempts reset."""
+    def _head_queued_at(self, queue_key: str) -> int | None:
+        """When the message next in line in ``queue_key`` was queued (ms on Redis's clock);
+        None when the queue is empty, 0 when the head tells nothing (not a queued task)."""
+        head = self.redis.lindex(queue_key, -1)
+        if head is None:
+            return None
+        ref = ref_in(head)
+        if ref is None:
+            return 0
+        state, queued_at = self.redis.hmget(keys.message(ref), ["state", "updatedAt"])
+        if state is None or text(state) != "queued" or queued_at is None:
+            return 0
+        return int(text(queued_at))
+
+    def unclaim(self, refs: list[MessageRef], detail: str) -> None:
+        """Make claimed messages due again now: their publish failed (``detail`` says why)."""
+        key_open, record_close, history_close = keys.MESSAGE_KEY_PARTS
+        self._unclaim(
+            self.redis,
+            {"inflight": keys.IN_FLIGHT},
+            {
+                "key_open": key_open,
+                "record_close": record_close,
+                "history_close": history_close,
+                "ttl": self.policy.ttl,
+                "history_limit": self.policy.history_limit,
+                "detail": detail,
+                "members": [ref.member for ref in refs],
+            },
+        )
+
+    def replay(
+        self,
+        ref: MessageRef,
+        detail: str = "replayed from dead letters",
+        *,
+        publish: Callable[[MessageRef, str], None] | None = None,
+    ) -> ReplayOutcome:
+        """Send a dead message round again: ``dead`` -> ``queued``, attempts reset. With
+        ``publish``, the message's new task is published once the record says so, under
+        the id the record names (its live task, docs/reliability.md, "The state machine")."""
+        task_id = new_task_id() if publish is not None else None
         reply = self._replay(
             self.redis,
             {
@@ -121,6 +181,8 @@ class RecoveryStore:
                 "inflight": keys.IN_FLIGHT,
             },
             {
+                "op": operation_id(),
+                "task": task_id,
                 "ttl": self.policy.ttl,
                 "history_limit": self.policy.history_limit,
                 "member": ref.member,
@@ -128,7 +190,10 @@ class RecoveryStore:
                 "queued_grace_ms": self.policy.queued_grace_ms,
             },
         )
-        return ReplayOutcome(text(reply))
+        outcome = ReplayOutcome(text(reply))
+        if outcome is ReplayOutcome.OK and publish is not None and task_id is not None:
+            publish(ref, task_id)
+        return outcome
 
     def discard_dead_letter(self, ref: MessageRef, detail: str) -> DiscardOutcome:
         """Take a dead message off the dead-letter index for good (``detail`` goes to its
@@ -180,7 +245,8 @@ class Reaper:
     """
 
     store: RecoveryStore
-    publish: Callable[[MessageRef], None]
+    publish: Callable[[MessageRef, str], None]
+    """Publish a message's delivery task with the given task id."""
     interval: float
     requeue_delay: float
     batch: int = 500
@@ -189,20 +255,39 @@ class Reaper:
     _thread: threading.Thread | None = field(default=None, init=False)
 
     def run_once(self) -> list[MessageRef]:
-        """Claim and re-publish one batch of overdue messages; returns them."""
-        claimed = self.store.claim_overdue(
-            limit=self.batch, requeue_delay=self.requeue_delay, queue_key=self.queue_key
-        )
-        for ref in claimed:
-            self.publish(ref)
-            log.warning("getMessageId=%s recovered: re-enqueued after its deadline passed", ref.id)
-        return claimed
+        """Claim and re-publish what is overdue now, batch after batch while a batch was
+        full; returns what was published. A message whose publish failed is un-claimed
+        (due again at the next pass), and the pass ends there."""
+        published: list[MessageRef] = []
+        while not self._stop.is_set():
+            overdue = self.store.claim_overdue(
+                limit=self.batch, requeue_delay=self.requeue_delay, queue_key=self.queue_key
+            )
+            failed: list[MessageRef] = []
+            error: Exception | None = None
+            for ref, task_id in zip(overdue.refs, overdue.task_ids, strict=True):
+                try:
+                    self.publish(ref, task_id)
+                except Exception as exc:  # the broker refused: the next pass tries again
+                    failed.append(ref)
+                    error = exc
+                    continue
+                published.append(ref)
+                log.warning(
+                    "getMessageId=%s recovered: re-enqueued after its deadline passed", ref.id
+                )
+            if failed:
+                log.warning("reaper: %d re-publishes failed (%s); un-claimed", len(failed), error)
+                self.store.unclaim(failed, f"recovery: re-enqueue failed ({type(error).__name__})")
+                break
+            if overdue.scanned < self.batch:
+                break
+        return published
 
     def run(self) -> None:
         while not self._stop.is_set():
             try:
-                while len(self.run_once()) == self.batch and not self._stop.is_set():
-                    pass
+                self.run_once()
             except REDIS_ERRORS as exc:
                 log.warning("reaper: Redis unavailable (%s); trying again", exc)
             except Exception:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache, cached_property
@@ -116,6 +117,14 @@ class Script:
         except redis.exceptions.NoScriptError:
             await client.script_load(self.source)
             return await client.evalsha(self.sha, *operands)  # type: ignore[arg-type]
+
+
+def operation_id() -> str:
+    """A fresh id for one script call that changes a record (its ``op`` argument).
+
+    redis-py sends the same call again after a lost reply; the script keeps the last
+    call's id and reply on the record, so the re-run answers what the first run did."""
+    return uuid.uuid4().hex
 
 
 def _read(name: str) -> str:

@@ -20,7 +20,7 @@ from dispatcher.ids import MessageRef
 from dispatcher.models import Message
 from dispatcher.scheduling import IMMEDIATE_MS
 from dispatcher.store.policy import StorePolicy
-from dispatcher.store.scripts import ArgValue, KeyValue, load
+from dispatcher.store.scripts import ArgValue, KeyValue, load, operation_id
 from dispatcher.tracing import TRACEPARENT
 
 if TYPE_CHECKING:
@@ -87,7 +87,8 @@ class SubmitStore:
         message) also push the task; with ``gate`` pass it first (nothing kept if not).
         ``traceparent``: the submit's trace, which every attempt continues. With
         ``send_at_ms`` later than :data:`IMMEDIATE_MS` from now (Redis's clock), record
-        ``scheduled`` in :data:`keys.SCHEDULE` instead, and push nothing."""
+        ``scheduled`` in :data:`keys.SCHEDULE` instead, and push nothing. The call carries
+        its own operation id: run it again after a lost reply and it answers as it did."""
         fields: list[str] = [
             "type",
             str(int(message.messageType)),
@@ -118,6 +119,7 @@ class SubmitStore:
                 "schedule": keys.SCHEDULE if send_at_ms is not None else None,
             },
             args={
+                "op": operation_id(),
                 "fingerprint": message.fingerprint(),
                 "ttl": self.policy.ttl,
                 "history_limit": self.policy.history_limit,

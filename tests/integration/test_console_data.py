@@ -130,7 +130,7 @@ def test_provider_statuses_of_failed_attempts_are_counted(dispatcher: Any) -> No
     lease = store.lease.begin(ref(message_id), "w", 10)
     assert isinstance(lease, Lease)
     throttled = ProviderError("reach_limit", "429", retryable=True, status=429)
-    assert store.lease.mark_retrying(lease, throttled, 0.01, "throttled") == "ok"
+    assert store.lease.mark_retrying(lease, throttled, 0.0, "throttled") == "ok"
     lease = store.lease.begin(ref(message_id), "w2", 10)
     assert isinstance(lease, Lease)
     store.lease.mark_delivered(lease, "p1", "ok")

@@ -112,7 +112,8 @@ def test_the_worker_delivers_through_the_channel_recorded_at_submit(
     assert outcome.state == "delivered"
     sent = channels["pigeon"].sent  # type: ignore[attr-defined]
     assert [(mid, m.stored()) for mid, m, _ in sent] == [("m0bird", message.stored())]
-    assert sent[0][2] == Origin(ref("m0bird"), "shop")
+    origin = sent[0][2]
+    assert isinstance(origin, Origin) and (origin.ref, origin.client) == (ref("m0bird"), "shop")
     record = store.read.get(ref("m0bird"))
     assert record is not None and record.providerMessageId == "coo-1"
 

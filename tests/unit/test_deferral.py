@@ -6,7 +6,7 @@ from typing import Any
 
 import fakeredis
 
-from dispatcher import delivery
+from dispatcher import delivery, keys
 from dispatcher.channels import Receipt
 from dispatcher.channels.wechat_outcome import WeChatPaused
 from dispatcher.config import Settings
@@ -42,6 +42,11 @@ def paused(seconds: float) -> WeChatPaused:
     return WeChatPaused("wechat_45009", "quota", retryable=True, retry_after=seconds)
 
 
+def pause_ends(store: StatusStore) -> None:
+    """The retry's due time passes (moved back rather than waited for)."""
+    store.redis.hset(keys.message(ref("m0p")), "dueAt", 0)
+
+
 def test_paused_sends_are_deferred_without_counting_attempts() -> None:
     settings = Settings(max_attempts=1, visibility_timeout=600)
     store = StatusStore(fakeredis.FakeRedis())
@@ -59,7 +64,13 @@ def test_paused_sends_are_deferred_without_counting_attempts() -> None:
     record = store.read.get(ref("m0p"))
     assert record is not None and record.state == "retrying" and record.attempts == 0
     assert "deferred 7200s, attempt not counted" in (record.history[-1].detail or "")
+    woken = attempt()
+    assert (woken.state, woken.reason) == ("stood-down", "early"), "the pause has not ended"
+    assert woken.retry_in is not None and 299 < woken.retry_in <= 300, "it waits again"
+    assert store.read.get(ref("m0p")).attempts == 0  # type: ignore[union-attr]
+    pause_ends(store)
     assert attempt().retry_in == 30, "a shorter pause is waited exactly"
+    pause_ends(store)
     assert attempt().state == "delivered"
     record = store.read.get(ref("m0p"))
     assert record is not None and record.attempts == 1

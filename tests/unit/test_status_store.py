@@ -170,11 +170,13 @@ def test_get_many_keeps_order_and_reports_unknown_ids(store: StatusStore) -> Non
 def test_overdue_messages_are_claimed_once_and_poison_is_dead_lettered() -> None:
     store = StatusStore(fakeredis.FakeRedis(), StorePolicy(ttl=100, queued_grace=0, max_requeues=2))
     create(store, "lost", text(), channel="easemob")
-    for _ in range(2):  # each attempt's worker dies: its lease (0 s here) runs out
-        store.lease.begin(ref("lost"), "w", lease_seconds=0)
-        assert ids(store.recovery.claim_overdue(requeue_delay=0)) == ["lost"]
-    store.lease.begin(ref("lost"), "w", lease_seconds=0)
-    assert ids(store.recovery.claim_overdue(requeue_delay=0)) == []  # third lost lease: poison
+    for n in range(2):  # each attempt's worker dies: its lease (0 s here) runs out
+        store.lease.begin(ref("lost"), f"w{n}", lease_seconds=0)
+        assert ids(store.recovery.claim_overdue(requeue_delay=0).refs) == ["lost"]
+        # Claimed again before any attempt ran (a failed publish): not another lost lease.
+        assert ids(store.recovery.claim_overdue(requeue_delay=0).refs) == ["lost"]
+    store.lease.begin(ref("lost"), "w2", lease_seconds=0)
+    assert ids(store.recovery.claim_overdue(requeue_delay=0).refs) == []  # third lost lease: poison
     record = store.read.get(ref("lost"))
     assert record is not None and record.state == "dead"
     assert record.lastError is not None and record.lastError.code == "worker_lost"
@@ -183,10 +185,12 @@ def test_overdue_messages_are_claimed_once_and_poison_is_dead_lettered() -> None
 
 
 def test_a_message_waiting_in_a_backlog_is_republished_with_backoff_and_never_poison() -> None:
-    store = StatusStore(fakeredis.FakeRedis(), StorePolicy(ttl=100, queued_grace=0, max_requeues=1))
+    store = StatusStore(
+        fakeredis.FakeRedis(), StorePolicy(ttl=10**6, queued_grace=0, max_requeues=1)
+    )
     create(store, "waiting", text(), channel="easemob")
     for _ in range(5):
-        assert ids(store.recovery.claim_overdue(requeue_delay=0)) == ["waiting"]
+        assert ids(store.recovery.claim_overdue(requeue_delay=0).refs) == ["waiting"]
     record = store.read.get(ref("waiting"))
     assert record is not None and record.state == "queued"
     assert store.read.dead_letters() == []
@@ -200,8 +204,8 @@ def test_a_message_waiting_in_a_backlog_is_republished_with_backoff_and_never_po
 def test_claimed_ids_are_not_claimed_again_before_the_requeue_delay() -> None:
     store = StatusStore(fakeredis.FakeRedis(), StorePolicy(ttl=100, queued_grace=0))
     create(store, "a", text(), channel="easemob")
-    assert ids(store.recovery.claim_overdue(requeue_delay=60)) == ["a"]
-    assert ids(store.recovery.claim_overdue(requeue_delay=60)) == []
+    assert ids(store.recovery.claim_overdue(requeue_delay=60).refs) == ["a"]
+    assert ids(store.recovery.claim_overdue(requeue_delay=60).refs) == []
 
 
 def test_live_leases_and_fresh_queue_entries_are_not_overdue(store: StatusStore) -> None:
@@ -210,7 +214,7 @@ def test_live_leases_and_fresh_queue_entries_are_not_overdue(store: StatusStore)
     store.lease.begin(ref("busy"), "w1", 60)
     create(store, "expired", text(), channel="easemob")
     store.lease.begin(ref("expired"), "w1", 0)
-    assert ids(store.recovery.claim_overdue()) == ["expired"]
+    assert ids(store.recovery.claim_overdue().refs) == ["expired"]
     assert store.read.in_flight() == 3
 
 
@@ -226,9 +230,11 @@ def test_queued_messages_behind_a_backlog_are_left_alone_until_the_queue_drains(
     store = StatusStore(fakeredis.FakeRedis(), StorePolicy(ttl=100, queued_grace=0))
     create(store, "waiting", text(), channel="easemob")
     store.redis.lpush("work-queue", "some other task")
-    assert ids(store.recovery.claim_overdue(requeue_delay=0, queue_key="work-queue")) == []
+    assert ids(store.recovery.claim_overdue(requeue_delay=0, queue_key="work-queue").refs) == []
     store.redis.delete("work-queue")
-    assert ids(store.recovery.claim_overdue(requeue_delay=0, queue_key="work-queue")) == ["waiting"]
+    assert ids(store.recovery.claim_overdue(requeue_delay=0, queue_key="work-queue").refs) == [
+        "waiting"
+    ]
 
 
 def _prepay(client: fakeredis.FakeRedis, calls_per_second: float = 1.0) -> Prepay:

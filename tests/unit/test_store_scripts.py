@@ -21,6 +21,7 @@ def test_optional_keys_are_left_out_and_their_presence_is_the_first_argument() -
             "schedule": "z",
         },
         {
+            "op": "op-1",
             "fingerprint": "fp",
             "ttl": 10,
             "history_limit": 5,
@@ -44,6 +45,7 @@ def test_optional_keys_are_left_out_and_their_presence_is_the_first_argument() -
         "r",
         "z",
         "0101",
+        "op-1",
         "fp",
         10,
         5,

@@ -116,6 +116,8 @@ class EasemobChannel:
             {"Accept": "application/json", "User-Agent": "dispatcher"},
         )
         self._messages_url = httpx.URL(f"{self.base}/messages?useMsgId=true")
+        self.call_seconds = config.timeout + CONNECT_TIMEOUT
+        """The longest one provider call may take (its lease must cover that)."""
 
     def close(self) -> None:
         self.http.close()
@@ -151,17 +153,23 @@ class EasemobChannel:
         # Token first, then the rate slot, then the call: a slow token fetch must not
         # bunch admitted calls into a burst the provider would throttle (F11). A slot the
         # lease script took (only while the token is in memory) is the same slot, earlier.
+        # Before each provider call (a token fetch too) the attempt keeps its lease or stops.
         notes: list[str] = []
+        before_call = origin.before_call if origin is not None else _no_checkpoint
+        before_call(self.call_seconds)
         token = self.tokens.get()
         if not prepaid:
             self._acquire(costs)
+        before_call(self.call_seconds)
         response = self._post_message(payload, token)
         if response.status_code == 401:
             # The token expired or was revoked: refresh once (shared) and resend.
             self.tokens.invalidate(token)
             notes.append("token refreshed after 401")
+            before_call(self.call_seconds)
             token = self.tokens.get()
             self._acquire(costs)  # the resend is a call of its own
+            before_call(self.call_seconds)
             response = self._post_message(payload, token)
         if response.status_code != 200:
             error = classify(response.status_code, json_or_none(response), response.headers)
@@ -237,6 +245,10 @@ def _callback_routes(settings: Settings, store: StatusStore) -> APIRouter:
     from dispatcher.channels.easemob.callbacks import callback_routes  # FastAPI: the API's only
 
     return callback_routes(settings, store)
+
+
+def _no_checkpoint(longest: float) -> None:
+    """A send outside an attempt (tests, tools) has no lease to keep."""
 
 
 def _provider_message_id(body: Any, target: str) -> str | None:

@@ -4,12 +4,16 @@
 -- nothing. With ``schedule`` and a ``send_at_ms`` more than ``immediate_ms`` ahead the
 -- message is recorded ``scheduled`` in that sorted set instead (no task: promote_due.lua
 -- queues it at its time), and its record is kept ``ttl`` from that time; its history
--- starts when it leaves ``scheduled``.
+-- starts when it leaves ``scheduled``. A re-run of the same call (``op``) after a lost
+-- reply answers what the first run did, before the gate (whose guard the first run set)
+-- can call it a replay.
 -- Returns created, scheduled, duplicate, conflict, replayed or wait:<ms>.
 -- keys: message history inflight stats queue? rate? guard? schedule?
--- args: fingerprint ttl# history_limit# queued_grace_ms# member task? gate_interval_ms# gate_tolerance_ms# guard_ttl_ms# send_at_ms# immediate_ms# fields...
+-- args: op? fingerprint ttl# history_limit# queued_grace_ms# member task? gate_interval_ms# gate_tolerance_ms# guard_ttl_ms# send_at_ms# immediate_ms# fields...
 -- include: lib
 
+local again = earlier_reply(message, op)
+if again then return again end
 if guard and not redis.call('SET', guard, '1', 'NX', 'PX', guard_ttl_ms) then
   return 'replayed'
 end
@@ -33,6 +37,7 @@ if schedule and send_at_ms > now + immediate_ms then
   -- entry is written when it leaves that state (scheduled_history in lib.lua).
   redis.call('HSET', message, 'fp', fingerprint, 'state', 'scheduled', 'attempts', 0,
              'createdAt', now, 'updatedAt', now, 'scheduledFor', send_at_ms, unpack(fields))
+  remember(message, op, 'scheduled')
   redis.call('EXPIRE', message, keep)
   redis.call('HINCRBY', stats, 'state:scheduled', 1)
   redis.call('DEL', history)
@@ -42,6 +47,7 @@ end
 if task then redis.call('LPUSH', queue, task) end
 redis.call('HSET', message, 'fp', fingerprint, 'state', 'queued', 'attempts', 0,
            'createdAt', now, 'updatedAt', now, unpack(fields))
+remember(message, op, 'created')
 redis.call('EXPIRE', message, ttl)
 redis.call('ZADD', inflight, now + queued_grace_ms, member)
 redis.call('DEL', history)

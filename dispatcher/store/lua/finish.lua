@@ -1,22 +1,48 @@
 -- Record the outcome of an attempt: ``new_state`` is delivered, retrying, failed or dead.
--- A terminal state is never left; a retry is scheduled only by the lease's own owner.
+-- Only the lease's holder (``owner`` and its lease number ``lease``, both as granted) moves
+-- the state, and a terminal state is never left, with one exception: a provider's accept is
+-- a fact, so ``delivered`` learned by any attempt (even one whose lease was taken over)
+-- becomes the state over ``failed`` or ``dead``, and takes the message off the dead
+-- letters. Any other outcome of an attempt that no longer holds the lease only goes into
+-- the history, the state unchanged.
+-- A deferred retry (``deferred``: a provider's pause) gives the attempt back. A retry names
+-- its task (``task``), the one the caller publishes: the message's live task (lease.lua).
 -- The provider's HTTP status of a failed attempt is counted as provider:<status>.
--- Returns ok, missing, stale or terminal:<state>.
+-- Returns ok, missing, stale (recorded in the history only) or terminal:<state>; a re-run
+-- of the same call (``op``) after a lost reply answers what the first run did.
 -- keys: message history dead stats inflight outbox
--- A deferred retry (``deferred``: a provider's pause) gives the attempt back.
--- args: owner new_state ttl# history_limit# detail last_error? provider_id? delay_ms? dead_cap# member latency_bounds retry_grace_ms# provider_status? deferred? announce?
+-- args: op? task? owner lease# new_state ttl# history_limit# detail last_error? provider_id? delay_ms? dead_cap# member latency_bounds retry_grace_ms# provider_status? deferred? announce?
 -- include: lib outbox
 
-local s = redis.call('HMGET', message, 'state', 'leaseOwner')
+local again = earlier_reply(message, op)
+if again then return again end
+local s = redis.call('HMGET', message, 'state', 'leaseOwner', 'lease')
 if not s[1] then return 'missing' end
-if TERMINAL[s[1]] then return 'terminal:' .. s[1] end
-if new_state == 'retrying' and s[2] ~= owner then return 'stale' end
 local now = now_ms()
+if provider_status then redis.call('HINCRBY', stats, 'provider:' .. provider_status, 1) end
+local holder = s[1] == 'processing' and s[2] == owner and tonumber(s[3] or '0') == lease
+-- A late accept wins over what a lost lease left open or failed, not over an operator's
+-- cancel or recall.
+local late_accept = new_state == 'delivered' and
+  (not TERMINAL[s[1]] or s[1] == 'failed' or s[1] == 'dead')
+if not holder and not late_accept then
+  local said = 'late answer of an attempt that lost its lease (' .. owner .. '): ' .. new_state
+  if provider_id then said = said .. ' (providerMessageId ' .. provider_id .. ')' end
+  if detail ~= '' then said = said .. ': ' .. detail end
+  local left = redis.call('TTL', message)
+  push_history(history, s[1], now, said, history_limit, left > 0 and left or ttl)
+  if TERMINAL[s[1]] then return 'terminal:' .. s[1] end
+  return 'stale'
+end
+if not holder then
+  detail = 'accepted by the provider on an attempt that lost its lease (' .. owner .. '), after '
+    .. s[1] .. (detail ~= '' and ('; ' .. detail) or '')
+  if s[1] == 'dead' then redis.call('ZREM', dead, member) end
+end
 redis.call('HSET', message, 'state', new_state, 'updatedAt', now)
 redis.call('HDEL', message, 'leaseOwner', 'leaseUntil')
 if last_error then redis.call('HSET', message, 'lastError', last_error) end
 redis.call('HINCRBY', stats, 'state:' .. new_state, 1)
-if provider_status then redis.call('HINCRBY', stats, 'provider:' .. provider_status, 1) end
 if new_state == 'delivered' then
   redis.call('HSET', message, 'deliveredAt', now)
   if provider_id then redis.call('HSET', message, 'providerMessageId', provider_id) end
@@ -31,6 +57,7 @@ end
 if new_state == 'retrying' then
   local due = now + tonumber(delay_ms or '0')
   redis.call('HSET', message, 'dueAt', due)
+  if task then redis.call('HSET', message, 'task', task) end
   redis.call('ZADD', inflight, due + retry_grace_ms, member)
   if deferred then redis.call('HINCRBY', message, 'attempts', -1) end
 else
@@ -43,4 +70,4 @@ end
 if announce then outbox_add(outbox, message, member, 'message.' .. new_state, now, nil) end
 redis.call('EXPIRE', message, ttl)
 push_history(history, new_state, now, detail, history_limit, ttl)
-return 'ok'
+return remember(message, op, 'ok')

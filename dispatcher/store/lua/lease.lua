@@ -2,34 +2,51 @@
 -- lease also tries the rate slot of the send when the message is of that channel and of a
 -- type whose cost is known now (``types`` as ",1,5,"); ``prepay`` holds, per rate key,
 -- interval ms, tolerance ms, cost to users, cost otherwise.
--- Returns {'ok', attempts, stored message, prepaid 0/1, channel, client}, {'terminal', state},
--- {'busy', holder, ms left} or {'missing'}.
+-- Every grant has its number (``lease``), which the outcome must name (finish.lua). A retry
+-- is not leased before its due time, on Redis's clock: that task is early (a copy, or its
+-- host's clock ran ahead) and waits again, no attempt used.
+-- With ``task`` (the arriving task's id) only the message's one live task is served: the
+-- record names the task last published for it (``task``: by a retry, the reaper or a
+-- replay, or the task that got the last lease); any other is a superseded copy.
+-- Returns {'ok', attempts, stored message, prepaid 0/1, channel, client, lease number},
+-- {'terminal', state}, {'superseded', live task}, {'busy', holder, ms left},
+-- {'early', ms until due} or {'missing'}.
 -- keys: message history inflight rates...
--- args: owner lease_ms# ttl# history_limit# member channel? types prepay...
+-- args: task? owner lease_ms# ttl# history_limit# member channel? types prepay...
 -- include: lib
 
 local s = redis.call('HMGET', message, 'state', 'leaseOwner', 'leaseUntil', 'attempts',
-                     'message', 'channel', 'type', 'targetType', 'client')
+                     'message', 'channel', 'type', 'targetType', 'client', 'lease', 'dueAt',
+                     'task')
 if not s[1] then
   redis.call('ZREM', inflight, member)
   return {'missing'}
 end
 if TERMINAL[s[1]] then return {'terminal', s[1]} end
+if task and s[12] and s[12] ~= task then return {'superseded', s[12]} end
 -- The same owner again: the client retried after a lost reply (owners are unique per attempt).
-if s[1] == 'processing' and s[2] == owner then return {'ok', s[4], s[5], '0', s[6] or '', s[9] or ''} end
+if s[1] == 'processing' and s[2] == owner then
+  return {'ok', s[4], s[5], '0', s[6] or '', s[9] or '', s[10] or '0'}
+end
 local now = now_ms()
 if s[1] == 'processing' and tonumber(s[3] or '0') > now then
   return {'busy', s[2] or '', tostring(tonumber(s[3]) - now)}
 end
+if s[1] == 'retrying' and tonumber(s[11] or '0') > now then
+  return {'early', tostring(tonumber(s[11]) - now)}
+end
+local number = tonumber(s[10] or '0') + 1
 local attempts = tonumber(s[4] or '0') + 1
 local detail = 'attempt ' .. attempts .. ' by ' .. owner
 if s[1] == 'processing' then
   detail = detail .. '; took over from ' .. (s[2] or '?') ..
     ' whose lease expired (that attempt may have reached the provider)'
 end
-redis.call('HSET', message, 'state', 'processing', 'attempts', attempts,
-           'leaseOwner', owner, 'leaseUntil', now + lease_ms, 'updatedAt', now)
+-- A task arrived: the recovery's doubling wait (claim_overdue.lua) starts over.
+redis.call('HSET', message, 'state', 'processing', 'attempts', attempts, 'lease', number,
+           'leaseOwner', owner, 'leaseUntil', now + lease_ms, 'updatedAt', now, 'waits', 0)
 redis.call('HDEL', message, 'dueAt')
+if task then redis.call('HSET', message, 'task', task) end
 redis.call('EXPIRE', message, ttl)
 redis.call('ZADD', inflight, now + lease_ms, member)
 push_history(history, 'processing', now, detail, history_limit, ttl)
@@ -45,4 +62,4 @@ if channel and s[6] == channel and string.find(types, ',' .. (s[7] or '') .. ','
   end
   if gcra_try(rates, intervals, tolerances, costs, false) == 0 then prepaid = '1' end
 end
-return {'ok', tostring(attempts), s[5], prepaid, s[6] or '', s[9] or ''}
+return {'ok', tostring(attempts), s[5], prepaid, s[6] or '', s[9] or '', tostring(number)}

@@ -8,6 +8,21 @@ end
 
 local TERMINAL = {delivered = true, failed = true, dead = true, cancelled = true, recalled = true}
 
+-- A call's operation id (``op``) and reply stay on the record after the call changed it:
+-- when the reply is lost, redis-py runs the same call again, and the re-run answers what
+-- the first run did instead of judging its own effect (docs/reliability.md, S5).
+local function earlier_reply(message_key, op)
+  if not op then return nil end
+  local seen = redis.call('HMGET', message_key, 'op', 'opReply')
+  if seen[1] == op then return seen[2] end
+  return nil
+end
+
+local function remember(message_key, op, reply)
+  if op then redis.call('HSET', message_key, 'op', op, 'opReply', reply) end
+  return reply
+end
+
 -- Append one state change to a message's bounded history list.
 local function push_history(key, state, at, detail, limit, ttl)
   local entry = {state = state, at = at}
