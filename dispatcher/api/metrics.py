@@ -71,7 +71,8 @@ LABELLED = {
     "rejected:": (
         "dispatcher_queue_messages_dropped",
         "reason",
-        "Queue messages no status record could hold (undecodable, unknown task), by reason.",
+        "Queue messages no status record could hold (undecodable, unknown task) and records that "
+        "expired before their message ended (expired), by reason.",
     ),
 }
 """Counters read from ``<prefix><label value>`` fields of the shared stats hash."""
