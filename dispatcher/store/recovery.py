@@ -16,16 +16,16 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import redis
 
 from dispatcher import keys
+from dispatcher.background import BackgroundLoop
 from dispatcher.connections import REDIS_ERRORS, text
 from dispatcher.enqueue import new_task_id, ref_in
 from dispatcher.ids import MessageRef
@@ -237,7 +237,7 @@ class RecoveryStore:
 
 
 @dataclass
-class Reaper:
+class Reaper(BackgroundLoop):
     """The recovery loop: every ``interval`` seconds, claim and re-publish what is overdue.
 
     ``requeue_delay``: seconds before a claimed message may be claimed again;
@@ -251,8 +251,7 @@ class Reaper:
     requeue_delay: float
     batch: int = 500
     queue_key: str | None = None
-    _stop: threading.Event = field(default_factory=threading.Event, init=False)
-    _thread: threading.Thread | None = field(default=None, init=False)
+    thread_name: ClassVar[str] = "dispatcher-reaper"
 
     def run_once(self) -> list[MessageRef]:
         """Claim and re-publish what is overdue now, batch after batch while a batch was
@@ -293,13 +292,3 @@ class Reaper:
             except Exception:
                 log.exception("reaper: unexpected error; trying again")
             self._stop.wait(self.interval)
-
-    def start(self) -> Reaper:
-        self._thread = threading.Thread(target=self.run, name="dispatcher-reaper", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)

@@ -16,13 +16,14 @@ without a new mechanism.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import ClassVar
 
 import redis
 
 from dispatcher import keys
+from dispatcher.background import BackgroundLoop
 from dispatcher.connections import REDIS_ERRORS, text
 from dispatcher.ids import MessageRef
 from dispatcher.store.policy import StorePolicy
@@ -100,7 +101,7 @@ class ScheduleStore:
 
 
 @dataclass
-class Scheduler:
+class Scheduler(BackgroundLoop):
     """The promotion loop every worker runs: queue what is due, then sleep until the next
     entry's time or ``interval`` seconds, whichever comes first.
 
@@ -117,8 +118,7 @@ class Scheduler:
     min_wait: float = 0.05
     """Shortest sleep between looks: on a dense schedule (an entry every millisecond) each
     look then promotes a batch instead of one message per round trip."""
-    _stop: threading.Event = field(default_factory=threading.Event, init=False)
-    _thread: threading.Thread | None = field(default=None, init=False)
+    thread_name: ClassVar[str] = "dispatcher-scheduler"
 
     def run_once(self) -> tuple[list[MessageRef], float | None]:
         """Promote one batch of due messages: (those this worker queued, seconds until
@@ -148,13 +148,3 @@ class Scheduler:
                 log.exception("scheduler: unexpected error; trying again")
             if wait > 0:
                 self._stop.wait(wait)
-
-    def start(self) -> Scheduler:
-        self._thread = threading.Thread(target=self.run, name="dispatcher-scheduler", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)

@@ -9,10 +9,11 @@ lease ends (DISPATCHER_WEBHOOK_CLAIM_SECONDS).
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import ClassVar
 
+from dispatcher.background import BackgroundLoop
 from dispatcher.connections import REDIS_ERRORS
 from dispatcher.ids import MessageRef
 from dispatcher.webhooks.config import Subscriptions
@@ -23,7 +24,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class WebhookPump:
+class WebhookPump(BackgroundLoop):
     store: WebhookStore
     subscriptions: Subscriptions
     publish: Callable[[list[tuple[str, int]]], None]
@@ -32,8 +33,7 @@ class WebhookPump:
     batch: int = 200
     per_task: int = 10
     """Deliveries of one endpoint sent by one task (a task costs more than a send)."""
-    _stop: threading.Event = field(default_factory=threading.Event, init=False)
-    _thread: threading.Thread | None = field(default=None, init=False)
+    thread_name: ClassVar[str] = "dispatcher-webhooks"
 
     def fan_out(self) -> int:
         """One batch of outbox events into deliveries (one Redis call); how many events."""
@@ -76,13 +76,3 @@ class WebhookPump:
             except Exception:
                 log.exception("webhook pump: unexpected error; trying again")
             self._stop.wait(self.interval)
-
-    def start(self) -> WebhookPump:
-        self._thread = threading.Thread(target=self.run, name="dispatcher-webhooks", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
