@@ -1,4 +1,5 @@
-"""Dead-letter filters from a query string, the search, and replay/discard of a selection."""
+"""Dead-letter filters from a query string, the search, and the operator's actions: replay or
+discard a selection of dead letters, cancel a message not sent yet, recall a delivered one."""
 
 from __future__ import annotations
 
@@ -8,38 +9,67 @@ from dataclasses import dataclass
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
+from dispatcher.errors import ApiError
 from dispatcher.ids import ID_PATTERN, NAMESPACE_PATTERN, MessageRef
 from dispatcher.producer import Dispatcher
 from dispatcher.record import DeadLetter, DeadLetterFilter, DeadLetterPage
+from dispatcher.store.recovery import DiscardOutcome, ReplayOutcome
+from dispatcher.store.withdraw import CancelOutcome
 
 log = logging.getLogger(__name__)
 
-ACTIONS = {"replay": "Replay", "discard": "Discard"}
 MAX_SELECTION = 500
+GONE = "no such message (expired?)"
+
+
+@dataclass(frozen=True)
+class Action:
+    """An operator's action: where it is offered and what the pages say of it."""
+
+    name: str
+    verb: str
+    done_verb: str
+    section: str
+    """``dead`` (a selection of dead letters) or ``messages`` (one message's page)."""
+    effect: str
+    """What happens to each message, said before it is confirmed."""
+
+
+ACTIONS = {
+    action.name: action
+    for action in (
+        Action(
+            "replay", "Replay", "Replayed", "dead",
+            "Each message goes back to queued with its attempts reset and is delivered again.",
+        ),
+        Action(
+            "discard", "Discard", "Discarded", "dead",
+            "Each message leaves the dead-letter list for good; its record stays "
+            "(state dead) until it expires.",
+        ),
+        Action(
+            "cancel", "Cancel", "Cancelled", "messages",
+            "A message not sent yet is never sent; one an attempt is sending right now "
+            "keeps that attempt's outcome.",
+        ),
+        Action(
+            "recall", "Recall", "Recalled", "messages",
+            "The provider takes the delivered message back from its recipient, within "
+            "its recall window.",
+        ),
+    )
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
 class Outcome:
     ref: MessageRef
     done: bool
-    verdict: str
-    """``ok`` or the store's reason (``missing``, ``state:delivered``, ...)."""
+    explanation: str
 
     @property
     def message_id(self) -> str:
         return self.ref.id
-
-    @property
-    def explanation(self) -> str:
-        if self.done:
-            return "done"
-        if self.verdict == "missing":
-            return "no such message (expired?)"
-        if self.verdict == "not_listed":
-            return "already discarded"
-        if self.verdict.startswith("state:"):
-            return f"not dead any more: {self.verdict[6:]}"
-        return self.verdict
 
 
 def parse_filter(
@@ -135,17 +165,54 @@ def parse_ids(values: list[str]) -> tuple[list[MessageRef], str]:
 
 
 def apply_action(
-    dispatcher: Dispatcher, action: str, refs: list[MessageRef], user: str
+    dispatcher: Dispatcher, action: Action, refs: list[MessageRef], user: str
 ) -> list[Outcome]:
-    """Replay or discard each message; one outcome each, in order (blocking: run in a thread)."""
-    outcomes: list[Outcome] = []
-    for ref in refs:
-        verdict: str
-        if action == "replay":
-            verdict = dispatcher.replay(ref, by=f"{user} (console)")
-        else:
-            verdict = dispatcher.discard_dead_letter(ref, by=f"{user} (console)")
-        outcomes.append(Outcome(ref, verdict == "ok", verdict))
+    """Apply ``action`` to each message; one outcome each, in order (blocking: run in a
+    thread)."""
+    run = _RUNNERS[action.name]
+    outcomes = [run(dispatcher, ref, f"{user} (console)") for ref in refs]
     done = sum(o.done for o in outcomes)
-    log.info("console: %s chose %s for %d messages: %d done", user, action, len(refs), done)
+    log.info("console: %s chose %s for %d messages: %d done", user, action.name, len(refs), done)
     return outcomes
+
+
+def _replay(dispatcher: Dispatcher, ref: MessageRef, by: str) -> Outcome:
+    verdict = dispatcher.replay(ref, by=by)
+    return Outcome(ref, verdict is ReplayOutcome.OK, _dead_letter_explanation(verdict))
+
+
+def _discard(dispatcher: Dispatcher, ref: MessageRef, by: str) -> Outcome:
+    verdict = dispatcher.discard_dead_letter(ref, by=by)
+    return Outcome(ref, verdict is DiscardOutcome.OK, _dead_letter_explanation(verdict))
+
+
+def _dead_letter_explanation(verdict: ReplayOutcome | DiscardOutcome) -> str:
+    if verdict.value == "ok":
+        return "done"
+    if verdict.value == "missing":
+        return GONE
+    if verdict.value == "not_listed":
+        return "already discarded"
+    return f"not dead any more: {verdict.value.removeprefix('state:')}"
+
+
+def _cancel(dispatcher: Dispatcher, ref: MessageRef, by: str) -> Outcome:
+    result = dispatcher.cancel(ref, by=by)
+    if result.outcome is CancelOutcome.CANCELLED:
+        return Outcome(ref, True, f"cancelled (it was {result.was})")
+    if result.outcome is CancelOutcome.IN_FLIGHT:
+        return Outcome(ref, False, "an attempt is sending it now: that attempt's outcome stands")
+    if result.outcome is CancelOutcome.ALREADY_DONE:
+        return Outcome(ref, False, f"already {result.state}: nothing to cancel")
+    return Outcome(ref, False, GONE)
+
+
+def _recall(dispatcher: Dispatcher, ref: MessageRef, by: str) -> Outcome:
+    try:
+        result = dispatcher.recall(ref, by=by)
+    except ApiError as exc:  # NotFound, RecallRefused (the reason), Unavailable
+        return Outcome(ref, False, exc.message)
+    return Outcome(ref, True, f"{result.state}")
+
+
+_RUNNERS = {"replay": _replay, "discard": _discard, "cancel": _cancel, "recall": _recall}

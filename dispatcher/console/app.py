@@ -84,8 +84,8 @@ class Console:
             ("GET", "/messages", self.signed_in(self.find_message)),
             ("GET", "/messages/{message_id}", self.signed_in(self.message)),
             ("GET", "/dead-letters", self.signed_in(self.dead_letters)),
-            ("POST", "/dead-letters/confirm", self.signed_in(self.confirm, action=True)),
-            ("POST", "/dead-letters/apply", self.signed_in(self.apply, action=True)),
+            ("POST", "/actions/confirm", self.signed_in(self.confirm, action=True)),
+            ("POST", "/actions/apply", self.signed_in(self.apply, action=True)),
             ("GET", "/live", self.signed_in(self.live)),
             ("GET", "/live/data", self.signed_in(self.live_data)),
             ("GET", "/static/{name}", self.signed_in(self.static)),
@@ -304,31 +304,31 @@ class Console:
 
     async def confirm(self, request: Request, session: Session) -> Response:
         form = request.state.form
-        action = first(form, "action")
+        action = ACTIONS.get(first(form, "action"))
         ids, problem = parse_ids(form.get("id", []))
-        if action not in ACTIONS:
-            problem = "choose replay or discard"
-        status = 400 if problem else 200
+        if action is None:
+            problem = "choose one of: " + ", ".join(ACTIONS)
         return self.page(
-            request, session, "confirm.html", section="dead", action=action, ids=ids,
-            problem=problem, back=safe_next(console_root(request), first(form, "back")),
-            status=status,
+            request, session, "confirm.html", section=action.section if action else "dead",
+            action=action, ids=ids, problem=problem, status=400 if problem else 200,
+            back=safe_next(console_root(request), first(form, "back")),
         )  # fmt: skip
 
     async def apply(self, request: Request, session: Session) -> Response:
         form = request.state.form
-        action = first(form, "action")
+        action = ACTIONS.get(first(form, "action"))
         ids, problem = parse_ids(form.get("id", []))
-        if action not in ACTIONS or problem or first(form, "confirmed") != "yes":
+        back = safe_next(console_root(request), first(form, "back"))
+        if action is None or problem or first(form, "confirmed") != "yes":
             return self.page(
-                request, session, "confirm.html", section="dead", action=action, ids=ids,
-                problem=problem or "the action was not confirmed", status=400,
-                back=safe_next(console_root(request), first(form, "back")),
+                request, session, "confirm.html", section=action.section if action else "dead",
+                action=action, ids=ids, back=back, status=400,
+                problem=problem or "the action was not confirmed",
             )  # fmt: skip
         outcomes = await run_in_threadpool(apply_action, self.dispatcher, action, ids, session.user)
         return self.page(
-            request, session, "outcome.html", section="dead", action=action, outcomes=outcomes,
-            back=safe_next(console_root(request), first(form, "back")),
+            request, session, "outcome.html", section=action.section, action=action,
+            outcomes=outcomes, back=back,
         )  # fmt: skip
 
     async def live(self, request: Request, session: Session) -> Response:

@@ -17,9 +17,11 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from dispatcher.channels.easemob import NAME as EASEMOB
 from dispatcher.channels.easemob import build_body
+from dispatcher.channels.registry import registry
+from dispatcher.console.actions import ACTIONS, Action
 from dispatcher.errors import InvalidMessage
 from dispatcher.models import ImageInfo, VideoInfo, VoiceInfo, parse_message
-from dispatcher.record import StatusRecord
+from dispatcher.record import State, StatusRecord
 
 MASK = "••••••"
 RESOLVED_LATER = "(filled in from Qiniu at send time)"
@@ -67,6 +69,8 @@ class MessageView:
     provider_request: str | None
     """The provider request body as pretty JSON, secrets masked (None: nothing stored)."""
     provider_note: str | None
+    actions: list[Action] = field(default_factory=list)
+    """What the operator may still do with the message."""
     extra_values: list[tuple[str, str]] = field(default_factory=list)
     extra_tables: list[Table] = field(default_factory=list)
 
@@ -82,9 +86,28 @@ def message_view(
         provider_ids=[i for i in (record.providerMessageId or "").split(",") if i],
         provider_request=body,
         provider_note=note,
+        actions=[ACTIONS[name] for name in offered_actions(record)],
         extra_values=values,
         extra_tables=tables,
     )
+
+
+def offered_actions(record: StatusRecord) -> list[str]:
+    """Replay or discard a dead message, cancel one not final, recall a delivered one."""
+    if record.state is State.DEAD:
+        return ["replay", "discard"]
+    if not record.state.terminal:
+        return ["cancel"]
+    if record.state is State.DELIVERED and _channel_recalls(record.channel):
+        return ["recall"]
+    return []
+
+
+def _channel_recalls(name: str) -> bool:
+    try:
+        return registry().get(name).recall is not None
+    except KeyError:
+        return False
 
 
 def timeline(record: StatusRecord) -> list[Step]:

@@ -1,7 +1,7 @@
 """The console as an operator uses it, in a real headless chromium: sign in, find a
-just-sent message and watch it reach ``delivered``, replay a dead letter, watch the
-live charts move under 500 messages, and see requests without a session or a CSRF
-token refused."""
+just-sent message and watch it reach ``delivered``, replay a dead letter, cancel and recall
+from a message's page, watch the live charts move under 500 messages, and see requests
+without a session or a CSRF token refused."""
 
 from __future__ import annotations
 
@@ -134,6 +134,52 @@ def test_replay_a_dead_letter_from_the_dead_letter_page_and_see_it_delivered(
     expect(page.locator(f'tr[data-id="{message_id}"]')).to_have_count(0)
 
 
+def test_cancel_a_scheduled_message_and_recall_a_delivered_one_from_their_pages(
+    page: Any, api: ApiProcess, start_worker: Any, dispatcher: Any, easemob: Any
+) -> None:
+    start_worker()
+    later = int((time.time() + 3600) * 1000)
+    with Client(api.url, SENDER, SENDER_SECRET, channel=CHANNEL) as sender:
+        scheduled = sender.submit({**text_message("tomorrow's reminder"), "sendAt": later})
+        sent = sender.submit(text_message("sent by mistake"))
+    wait_for_state(dispatcher, MessageRef(SENDER, sent), {"delivered"}, timeout=45)
+    sign_in(page, api)
+
+    page.goto(f"{api.url}/console/messages/{scheduled}?client={SENDER}")
+    expect(page.locator("#message-state")).to_have_text("scheduled")
+    expect(page.get_by_role("button", name="Recall…")).to_have_count(0)
+    page.get_by_role("button", name="Cancel…").click()
+    expect(page.get_by_role("heading", name="Cancel 1 message?")).to_be_visible()
+    assert dispatcher.status(MessageRef(SENDER, scheduled)).state == "scheduled"
+    page.get_by_role("button", name="Cancel 1").click()
+    expect(page.get_by_role("heading", name="Cancelled 1 of 1")).to_be_visible()
+    expect(page.locator(f'tr[data-id="{scheduled}"][data-done="yes"]')).to_contain_text(
+        "cancelled (it was scheduled)"
+    )
+    assert dispatcher.status(MessageRef(SENDER, scheduled)).state == "cancelled"
+    page.get_by_role("link", name=scheduled).click()
+    expect(page.locator("#message-state")).to_have_text("cancelled")
+    expect(page.locator("form.actions")).to_have_count(0)  # nothing more to do with it
+
+    page.goto(f"{api.url}/console/messages/{sent}?client={SENDER}")
+    expect(page.get_by_role("button", name="Cancel…")).to_have_count(0)
+    page.get_by_role("button", name="Recall…").click()
+    confirmed = {
+        field: page.locator(f'form input[name="{field}"]').first.get_attribute("value") or ""
+        for field in ("csrf_token", "id", "action", "confirmed")
+    }
+    page.get_by_role("button", name="Recall 1").click()
+    expect(page.get_by_role("heading", name="Recalled 1 of 1")).to_be_visible()
+    assert dispatcher.status(MessageRef(SENDER, sent)).state == "recalled"
+    # The same confirmation sent again is refused with the reason, and changes nothing.
+    again = page.request.post(f"{api.url}/console/actions/apply", form=confirmed)
+    assert again.status == 200 and "Recalled 0 of 1" in again.text()
+    assert "only a delivered message can be recalled; this one is recalled" in again.text()
+    page.goto(f"{api.url}/console/messages/{sent}?client={SENDER}")
+    expect(page.locator("#message-state")).to_have_text("recalled")
+    expect(page.locator("form.actions")).to_have_count(0)
+
+
 def test_the_live_charts_move_while_500_messages_flow(
     page: Any, api: ApiProcess, start_worker: Any, dispatcher: Any, easemob: Any
 ) -> None:
@@ -193,7 +239,7 @@ def test_requests_without_a_session_or_a_csrf_token_are_refused(
     sign_in(page, api)
     # Signed in, but an action without the CSRF token is refused.
     refused = page.request.post(
-        f"{api.url}/console/dead-letters/apply",
+        f"{api.url}/console/actions/apply",
         form={"id": doomed, "action": "replay", "confirmed": "yes"},
     )
     assert refused.status == 403
@@ -203,13 +249,13 @@ def test_requests_without_a_session_or_a_csrf_token_are_refused(
         evil,
         lambda route: route.fulfill(
             content_type="text/html",
-            body=f"""<form id=f method=post action="{api.url}/console/dead-letters/apply">
+            body=f"""<form id=f method=post action="{api.url}/console/actions/apply">
               <input name=id value="{doomed}"><input name=action value=replay>
               <input name=confirmed value=yes></form>
               <script>document.getElementById('f').submit()</script>""",
         ),
     )
-    with page.expect_response(f"{api.url}/console/dead-letters/apply") as answer:
+    with page.expect_response(f"{api.url}/console/actions/apply") as answer:
         page.goto(evil)
     assert answer.value.status == 401
     assert dispatcher.status(doomed).state == "dead"

@@ -222,7 +222,7 @@ def test_every_action_needs_the_session_csrf_token(app: FastAPI, browser: TestCl
         ({**form, "csrf_token": token}, {"Origin": "https://evil.example"}),
         ({**form, "csrf_token": token}, {"Sec-Fetch-Site": "cross-site"}),
     ]:
-        refused = browser.post("/console/dead-letters/apply", data=data, headers=headers)
+        refused = browser.post("/console/actions/apply", data=data, headers=headers)
         assert refused.status_code == 403, (data, headers)
         assert app.state.runtime.dispatcher.status(plain(message_id)).state == "dead"
     no_csrf_logout = browser.post("/console/logout", follow_redirects=False)
@@ -230,13 +230,13 @@ def test_every_action_needs_the_session_csrf_token(app: FastAPI, browser: TestCl
 
     # Unconfirmed: nothing done either.
     unconfirmed = browser.post(
-        "/console/dead-letters/apply", data={**form, "confirmed": "", "csrf_token": token}
+        "/console/actions/apply", data={**form, "confirmed": "", "csrf_token": token}
     )
     assert unconfirmed.status_code == 400
     assert app.state.runtime.dispatcher.status(plain(message_id)).state == "dead"
 
     done = browser.post(
-        "/console/dead-letters/apply",
+        "/console/actions/apply",
         data={**form, "csrf_token": token},
         headers={"Origin": "http://127.0.0.1:8087", "Sec-Fetch-Site": "same-origin"},
     )
@@ -290,13 +290,13 @@ def test_dead_letter_page_filters_and_discards_with_confirmation(
 
     token = csrf_of(listed.text)
     confirm = browser.post(
-        "/console/dead-letters/confirm",
+        "/console/actions/confirm",
         data={"csrf_token": token, "action": "discard", "id": [plain(first).member, "neverSeen"]},
     )
     assert confirm.status_code == 200 and "Discard 2 messages?" in confirm.text
     assert app.state.runtime.dispatcher.status(plain(first)).state == "dead"  # nothing done yet
     outcome = browser.post(
-        "/console/dead-letters/apply",
+        "/console/actions/apply",
         data={"csrf_token": token, "action": "discard", "confirmed": "yes", "id": [plain(first).member, "neverSeen"]},
     )  # fmt: skip
     assert "Discarded 1 of 2" in outcome.text

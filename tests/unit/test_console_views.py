@@ -10,7 +10,7 @@ from pydantic import Field
 
 from dispatcher.console.render import Pages, duration
 from dispatcher.console.sessions import Session
-from dispatcher.console.views import MASK, extras, mask_secrets, message_view
+from dispatcher.console.views import MASK, extras, mask_secrets, message_view, offered_actions
 from dispatcher.record import HistoryEntry, State, StatusRecord
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -108,6 +108,20 @@ def test_media_figures_left_to_the_worker_are_named_not_invented() -> None:
     assert view.provider_note and "filled in by the worker" in view.provider_note
     gone = message_view(record(), None, None)
     assert gone.provider_request is None and "expired" in (gone.provider_note or "")
+
+
+def test_the_page_offers_only_what_can_still_be_done_with_the_message() -> None:
+    offered = {
+        state: offered_actions(record().model_copy(update={"state": state})) for state in State
+    }
+    assert offered[State.DEAD] == ["replay", "discard"]
+    for state in (State.SCHEDULED, State.QUEUED, State.RETRYING, State.PROCESSING):
+        assert offered[state] == ["cancel"], state
+    assert offered[State.DELIVERED] == ["recall"]
+    for state in (State.FAILED, State.CANCELLED, State.RECALLED):
+        assert offered[state] == [], state
+    wechat = record().model_copy(update={"channel": "wechat"})
+    assert offered_actions(wechat) == []  # WeChat takes nothing back
 
 
 def test_the_message_page_renders_extra_tables_with_headers() -> None:
