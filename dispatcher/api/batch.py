@@ -89,9 +89,10 @@ async def handle_batch_message(call: SignedRequest) -> Response:
             gate=rt.admission.gate(call.caller),
             namespace=call.caller.namespace,
         )
-    except Unavailable as refusal:
-        # Nothing was accepted: give the nonce back so the same bytes may be retried.
-        await rt.admission.give_back(call.caller, refusal)
+    except Unavailable:
+        # Nothing was accepted: give the nonce back so the same bytes may be retried (also
+        # after Busy, unlike a single submit: this nonce was claimed before the pipeline).
+        await run_in_threadpool(rt.admission.release, call.caller)
         raise
     return rt.envelope.ok({"results": [_result(rt, client, r) for r in results]})
 

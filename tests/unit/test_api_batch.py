@@ -6,16 +6,20 @@ batch reach Redis in one pipeline."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
+import redis
 from redis.asyncio.client import Pipeline as AsyncPipeline
 
+from dispatcher import batch as batch_module
 from dispatcher import keys
 from dispatcher.api.overload import SubmitBound
 from dispatcher.api.paths import SUBMIT_BATCH
+from dispatcher.embedded import free_port
 from dispatcher.errors import Conflict, InvalidMessage
 from dispatcher.ids import MessageRef
 from dispatcher.limits import MAX_BATCH_MESSAGES
@@ -346,3 +350,30 @@ def test_submit_many_answers_ids_and_errors_in_order(api: Harness) -> None:
             dispatcher.submit_many([TEXT] * 501)
     finally:
         dispatcher.close()
+
+
+def test_redis_down_is_a_quick_503_and_keeps_nothing(redis_url: str) -> None:
+    api = make_harness(redis_url, redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    try:
+        message_id = unique_id()
+        started = time.monotonic()
+        response = post_batch(api, {"messages": [text(message_id)]})
+        assert time.monotonic() - started < 5
+        _nothing_kept(api, response, 503, [message_id])
+    finally:
+        api.close()
+
+
+def test_after_a_503_the_very_same_request_is_accepted(
+    api: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def failing(connection: Any, calls: Any) -> Any:
+        raise redis.ConnectionError("connection reset")
+
+    message_id = unique_id()
+    body = body_of({"messages": [text(message_id)]})
+    params = api.params(body, path=SUBMIT_BATCH)
+    monkeypatch.setattr(batch_module, "create_many_async", failing)
+    _nothing_kept(api, post_batch(api, body, params=params), 503, [message_id])
+    monkeypatch.undo()
+    assert results_of(post_batch(api, body, params=params)) == [{"getMessageId": message_id}]
