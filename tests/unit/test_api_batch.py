@@ -377,3 +377,14 @@ def test_after_a_503_the_very_same_request_is_accepted(
     _nothing_kept(api, post_batch(api, body, params=params), 503, [message_id])
     monkeypatch.undo()
     assert results_of(post_batch(api, body, params=params)) == [{"getMessageId": message_id}]
+
+
+def test_a_message_with_a_later_send_at_is_scheduled_in_a_batch_too(api: Harness) -> None:
+    later, now = unique_id(), unique_id()
+    send_at = int(time.time() * 1000) + 3_600_000
+    queued = api.queued()
+    batch = {"messages": [text(later, sendAt=send_at), text(now)]}
+    assert results_of(post_batch(api, batch)) == [{"getMessageId": later}, {"getMessageId": now}]
+    assert record(api, later)[b"state"] == b"scheduled"
+    assert record(api, now)[b"state"] == b"queued"
+    assert api.queued() == queued + 1
