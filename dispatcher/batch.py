@@ -111,11 +111,18 @@ class Batch:
 
     def publish(self, recorded: Sequence[_Pending]) -> None:
         """Publish what was recorded; a message the broker refuses is removed again and
-        answered Unavailable."""
+        answered Unavailable, and so are the ones after it, without trying the broker
+        again (a dead broker costs one timeout per batch, not one per message)."""
+        refusal: Unavailable | None = None
         for each in recorded:
+            if refusal is not None:
+                self.dispatcher.forget(each.ref, each.message)
+                self.results[each.index] = refusal
+                continue
             try:
                 self.dispatcher.publish_or_forget(each.ref, each.message)
-            except Unavailable as refusal:
+            except Unavailable as failed:
+                refusal = failed
                 self.results[each.index] = refusal
 
 

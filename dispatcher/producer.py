@@ -223,7 +223,7 @@ class Dispatcher:
         try:
             self.publish(ref)
         except PUBLISH_ERRORS as exc:
-            self._forget(ref, message)
+            self.forget(ref, message)
             raise Unavailable(f"broker unavailable: {_reason(exc)}") from None
 
     def settle_create(
@@ -254,7 +254,7 @@ class Dispatcher:
             DELIVER_TASK, args=task_args(ref), queue=self.settings.queue, task_id=task_id
         )
 
-    def _forget(self, ref: MessageRef, message: Message) -> None:
+    def forget(self, ref: MessageRef, message: Message) -> None:
         try:
             self.store.submit.discard(ref, message)
         except REDIS_ERRORS:

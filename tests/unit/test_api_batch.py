@@ -388,3 +388,42 @@ def test_a_message_with_a_later_send_at_is_scheduled_in_a_batch_too(api: Harness
     assert record(api, later)[b"state"] == b"scheduled"
     assert record(api, now)[b"state"] == b"queued"
     assert api.queued() == queued + 1
+
+
+def _other_db(redis_url: str) -> str:
+    return redis_url.rsplit("/", 1)[0] + "/3"
+
+
+def test_with_another_broker_each_accepted_message_is_published(redis_url: str) -> None:
+    api = make_harness(redis_url, broker_url=_other_db(redis_url))
+    broker = redis.Redis.from_url(_other_db(redis_url))
+    try:
+        ids = [unique_id(), unique_id()]
+        batch = {"messages": [text(ids[0]), text(ids[1], to=""), text()]}
+        results = results_of(post_batch(api, batch))
+        assert results[0] == {"getMessageId": ids[0]} and results[1]["code"] == 400
+        assert broker.llen(api.settings.queue) == 2
+        assert api.queued() == 0  # nothing pushed onto the store's Redis
+    finally:
+        broker.delete(api.settings.queue)
+        broker.close()
+        api.close()
+
+
+def test_with_the_broker_down_each_message_is_503_and_its_record_removed(redis_url: str) -> None:
+    """The broker is tried once per batch: after its first refusal the rest are not sent."""
+    api = make_harness(redis_url, broker_url=f"redis://127.0.0.1:{free_port()}/0")
+    producer = api.app.state.runtime.dispatcher
+    tried: list[Any] = []
+    publish = producer.publish
+    producer.publish = lambda ref, task_id=None: tried.append(ref) or publish(ref, task_id)
+    try:
+        ids = [unique_id() for _ in range(3)]
+        results = results_of(post_batch(api, {"messages": [text(i) for i in ids]}))
+        assert [r["code"] for r in results] == [503, 503, 503]
+        assert all(r["errors"] == [] for r in results)
+        assert len(tried) == 1
+        for message_id in ids:
+            assert not api.has_record(message_id)
+    finally:
+        api.close()
