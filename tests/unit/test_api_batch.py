@@ -5,6 +5,7 @@ batch reach Redis in one pipeline."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Iterator
@@ -13,12 +14,14 @@ from typing import Any
 import httpx
 import pytest
 import redis
+from prometheus_client import CollectorRegistry
 from redis.asyncio.client import Pipeline as AsyncPipeline
 
 from dispatcher import batch as batch_module
 from dispatcher import keys
+from dispatcher.api.envelope import EnvelopeWriter
 from dispatcher.api.overload import SubmitBound
-from dispatcher.api.paths import SUBMIT_BATCH
+from dispatcher.api.paths import SUBMIT, SUBMIT_BATCH
 from dispatcher.embedded import free_port
 from dispatcher.errors import Conflict, InvalidMessage
 from dispatcher.ids import MessageRef
@@ -31,6 +34,7 @@ from tests.unit.test_api_support import (
     envelope_ok,
     field_errors,
     make_harness,
+    make_settings,
     unique_id,
 )
 
@@ -427,3 +431,59 @@ def test_with_the_broker_down_each_message_is_503_and_its_record_removed(redis_u
             assert not api.has_record(message_id)
     finally:
         api.close()
+
+
+class _Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.counted: list[int] = []
+
+    def count_submit(self, code: int, client: Any = None, refusal: Any = None) -> None:
+        self.counted.append(code)
+
+
+def test_batches_take_their_weight_of_the_in_flight_bound(redis_url: str) -> None:
+    """Bound 4, single bodies of 1,000 bytes: a 2,500-byte batch holds 3 places, a single
+    submit the fourth, a further batch is busy; alone, a batch heavier than the bound
+    still goes through."""
+    release = asyncio.Event()
+    answered: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await release.wait()
+        answered.append(scope["path"])
+
+    metrics = _Metrics()
+    envelope = EnvelopeWriter(make_settings(redis_url))
+    bound = SubmitBound(app, limit=4, envelope=envelope, metrics=metrics,  # type: ignore[arg-type]
+                        single_bytes=1000, batch_bytes=10_000)  # fmt: skip
+
+    def call(path: str, length: int | None) -> Any:
+        headers = [] if length is None else [(b"content-length", str(length).encode())]
+        scope = {"type": "http", "method": "POST", "path": path, "headers": headers}
+        sent: list[Any] = []
+
+        async def send(message: Any) -> None:
+            sent.append(message)
+
+        async def receive() -> Any:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        return asyncio.ensure_future(bound(scope, receive, send)), sent
+
+    async def scenario() -> None:
+        batch, _ = call(SUBMIT_BATCH, 2500)
+        single, _ = call(SUBMIT, 10)
+        await asyncio.sleep(0.05)
+        assert bound.in_flight == 4
+        refused, sent = call(SUBMIT_BATCH, 1500)
+        await refused
+        assert sent[0]["status"] == 503 and metrics.counted == [503]
+        release.set()
+        await asyncio.gather(batch, single)
+        assert bound.in_flight == 0
+        heavy, _ = call(SUBMIT_BATCH, None)
+        await heavy
+
+    asyncio.run(scenario())
+    assert answered == [SUBMIT_BATCH, SUBMIT, SUBMIT_BATCH]
