@@ -114,16 +114,21 @@ class Batch:
         answered Unavailable, and so are the ones after it, without trying the broker
         again (a dead broker costs one timeout per batch, not one per message)."""
         refusal: Unavailable | None = None
+        removed: set[MessageRef] = set()
         for each in recorded:
             if refusal is not None:
                 self.dispatcher.forget(each.ref, each.message)
-                self.results[each.index] = refusal
+                removed.add(each.ref)
                 continue
             try:
                 self.dispatcher.publish_or_forget(each.ref, each.message)
             except Unavailable as failed:
                 refusal = failed
-                self.results[each.index] = refusal
+                removed.add(each.ref)
+        if refusal is not None:  # the removed ones, and their repeats in the batch
+            for each in self.pending:
+                if each.ref in removed and isinstance(self.results[each.index], Submitted):
+                    self.results[each.index] = refusal
 
 
 class _NotYet(DispatcherError):

@@ -423,8 +423,9 @@ def test_with_the_broker_down_each_message_is_503_and_its_record_removed(redis_u
     producer.publish = lambda ref, task_id=None: tried.append(ref) or publish(ref, task_id)
     try:
         ids = [unique_id() for _ in range(3)]
-        results = results_of(post_batch(api, {"messages": [text(i) for i in ids]}))
-        assert [r["code"] for r in results] == [503, 503, 503]
+        messages = [text(i) for i in ids] + [text(ids[2])]  # the last, a repeat of the third
+        results = results_of(post_batch(api, {"messages": messages}))
+        assert [r["code"] for r in results] == [503, 503, 503, 503]
         assert all(r["errors"] == [] for r in results)
         assert len(tried) == 1
         for message_id in ids:
