@@ -22,7 +22,7 @@ from dispatcher import batch
 from dispatcher.api.body import decode_json, too_large
 from dispatcher.api.envelope import MESSAGES, BatchResponse, error_responses
 from dispatcher.api.paths import SUBMIT_BATCH
-from dispatcher.api.routes import Runtime, SignedRequest
+from dispatcher.api.routes import Runtime, SignedCall, SignedRequest
 from dispatcher.api.tenancy import OWNER_PARAM
 from dispatcher.errors import (
     Conflict,
@@ -31,6 +31,7 @@ from dispatcher.errors import (
     InvalidMessage,
     Unavailable,
 )
+from dispatcher.models import Message
 from dispatcher.producer import Submitted
 
 router = APIRouter()
@@ -74,12 +75,7 @@ async def handle_batch_message(call: SignedRequest) -> Response:
         raise InvalidMessage([FieldError(OWNER_PARAM, "a client submits only its own messages")])
     payloads = batch_payloads(decode_json(call.body))
     client = call.caller.client
-    checked = batch.validate_all(rt.dispatcher, payloads, client)
-    if len(call.body) > rt.settings.max_request_bytes:
-        checked = _each_within(checked, payloads, rt.settings.max_request_bytes)
-    # The request's nonce is claimed once, before anything is recorded: a replayed batch
-    # is refused whole.
-    await run_in_threadpool(rt.admission.claim, call.caller)
+    checked = await run_in_threadpool(_judge, call, payloads)
     try:
         results = await batch.submit_async(
             rt.dispatcher,
@@ -97,7 +93,21 @@ async def handle_batch_message(call: SignedRequest) -> Response:
     return rt.envelope.ok({"results": [_result(rt, client, r) for r in results]})
 
 
-def _each_within(checked: list[Any], payloads: list[Any], limit: int) -> list[Any]:
+def _judge(call: SignedCall, payloads: list[Any]) -> list[Message | DispatcherError]:
+    """Each message validated (in a thread: hundreds of them would hold the event loop up
+    for other requests), then the request's nonce claimed, once, before anything is
+    recorded: a replayed batch is refused whole."""
+    rt = call.runtime
+    checked = batch.validate_all(rt.dispatcher, payloads, call.caller.client)
+    if len(call.body) > rt.settings.max_request_bytes:
+        checked = _each_within(checked, payloads, rt.settings.max_request_bytes)
+    rt.admission.claim(call.caller)
+    return checked
+
+
+def _each_within(
+    checked: list[Message | DispatcherError], payloads: list[Any], limit: int
+) -> list[Message | DispatcherError]:
     """A message larger than a single submit's body limit is refused (413) as it would be
     alone; measured as compact JSON, the smallest it could have been sent."""
     for index, payload in enumerate(payloads):
