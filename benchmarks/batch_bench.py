@@ -33,7 +33,7 @@ GOAL = 5.0
 
 def run(bench: Any, say: Callable[[str], None]) -> dict[str, Any]:
     singles = bench.n(4000, 20000)
-    batches = bench.n(100, 400)
+    batches = bench.n(200, 600)
     bench.flush()
     api, url = api_process(bench)
     with harness.started(api):
