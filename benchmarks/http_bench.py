@@ -52,9 +52,10 @@ def wait_workers(process: harness.Process, count: int, timeout: float = 90) -> N
         time.sleep(0.1)
 
 
-def load(url: str, n: int, connections: int = CONNECTIONS) -> dict[str, Any]:
+def load(url: str, n: int, connections: int = CONNECTIONS, batch: int = 0) -> dict[str, Any]:
+    """``n`` signed requests over ``connections``; with ``batch``, batch submits of that many."""
     out = subprocess.run(
-        [sys.executable, "-m", "benchmarks.loadgen", url, str(n), str(connections)],
+        [sys.executable, "-m", "benchmarks.loadgen", url, str(n), str(connections), str(batch)],
         env=harness.child_env({}),
         cwd=harness.ROOT,
         capture_output=True,

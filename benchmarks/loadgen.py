@@ -1,6 +1,8 @@
 """A small HTTP/1.1 load generator: N signed submits over C keep-alive connections.
 
-    python -m benchmarks.loadgen URL N CONNECTIONS
+    python -m benchmarks.loadgen URL N CONNECTIONS [BATCH]
+
+With ``BATCH`` each request is a batch submit of that many texts (``N`` requests).
 
 asyncio (uvloop when installed) on raw streams, requests built and signed
 before the clock starts, so the generator spends as little CPU per request
@@ -19,7 +21,7 @@ import uuid
 from collections import Counter
 from urllib.parse import urlencode, urlsplit
 
-from dispatcher.api.paths import SUBMIT
+from dispatcher.api.paths import SUBMIT, SUBMIT_BATCH
 from dispatcher.api.signing import compute_sign
 
 CLIENT = "bench"
@@ -29,15 +31,17 @@ WARM_MAX = 2048
 TEXT = {"messageType": 1, "from": "u1", "to": "u2", "messageInfo": {"textMessage": "hello"}}
 
 
-def build_requests(host: str, port: int, n: int) -> list[bytes]:
-    body = json.dumps(TEXT, separators=(",", ":")).encode()
+def build_requests(host: str, port: int, n: int, batch: int = 0) -> list[bytes]:
+    payload = {"messages": [TEXT] * batch} if batch else TEXT
+    path = SUBMIT_BATCH if batch else SUBMIT
+    body = json.dumps(payload, separators=(",", ":")).encode()
     now = str(int(time.time()))
     requests = []
     for _ in range(n):
         params = {"client": CLIENT, "channel": CHANNEL, "timestamp": now, "nonce": uuid.uuid4().hex}
-        params["sign"] = compute_sign(SECRET, "POST", SUBMIT, params, body)
+        params["sign"] = compute_sign(SECRET, "POST", path, params, body)
         head = (
-            f"POST {SUBMIT}?{urlencode(params)} HTTP/1.1\r\n"
+            f"POST {path}?{urlencode(params)} HTTP/1.1\r\n"
             f"Host: {host}:{port}\r\n"
             "Content-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\n\r\n"
@@ -74,14 +78,15 @@ async def connection(
         writer.close()
 
 
-async def run(url: str, n: int, connections: int) -> dict[str, object]:
+async def run(url: str, n: int, connections: int, batch: int = 0) -> dict[str, object]:
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     # Enough to start every server thread (Celery builds its result backend once per thread)
     # and to open every connection.
-    warm = build_requests(host, port, max(connections, min(connections * 16, WARM_MAX)))
+    warm_count = max(connections, min(connections * (2 if batch else 16), WARM_MAX))
+    warm = build_requests(host, port, warm_count, batch)
     await asyncio.gather(*(connection(host, port, warm, [], Counter()) for _ in range(connections)))
-    queue = build_requests(host, port, n)
+    queue = build_requests(host, port, n, batch)
     latencies: list[float] = []
     statuses: Counter[str] = Counter()
     cpu = time.process_time()
@@ -102,19 +107,21 @@ async def run(url: str, n: int, connections: int) -> dict[str, object]:
         "p50_ms": pct(0.50),
         "p99_ms": pct(0.99),
         "statuses": dict(sorted(statuses.items())),
+        "warm_requests": warm_count,
         "loadgen_cpu_ms_per_request": round(1000 * (time.process_time() - cpu) / max(n, 1), 3),
     }
 
 
 def main() -> None:
     url, n, connections = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    batch = int(sys.argv[4]) if len(sys.argv) > 4 else 0
     try:
         import uvloop
 
         uvloop.install()
     except ImportError:
         pass
-    result = asyncio.run(run(url, n, connections))
+    result = asyncio.run(run(url, n, connections, batch))
     print(json.dumps(result))
     sys.stdout.flush()
     os._exit(0)

@@ -1,6 +1,6 @@
-"""Benchmarks P1-P5 of issue 7, P6 (status webhooks), P9 (scheduled sends) and P11 (1,000
-concurrent senders), each beside a baseline measured in the same run (P6's: the same run
-without webhooks; P9's: the same worker idle).
+"""Benchmarks P1-P5 of issue 7, P6 (status webhooks), P7 (batch submits), P9 (scheduled
+sends) and P11 (1,000 concurrent senders), each beside a baseline measured in the same run
+(P6's: the same run without webhooks; P7's: single submits; P9's: the same worker idle).
 
     python benchmarks/run.py --quick          # < 3 minutes on 2 cores
     python benchmarks/run.py --only P1,P2     # a subset
@@ -9,7 +9,7 @@ without webhooks; P9's: the same worker idle).
                                               # also P1, P3 with RabbitMQ as the broker
 
 Starts its own Redis (no AOF), the Easemob simulator and every worker/API
-process, runs, stops them and prints one JSON object with keys P1..P6, P9 and P11, each
+process, runs, stops them and prints one JSON object with keys P1..P7, P9 and P11, each
 ``{"value", "baseline", "ratio", "goal", "met", ...details}``. Progress goes
 to stderr. Figures are ratios against baselines on the same Redis with the
 same pool and concurrency; absolute numbers move with the machine's load.
@@ -524,6 +524,13 @@ class Bench:
 
         self.results["P4"] = http_bench.run(self, say)
 
+    # -- P7 ----------------------------------------------------------------
+
+    def p7(self) -> None:
+        from benchmarks import batch_bench
+
+        self.results["P7"] = batch_bench.run(self, say)
+
     # -- P9 ----------------------------------------------------------------
 
     def p9(self) -> None:
@@ -566,6 +573,8 @@ class Bench:
                 self.p4()
             if "P5" in only:
                 self.p5()
+            if "P7" in only:
+                self.p7()
             if "P9" in only:
                 self.p9()
             if "P11" in only:
@@ -573,7 +582,8 @@ class Bench:
         finally:
             self.redis.close()
             self.server.cleanup()
-        keys_in_order = ("P1", "P1_amqp", "P2", "P3", "P3_amqp", "P4", "P5", "P6", "P9", "P11")
+        keys_in_order = ("P1", "P1_amqp", "P2", "P3", "P3_amqp", "P4", "P5", "P6", "P7", "P9")
+        keys_in_order += ("P11",)
         out: dict[str, Any] = {k: self.results[k] for k in keys_in_order if k in self.results}
         out["machine"] = machine()
         out["seconds"] = round(time.monotonic() - started, 1)
@@ -602,7 +612,9 @@ def machine() -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small N: under 3 minutes")
-    parser.add_argument("--only", default="P1,P2,P3,P4,P5,P6,P9,P11", help="comma-separated subset")
+    parser.add_argument(
+        "--only", default="P1,P2,P3,P4,P5,P6,P7,P9,P11", help="comma-separated subset"
+    )
     parser.add_argument(
         "--p11-pool", type=int, default=None, help="P11 with this DISPATCHER_API_REDIS_CONNECTIONS"
     )

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from typing import Any, TextIO
 
 import click
 
-from dispatcher import cli_withdraw
+from dispatcher import cli_send_file, cli_withdraw
 from dispatcher.cli_dlq import dlq
 from dispatcher.cli_message import TYPE_NAMES, json_object, load_settings, message_info
 from dispatcher.cli_webhooks import webhooks
@@ -187,9 +187,9 @@ def _remote(api_url: str, client_id: str | None, secret: str | None, channel: st
 
 
 @main.command()
-@click.option("--type", "type_name", type=click.Choice(list(TYPE_NAMES)), required=True)
-@click.option("--from", "sender", required=True, help="Sender (Easemob user name).")
-@click.option("--to", "to", required=True, help="Receiver: user name, or group id (digits).")
+@click.option("--type", "type_name", type=click.Choice(list(TYPE_NAMES)))
+@click.option("--from", "sender", help="Sender (Easemob user name).")
+@click.option("--to", "to", help="Receiver: user name, or group id (digits).")
 @click.option("--text", help="textMessage (text, template, extension).")
 @click.option("--image", help="Qiniu key of the image.")
 @click.option("--voice", help="Qiniu key of the voice file.")
@@ -207,11 +207,16 @@ def _remote(api_url: str, client_id: str | None, secret: str | None, channel: st
 @click.option("--ext", "ext_json", help="ext as a JSON object.")
 @click.option("--id", "message_id", help="Your own getMessageId (idempotency key).")
 @click.option("--target-type", type=click.Choice(["users", "chatgroups", "chatrooms"]))
+@click.option(
+    "--file", "file", type=click.File("r", encoding="utf-8"),
+    help="Send every line of this JSON Lines file (one request body per line) instead.",
+)  # fmt: skip
+@click.option("--batch-size", default=100, show_default=True, help="Messages per batch (--file).")
 @_remote_options
 def send(
-    type_name: str,
-    sender: str,
-    to: str,
+    type_name: str | None,
+    sender: str | None,
+    to: str | None,
     info_json: str | None,
     ext_json: str | None,
     message_id: str | None,
@@ -220,9 +225,20 @@ def send(
     client_id: str | None,
     secret: str | None,
     channel: str,
+    file: TextIO | None,
+    batch_size: int,
     **fields: Any,
 ) -> None:
-    """Submit one message and print its getMessageId."""
+    """Submit one message and print its getMessageId; with --file, every line of a file,
+    in batches, printing "<line> <getMessageId>" for each accepted line."""
+    if file is not None:
+        if type_name or sender or to:
+            raise click.UsageError("--file takes its messages from the file: no --type/--from/--to")
+        remote = _remote(api_url, client_id, secret, channel) if api_url else None
+        cli_send_file.send_file(file, batch_size, remote, client_id)
+        return
+    if type_name is None or sender is None or to is None:
+        raise click.UsageError("--type, --from and --to are required (or --file)")
     info = message_info(type_name, fields)
     info.update(json_object(info_json, "--info"))
     payload: dict[str, Any] = {

@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from dispatcher.channels.wechat_config import WeChatConfig, WindowFallback
 from dispatcher.ids import DEFAULT_NAMESPACE, NAMESPACE_PATTERN
+from dispatcher.limits import MAX_BATCH_REQUEST_BYTES, MAX_REQUEST_BYTES
 from dispatcher.routing import Routing
 from dispatcher.webhooks.config import Subscriptions, WebhookEndpoint, parse_schedule
 
@@ -103,7 +104,8 @@ class Settings(BaseSettings):
     auth_enabled: bool = True
     api_host: str = "127.0.0.1"
     api_port: int = 8087
-    max_request_bytes: int = 65536
+    max_request_bytes: int = Field(default=MAX_REQUEST_BYTES, ge=1)
+    max_batch_request_bytes: int = Field(default=MAX_BATCH_REQUEST_BYTES, ge=1)
     signature_window: int = 300
     submit_rate_per_second: float = 1000.0
     submit_burst: int = 2000

@@ -24,7 +24,7 @@ from celery import Celery
 from kombu.exceptions import KombuError, OperationalError
 from redis.asyncio import Redis as AsyncRedis
 
-from dispatcher import tracing
+from dispatcher import errors, tracing
 from dispatcher.backlog import QueueBacklog, broker_depth, read_backlog
 from dispatcher.broker import broker_is_store, make_celery
 from dispatcher.channels import ChannelSpec
@@ -151,12 +151,12 @@ class Dispatcher:
         ``gate`` (the HTTP API) the submit also passes its client's rate and its nonce's
         replay guard in the same Redis call (dispatcher/gate.py)."""
         self.health.admit()
-        ref, call, publish = self._prepare(message, client, gate, namespace)
-        with _unavailable("status store"), tracing.span(tracing.SPAN_ENQUEUE):
+        ref, call, publish = self.prepare_create(message, client, gate, namespace)
+        with unavailable_if_down("status store"), tracing.span(tracing.SPAN_ENQUEUE):
             result = self.store.submit.create(call)
         if result.outcome is CreateOutcome.CREATED and publish:
-            self._publish_or_forget(ref, message)
-        return self._settle(ref, message, result, gate)
+            self.publish_or_forget(ref, message)
+        return self.settle_create(ref, message, result, gate)
 
     @tracing.spanned_async(tracing.SPAN_SUBMIT)
     async def submit_message_async(
@@ -176,18 +176,27 @@ class Dispatcher:
             await asyncio.to_thread(self.health.admit)
         else:
             self.health.admit()
-        ref, call, publish = self._prepare(message, client, gate, namespace)
-        with _unavailable("status store"), tracing.span(tracing.SPAN_ENQUEUE):
+        ref, call, publish = self.prepare_create(message, client, gate, namespace)
+        with unavailable_if_down("status store"), tracing.span(tracing.SPAN_ENQUEUE):
             result = await self.store.submit.create_async(connection, call)
         if result.outcome is CreateOutcome.CREATED and publish:
-            await asyncio.to_thread(self._publish_or_forget, ref, message)
-        return self._settle(ref, message, result, gate)
+            await asyncio.to_thread(self.publish_or_forget, ref, message)
+        return self.settle_create(ref, message, result, gate)
+
+    def submit_many(
+        self, payloads: Sequence[Any], *, client: str | None = None
+    ) -> list[str | errors.DispatcherError]:
+        """Validate and queue 1 to 500 messages in one Redis round trip: one result per
+        payload, its getMessageId or what :meth:`submit` would raise (docs/api.md)."""
+        from dispatcher import batch
+
+        return batch.submit_payloads(self, payloads, client)
 
     def ref(self, message: str | MessageRef) -> MessageRef:
         """The reference of a getMessageId in this producer's namespace (a reference as is)."""
         return message if isinstance(message, MessageRef) else MessageRef(self.namespace, message)
 
-    def _prepare(
+    def prepare_create(
         self, message: Message, client: str | None, gate: Gate | None, namespace: str | None
     ) -> tuple[MessageRef, CreateCall, bool]:
         """The reference, the create call, and whether the task still has to be published
@@ -209,15 +218,15 @@ class Dispatcher:
         )
         return ref, call, enqueue is None
 
-    def _publish_or_forget(self, ref: MessageRef, message: Message) -> None:
+    def publish_or_forget(self, ref: MessageRef, message: Message) -> None:
         """Publish the recorded message; if the broker refuses, remove the record again."""
         try:
             self.publish(ref)
         except PUBLISH_ERRORS as exc:
-            self._forget(ref, message)
+            self.forget(ref, message)
             raise Unavailable(f"broker unavailable: {_reason(exc)}") from None
 
-    def _settle(
+    def settle_create(
         self, ref: MessageRef, message: Message, result: CreateResult, gate: Gate | None
     ) -> Submitted:
         """The answer to a submit once the store has spoken (raises for every refusal)."""
@@ -245,7 +254,7 @@ class Dispatcher:
             DELIVER_TASK, args=task_args(ref), queue=self.settings.queue, task_id=task_id
         )
 
-    def _forget(self, ref: MessageRef, message: Message) -> None:
+    def forget(self, ref: MessageRef, message: Message) -> None:
         try:
             self.store.submit.discard(ref, message)
         except REDIS_ERRORS:
@@ -256,11 +265,11 @@ class Dispatcher:
             )
 
     def status(self, message: str | MessageRef) -> StatusRecord | None:
-        with _unavailable("status store"):
+        with unavailable_if_down("status store"):
             return self.store.read.get(self.ref(message))
 
     def status_many(self, messages: Sequence[str | MessageRef]) -> list[StatusRecord | None]:
-        with _unavailable("status store"):
+        with unavailable_if_down("status store"):
             return self.store.read.get_many([self.ref(m) for m in messages])
 
     def cancel(self, message: str | MessageRef, *, by: str | None = None) -> CancelResult:
@@ -312,7 +321,7 @@ class Dispatcher:
         namespace's, each naming its client, or only ``namespace``'s; optionally only those
         that died between ``since`` and ``until`` (unix seconds, inclusive)."""
         read = self.store.read
-        with _unavailable("status store"):
+        with unavailable_if_down("status store"):
             entries = read.dead_letters(
                 limit, offset, since=since, until=until, newest_first=newest_first,
                 namespace=namespace,
@@ -332,7 +341,7 @@ class Dispatcher:
         """Give up on a dead message: off the dead-letter list, never replayed by ``--all``;
         its record stays until it expires. ``OK``, or why not (missing, not listed, the
         state it is in)."""
-        with _unavailable("status store"):
+        with unavailable_if_down("status store"):
             ref = self.ref(message)
             verdict = self.store.recovery.discard_dead_letter(ref, f"discarded by {by}")
         if verdict is DiscardOutcome.OK:
@@ -343,14 +352,14 @@ class Dispatcher:
 
     def stored_message(self, message: str | MessageRef) -> dict[str, Any] | None:
         """The message as accepted and recorded (what the worker delivers from)."""
-        with _unavailable("status store"):
+        with unavailable_if_down("status store"):
             stored = self.store.read.stored_message(self.ref(message))
         return None if stored is None else dict(json.loads(stored))
 
     def queue_backlog(self, queues: list[str] | None = None) -> list[QueueBacklog]:
         """Depth and oldest entry's age of each delivery queue (default: the configured one)."""
         names = queues or [self.settings.queue]
-        with _unavailable("broker"):
+        with unavailable_if_down("broker"):
             if broker_is_store(self.settings):
                 return read_backlog(self.redis, self.store, names)
         try:
@@ -375,7 +384,7 @@ def _routing_by_client(settings: Settings) -> dict[str, Routing | None]:
 
 
 @contextmanager
-def _unavailable(what: str) -> Iterator[None]:
+def unavailable_if_down(what: str) -> Iterator[None]:
     """Redis errors inside become :class:`Unavailable` naming ``what`` (nothing was kept)."""
     try:
         yield

@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from dispatcher import tracing
-from dispatcher.api import message_actions
+from dispatcher.api import batch, message_actions
 from dispatcher.api.admission import Admission
 from dispatcher.api.auth import Authenticator
 from dispatcher.api.docs_assets import install_docs
@@ -124,6 +124,7 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
     )
     app.state.runtime = runtime
     app.include_router(router)
+    app.include_router(batch.router)
     app.include_router(message_actions.router)
     app.include_router(webhooks_router)
     for channel in registry().channels:  # endpoints providers call back (WeChat's receipts)
@@ -136,6 +137,8 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
     app.add_middleware(
         SubmitBound,
         limit=settings.api_max_submits_in_flight,
+        single_bytes=settings.max_request_bytes,
+        batch_bytes=settings.max_batch_request_bytes,
         envelope=envelope,
         metrics=runtime.metrics,
     )

@@ -13,7 +13,10 @@ from typing import Any
 
 from starlette.requests import Request
 
+from dispatcher.api.paths import SUBMIT_BATCH
+from dispatcher.config import Settings
 from dispatcher.errors import FieldError, InvalidMessage, MessageTooLarge
+from dispatcher.limits import batch_request_bytes
 
 # A \uD800-\uDFFF escape may leave a lone surrogate that no UTF-8 writer accepts.
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
@@ -23,19 +26,26 @@ async def read_body(request: Request, limit: int) -> bytes:
     """The raw body, refused with 413 as soon as it is known to exceed ``limit`` bytes."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _too_large(limit)
+        raise too_large(limit)
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise _too_large(limit)
+            raise too_large(limit)
         chunks.append(chunk)
     return b"".join(chunks)
 
 
-def _too_large(limit: int) -> MessageTooLarge:
+def too_large(limit: int) -> MessageTooLarge:
     return MessageTooLarge([FieldError("body", f"is larger than the limit of {limit} bytes")])
+
+
+def body_limit(settings: Settings, path: str) -> int:
+    """The largest body a request to ``path`` may have: only a batch submit's is larger."""
+    if path == SUBMIT_BATCH:
+        return batch_request_bytes(settings.max_request_bytes, settings.max_batch_request_bytes)
+    return settings.max_request_bytes
 
 
 def _reject_constant(name: str) -> Any:

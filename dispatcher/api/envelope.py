@@ -108,34 +108,37 @@ class EnvelopeWriter:
 
     def busy(self) -> Response:
         """503 "service busy" with ``Retry-After``: overload, answered at once (nothing kept)."""
+        return self.answer(*self._busy_parts())
+
+    def _busy_parts(self) -> tuple[int, str, Any, Mapping[str, str]]:
         seconds = self.busy_retry_after
-        return self.answer(
-            503, SERVICE_BUSY, {"retryAfter": seconds}, headers={"Retry-After": str(seconds)}
-        )
+        return 503, SERVICE_BUSY, {"retryAfter": seconds}, {"Retry-After": str(seconds)}
 
     def error(self, exc: DispatcherError) -> Response:
         """The envelope for one of our errors; the HTTP status is the envelope's code."""
+        return self.answer(*self.parts(exc))
+
+    def parts(self, exc: DispatcherError) -> tuple[int, str | None, Any, Mapping[str, str] | None]:
+        """Code, message (None: the code's default), data and headers answering ``exc``."""
         if isinstance(exc, InvalidMessage):
             code = 413 if isinstance(exc, MessageTooLarge) else 400
-            return self.answer(code, None, {"errors": [e.as_dict() for e in exc.errors]})
+            return code, None, {"errors": [e.as_dict() for e in exc.errors]}, None
         if isinstance(exc, RateLimited):
             seconds = max(1, math.ceil(exc.retry_after))
-            return self.answer(
-                429, exc.message, {"retryAfter": seconds}, headers={"Retry-After": str(seconds)}
-            )
+            return 429, exc.message, {"retryAfter": seconds}, {"Retry-After": str(seconds)}
         if isinstance(exc, ApiError):
-            return self.answer(exc.code, exc.message, exc.data)
+            return exc.code, exc.message, exc.data, None
         if isinstance(exc, Conflict):
-            return self.answer(409, str(exc), {"getMessageId": exc.message_id})
+            return 409, str(exc), {"getMessageId": exc.message_id}, None
         if isinstance(exc, Busy):
             log.info("503 busy: %s", exc)
-            return self.busy()
+            return self._busy_parts()
         if isinstance(exc, Unavailable):
             # The reason (hosts, ports) is for operators, not callers.
             log.warning("503: %s", exc)
-            return self.answer(503, exc.public)
+            return 503, exc.public, None, None
         log.error("unexpected %s: %s", type(exc).__name__, exc)
-        return self.answer(500)
+        return 500, None, None, None
 
 
 # ---------------------------------------------------------------------------
@@ -187,6 +190,26 @@ class ErrorResponse(_Envelope):
 class SubmitResponse(_Envelope):
     message: str = Field(examples=[OK])
     data: SubmitData
+
+
+class BatchRefusal(BaseModel):
+    code: int = Field(description="what a single submit of this message would have answered")
+    message: str
+    errors: list[FieldErrorModel] = Field(
+        description="every broken field, named as in a single submit's body"
+    )
+    retryAfter: int | None = Field(default=None, description="429 only: seconds to wait")
+
+
+class BatchData(BaseModel):
+    results: list[SubmitData | BatchRefusal] = Field(
+        description="one entry per message of the request, in its order"
+    )
+
+
+class BatchResponse(_Envelope):
+    message: str = Field(examples=[OK])
+    data: BatchData
 
 
 class StatusResponse(_Envelope):

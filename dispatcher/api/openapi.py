@@ -19,6 +19,7 @@ from pydantic.json_schema import models_json_schema
 
 from dispatcher.api.routes import ReplayQuery, StatusQuery
 from dispatcher.config import Settings
+from dispatcher.limits import MAX_BATCH_MESSAGES, MIN_BATCH_MESSAGES
 from dispatcher.models import INFO_MODELS, RESERVED_EXT_KEY, Envelope, Ext, MessageType
 
 REF = "#/components/schemas/{model}"
@@ -111,6 +112,21 @@ def _body_schemas() -> dict[str, dict[str, Any]]:
         "title": "SubmitRequest",
         "description": "The seed's request body; messageInfo's shape depends on messageType.",
         "oneOf": variants,
+    }
+    components["BatchRequest"] = {
+        "title": "BatchRequest",
+        "description": "Messages judged and queued each on its own, as single submits would be.",
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["messages"],
+        "properties": {
+            "messages": {
+                "type": "array",
+                "minItems": MIN_BATCH_MESSAGES,
+                "maxItems": MAX_BATCH_MESSAGES,
+                "items": {"$ref": REF.format(model="SubmitRequest")},
+            }
+        },
     }
     return components
 

@@ -5,7 +5,9 @@ Redis connection. Past ``DISPATCHER_API_MAX_SUBMITS_IN_FLIGHT`` of them in this
 process, the next is refused before its body is read: 503 "service busy" with
 ``Retry-After``, counted in ``/metrics`` as ``reason="busy"``, nothing recorded.
 Queuing it instead would only add latency the caller cannot see the end of.
-How the bound is chosen: docs/operations.md, "Load bounds".
+How the bound is chosen: docs/operations.md, "Load bounds". A batch submit counts as
+as many submits as single bodies its declared size could hold (at least one), so the
+bound on the bodies held stays what it was.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dispatcher.api.envelope import EnvelopeWriter
 from dispatcher.api.metrics import ApiMetrics
-from dispatcher.api.paths import SUBMIT
+from dispatcher.api.paths import SUBMIT, SUBMIT_BATCH
 from dispatcher.errors import Busy
+from dispatcher.limits import MAX_BATCH_REQUEST_BYTES, MAX_REQUEST_BYTES, batch_request_bytes
 
 
 class SubmitBound:
@@ -30,9 +33,13 @@ class SubmitBound:
         limit: int,
         envelope: EnvelopeWriter,
         metrics: ApiMetrics,
+        single_bytes: int = MAX_REQUEST_BYTES,
+        batch_bytes: int = MAX_BATCH_REQUEST_BYTES,
     ) -> None:
         self.app = app
         self.limit = limit
+        self.single_bytes = single_bytes
+        self.batch_bytes = batch_request_bytes(single_bytes, batch_bytes)
         self.envelope = envelope
         self.metrics = metrics
         self.in_flight = 0
@@ -45,15 +52,34 @@ class SubmitBound:
         gauge.set_function(lambda: self.in_flight)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != SUBMIT or scope["method"] != "POST":
+        if scope["type"] != "http" or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
-        if self.in_flight >= self.limit:
+        if scope["path"] == SUBMIT:
+            weight = 1
+        elif scope["path"] == SUBMIT_BATCH:
+            weight = self._batch_weight(scope)
+        else:
+            await self.app(scope, receive, send)
+            return
+        # A batch heavier than the whole bound still goes through alone.
+        if self.in_flight >= self.limit or (
+            self.in_flight and self.in_flight + weight > self.limit
+        ):
             self.metrics.count_submit(503, None, self.refusal)
             await self.envelope.busy()(scope, receive, send)
             return
-        self.in_flight += 1
+        self.in_flight += weight
         try:
             await self.app(scope, receive, send)
         finally:
-            self.in_flight -= 1
+            self.in_flight -= weight
+
+    def _batch_weight(self, scope: Scope) -> int:
+        """Single-body sizes in a batch's declared Content-Length (the most it may carry
+        when it declares none); the body limit refuses it later if it lied."""
+        size = self.batch_bytes
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit():
+                size = min(int(value), size)
+        return max(1, -(-size // self.single_bytes))

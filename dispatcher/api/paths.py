@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 SUBMIT = "/sender/v1/handleBasicMessage"
+SUBMIT_BATCH = "/sender/v1/handleBatchMessage"
 STATUS = "/sender/v1/messages/{getMessageId}"
 STATUS_MANY = "/sender/v1/messages/status"
-MAX_STATUS_IDS = 100
 DEAD_LETTERS = "/sender/v1/dead-letters"
 DEAD_LETTERS_REPLAY = "/sender/v1/dead-letters/replay"
 METRICS = "/metrics"

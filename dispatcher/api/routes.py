@@ -30,7 +30,7 @@ from starlette.responses import Response
 
 from dispatcher.api.admission import Admission
 from dispatcher.api.auth import Authenticator, Caller
-from dispatcher.api.body import decode_json, read_body
+from dispatcher.api.body import body_limit, decode_json, read_body
 from dispatcher.api.envelope import (
     EnvelopeWriter,
     HealthResponse,
@@ -44,7 +44,6 @@ from dispatcher.api.metrics import ApiMetrics
 from dispatcher.api.paths import (
     DEAD_LETTERS,
     DEAD_LETTERS_REPLAY,
-    MAX_STATUS_IDS,
     METRICS,
     STATUS,
     STATUS_MANY,
@@ -72,6 +71,7 @@ from dispatcher.errors import (
 )
 from dispatcher.health import configuration_warnings
 from dispatcher.ids import ID_PATTERN
+from dispatcher.limits import MAX_STATUS_IDS
 from dispatcher.models import Message, field_errors
 from dispatcher.producer import Dispatcher
 
@@ -139,7 +139,7 @@ def runtime(request: Request) -> Runtime:
 async def signed(request: Request) -> SignedCall:
     """Read the body and authenticate the request (the dependency of every signed endpoint)."""
     rt = runtime(request)
-    body = await read_body(request, rt.settings.max_request_bytes)
+    body = await read_body(request, body_limit(rt.settings, request.url.path))
     # The path exactly as sent (percent-encoding included) is what the client signed.
     raw_path = request.scope.get("raw_path")
     path = raw_path.decode("latin-1") if raw_path else request.url.path

@@ -200,3 +200,41 @@ def test_cancel_and_recall_answer_through_the_client(served: tuple[Harness, str]
         assert api.cancel(message_id)["outcome"] == "cancelled"
         with pytest.raises(NotFound):
             api.cancel(unique_id())
+
+
+def test_submit_many_maps_each_result_to_an_id_or_its_error(served: tuple[Harness, str]) -> None:
+    harness, url = served
+    taken, fresh = unique_id(), unique_id()
+    with client_for(url) as api:
+        api.submit({**TEXT, "getMessageId": taken})
+        results = api.submit_many(
+            [
+                {**TEXT, "getMessageId": fresh},
+                {**TEXT, "to": ""},
+                {**TEXT, "getMessageId": taken, "to": "someone_else"},
+                {**TEXT, "messageInfo": {"textMessage": "中" * 5000}},
+            ]
+        )
+        assert results[0] == fresh
+        assert isinstance(results[1], InvalidMessage)
+        assert [e.field for e in results[1].errors] == ["to"]
+        assert isinstance(results[2], Conflict) and results[2].message_id == taken
+        assert isinstance(results[3], MessageTooLarge)
+        with pytest.raises(InvalidMessage, match="messages"):
+            api.submit_many([])
+    assert harness.queued() == 2
+
+
+def test_async_submit_many_over_asgi(served: tuple[Harness, str]) -> None:
+    harness, _ = served
+    transport = httpx.ASGITransport(app=harness.app)
+
+    async def scenario() -> list[Any]:
+        async with AsyncClient(
+            "http://api", "c1", "secret-one", channel="ch1", transport=transport
+        ) as api:
+            return await api.submit_many([TEXT, {**TEXT, "from": ""}])
+
+    first, second = asyncio.run(scenario())
+    assert isinstance(first, str) and first.startswith(harness.settings.id_prefix)
+    assert isinstance(second, InvalidMessage)
