@@ -88,6 +88,10 @@ def test_redis_absent_at_start_api_and_workers_connect_when_it_appears(
     assert all(r.state.value == "delivered" for r in records.values())
 
 
+CUT_ROUNDS = 6
+"""Rounds of connection cuts, two seconds apart, while messages are submitted."""
+
+
 @BOTH_BROKERS
 def test_workers_keep_consuming_while_redis_client_connections_are_killed(
     dispatcher: Any,
@@ -107,7 +111,9 @@ def test_workers_keep_consuming_while_redis_client_connections_are_killed(
     kills = 0
     started = time.monotonic()
     next_kill = started + 1.5
-    while time.monotonic() - started < 14:
+    # Rounds counted, not seconds: on a busy machine a round of submits takes longer.
+    while kills < CUT_ROUNDS:
+        assert time.monotonic() - started < 120, f"only {kills} rounds of cuts in 120 s"
         for _ in range(5):
             message_id = new_id("cut")
             try:
@@ -131,7 +137,6 @@ def test_workers_keep_consuming_while_redis_client_connections_are_killed(
         f"\nF5, {broker} broker: {kills} rounds of CLIENT KILL TYPE normal "
         f"({broker_cuts} AMQP connections closed); {len(ids) + len(after)} delivered"
     )
-    assert kills >= 5
     if rabbitmq is not None:
         assert broker_cuts >= 2 * kills, "each round closed the workers' AMQP connections"
     assert all(w.alive() for w in workers)
