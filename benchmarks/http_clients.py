@@ -78,7 +78,7 @@ def clients(base: str, token: str) -> dict[str, Callable[[], int]]:
 
     def urllib3_as_httpx() -> int:
         raw = u3.urlopen("POST", path, body=BODY, headers=headers, retries=False)
-        response = httpx.Response(raw.status, headers=raw.headers.items(), content=raw.data)
+        response = httpx.Response(raw.status, headers=list(raw.headers.items()), content=raw.data)
         return response.status_code
 
     return {
