@@ -1,6 +1,8 @@
 """Benchmarks P1-P5 of issue 7, P6 (status webhooks), P7 (batch submits), P9 (scheduled
-sends) and P11 (1,000 concurrent senders), each beside a baseline measured in the same run
-(P6's: the same run without webhooks; P7's: single submits; P9's: the same worker idle).
+sends), P11 (1,000 concurrent senders) and P12 (submit -> delivered latency at 10
+messages/s), each beside a baseline measured in the same run (P6's: the same run without
+webhooks; P7's: single submits; P9's: the same worker idle; P12 has none: compare two
+versions in the same run).
 
     python benchmarks/run.py --quick          # < 3 minutes on 2 cores
     python benchmarks/run.py --only P1,P2     # a subset
@@ -9,7 +11,7 @@ sends) and P11 (1,000 concurrent senders), each beside a baseline measured in th
                                               # also P1, P3 with RabbitMQ as the broker
 
 Starts its own Redis (no AOF), the Easemob simulator and every worker/API
-process, runs, stops them and prints one JSON object with keys P1..P7, P9 and P11, each
+process, runs, stops them and prints one JSON object with keys P1..P7, P9, P11 and P12, each
 ``{"value", "baseline", "ratio", "goal", "met", ...details}``. Progress goes
 to stderr. Figures are ratios against baselines on the same Redis with the
 same pool and concurrency; absolute numbers move with the machine's load.
@@ -550,7 +552,7 @@ class Bench:
     def run(self, only: set[str]) -> dict[str, Any]:
         started = time.monotonic()
         try:
-            if only & {"P1", "P2", "P5", "P6"}:
+            if only & {"P1", "P2", "P5", "P6", "P12"}:
                 sim = harness.Simulator().start()
                 try:
                     if only & {"P1", "P5"}:
@@ -563,6 +565,10 @@ class Bench:
                         from benchmarks import webhooks_bench
 
                         self.results["P6"] = webhooks_bench.run(self, say, sim)
+                    if "P12" in only:
+                        from benchmarks import latency_bench
+
+                        self.results["P12"] = latency_bench.run(self, say, sim)
                 finally:
                     sim.stop()
             if "P3" in only:
@@ -583,7 +589,7 @@ class Bench:
             self.redis.close()
             self.server.cleanup()
         keys_in_order = ("P1", "P1_amqp", "P2", "P3", "P3_amqp", "P4", "P5", "P6", "P7", "P9")
-        keys_in_order += ("P11",)
+        keys_in_order += ("P11", "P12")
         out: dict[str, Any] = {k: self.results[k] for k in keys_in_order if k in self.results}
         out["machine"] = machine()
         out["seconds"] = round(time.monotonic() - started, 1)
@@ -613,7 +619,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small N: under 3 minutes")
     parser.add_argument(
-        "--only", default="P1,P2,P3,P4,P5,P6,P7,P9,P11", help="comma-separated subset"
+        "--only", default="P1,P2,P3,P4,P5,P6,P7,P9,P11,P12", help="comma-separated subset"
     )
     parser.add_argument(
         "--p11-pool", type=int, default=None, help="P11 with this DISPATCHER_API_REDIS_CONNECTIONS"

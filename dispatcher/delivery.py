@@ -9,11 +9,11 @@ state machine").
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import random
 import socket
-import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -104,9 +104,23 @@ class LeaseKeeper:
         self.expires = asked + left
 
 
+_attempts = itertools.count(1)
+_owner_prefix: tuple[int, str] = (0, "")
+
+
 def attempt_owner() -> str:
-    """Unique per attempt: a redelivered copy of the same Celery task must not share it."""
-    return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident() % 100000}:{uuid.uuid4().hex[:8]}"
+    """Unique per attempt: a redelivered copy of the same Celery task must not share it.
+
+    The host, the process, a random part drawn once per process (a pid reused after a
+    restart is another owner) and a counter of this process's attempts: no uuid per
+    attempt."""
+    global _owner_prefix
+    pid, prefix = _owner_prefix
+    if pid != os.getpid():  # first use in this process (or in a forked child)
+        pid = os.getpid()
+        prefix = f"{socket.gethostname()}:{pid}:{uuid.uuid4().hex[:8]}"
+        _owner_prefix = (pid, prefix)
+    return f"{prefix}:{next(_attempts)}"
 
 
 def attempt(

@@ -9,6 +9,7 @@ before a fork.
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from functools import cache, cached_property
@@ -125,6 +126,9 @@ def get_app() -> Celery:
     signals.worker_process_shutdown.connect(_flush_durations, weak=False)
     signals.worker_ready.connect(_start_scheduler, weak=False)
     signals.worker_shutdown.connect(_stop_scheduler, weak=False)
+    # Connected last: runs after the other start-up handlers above.
+    signals.worker_ready.connect(_freeze_heap, weak=False)
+    signals.worker_process_init.connect(_freeze_heap, weak=False)
     return app
 
 
@@ -207,6 +211,13 @@ def _start_scheduler(sender: Any = None, **_: Any) -> None:
     # Every worker runs one, leaderless: a promotion claims each message atomically.
     if get_settings().scheduler_interval > 0:
         get_app().dispatcher_scheduler = make_scheduler(delivery_task().store).start()
+
+
+def _freeze_heap(sender: Any = None, **_: Any) -> None:
+    # Everything built at start-up (modules, the app, pools) lives as long as the process:
+    # out of the collector's generations, a full collection no longer walks it on the
+    # delivery path (docs/architecture.md, "Costs").
+    gc.freeze()
 
 
 def _stop_scheduler(sender: Any = None, **_: Any) -> None:

@@ -1,17 +1,33 @@
 """HTTP for channels: one small connection pool per worker thread, and JSON bodies.
 
-httpcore scans every pooled connection on each request, so with many threads
-sharing one big client the CPU per request grows with the pool; several small
-ones, one per thread, keep it flat (docs/architecture.md, "Costs").
+:class:`ProviderHttp` is the provider call on the delivery path: urllib3's pool,
+the cheapest of the pooled clients measured (``benchmarks/http_clients.py``),
+with TLS, keep-alive and a connection found closed replaced before anything is
+written on it; its errors are httpx's, so the channels map them in one place.
+:class:`PerThreadHttp` is httpx's, for calls off that path. httpcore scans every
+pooled connection on each request, so with many threads sharing one big client
+the CPU per request grows with the pool; several small ones, one per thread,
+keep it flat (docs/architecture.md, "Costs").
 """
 
 from __future__ import annotations
 
 import json
+import ssl
 import threading
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import httpx
+import urllib3
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    MaxRetryError,
+    NewConnectionError,
+    ProtocolError,
+    ReadTimeoutError,
+)
 
 
 def encode_body(body: dict[str, Any]) -> bytes:
@@ -90,9 +106,108 @@ class PerThreadHttp:
             self._opened.append(opened)
 
 
-def json_or_none(response: httpx.Response) -> object:
+class HasJson(Protocol):
+    def json(self) -> Any: ...
+
+
+def json_or_none(response: HasJson) -> object:
     """The response's JSON body, or None when it has none."""
     try:
         return response.json()
     except ValueError:
         return None
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A provider's answer, read in full."""
+
+    status_code: int
+    headers: Mapping[str, str]
+    """Case-insensitive."""
+    content: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+
+_CONNECT_RETRY = urllib3.Retry(
+    total=1, connect=1, read=0, redirect=False, status=0, other=0, raise_on_status=False
+)
+"""A connection that could not be made is tried once more (nothing was written on it);
+a request that may have been written is never sent again here: the attempt reports it
+(ambiguous) and the retry policy decides."""
+
+
+class ProviderHttp:
+    """Provider calls on the delivery path: a small urllib3 pool per thread and host.
+
+    A pooled connection the server has closed meanwhile is noticed before the request
+    and replaced; errors are raised as httpx's (``httpx.ConnectError``,
+    ``httpx.ConnectTimeout``, ``httpx.ReadTimeout``, ``httpx.RemoteProtocolError``, ...).
+    """
+
+    def __init__(self, timeout: httpx.Timeout, headers: dict[str, str]) -> None:
+        self.headers = headers
+        self._timeout = urllib3.Timeout(connect=timeout.connect, read=timeout.read)
+        self._local = threading.local()
+        self._opened: list[urllib3.PoolManager] = []
+        self._lock = threading.Lock()
+        # One TLS context for every per-thread pool (loading the CA bundle costs tens of ms).
+        self._tls: ssl.SSLContext = httpx.create_ssl_context()
+
+    def _pools(self) -> urllib3.PoolManager:
+        pools: urllib3.PoolManager | None = getattr(self._local, "pools", None)
+        if pools is None:
+            pools = urllib3.PoolManager(
+                num_pools=4,
+                maxsize=4,
+                ssl_context=self._tls,
+                timeout=self._timeout,
+                retries=_CONNECT_RETRY,
+            )
+            self._local.pools = pools
+            with self._lock:
+                self._opened.append(pools)
+        return pools
+
+    def post(self, url: str, content: bytes, headers: dict[str, str]) -> Reply:
+        """POST ``content`` to ``url`` and read the whole answer; raises httpx.HTTPError."""
+        try:
+            raw = self._pools().urlopen(
+                "POST",
+                url,
+                body=content,
+                headers={**self.headers, **headers},
+                redirect=False,
+                preload_content=True,
+            )
+        except urllib3.exceptions.HTTPError as exc:
+            raise _as_httpx(exc) from None
+        return Reply(raw.status, raw.headers, raw.data)
+
+    def close(self) -> None:
+        with self._lock:
+            for pools in self._opened:
+                pools.clear()
+            self._opened.clear()
+
+
+def _as_httpx(exc: urllib3.exceptions.HTTPError) -> httpx.HTTPError:
+    """urllib3's error as the httpx error of the same meaning (the message kept)."""
+    if isinstance(exc, MaxRetryError) and isinstance(exc.reason, Exception):
+        reason: Exception = exc.reason
+    else:
+        reason = exc
+    kind: type[httpx.HTTPError]
+    if isinstance(reason, NewConnectionError):  # a subclass of ConnectTimeoutError
+        kind = httpx.ConnectError
+    elif isinstance(reason, ConnectTimeoutError):
+        kind = httpx.ConnectTimeout
+    elif isinstance(reason, ReadTimeoutError):
+        kind = httpx.ReadTimeout
+    elif isinstance(reason, ProtocolError):
+        kind = httpx.RemoteProtocolError
+    else:  # TLS failures included: the request may have been written
+        kind = httpx.TransportError
+    return kind(str(reason))

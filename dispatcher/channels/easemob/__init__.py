@@ -27,7 +27,7 @@ from dispatcher.channels.easemob.mapping import (
     transport_error,
 )
 from dispatcher.channels.easemob.recall import recall_delivered
-from dispatcher.channels.http import PerThreadHttp, encode_body, json_or_none
+from dispatcher.channels.http import PerThreadHttp, ProviderHttp, Reply, encode_body, json_or_none
 from dispatcher.channels.tokens import TokenCache
 from dispatcher.config import Settings
 from dispatcher.connections import REDIS_ERRORS
@@ -111,16 +111,17 @@ class EasemobChannel:
             other_costs=call_costs("chatgroups"),
             types=CHANNEL.carries - CHANNEL.media,
         )
-        self.http = PerThreadHttp(
-            httpx.Timeout(config.timeout, connect=CONNECT_TIMEOUT),
-            {"Accept": "application/json", "User-Agent": "dispatcher"},
-        )
-        self._messages_url = httpx.URL(f"{self.base}/messages?useMsgId=true")
+        timeout = httpx.Timeout(config.timeout, connect=CONNECT_TIMEOUT)
+        common = {"Accept": "application/json", "User-Agent": "dispatcher"}
+        self.http = ProviderHttp(timeout, common)
+        self.token_http = PerThreadHttp(timeout, common)
+        self._messages_url = f"{self.base}/messages?useMsgId=true"
         self.call_seconds = config.timeout + CONNECT_TIMEOUT
         """The longest one provider call may take (its lease must cover that)."""
 
     def close(self) -> None:
         self.http.close()
+        self.token_http.close()
 
     def rate_prepay(self) -> Prepay | None:
         """What the lease script may charge before the send (see :class:`Prepay`).
@@ -198,7 +199,7 @@ class EasemobChannel:
         except TimeoutError as exc:
             raise ProviderError("rate_limited_locally", str(exc), retryable=True) from None
 
-    def _post_message(self, payload: bytes, token: str) -> httpx.Response:
+    def _post_message(self, payload: bytes, token: str) -> Reply:
         headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
         try:
             return self.http.post(self._messages_url, payload, headers)
@@ -207,7 +208,7 @@ class EasemobChannel:
 
     def _fetch_token(self) -> tuple[str, int]:
         try:
-            response = self.http.client.post(
+            response = self.token_http.client.post(
                 f"{self.base}/token",
                 json={
                     "grant_type": "client_credentials",

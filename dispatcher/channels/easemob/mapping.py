@@ -7,6 +7,7 @@ The mapping table is in docs/extending.md, "The Easemob channel".
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -163,7 +164,7 @@ def retry_after_seconds(value: str | None) -> float | None:
         return None
 
 
-def classify(status: int, body: Any, headers: httpx.Headers | dict[str, str]) -> ProviderError:
+def classify(status: int, body: Any, headers: Mapping[str, str]) -> ProviderError:
     """The DeliveryError for a non-200 reply (docs/reliability.md, "What is retried")."""
     code = f"http_{status}"
     description = ""

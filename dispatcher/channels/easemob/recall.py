@@ -12,7 +12,7 @@ import httpx
 
 from dispatcher.channels.base import RecallAnswer, RecallRequest, RecallVerdict
 from dispatcher.channels.easemob.mapping import classify, transport_error
-from dispatcher.channels.http import encode_body, json_or_none
+from dispatcher.channels.http import Reply, encode_body, json_or_none
 from dispatcher.errors import ConfigurationError, DeliveryError
 
 if TYPE_CHECKING:
@@ -88,7 +88,7 @@ def recall(channel: EasemobChannel, request: RecallRequest) -> RecallAnswer:
             "force": False,
         }
     )
-    url = httpx.URL(f"{channel.base}/messages/msg_recall")
+    url = f"{channel.base}/messages/msg_recall"
     token = channel.tokens.get()
     response = _post(channel, url, payload, token)
     if response.status_code == 401:  # expired or revoked: refresh once (shared) and retry
@@ -97,7 +97,7 @@ def recall(channel: EasemobChannel, request: RecallRequest) -> RecallAnswer:
     return read_answer(response.status_code, json_or_none(response))
 
 
-def _post(channel: EasemobChannel, url: httpx.URL, payload: bytes, token: str) -> httpx.Response:
+def _post(channel: EasemobChannel, url: str, payload: bytes, token: str) -> Reply:
     headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
     try:
         return channel.http.post(url, payload, headers)
