@@ -9,24 +9,25 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
+from types import SimpleNamespace
 from typing import Any
 
+import httpcore
 import httpx
 import pytest
 from pydantic import ValidationError
 from standardwebhooks.webhooks import Webhook
 
 from dispatcher.api.webhooks import DEAD_LETTERS, ENDPOINTS, REPLAY
-from dispatcher.channels.http import PerThreadHttp
 from dispatcher.config import ClientConfig
 from dispatcher.webhooks.config import WebhookEndpoint
+from dispatcher.webhooks.guard import RefusedDestination, check_destination
 from dispatcher.webhooks.outbox import Event, Outcome, WebhookStore, delivery_member
 from dispatcher.webhooks.send import (
     MAX_BODY_BYTES,
-    RefusedDestination,
     Verdict,
+    WebhookHttp,
     build_body,
-    check_destination,
     post,
     retry_after_seconds,
     signed_headers,
@@ -129,11 +130,17 @@ def test_signatures_verify_with_standardwebhooks_and_with_each_secret_while_rota
         Webhook(SECRET).verify(tampered, headers)
 
 
+def answering(status: int, **headers: str) -> WebhookHttp:
+    """Connections that read back one canned answer (httpcore's mock network backend)."""
+    lines = [f"HTTP/1.1 {status} Whatever\r\n".encode()]
+    lines += [f"{name}: {value}\r\n".encode() for name, value in headers.items()]
+    lines += [b"Content-Length: 0\r\n", b"\r\n"]
+    return WebhookHttp(timeout=5, allow_loopback=False, backend=httpcore.MockBackend(lines))
+
+
 def answer(status: int, **headers: str) -> Any:
-    http = PerThreadHttp(httpx.Timeout(5), {})
-    http._local.transport = httpx.MockTransport(lambda r: httpx.Response(status, headers=headers))
     target = endpoint(url="https://93.184.215.14/h")
-    return post(http, target, "msg_1", "{}", allow_loopback=False)
+    return post(answering(status, **headers), target, "msg_1", "{}")
 
 
 def test_what_an_answer_means() -> None:
@@ -206,7 +213,7 @@ def test_an_endpoint_failing_for_the_disable_period_is_disabled_and_says_so(
     import redis as redis_lib
 
     from dispatcher.config import Settings
-    from dispatcher.webhooks.task import deliver_webhook
+    from dispatcher.webhooks.task import Senders, run_webhook_task
 
     client = redis_lib.Redis.from_url(redis_url)
     hooks = [{"url": "https://93.184.215.14/h", "secret": SECRET}]
@@ -220,17 +227,14 @@ def test_an_endpoint_failing_for_the_disable_period_is_disabled_and_says_so(
     six_days_ago = int((datetime.now(tz=UTC) - timedelta(days=6)).timestamp() * 1000)
     client.hset(f"dispatcher:webhooks:endpoint:{endpoint_id}", "failingSince", six_days_ago)
     [(_, claim)] = [c for c in store.claim_due(1000, 60) if c[0] == member]
-    http = PerThreadHttp(httpx.Timeout(5), {})
-    http._local.transport = httpx.MockTransport(lambda r: httpx.Response(500))
-    outcome = deliver_webhook(
-        store.delivery(member),
-        claim,
-        disabled=None,
+    task = SimpleNamespace(
         settings=settings,
         subscriptions=settings.webhook_subscriptions(),
         store=store,
-        http=http,
+        http=answering(500),
+        senders=Senders(),
     )
+    [outcome] = run_webhook_task(task, [[member, claim]], time.time())  # type: ignore[arg-type]
     assert outcome == "dead"
     assert "failing for 5 day(s)" in (store.disabled(endpoint_id) or "")
     client.close()
