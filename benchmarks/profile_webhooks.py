@@ -51,7 +51,7 @@ def record_events(client: Any, settings: Settings, n: int) -> None:
         client.rpush(keys.WEBHOOK_OUTBOX, json.dumps(event))
 
 
-def in_worker(server_url: str, clients: dict[str, Any], n: int) -> None:
+def in_worker(server_url: str, clients: dict[str, Any], n: int, endpoint_pid: int) -> None:
     settings = Settings(redis_url=server_url, clients=clients)
     client = redis_client(settings)
     defaults = Settings(_env_file=None)
@@ -77,6 +77,7 @@ def in_worker(server_url: str, clients: dict[str, Any], n: int) -> None:
         time.sleep(3)
         idle = (harness.cpu_seconds(worker.pid) - idle_from) / (time.monotonic() - wall)
         cpu, wall = harness.cpu_seconds(worker.pid), time.monotonic()
+        receiver_cpu = harness.cpu_seconds(endpoint_pid)
         record_events(client, settings, n)
         harness.wait_until(
             lambda: client.llen(keys.WEBHOOK_OUTBOX) == 0 and client.zcard(keys.WEBHOOK_DUE) == 0,
@@ -84,9 +85,11 @@ def in_worker(server_url: str, clients: dict[str, Any], n: int) -> None:
         )
         wall = time.monotonic() - wall
         cpu = harness.cpu_seconds(worker.pid) - cpu - idle * wall
+        receiver_cpu = harness.cpu_seconds(endpoint_pid) - receiver_cpu
         harness.stop_py_spy(spy)
     print(f"events: {n} in {wall:.2f} s ({n / wall:.0f}/s)")
     print(f"worker cpu per event: {1000 * cpu / n:.3f} ms (idle {1000 * idle:.0f} ms/s subtracted)")
+    print(f"receiver cpu per event: {1000 * receiver_cpu / n:.3f} ms")
 
 
 def main() -> None:
@@ -102,7 +105,7 @@ def main() -> None:
             }
         }
         if "--worker" in sys.argv:
-            in_worker(server.url, clients, n)
+            in_worker(server.url, clients, n, endpoint.pid)
             return
         from dispatcher.webhooks.send import WebhookHttp
         from dispatcher.webhooks.task import Senders, run_webhook_task
