@@ -31,9 +31,9 @@ WEBHOOK_TASK = "dispatcher.webhook"
 T = TypeVar("T")
 R = TypeVar("R")
 
-SENDERS = 32
+SENDERS = 64
 """Webhook requests in flight at once per worker process (threads and connections)."""
-PER_ENDPOINT = 8
+PER_ENDPOINT = 16
 """Of those, at most this many to one endpoint: a slow receiver never takes them all."""
 
 
