@@ -158,7 +158,7 @@ class Settings(BaseSettings):
     webhook_disable_after: int = Field(default=432000, ge=60)
     webhook_claim_seconds: int = Field(default=60, ge=5)
     webhook_poll_interval: float = Field(default=0.5, gt=0)
-    webhook_batch: int = Field(default=10, ge=1, le=100)
+    webhook_batch: int = Field(default=50, ge=1, le=100)
 
     # Logging
     log_level: str = "INFO"

@@ -101,6 +101,20 @@ class Delivery:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class Result:
+    """What became of one claimed delivery, to record (``next_in``: seconds to the next
+    attempt when retrying; ``disable``: why its endpoint is now disabled)."""
+
+    delivery: Delivery
+    outcome: Outcome
+    attempted: bool
+    status: int | None = None
+    error: str | None = None
+    next_in: float = 0.0
+    disable: str | None = None
+
+
 def _int(value: bytes | str | None) -> int | None:
     return None if value is None or value in (b"", "") else int(text(value))
 
@@ -173,10 +187,22 @@ class WebhookStore:
 
     def deliveries(self, members: list[str]) -> list[Delivery | None]:
         """The deliveries in the order asked (None for gone ones), in one round trip."""
+        return self.deliveries_and_health(members, None)[0]
+
+    def deliveries_and_health(
+        self, members: list[str], endpoint_id: str | None
+    ) -> tuple[list[Delivery | None], dict[str, str]]:
+        """The deliveries in the order asked (None for gone ones) and the health of
+        ``endpoint_id`` (see :meth:`endpoint_health`), in one round trip."""
         pipe = self.redis.pipeline(transaction=False)
         for member in members:
             pipe.hgetall(keys.webhook_delivery(member))
-        return [_delivery(m, fields) for m, fields in zip(members, pipe.execute(), strict=True)]
+        if endpoint_id is not None:
+            pipe.hgetall(keys.webhook_endpoint(endpoint_id))
+        replies = pipe.execute()
+        health = replies.pop() if endpoint_id is not None else {}
+        found = [_delivery(m, fields) for m, fields in zip(members, replies, strict=True)]
+        return found, {text(k): text(v) for k, v in health.items()}
 
     def record(
         self,
@@ -190,29 +216,38 @@ class WebhookStore:
         disable: str | None = None,
     ) -> str:
         """Record one attempt's outcome: ok, stale (a newer claim exists) or missing."""
+        result = Result(delivery, outcome, attempted, status, error, next_in, disable)
+        return self.record_all([result])[0]
+
+    def record_all(self, results: list[Result]) -> list[str]:
+        """Record the outcomes of one endpoint's deliveries in one call; per result ok,
+        stale (a newer claim exists) or missing."""
+        if not results:
+            return []
+        endpoint_id = results[0].delivery.endpoint_id
+        outcomes: list[str | int] = []
+        for r in results:
+            if r.delivery.endpoint_id != endpoint_id:
+                raise ValueError("one call records the deliveries of one endpoint")
+            outcomes += [r.delivery.member, r.delivery.claim, r.outcome.value,
+                         1 if r.attempted else 0, "" if r.status is None else r.status,
+                         r.error or "", int(r.next_in * 1000), r.disable or ""]  # fmt: skip
         reply = self._result(
             self.redis,
             {
-                "delivery": keys.webhook_delivery(delivery.member),
                 "due": keys.WEBHOOK_DUE,
                 "dead": keys.WEBHOOK_DEAD,
-                "endpoint": keys.webhook_endpoint(delivery.endpoint_id),
+                "endpoint": keys.webhook_endpoint(endpoint_id),
+                "deliveries": [keys.webhook_delivery(r.delivery.member) for r in results],
             },
             {
-                "member": delivery.member,
-                "claim": delivery.claim,
-                "outcome": outcome.value,
-                "attempted": 1 if attempted else 0,
-                "status": status,
-                "last_error": error,
-                "next_ms": int(next_in * 1000),
                 "dead_cap": keys.MAX_WEBHOOK_DEAD,
                 "dead_ttl": self.dead_ttl,
                 "key_open": keys.WEBHOOK_DELIVERY_OPEN,
-                "disable": disable,
+                "outcomes": outcomes,
             },
         )
-        return text(reply)
+        return [text(verdict) for verdict in reply]
 
     # -- operators
 

@@ -1,41 +1,45 @@
-"""One webhook attempt: the destination guard, the signed request, what the answer means.
+"""One webhook attempt: the signed request on guarded connections, what the answer means.
 
 Signatures come from the ``standardwebhooks`` library (the Standard Webhooks reference
-implementation): ``v1,<base64 HMAC-SHA256>`` over ``{id}.{timestamp}.{body}``. What an
+implementation): ``v1,<base64 HMAC-SHA256>`` over ``{id}.{timestamp}.{body}``. Requests
+go through an httpcore connection pool whose connections are opened only to vetted
+addresses (:mod:`dispatcher.webhooks.guard`); httpcore never follows a redirect. What an
 answer means follows docs/webhooks.md: 2xx delivered; 410 disables the endpoint;
 429/502/503/504 are throttling and their ``Retry-After`` is honoured; anything else,
-3xx included (redirects are never followed), is a failure to retry.
+3xx included, is a failure to retry.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import json
-import socket
+import ssl
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from enum import StrEnum
 from typing import Any
-from urllib.parse import urlsplit
 
+import httpcore
 import httpx
 from standardwebhooks.webhooks import Webhook
 
-from dispatcher.channels.http import PerThreadHttp
 from dispatcher.webhooks.config import WebhookEndpoint
+from dispatcher.webhooks.guard import GuardedBackend, RefusedDestination
 from dispatcher.webhooks.outbox import Event
 
 MAX_BODY_BYTES = 20 * 1024
 THROTTLED = frozenset({429, 502, 503, 504})
 MAX_RETRY_AFTER = 86400.0
+MAX_ANSWER_BYTES = 64 * 1024
+"""Of an answer's body, read at most this much (its content is never used; a short body
+read to its end keeps the connection alive)."""
 _ERROR_TEXT_LIMIT = 500
-
-METADATA_ADDRESSES = frozenset(
-    ipaddress.ip_address(a)
-    for a in ("169.254.169.254", "100.100.100.200", "fd00:ec2::254", "169.254.170.2")
+_FAULTS = (
+    httpcore.NetworkError,
+    httpcore.ProtocolError,
+    httpcore.UnsupportedProtocol,
+    httpcore.ProxyError,
 )
-"""Cloud instance-metadata services (AWS, Alibaba Cloud, AWS IPv6, ECS task metadata)."""
 
 
 class Verdict(StrEnum):
@@ -51,44 +55,6 @@ class Answer:
     status: int | None
     error: str = ""
     retry_after: float | None = None
-
-
-class RefusedDestination(Exception):
-    """The URL resolves to an address webhooks must not reach."""
-
-
-def check_destination(url: str, *, allow_loopback: bool) -> None:
-    """Refuse loopback (unless allowed), private, link-local, metadata and other non-public
-    addresses, every address the host resolves to (docs/webhooks.md, "Destinations")."""
-    parts = urlsplit(url)
-    host = parts.hostname
-    if parts.scheme not in ("http", "https") or not host:
-        raise RefusedDestination("not an http(s) URL")
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    try:
-        addresses = [ipaddress.ip_address(host)]  # a literal needs no resolver
-    except ValueError:
-        addresses = _resolve(host, port)
-    for address in addresses:
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-            address = address.ipv4_mapped
-        if address.is_loopback:
-            if not allow_loopback:
-                raise RefusedDestination(
-                    f"{host} resolves to loopback {address} "
-                    "(allowed only with DISPATCHER_WEBHOOK_ALLOW_LOOPBACK=true)"
-                )
-            continue
-        if address in METADATA_ADDRESSES or not address.is_global:
-            raise RefusedDestination(f"{host} resolves to non-public address {address}")
-
-
-def _resolve(host: str, port: int) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except OSError as exc:
-        raise RefusedDestination(f"cannot resolve {host}: {exc}") from None
-    return [ipaddress.ip_address(str(info[4][0]).partition("%")[0]) for info in infos]
 
 
 def build_body(event: Event, message_id: str) -> str:
@@ -143,28 +109,62 @@ def signed_headers(endpoint: WebhookEndpoint, webhook_id: str, body: str) -> dic
     }
 
 
-def post(
-    http: PerThreadHttp,
-    endpoint: WebhookEndpoint,
-    webhook_id: str,
-    body: str,
-    *,
-    allow_loopback: bool,
-) -> Answer:
+class WebhookHttp:
+    """The process's webhook connections: one thread-safe httpcore pool, kept alive,
+    its connections opened by :class:`GuardedBackend` (or ``backend``, in tests)."""
+
+    def __init__(
+        self,
+        *,
+        timeout: float,
+        allow_loopback: bool,
+        connections: int = 16,
+        backend: httpcore.NetworkBackend | None = None,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        self.timeout = {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}
+        self.pool = httpcore.ConnectionPool(
+            ssl_context=tls or httpx.create_ssl_context(),
+            max_connections=connections,
+            max_keepalive_connections=connections,
+            network_backend=backend or GuardedBackend(allow_loopback=allow_loopback),
+        )
+
+    def post(self, url: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, str]]:
+        """Status and headers (lower-case names) of the answer; raises httpcore's errors
+        and RefusedDestination."""
+        with self.pool.stream(
+            "POST",
+            url,
+            headers=list(headers.items()),
+            content=body,
+            extensions={"timeout": self.timeout},
+        ) as response:
+            read = 0
+            for chunk in response.iter_stream():
+                read += len(chunk)
+                if read > MAX_ANSWER_BYTES:
+                    break
+            return response.status, {
+                k.decode("latin-1").lower(): v.decode("latin-1") for k, v in response.headers
+            }
+
+    def close(self) -> None:
+        self.pool.close()
+
+
+def post(http: WebhookHttp, endpoint: WebhookEndpoint, webhook_id: str, body: str) -> Answer:
     """Send one signed request; never raises for the receiver's or the network's faults."""
     try:
-        check_destination(endpoint.url, allow_loopback=allow_loopback)
+        status, headers = http.post(
+            endpoint.url, body.encode(), signed_headers(endpoint, webhook_id, body)
+        )
     except RefusedDestination as exc:
         return Answer(Verdict.FAILED, None, f"refused destination: {exc}")
-    try:
-        response = http.post(
-            httpx.URL(endpoint.url), body.encode(), signed_headers(endpoint, webhook_id, body)
-        )
-    except httpx.TimeoutException:
+    except httpcore.TimeoutException:
         return Answer(Verdict.FAILED, None, "timed out")
-    except httpx.HTTPError as exc:
+    except _FAULTS as exc:
         return Answer(Verdict.FAILED, None, f"{type(exc).__name__}: {str(exc)[:200]}")
-    status = response.status_code
     if 200 <= status < 300:
         return Answer(Verdict.DELIVERED, status)
     if status == 410:
@@ -172,7 +172,7 @@ def post(
     error = f"HTTP {status}"
     if 300 <= status < 400:
         error += " (redirects are not followed)"
-    retry_after = retry_after_seconds(response.headers.get("retry-after"))
+    retry_after = retry_after_seconds(headers.get("retry-after"))
     return Answer(Verdict.FAILED, status, error, retry_after if status in THROTTLED else None)
 
 

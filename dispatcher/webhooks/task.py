@@ -1,114 +1,88 @@
-"""One claimed delivery, sent and recorded: what the ``dispatcher.webhook`` task runs."""
+"""A batch of claimed deliveries to one endpoint, sent and recorded: the
+``dispatcher.webhook`` task.
+
+The batch is read in one round trip (its deliveries and the endpoint's health), its
+requests go out concurrently on the process's kept-alive connections, and every
+outcome is recorded in one script call (docs/webhooks.md, "Cost").
+"""
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
-from typing import Any
+from typing import Any, TypeVar
 
-import httpx
 from celery import Task
 
-from dispatcher.channels.http import PerThreadHttp
 from dispatcher.config import Settings, get_settings
 from dispatcher.connections import redis_client
-from dispatcher.webhooks.config import Subscriptions
-from dispatcher.webhooks.outbox import Delivery, Outcome, WebhookStore
-from dispatcher.webhooks.send import Verdict, post
+from dispatcher.webhooks.config import Subscriptions, WebhookEndpoint
+from dispatcher.webhooks.outbox import Delivery, Outcome, Result, WebhookStore
+from dispatcher.webhooks.send import Answer, Verdict, WebhookHttp, post
 
 log = logging.getLogger(__name__)
 
 WEBHOOK_TASK = "dispatcher.webhook"
 
+T = TypeVar("T")
+R = TypeVar("R")
 
-def deliver_webhook(
-    delivery: Delivery | None,
-    claim: int,
+SENDERS = 64
+"""Webhook requests in flight at once per worker process (threads and connections)."""
+PER_ENDPOINT = 16
+"""Of those, at most this many to one endpoint: a slow receiver never takes them all."""
+
+
+def judge(
+    delivery: Delivery,
+    answer: Answer,
     *,
-    disabled: str | None,
     settings: Settings,
-    subscriptions: Subscriptions,
-    store: WebhookStore,
-    http: PerThreadHttp,
-) -> str:
-    """Attempt the delivery once, if ``claim`` is still its newest; returns what happened.
-    ``disabled``: why its endpoint is disabled, or None."""
-    if delivery is None or delivery.claim != claim:
-        return "stale"
-    message_id = _message_id(delivery)
-    configured = subscriptions.endpoints.get(delivery.endpoint_id)
-    if configured is None:
-        return _give_up(store, delivery, message_id, "endpoint no longer configured")
-    if disabled:
-        return _give_up(store, delivery, message_id, f"endpoint disabled: {disabled}")
-    _, endpoint = configured
-
-    answer = post(
-        http,
-        endpoint,
-        delivery.webhook_id,
-        delivery.body,
-        allow_loopback=settings.webhook_allow_loopback,
-    )
-    attempt = delivery.attempts + 1
-    where = f"getMessageId={message_id} webhook-id={delivery.webhook_id} endpoint={delivery.endpoint_id}"
+    failing_since_ms: int | None,
+) -> Result:
+    """What an attempt's answer makes of the delivery: done, retried later or dead (and
+    whether its endpoint is disabled). ``failing_since_ms``: the endpoint's failure
+    streak before this batch."""
     if answer.verdict is Verdict.DELIVERED:
-        store.record(delivery, Outcome.DELIVERED, attempted=True, status=answer.status)
-        log.info("%s delivered attempt=%d status=%s", where, attempt, answer.status)
-        return "delivered"
-
+        return Result(delivery, Outcome.DELIVERED, True, answer.status)
+    attempt = delivery.attempts + 1
     schedule = settings.webhook_schedule
     disable = None
     if answer.verdict is Verdict.GONE:
         disable = "the endpoint answered 410 Gone"
-    elif _failing_too_long(store, delivery.endpoint_id, settings.webhook_disable_after):
+    elif (
+        failing_since_ms is not None
+        and time.time() - failing_since_ms / 1000 >= settings.webhook_disable_after
+    ):
         disable = f"failing for {settings.webhook_disable_after // 86400 or 1} day(s) or more"
     if disable is None and attempt < len(schedule):
         delay = max(schedule[attempt], answer.retry_after or 0.0)
-        store.record(
-            delivery,
-            Outcome.RETRYING,
-            attempted=True,
-            status=answer.status,
-            error=answer.error,
-            next_in=delay,
-        )
-        log.warning("%s attempt=%d failed (%s), next in %.0fs", where, attempt, answer.error, delay)
-        return "retrying"
-    store.record(
-        delivery,
-        Outcome.DEAD,
-        attempted=True,
-        status=answer.status,
-        error=answer.error,
-        disable=disable,
+        return Result(delivery, Outcome.RETRYING, True, answer.status, answer.error, next_in=delay)
+    return Result(delivery, Outcome.DEAD, True, answer.status, answer.error, disable=disable)
+
+
+def _log(result: Result) -> None:
+    delivery = result.delivery
+    where = (
+        f"getMessageId={_message_id(delivery)} webhook-id={delivery.webhook_id} "
+        f"endpoint={delivery.endpoint_id}"
     )
-    log.error(
-        "%s dead after attempt=%d: %s%s",
-        where,
-        attempt,
-        answer.error,
-        f"; {disable}" if disable else "",
-    )
-    return "dead"
-
-
-def _give_up(store: WebhookStore, delivery: Delivery, message_id: str, why: str) -> str:
-    store.record(delivery, Outcome.DEAD, attempted=False, error=why)
-    log.warning(
-        "getMessageId=%s webhook-id=%s endpoint=%s not sent: %s",
-        message_id,
-        delivery.webhook_id,
-        delivery.endpoint_id,
-        why,
-    )
-    return "dead"
-
-
-def _failing_too_long(store: WebhookStore, endpoint_id: str, limit_seconds: int) -> bool:
-    since = store.endpoint_health(endpoint_id).get("failingSince")
-    return since is not None and time.time() - int(since) / 1000 >= limit_seconds
+    attempt = delivery.attempts + 1
+    if not result.attempted:
+        if result.outcome is Outcome.DEAD:
+            log.warning("%s not sent: %s", where, result.error)
+    elif result.outcome is Outcome.DELIVERED:
+        log.info("%s delivered attempt=%d status=%s", where, attempt, result.status)
+    elif result.outcome is Outcome.RETRYING:
+        log.warning("%s attempt=%d failed (%s), next in %.0fs",
+                    where, attempt, result.error, result.next_in)  # fmt: skip
+    else:
+        log.error("%s dead after attempt=%d: %s%s", where, attempt, result.error,
+                  f"; {result.disable}" if result.disable else "")  # fmt: skip
 
 
 def _message_id(delivery: Delivery) -> str:
@@ -132,37 +106,100 @@ class WebhookTask(Task):  # type: ignore[misc]  # celery is untyped
         return WebhookStore(redis_client(self.settings), dead_ttl=self.settings.status_ttl)
 
     @cached_property
-    def http(self) -> PerThreadHttp:
-        # The bare transport per thread: cheap, and it never follows a redirect.
-        return PerThreadHttp(httpx.Timeout(self.settings.webhook_timeout), {})
+    def http(self) -> WebhookHttp:
+        return WebhookHttp(
+            timeout=self.settings.webhook_timeout,
+            allow_loopback=self.settings.webhook_allow_loopback,
+            connections=SENDERS,
+        )
+
+    @cached_property
+    def senders(self) -> Senders:
+        return Senders()
+
+
+class Senders:
+    """The threads a worker process sends webhooks on, at most PER_ENDPOINT of them to
+    one endpoint at a time."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(SENDERS, thread_name_prefix="dispatcher-webhook-send")
+        self._slots: dict[str, threading.BoundedSemaphore] = {}
+        self._lock = threading.Lock()
+
+    def map(self, endpoint_id: str, send: Callable[[T], R], items: list[T]) -> list[R]:
+        """``send`` of each item, the results in order. The items are dealt into up to
+        PER_ENDPOINT shares, each sent in turn by one thread: a hand-over between threads
+        costs about as much CPU as a request, so there is one per share, not per item."""
+        with self._lock:
+            slots = self._slots.setdefault(endpoint_id, threading.BoundedSemaphore(PER_ENDPOINT))
+        shares = min(PER_ENDPOINT, len(items))
+
+        def send_share(share: list[T]) -> list[R]:
+            try:
+                return [send(item) for item in share]
+            finally:
+                slots.release()
+
+        futures = []
+        for first in range(shares):
+            slots.acquire()
+            futures.append(self._pool.submit(send_share, items[first::shares]))
+        results: list[R] = [None] * len(items)  # type: ignore[list-item]  # all filled below
+        for first, future in enumerate(futures):
+            results[first::shares] = future.result()
+        return results
 
 
 def run_webhook_task(self: WebhookTask, batch: list[list[Any]], claimed_at: float) -> list[str]:
-    """Send claimed deliveries of one endpoint in turn (claimed at ``claimed_at``, unix
-    time). One whose claim would end before its request could time out is released (due
-    again now), never sent on a claim that may have passed to another worker."""
+    """Send claimed deliveries of one endpoint (claimed at ``claimed_at``, unix time);
+    per delivery delivered, retrying, dead, released or stale. One whose claim would end
+    before its request could time out is released (due again now), never sent on a claim
+    that may have passed to another worker."""
     settings, store = self.settings, self.store
     deadline = claimed_at + settings.webhook_claim_seconds - settings.webhook_timeout
     claims = [(str(member), int(claim)) for member, claim in batch]
-    deliveries = store.deliveries([member for member, _ in claims])
-    disabled = store.disabled(claims[0][0].partition(":")[0]) if claims else None
-    outcomes = []
-    for (_, claim), delivery in zip(claims, deliveries, strict=True):
-        if time.time() > deadline:
-            if delivery is not None and delivery.claim == claim:
-                store.record(delivery, Outcome.RELEASED, attempted=False)
-            outcomes.append("released")
-            continue
-        outcome = deliver_webhook(
-            delivery,
-            claim,
-            disabled=disabled,
-            settings=settings,
-            subscriptions=self.subscriptions,
-            store=store,
-            http=self.http,
+    if not claims:
+        return []
+    endpoint_id = claims[0][0].partition(":")[0]
+    deliveries, health = store.deliveries_and_health([m for m, _ in claims], endpoint_id)
+    configured = self.subscriptions.endpoints.get(endpoint_id)
+    disabled = health.get("disabled")
+    outcomes: dict[str, str] = {}
+    results: list[Result] = []
+    to_send: list[Delivery] = []
+    for (member, claim), delivery in zip(claims, deliveries, strict=True):
+        if delivery is None or delivery.claim != claim:
+            outcomes[member] = "stale"
+        elif configured is None:
+            results.append(Result(delivery, Outcome.DEAD, False, error="endpoint no longer configured"))  # fmt: skip
+        elif disabled:
+            results.append(Result(delivery, Outcome.DEAD, False, error=f"endpoint disabled: {disabled}"))  # fmt: skip
+        else:
+            to_send.append(delivery)
+    if to_send and configured is not None:
+        endpoint = configured[1]
+        answers = self.senders.map(
+            endpoint_id, lambda d: _send(self.http, endpoint, d, deadline), to_send
         )
-        if outcome == "dead" and delivery is not None:  # a 410 or a long failure disables
-            disabled = store.disabled(delivery.endpoint_id)
-        outcomes.append(outcome)
-    return outcomes
+        failing_since = health.get("failingSince")
+        for delivery, answer in zip(to_send, answers, strict=True):
+            if answer is None:
+                results.append(Result(delivery, Outcome.RELEASED, False))
+                continue
+            since = int(failing_since) if failing_since else None
+            results.append(judge(delivery, answer, settings=settings, failing_since_ms=since))
+    store.record_all(results)
+    for result in results:
+        _log(result)
+        outcomes[result.delivery.member] = result.outcome.value
+    return [outcomes[member] for member, _ in claims]
+
+
+def _send(
+    http: WebhookHttp, endpoint: WebhookEndpoint, delivery: Delivery, deadline: float
+) -> Answer | None:
+    """One attempt, or None when the claim's time ran out before it could be sent."""
+    if time.time() > deadline:
+        return None
+    return post(http, endpoint, delivery.webhook_id, delivery.body)

@@ -5,28 +5,31 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
+from types import SimpleNamespace
 from typing import Any
 
+import httpcore
 import httpx
 import pytest
 from pydantic import ValidationError
 from standardwebhooks.webhooks import Webhook
 
 from dispatcher.api.webhooks import DEAD_LETTERS, ENDPOINTS, REPLAY
-from dispatcher.channels.http import PerThreadHttp
 from dispatcher.config import ClientConfig
 from dispatcher.webhooks.config import WebhookEndpoint
-from dispatcher.webhooks.outbox import Event, Outcome, WebhookStore, delivery_member
+from dispatcher.webhooks.guard import RefusedDestination, check_destination
+from dispatcher.webhooks.outbox import Event, Outcome, Result, WebhookStore, delivery_member
 from dispatcher.webhooks.send import (
     MAX_BODY_BYTES,
-    RefusedDestination,
     Verdict,
+    WebhookHttp,
     build_body,
-    check_destination,
     post,
     retry_after_seconds,
     signed_headers,
@@ -129,11 +132,17 @@ def test_signatures_verify_with_standardwebhooks_and_with_each_secret_while_rota
         Webhook(SECRET).verify(tampered, headers)
 
 
+def answering(status: int, **headers: str) -> WebhookHttp:
+    """Connections that read back one canned answer (httpcore's mock network backend)."""
+    lines = [f"HTTP/1.1 {status} Whatever\r\n".encode()]
+    lines += [f"{name}: {value}\r\n".encode() for name, value in headers.items()]
+    lines += [b"Content-Length: 0\r\n", b"\r\n"]
+    return WebhookHttp(timeout=5, allow_loopback=False, backend=httpcore.MockBackend(lines))
+
+
 def answer(status: int, **headers: str) -> Any:
-    http = PerThreadHttp(httpx.Timeout(5), {})
-    http._local.transport = httpx.MockTransport(lambda r: httpx.Response(status, headers=headers))
     target = endpoint(url="https://93.184.215.14/h")
-    return post(http, target, "msg_1", "{}", allow_loopback=False)
+    return post(answering(status, **headers), target, "msg_1", "{}")
 
 
 def test_what_an_answer_means() -> None:
@@ -206,7 +215,7 @@ def test_an_endpoint_failing_for_the_disable_period_is_disabled_and_says_so(
     import redis as redis_lib
 
     from dispatcher.config import Settings
-    from dispatcher.webhooks.task import deliver_webhook
+    from dispatcher.webhooks.task import Senders, run_webhook_task
 
     client = redis_lib.Redis.from_url(redis_url)
     hooks = [{"url": "https://93.184.215.14/h", "secret": SECRET}]
@@ -220,17 +229,14 @@ def test_an_endpoint_failing_for_the_disable_period_is_disabled_and_says_so(
     six_days_ago = int((datetime.now(tz=UTC) - timedelta(days=6)).timestamp() * 1000)
     client.hset(f"dispatcher:webhooks:endpoint:{endpoint_id}", "failingSince", six_days_ago)
     [(_, claim)] = [c for c in store.claim_due(1000, 60) if c[0] == member]
-    http = PerThreadHttp(httpx.Timeout(5), {})
-    http._local.transport = httpx.MockTransport(lambda r: httpx.Response(500))
-    outcome = deliver_webhook(
-        store.delivery(member),
-        claim,
-        disabled=None,
+    task = SimpleNamespace(
         settings=settings,
         subscriptions=settings.webhook_subscriptions(),
         store=store,
-        http=http,
+        http=answering(500),
+        senders=Senders(),
     )
+    [outcome] = run_webhook_task(task, [[member, claim]], time.time())  # type: ignore[arg-type]
     assert outcome == "dead"
     assert "failing for 5 day(s)" in (store.disabled(endpoint_id) or "")
     client.close()
@@ -263,3 +269,62 @@ def test_the_easemob_simulator_signs_its_callbacks_and_sends_a_failed_one_once_m
     assert body["security"] == security(body["callId"], "s", body["timestamp"])
     assert body["msg_id"] == "123" and body["eventType"] == "chat"
     assert sender.log[0]["status"] == 200
+
+
+def test_a_batch_is_recorded_in_one_call_and_a_stale_claim_changes_nothing(
+    redis_url: str,
+) -> None:
+    import redis as redis_lib
+
+    client = redis_lib.Redis.from_url(redis_url)
+    store = WebhookStore(client)
+    endpoint_id = "ep_batch"
+    events = [event(state="delivered", attempts=str(i)) for i in range(3)]
+    members = [delivery_member(endpoint_id, e.id) for e in events]
+    for e, member in zip(events, members, strict=True):
+        client.rpush("dispatcher:webhooks:outbox", e.raw)
+        store.fan_out([(e, {member: build_body(e, "m0abc")})])
+    claims = dict(c for c in store.claim_due(1000, 60) if c[0] in members)
+    # Another worker claims the third again: this batch's claim of it is stale.
+    client.hincrby(f"dispatcher:webhooks:delivery:{members[2]}", "claim", 1)
+    done, retry, stale = store.deliveries(members)
+    assert done and retry and stale and stale.claim == claims[members[2]] + 1
+    old_claim = replace(stale, claim=claims[members[2]])
+    results = [
+        Result(done, Outcome.DELIVERED, True, 204),
+        Result(retry, Outcome.RETRYING, True, 503, "HTTP 503", next_in=30),
+        Result(old_claim, Outcome.DEAD, True, 500, "HTTP 500"),
+    ]
+    assert store.record_all(results) == ["ok", "ok", "stale"]
+    assert client.exists(f"dispatcher:webhooks:delivery:{members[0]}") == 0
+    due_in_ms = (client.zscore("dispatcher:webhooks:due", members[1]) or 0) - time.time() * 1000
+    assert due_in_ms > 29_000
+    assert not {d.member for d in store.dead_letters()} & set(members)
+    health = store.endpoint_health(endpoint_id)
+    assert (health["attempts"], health["successes"], health["failures"]) == ("2", "1", "1")
+    with pytest.raises(ValueError, match="one endpoint"):
+        store.record_all(
+            [results[0], replace(results[1], delivery=replace(retry, member="ep_x:m"))]
+        )
+    client.close()
+
+
+def test_senders_keep_the_order_and_at_most_per_endpoint_requests_in_flight() -> None:
+    from dispatcher.webhooks.task import PER_ENDPOINT, Senders
+
+    together = threading.Barrier(PER_ENDPOINT, timeout=30)  # breaks unless that many at once
+    in_flight, most = [0], [0]
+    lock = threading.Lock()
+
+    def send(item: int) -> int:
+        with lock:
+            in_flight[0] += 1
+            most[0] = max(most[0], in_flight[0])
+        together.wait()
+        with lock:
+            in_flight[0] -= 1
+        return item * 2
+
+    items = list(range(3 * PER_ENDPOINT))
+    assert Senders().map("ep_a", send, items) == [i * 2 for i in items]
+    assert most[0] == PER_ENDPOINT
