@@ -161,10 +161,14 @@ class Scheduler(BackgroundLoop):
         if not due.refs:
             return [], due.next_in
         promotion = self.store.promote(due.refs, self.task_for, due.task_ids)
+        retries = {ref for ref, task_id in zip(due.refs, due.task_ids, strict=True) if task_id}
         for ref, task_id in zip(promotion.refs, promotion.task_ids, strict=True):
             if not promotion.pushed:
                 self.publish(ref, task_id)
-            log.info("getMessageId=%s queued at its time (task %s)", ref.id, task_id)
+            if ref in retries:  # the attempts before and after it log in the message's trace
+                log.debug("getMessageId=%s retry due: queued as task %s", ref.id, task_id)
+            else:
+                log.info("getMessageId=%s queued at its scheduled time", ref.id)
         return promotion.refs, 0.0 if len(due.refs) == self.batch else due.next_in
 
     def run(self) -> None:
