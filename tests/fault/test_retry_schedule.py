@@ -29,8 +29,9 @@ DOWN = {"error": "service_unavailable", "error_description": "try later"}
 BACKOFF = 15.0
 """The provider's Retry-After: the retry's due time, long enough for new workers to start
 (on an idle machine)."""
-ON_TIME = 1.5
-"""Seconds after its due time by which the retry has reached the provider."""
+ON_TIME = 2.0
+"""Seconds after its due time by which the retry has reached the provider: the promotion,
+the broker, a worker's lease and the send, on a shared machine."""
 
 
 def held_by_workers(dispatcher: Any) -> dict[str, Any]:
