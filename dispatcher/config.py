@@ -125,8 +125,8 @@ class Settings(BaseSettings):
     max_attempts: int = 8
     backoff_base: float = 1.0
     backoff_cap: float = 300.0
-    # A provider's Retry-After is obeyed up to this; a longer wait would outlive the broker's
-    # visibility timeout, which copies a held task (docs/reliability.md, "The state machine").
+    # A provider's Retry-After is obeyed up to this: a guard against an answer that would
+    # park a message for days (docs/reliability.md, "The state machine").
     retry_after_cap: float = Field(default=600.0, gt=0)
     lease_seconds: int = 60
     reaper_interval: float = 5.0

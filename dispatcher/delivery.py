@@ -54,13 +54,12 @@ class AttemptOutcome(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """An attempt's outcome: with ``retry_in``, publish the task again (``task_id``) to run
-    that many seconds from now; when ``STOOD_DOWN``, why."""
+    """An attempt's outcome: when ``RETRYING``, the seconds until the retry is due (it waits
+    in the status store's schedule, nothing to publish); when ``STOOD_DOWN``, why."""
 
     state: AttemptOutcome
     retry_in: float | None = None
     reason: str = ""
-    task_id: str | None = None
 
 
 def backoff_delay(
@@ -141,16 +140,6 @@ def attempt(
             ref, attempt_owner(), settings.lease_seconds, prepay=prepay, task_id=task_id
         )
     if isinstance(lease, StandDown):
-        if lease.reason is StandDownReason.EARLY:
-            # Woken before the due time (a countdown capped, a clock ahead of Redis's): the
-            # same task waits again, no attempt used.
-            log.info("getMessageId=%s early: %s", message_id, lease.detail)
-            return Outcome(
-                AttemptOutcome.STOOD_DOWN,
-                retry_in=countdown(lease.wait, settings),
-                reason=lease.reason.value,
-                task_id=task_id,
-            )
         if lease.reason is StandDownReason.MISSING:
             # No record to dead-letter (expired, or never accepted): keep a bounded trace.
             log.warning("getMessageId=%s dropped from the queue: %s", message_id, lease.detail)
@@ -271,16 +260,7 @@ def _record_failure(
         delay,
         error,
     )
-    return Outcome(AttemptOutcome.RETRYING, retry_in=countdown(delay, settings), task_id=next_task)
-
-
-def countdown(delay: float, settings: Settings) -> float:
-    """The task's countdown for a retry due in ``delay`` seconds.
-
-    A broker holds a delayed task only until its visibility timeout, and a long Retry-After
-    is capped: a task woken before the due time finds it early on Redis's clock and waits
-    again, its attempt untouched."""
-    return max(0.0, min(delay, settings.retry_after_cap, settings.visibility_timeout / 2))
+    return Outcome(AttemptOutcome.RETRYING, retry_in=delay)
 
 
 def _late(lease: Lease, verdict: Transition, outcome: str, error: DeliveryError) -> Outcome:
@@ -311,4 +291,4 @@ def _defer(lease: Lease, error: DeliveryError, settings: Settings, store: Status
     if verdict is not Transition.OK:
         return Outcome(AttemptOutcome.STOOD_DOWN, reason=verdict.value)
     log.warning("getMessageId=%s deferred %.0fs: %s", lease.ref.id, delay, error)
-    return Outcome(AttemptOutcome.RETRYING, retry_in=countdown(delay, settings), task_id=next_task)
+    return Outcome(AttemptOutcome.RETRYING, retry_in=delay)

@@ -50,9 +50,9 @@ def task_args(ref: MessageRef) -> tuple[str]:
 
 
 def new_task_id() -> str:
-    """A delivery task's id, as Celery makes them. A retry, a recovery or a replay records
-    the id of the task it publishes, so copies of older tasks stand down
-    (docs/reliability.md, "The state machine")."""
+    """A delivery task's id, as Celery makes them. A retry, a promotion from the schedule, a
+    recovery or a replay records the id of the task it publishes, so copies of older tasks
+    stand down (docs/reliability.md, "The state machine")."""
     return str(uuid.uuid4())
 
 
@@ -164,9 +164,11 @@ class TaskMessageTemplate:
             _argsrepr_limits=(argsrepr_maxsize, argsrepr_maxlevels),
         )
 
-    def build(self, ref: MessageRef, traceparent: str | None = None) -> str:
-        """The queue message for one delivery of ``ref``: a new task id and tag (and the
-        trace it continues, in a traced template)."""
+    def build(
+        self, ref: MessageRef, traceparent: str | None = None, task_id: str | None = None
+    ) -> str:
+        """The queue message for one delivery of ``ref``: a new tag, the task id given or a
+        new one (and the trace it continues, in a traced template)."""
         (member,) = task_args(ref)
         id_json = json.dumps(member)
         head, tail = self._body_parts
@@ -179,7 +181,7 @@ class TaskMessageTemplate:
             )
         values = {
             _BODY: json.dumps(body),
-            _TASK_ID: json.dumps(new_task_id()),
+            _TASK_ID: json.dumps(task_id or new_task_id()),
             _ARGSREPR: json.dumps(argsrepr),
             _TAG: json.dumps(str(uuid.uuid4())),
             _TRACEPARENT: json.dumps(traceparent or ""),
@@ -204,10 +206,13 @@ class DirectEnqueue:
         """The broker is the status store's Redis (``broker.broker_is_store``)."""
         self._template: TaskMessageTemplate | None = None
 
-    def __call__(self, ref: MessageRef, traceparent: str | None = None) -> tuple[str, str] | None:
-        """(queue list key, task message) for one delivery of ``ref``, or None; with
-        tracing on, ``traceparent`` is the trace the attempt continues (without one the
-        attempt finds the submit's in the status record)."""
+    def __call__(
+        self, ref: MessageRef, traceparent: str | None = None, *, task_id: str | None = None
+    ) -> tuple[str, str] | None:
+        """(queue list key, task message) for one delivery of ``ref`` (as the task
+        ``task_id``, else a new one), or None; with tracing on, ``traceparent`` is the trace
+        the attempt continues (without one the attempt finds the submit's in the status
+        record)."""
         if not self.enabled:
             return None
         template = self._template
@@ -221,7 +226,7 @@ class DirectEnqueue:
                 self.enabled = False
                 return None
             self._template = template
-        return template.queue_key, template.build(ref, traceparent)
+        return template.queue_key, template.build(ref, traceparent, task_id)
 
 
 def ref_in(entry: bytes | str | None) -> MessageRef | None:

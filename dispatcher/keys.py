@@ -19,12 +19,14 @@ STATS = f"{PREFIX}:stats"
 """Hash of counters shared by every process: transitions by state, delivery latency buckets."""
 
 IN_FLIGHT = f"{PREFIX}:inflight"
-"""Sorted set of every non-terminal message reference, scored by the time (ms) it must have
-progressed by: lease end, retry due time plus grace, or queued time plus grace."""
+"""Sorted set of every non-terminal message reference not waiting in :data:`SCHEDULE`,
+scored by the time (ms) it must have progressed by: lease end, a due retry's promotion
+plus grace, or queued time plus grace."""
 
 SCHEDULE = f"{PREFIX}:schedule"
 """Sorted set of message references (``MessageRef.member``) waiting for their time, scored
-by the time (ms) they are due to be queued. One key for the whole fleet: on a Redis
+by the time (ms) they are due to be queued: ``scheduled`` sends and ``retrying`` messages
+until their backoff has run out. One key for the whole fleet: on a Redis
 Cluster it lives on one node (docs/architecture.md, "Scheduled delivery")."""
 
 MAX_DEAD_LETTERS = 100_000

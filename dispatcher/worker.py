@@ -91,13 +91,7 @@ def _deliver(self: DeliveryTask, member: object) -> str:
             task_id=self.request.id,
         )
         tracing.annotate({tracing.OUTCOME: outcome.state.value})
-        if outcome.retry_in is not None:
-            self.apply_async(
-                task_args(ref),
-                countdown=outcome.retry_in,
-                task_id=outcome.task_id,
-                headers=tracing.task_headers(traceparent),
-            )
+    # A retry waits in the status store's schedule: the scheduler publishes it when due.
     return outcome.state.value
 
 
@@ -151,8 +145,8 @@ def publish(ref: MessageRef, **options: Any) -> None:
     delivery_task().apply_async(task_args(ref), **options)
 
 
-def publish_recovered(ref: MessageRef, task_id: str) -> None:
-    """Queue a delivery the reaper claimed, as the task it recorded."""
+def publish_as(ref: MessageRef, task_id: str) -> None:
+    """Queue a delivery as the task its record names (a reaper's claim, a promotion)."""
     publish(ref, task_id=task_id)
 
 
@@ -160,7 +154,7 @@ def make_reaper(store: StatusStore) -> Reaper:
     settings = get_settings()
     return Reaper(
         store.recovery,
-        publish_recovered,
+        publish_as,
         interval=settings.reaper_interval,
         requeue_delay=max(settings.lease_seconds, 10),
         # The queue list lives in the status store's Redis only when that is the broker.
@@ -202,7 +196,7 @@ def make_scheduler(store: StatusStore) -> Scheduler:
     return Scheduler(
         store.schedule,
         DirectEnqueue(get_app(), get_settings().queue, enabled=broker_is_store(get_settings())),
-        publish,
+        publish_as,
         interval=get_settings().scheduler_interval,
     )
 

@@ -276,12 +276,14 @@ def _store_metrics(figures: StoreFigures) -> Iterator[Metric]:
     )
     yield GaugeMetricFamily(
         "dispatcher_in_flight",
-        "Messages accepted and not yet delivered, failed or dead.",
+        "Messages accepted and not yet delivered, failed or dead, other than those waiting "
+        "in the schedule.",
         value=figures.in_flight,
     )
     yield GaugeMetricFamily(
         "dispatcher_scheduled_waiting",
-        "Messages accepted with a sendAt that is still ahead (not counted as in flight).",
+        "Messages waiting in the schedule: a sendAt still ahead, or a retry before its due "
+        "time (not counted as in flight).",
         value=figures.scheduled,
     )
     for state, (name, documentation) in TRANSITIONS.items():

@@ -213,8 +213,8 @@ class LeaseStore:
         *,
         task_id: str | None = None,
     ) -> Transition:
-        """``retrying`` after ``delay``; ``task_id`` names the task the caller publishes for
-        it (the message's live task from then on)."""
+        """``retrying`` after ``delay``, waiting in the schedule until then; ``task_id`` names
+        the task its promotion publishes (the message's live task from then on)."""
         return self._finish_as(
             lease, State.RETRYING, detail, error=error, delay=delay, task_id=task_id
         )
@@ -271,7 +271,6 @@ class LeaseStore:
             "dead_cap": keys.MAX_DEAD_LETTERS,
             "member": lease.ref.member,
             "latency_bounds": _LATENCY_BOUNDS,
-            "retry_grace_ms": int(self.policy.retry_grace * 1000),
             "provider_status": error.status if error is not None and error.status else None,
             "deferred": 1 if deferred else None,
             "announce": 1 if self.policy.announces(lease.client, f"message.{state}") else None,
@@ -285,6 +284,7 @@ class LeaseStore:
                 "stats": keys.STATS,
                 "inflight": keys.IN_FLIGHT,
                 "outbox": keys.WEBHOOK_OUTBOX,
+                "schedule": keys.SCHEDULE,
             },
             args,
         )

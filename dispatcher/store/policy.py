@@ -15,7 +15,8 @@ class StorePolicy:
     queued_grace: float = 300.0
     """Seconds a ``queued`` message may wait for a worker before recovery looks at it."""
     retry_grace: float = 30.0
-    """Seconds past a retry's due time before recovery publishes it again."""
+    """Seconds after a retry's promotion from the schedule (its due time) before recovery
+    publishes it again: its task was lost."""
     max_requeues: int = 5
     """Expired leases a message survives before it is dead-lettered as poison."""
     announced: frozenset[tuple[str, str]] = frozenset()
@@ -48,3 +49,7 @@ class StorePolicy:
     @property
     def queued_grace_ms(self) -> int:
         return int(self.queued_grace * 1000)
+
+    @property
+    def retry_grace_ms(self) -> int:
+        return int(self.retry_grace * 1000)

@@ -2,8 +2,8 @@
 
 Celery on Redis redelivers a dead worker's task only after the visibility
 timeout (an hour by default). The store knows better: every non-terminal
-message has a deadline in the in-flight index (lease end, retry due time,
-queued time plus grace). The :class:`Reaper` claims the overdue ones
+message not waiting in the schedule has a deadline in the in-flight index (lease
+end, a due retry's promotion or queued time plus grace). The :class:`Reaper` claims the overdue ones
 atomically (``lua/claim_overdue.lua``), publishes each and un-claims what it
 could not publish (``lua/unclaim.lua``); the new attempt takes over the expired
 lease, and a message that lost its lease too often is dead-lettered as poison.

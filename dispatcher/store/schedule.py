@@ -1,16 +1,18 @@
-"""Schedule stage: messages accepted with a later ``sendAt`` wait in a sorted set of our
-own (:data:`keys.SCHEDULE`), not in the broker, until their time.
+"""Schedule stage: messages that wait for a time wait in a sorted set of our own
+(:data:`keys.SCHEDULE`), not in the broker: a message accepted with a later ``sendAt``
+(``scheduled``), and a retry until its backoff has run out (``retrying``).
 
 Celery's countdown/ETA would hold each waiting task in a worker's memory and, on
 Redis, redeliver one whose ETA is past the visibility timeout again and again
 (docs/architecture.md, "Scheduled delivery"). Here a waiting message costs its record
-and one sorted-set entry in Redis, and nothing in any worker. Every worker runs a
-:class:`Scheduler`; ``lua/promote_due.lua`` claims and queues each due message in one
-step, so any number of them run with no leader and none queues a message twice.
-
-The promotion is generic: "a reference that is due becomes a queued delivery task".
-Retries may move onto this schedule later (a retry's backoff as a schedule entry)
-without a new mechanism.
+and one sorted-set entry in Redis, and nothing in any worker. The script that records a
+retry (``lua/finish.lua``) adds its entry in the same step, so a worker lost right after
+loses nothing. Every worker runs a :class:`Scheduler`; ``lua/promote_due.lua`` claims
+and queues each due message in one step, so any number of them run with no leader and
+none queues a message twice. The promotion is generic, "a due reference becomes a
+queued delivery task": it publishes the task the record names (a retry's, recorded by
+the retry) or records a new one, so copies of older tasks stand down
+(docs/reliability.md, "The state machine").
 """
 
 from __future__ import annotations
@@ -18,21 +20,26 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
 import redis
 
 from dispatcher import keys
 from dispatcher.background import BackgroundLoop
 from dispatcher.connections import REDIS_ERRORS, text
+from dispatcher.enqueue import new_task_id
 from dispatcher.ids import MessageRef
 from dispatcher.store.policy import StorePolicy
 from dispatcher.store.scripts import load
 
 log = logging.getLogger(__name__)
 
-TaskFor = Callable[[MessageRef], tuple[str, str] | None]
-"""(queue list key, task message) to push for a message, or None to publish through kombu."""
+
+class TaskFor(Protocol):
+    def __call__(self, ref: MessageRef, *, task_id: str) -> tuple[str, str] | None:
+        """(queue list key, task message) to push for a message's task ``task_id``, or None
+        to publish through kombu."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,12 +48,16 @@ class DueBatch:
     """Due now, oldest first."""
     next_in: float | None
     """Seconds until the next later entry (None: nothing else scheduled, or not asked)."""
+    task_ids: list[str | None]
+    """Per ref, the task its record names (a retry's), or None (a scheduled send's)."""
 
 
 @dataclass(frozen=True, slots=True)
 class Promotion:
     refs: list[MessageRef]
     """Queued by this call (the others were taken by another worker, or cancelled)."""
+    task_ids: list[str]
+    """Per ref, the id of its task: the message's live task from now on."""
     pushed: bool
     """Their tasks are on the queue list already; else they still have to be published."""
 
@@ -60,21 +71,38 @@ class ScheduleStore:
 
     def due(self, limit: int) -> DueBatch:
         """Up to ``limit`` references due by Redis's clock, and the wait for the next one."""
-        reply = self._due(self.redis, {"schedule": keys.SCHEDULE}, {"limit": limit})
+        key_open, record_close, _ = keys.MESSAGE_KEY_PARTS
+        reply = self._due(
+            self.redis,
+            {"schedule": keys.SCHEDULE},
+            {"limit": limit, "key_open": key_open, "record_close": record_close},
+        )
         wait = text(reply[0])
-        refs = [MessageRef.parse(text(member)) for member in reply[1:]]
-        return DueBatch(refs, int(wait) / 1000 if wait else None)
+        refs = [MessageRef.parse(text(member)) for member in reply[1::2]]
+        task_ids = [text(task) or None for task in reply[2::2]]
+        return DueBatch(refs, int(wait) / 1000 if wait else None, task_ids)
 
-    def promote(self, refs: list[MessageRef], task_for: TaskFor) -> Promotion:
-        """Queue those of ``refs`` still scheduled and due. With tasks from ``task_for``
-        they are pushed in the same step; without, the caller publishes the refs returned."""
+    def promote(
+        self,
+        refs: list[MessageRef],
+        task_for: TaskFor,
+        task_ids: list[str | None] | None = None,
+    ) -> Promotion:
+        """Queue those of ``refs`` still waiting and due, each under the task id its record
+        names (``task_ids``, as :meth:`due` read them) or a new one. With tasks from
+        ``task_for`` they are pushed in the same step; without, the caller publishes the
+        refs returned under their task ids."""
         queue: str | None = None
         batch: list[str] = []
-        for ref in refs:
-            enqueue = task_for(ref)
+        ids: dict[str, str] = {}
+        for ref, recorded in zip(refs, task_ids or [None] * len(refs), strict=True):
+            task_id = recorded or new_task_id()
+            ids[ref.member] = task_id
+            enqueue = task_for(ref, task_id=task_id)
             if enqueue is not None:
                 queue = enqueue[0]
-            batch += [ref.member, enqueue[1] if enqueue else ""]
+            batch += [ref.member, task_id, enqueue[1] if enqueue else ""]
+        key_open, record_close, history_close = keys.MESSAGE_KEY_PARTS
         reply = self._promote(
             self.redis,
             {
@@ -87,16 +115,22 @@ class ScheduleStore:
                 "ttl": self.policy.ttl,
                 "history_limit": self.policy.history_limit,
                 "queued_grace_ms": self.policy.queued_grace_ms,
-                "key_open": keys.MESSAGE_KEY_PARTS[0],
-                "record_close": keys.MESSAGE_KEY_PARTS[1],
-                "history_close": keys.MESSAGE_KEY_PARTS[2],
+                "retry_grace_ms": self.policy.retry_grace_ms,
+                "key_open": key_open,
+                "record_close": record_close,
+                "history_close": history_close,
                 "batch": batch,
             },
         )
-        return Promotion([MessageRef.parse(text(member)) for member in reply], queue is not None)
+        promoted = [text(member) for member in reply]
+        return Promotion(
+            [MessageRef.parse(member) for member in promoted],
+            [ids[member] for member in promoted],
+            queue is not None,
+        )
 
     def waiting(self) -> int:
-        """How many messages wait for their time."""
+        """How many messages wait for their time (scheduled sends and retries)."""
         return int(self.redis.zcard(keys.SCHEDULE))
 
 
@@ -105,14 +139,14 @@ class Scheduler(BackgroundLoop):
     """The promotion loop every worker runs: queue what is due, then sleep until the next
     entry's time or ``interval`` seconds, whichever comes first.
 
-    ``publish`` sends a promoted message's task when ``task_for`` gives none (a broker
-    other than the store's Redis); if it fails, recovery re-enqueues the ``queued``
-    message after the queued grace.
+    ``publish`` sends a promoted message's task (under the task id given) when
+    ``task_for`` gives none (a broker other than the store's Redis); if it fails, recovery
+    publishes the message again after the queued (or retry) grace.
     """
 
     store: ScheduleStore
     task_for: TaskFor
-    publish: Callable[[MessageRef], None]
+    publish: Callable[[MessageRef, str], None]
     interval: float
     batch: int = 500
     min_wait: float = 0.05
@@ -126,11 +160,15 @@ class Scheduler(BackgroundLoop):
         due = self.store.due(self.batch)
         if not due.refs:
             return [], due.next_in
-        promotion = self.store.promote(due.refs, self.task_for)
-        for ref in promotion.refs:
+        promotion = self.store.promote(due.refs, self.task_for, due.task_ids)
+        retries = {ref for ref, task_id in zip(due.refs, due.task_ids, strict=True) if task_id}
+        for ref, task_id in zip(promotion.refs, promotion.task_ids, strict=True):
             if not promotion.pushed:
-                self.publish(ref)
-            log.info("getMessageId=%s queued at its scheduled time", ref.id)
+                self.publish(ref, task_id)
+            if ref in retries:  # the attempts before and after it log in the message's trace
+                log.debug("getMessageId=%s retry due: queued as task %s", ref.id, task_id)
+            else:
+                log.info("getMessageId=%s queued at its scheduled time", ref.id)
         return promotion.refs, 0.0 if len(due.refs) == self.batch else due.next_in
 
     def run(self) -> None:

@@ -45,6 +45,15 @@ def paused(seconds: float) -> WeChatPaused:
 def pause_ends(store: StatusStore) -> None:
     """The retry's due time passes (moved back rather than waited for)."""
     store.redis.hset(keys.message(ref("m0p")), "dueAt", 0)
+    store.redis.zadd(keys.SCHEDULE, {ref("m0p").member: 0})
+
+
+def due_in(store: StatusStore) -> float:
+    """Seconds until the message's schedule entry is due (Redis's clock)."""
+    score = store.redis.zscore(keys.SCHEDULE, ref("m0p").member)
+    assert score is not None, "a deferred message waits in the schedule"
+    seconds, micros = store.redis.time()
+    return (score - (seconds * 1000 + micros // 1000)) / 1000
 
 
 def test_paused_sends_are_deferred_without_counting_attempts() -> None:
@@ -60,16 +69,19 @@ def test_paused_sends_are_deferred_without_counting_attempts() -> None:
         )  # fmt: skip
 
     first = attempt()
-    assert first.state == "retrying" and first.retry_in == 300, "woken before the broker's timeout"
+    assert first.state == "retrying" and first.retry_in == 7200, "the whole pause"
+    assert 7199 < due_in(store) <= 7200, "it waits in the schedule, in no worker"
     record = store.read.get(ref("m0p"))
     assert record is not None and record.state == "retrying" and record.attempts == 0
     assert "deferred 7200s, attempt not counted" in (record.history[-1].detail or "")
-    woken = attempt()
+    assert store.redis.ttl(keys.message(ref("m0p"))) > settings.status_ttl + 7000
+    woken = attempt()  # a copy of the task, early
     assert (woken.state, woken.reason) == ("stood-down", "early"), "the pause has not ended"
-    assert woken.retry_in is not None and 299 < woken.retry_in <= 300, "it waits again"
+    assert woken.retry_in is None, "nothing to publish: the schedule entry brings it back"
     assert store.read.get(ref("m0p")).attempts == 0  # type: ignore[union-attr]
     pause_ends(store)
     assert attempt().retry_in == 30, "a shorter pause is waited exactly"
+    assert 29 < due_in(store) <= 30
     pause_ends(store)
     assert attempt().state == "delivered"
     record = store.read.get(ref("m0p"))

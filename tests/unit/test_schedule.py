@@ -14,11 +14,11 @@ import pytest
 from dispatcher import keys
 from dispatcher.config import Settings
 from dispatcher.enqueue import DirectEnqueue
-from dispatcher.errors import InvalidMessage
+from dispatcher.errors import DeliveryError, InvalidMessage
 from dispatcher.ids import MessageRef
 from dispatcher.producer import Dispatcher
 from dispatcher.scheduling import parse_send_at
-from dispatcher.store import Scheduler
+from dispatcher.store import CancelOutcome, Lease, Scheduler, StandDown, StandDownReason
 from tests.conftest import ref
 
 QUEUE = "schedule-test"
@@ -49,7 +49,9 @@ def dispatcher() -> Dispatcher:
 
 def scheduler(d: Dispatcher, published: list[MessageRef] | None = None) -> Scheduler:
     sink = published if published is not None else []
-    return Scheduler(d.store.schedule, d.direct_enqueue, sink.append, interval=0.05)
+    return Scheduler(
+        d.store.schedule, d.direct_enqueue, lambda r, _task_id: sink.append(r), interval=0.05
+    )
 
 
 def make_due(d: Dispatcher, message_id: str) -> None:
@@ -204,3 +206,110 @@ def test_the_scheduler_sleeps_only_until_the_next_entry(dispatcher: Dispatcher) 
     promoted, next_in = scheduler(dispatcher).run_once()
     assert promoted == [] and next_in is not None and 29 < next_in <= 30
     assert isinstance(dispatcher.direct_enqueue, DirectEnqueue)
+
+
+# -- retries on the same schedule ----------------------------------------------------
+
+BUSY = DeliveryError("unavailable", "503", retryable=True, status=503)
+
+
+def retrying(
+    d: Dispatcher, message_id: str, task_id: str, delay: float = 30.0, by: str = "t-create"
+) -> Lease:
+    """``message_id`` submitted, leased by its task ``by`` and answered 503: a retry in
+    ``delay`` s recorded under ``task_id``. The submit's task is taken off the queue."""
+    if d.status(message_id) is None:
+        d.submit(body(message_id))
+        d.redis.delete(QUEUE)
+    lease = d.store.lease.begin(ref(message_id), "w1", 60, task_id=by)
+    assert isinstance(lease, Lease)
+    assert d.store.lease.mark_retrying(lease, BUSY, delay, "503", task_id=task_id) == "ok"
+    return lease
+
+
+def make_retry_due(d: Dispatcher, message_id: str) -> None:
+    make_due(d, message_id)
+    d.redis.hset(keys.message(ref(message_id)), "dueAt", now_ms() - 5)
+
+
+def queued_task_ids(d: Dispatcher) -> list[str]:
+    return [json.loads(t)["headers"]["id"] for t in d.redis.lrange(QUEUE, 0, -1)]
+
+
+def test_a_retry_waits_in_the_schedule_and_is_queued_once_under_its_recorded_task(
+    dispatcher: Dispatcher,
+) -> None:
+    r, member = dispatcher.redis, ref("m0r").member
+    retrying(dispatcher, "m0r", "t-retry")
+    due_at = int(r.hget(keys.message(ref("m0r")), "dueAt") or 0)
+    assert r.zscore(keys.SCHEDULE, member) == due_at, "the entry was added with the retry"
+    assert r.zscore(keys.IN_FLIGHT, member) is None, "the reaper has nothing to publish"
+    assert r.ttl(keys.message(ref("m0r"))) > 1000 + 28, "kept status_ttl from its due time"
+    first, second = scheduler(dispatcher), scheduler(dispatcher)
+    assert first.run_once()[0] == [] and r.llen(QUEUE) == 0, "not due yet"
+
+    make_retry_due(dispatcher, "m0r")
+    assert dispatcher.store.recovery.claim_overdue().refs == [], "the schedule's, not the reaper's"
+    due = dispatcher.store.schedule.due(10)
+    assert due.task_ids == ["t-retry"]
+    assert first.run_once()[0] == [ref("m0r")]
+    assert dispatcher.store.schedule.promote(due.refs, second.task_for, due.task_ids).refs == []
+    assert queued_task_ids(dispatcher) == ["t-retry"], "one task, the id the retry recorded"
+    record = dispatcher.status("m0r")
+    assert record is not None and record.state == "retrying", "due: served at its lease"
+    assert r.zscore(keys.SCHEDULE, member) is None
+    assert r.zscore(keys.IN_FLIGHT, member) is not None, "recovery covers a lost task"
+
+    copy = dispatcher.store.lease.begin(ref("m0r"), "w2", 60, task_id="t-create")
+    assert isinstance(copy, StandDown) and copy.reason is StandDownReason.SUPERSEDED
+    again = dispatcher.store.lease.begin(ref("m0r"), "w3", 60, task_id="t-retry")
+    assert isinstance(again, Lease) and again.number == 2
+
+
+def test_a_cancelled_retry_is_never_queued(dispatcher: Dispatcher) -> None:
+    retrying(dispatcher, "m0rc", "t-retry")
+    make_retry_due(dispatcher, "m0rc")
+    due = dispatcher.store.schedule.due(10)  # read just before the cancel
+    assert dispatcher.cancel("m0rc").outcome is CancelOutcome.CANCELLED
+    assert dispatcher.redis.zcard(keys.SCHEDULE) == 0
+    promoted = dispatcher.store.schedule.promote(due.refs, dispatcher.direct_enqueue, due.task_ids)
+    assert promoted.refs == [] and dispatcher.redis.llen(QUEUE) == 0
+
+
+def test_a_read_older_than_the_latest_retry_leaves_it_for_the_next_look(
+    dispatcher: Dispatcher,
+) -> None:
+    retrying(dispatcher, "m0rr", "t-1", delay=0)
+    stale = dispatcher.store.schedule.due(10)
+    assert stale.task_ids == ["t-1"]
+    assert scheduler(dispatcher).run_once()[0] == [ref("m0rr")]
+    dispatcher.redis.delete(QUEUE)
+    lease = dispatcher.store.lease.begin(ref("m0rr"), "w2", 60, task_id="t-1")
+    assert isinstance(lease, Lease)
+    assert dispatcher.store.lease.mark_retrying(lease, BUSY, 0, "503", task_id="t-2") == "ok"
+    promote = dispatcher.store.schedule.promote
+    assert promote(stale.refs, dispatcher.direct_enqueue, stale.task_ids).refs == []
+    assert dispatcher.store.schedule.waiting() == 1, "the entry stays"
+    assert scheduler(dispatcher).run_once()[0] == [ref("m0rr")]
+    assert queued_task_ids(dispatcher) == ["t-2"]
+
+
+def test_with_another_broker_a_due_retry_is_published_under_its_recorded_task() -> None:
+    d = Dispatcher(
+        Settings(queue=QUEUE, broker_url="redis://127.0.0.1:1/3", memory_refuse_ratio=0),
+        client=fakeredis.FakeRedis(),
+    )
+    d.submit(body("m0ro"), send_at=now_ms() + 60_000)  # nothing published at submit
+    make_due(d, "m0ro")
+    published: list[tuple[MessageRef, str]] = []
+    promote = Scheduler(
+        d.store.schedule, d.direct_enqueue, lambda r, t: published.append((r, t)), interval=1
+    )
+    assert promote.run_once()[0] == [ref("m0ro")]
+    (_, first_task), *_ = published
+    assert d.redis.hget(keys.message(ref("m0ro")), "task") == first_task.encode()
+    retrying(d, "m0ro", "t-retry", by=first_task)
+    make_retry_due(d, "m0ro")
+    assert promote.run_once()[0] == [ref("m0ro")]
+    assert published[1:] == [(ref("m0ro"), "t-retry")]
+    assert d.redis.llen(QUEUE) == 0

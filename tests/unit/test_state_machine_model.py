@@ -2,9 +2,10 @@
 
 A hypothesis state machine drives one message's scripts on fakeredis in any order:
 tasks arriving (leases), copies of any task published before (a broker's redelivery),
-attempts finishing with any outcome (late ones too), leases extended, the reaper, an
-operator's replay, a script re-run after a lost reply, and Redis's clock moving ahead.
-After every step it checks the invariants.
+attempts finishing with any outcome (late ones too), leases extended, the scheduler
+promoting a due retry (also from a read taken steps earlier), the reaper, an operator's
+replay, a script re-run after a lost reply, and Redis's clock moving ahead. After every
+step it checks the invariants.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from dispatcher import keys
 from dispatcher.errors import DeliveryError
+from dispatcher.ids import MessageRef
 from dispatcher.models import parse_message
 from dispatcher.store import Lease, StandDown, StandDownReason, StatusStore, StorePolicy
 from dispatcher.store import lease as lease_module
+from dispatcher.store.schedule import DueBatch
 from tests.conftest import ref
 
 TEXT = {"messageType": 1, "from": "u1", "to": "u2", "messageInfo": {"textMessage": "hi"}}
@@ -57,6 +60,7 @@ class StatusModel(RuleBasedStateMachine):
         self.owners = 0
         self.state = "queued"
         self.step = ""
+        self.read: DueBatch | None = None  # a scheduler's read of the due entries
 
     def teardown(self) -> None:
         server_mixin.time = self._real_time
@@ -90,10 +94,10 @@ class StatusModel(RuleBasedStateMachine):
             if before == "retrying":
                 assert due is not None and self.now_ms() >= int(due), "a retry ran early"
             self.workers.append(got)
-        elif got.reason is StandDownReason.EARLY:
-            self.tasks.append(task)  # it waits again, as the same task
-        else:
+        else:  # early too: the schedule entry brings the retry at its time
             assert isinstance(got, StandDown)
+            if got.reason is StandDownReason.EARLY:
+                assert self.in_schedule() is not None, "an early retry without its entry"
 
     @rule(which=st.integers(min_value=0))
     def a_copy_of_an_earlier_task_appears(self, which: int) -> None:
@@ -139,7 +143,9 @@ class StatusModel(RuleBasedStateMachine):
         else:
             first = finish()
         if first == "ok" and outcome in ("retrying", "deferred"):
-            self.publish(next_task)  # the countdown task
+            # Nothing is published: the retry waits in the schedule under next_task.
+            assert self.in_schedule() == int(self.field("dueAt") or -1)
+            assert self.field("task") == next_task
 
     @precondition(lambda self: bool(self.workers))
     @rule(which=st.integers(min_value=0))
@@ -155,6 +161,42 @@ class StatusModel(RuleBasedStateMachine):
     def time_passes(self, seconds: int) -> None:
         self.step = "time"
         self.clock.offset += seconds
+
+    @rule()
+    def a_scheduler_reads_the_schedule(self) -> None:
+        self.step = "schedule-read"
+        self.read = self.store.schedule.due(10)
+
+    @precondition(lambda self: self.read is not None)
+    @rule()
+    def a_scheduler_promotes_what_it_read(self) -> None:
+        self.step = "promote"
+        assert self.read is not None
+        recorded, due = self.field("task"), self.field("dueAt")
+        promotion = self.store.schedule.promote(
+            self.read.refs, self.no_direct_task, self.read.task_ids
+        )
+        self.read = None
+        for task_id in promotion.task_ids:
+            assert self.now_ms() >= int(due or 0), "a retry promoted before its due time"
+            assert task_id == recorded, "a retry is published under the id it recorded"
+            self.publish(task_id)
+
+    @rule()
+    def the_scheduler_runs(self) -> None:
+        """A fresh read and its promotion: a due retry is queued, under its recorded id."""
+        self.step = "schedule"
+        waiting, recorded = self.in_schedule(), self.field("task")
+        due = waiting is not None and waiting <= self.now_ms()
+        read = self.store.schedule.due(10)
+        promotion = self.store.schedule.promote(read.refs, self.no_direct_task, read.task_ids)
+        assert promotion.task_ids == ([recorded] if due else []), (waiting, promotion)
+        for task_id in promotion.task_ids:
+            self.publish(task_id)
+
+    @staticmethod
+    def no_direct_task(ref: MessageRef, *, task_id: str) -> None:
+        return None  # the caller publishes (a broker other than this Redis)
 
     @rule()
     def the_reaper_runs(self) -> None:
@@ -190,9 +232,20 @@ class StatusModel(RuleBasedStateMachine):
         dead = self.store.redis.zscore(keys.DEAD_LETTERS, MESSAGE.member) is not None
         assert dead == (self.state == "dead")
 
+    def in_schedule(self) -> int | None:
+        score = self.store.redis.zscore(keys.SCHEDULE, MESSAGE.member)
+        return None if score is None else int(score)
+
     def every_open_message_has_a_deadline(self) -> None:
+        """An open message has a deadline in the in-flight index, or waits in the schedule
+        (a retry, scored by its due time); never both, so the reaper never publishes a
+        retry the schedule holds."""
         deadline = self.store.redis.zscore(keys.IN_FLIGHT, MESSAGE.member)
-        assert (deadline is not None) == (self.state not in TERMINAL)
+        waiting = self.in_schedule()
+        assert (deadline is not None or waiting is not None) == (self.state not in TERMINAL)
+        assert deadline is None or waiting is None, "in the in-flight index and the schedule"
+        if waiting is not None:
+            assert self.state == "retrying" and waiting == int(self.field("dueAt") or -1)
 
     def at_most_one_live_task(self) -> None:
         """Of the tasks in the broker, only copies of one would be served."""

@@ -57,9 +57,10 @@ for _, member in ipairs(due) do
       local behind = since > 0 and queued_at - since or 0
       redis.call('ZADD', inflight, deadline(math.max(requeue_delay_ms, behind)), member)
     elseif s[1] ~= 'processing' then
-      -- Queued ahead of the head (or with no queue to compare), or retrying past its due time
-      -- plus grace: its task may be lost. Publish again (a duplicate stands down) with a
-      -- doubling delay, reset by the next lease; no attempt ran, so never poison.
+      -- Queued ahead of the head (or with no queue to compare), or a due retry promoted from
+      -- the schedule more than its grace ago: its task may be lost. Publish again (a
+      -- duplicate stands down) with a doubling delay, reset by the next lease; no attempt
+      -- ran, so never poison.
       local waits = tonumber(s[3] or '0') + 1
       redis.call('HSET', mkey, 'waits', waits)
       if s[1] == 'queued' then redis.call('HSET', mkey, 'updatedAt', now) end

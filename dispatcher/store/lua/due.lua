@@ -1,7 +1,10 @@
--- The schedule's members due now (Redis's clock), at most ``limit``, and the milliseconds
--- until the next later one ('' when none): {wait, member, member, ...}. Reads only.
+-- The schedule's members due now (Redis's clock), at most ``limit``, each with the task its
+-- record names ('' when none: a scheduled send's; a retry's is the one finish.lua recorded),
+-- and the milliseconds until the next later one ('' when none):
+-- {wait, member, task, member, task, ...}. Reads only.
+-- The message keys are spelled from the members (key_open .. member .. record_close).
 -- keys: schedule
--- args: limit#
+-- args: limit# key_open record_close
 -- include: lib
 
 local now = now_ms()
@@ -11,5 +14,9 @@ if #due < limit then
   local next = redis.call('ZRANGEBYSCORE', schedule, '(' .. now, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
   if next[2] then wait = tostring(tonumber(next[2]) - now) end
 end
-table.insert(due, 1, wait)
-return due
+local reply = {wait}
+for _, member in ipairs(due) do
+  table.insert(reply, member)
+  table.insert(reply, redis.call('HGET', key_open .. member .. record_close, 'task') or '')
+end
+return reply

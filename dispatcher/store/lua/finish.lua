@@ -5,13 +5,15 @@
 -- becomes the state over ``failed`` or ``dead``, and takes the message off the dead
 -- letters. Any other outcome of an attempt that no longer holds the lease only goes into
 -- the history, the state unchanged.
--- A deferred retry (``deferred``: a provider's pause) gives the attempt back. A retry names
--- its task (``task``), the one the caller publishes: the message's live task (lease.lua).
+-- A deferred retry (``deferred``: a provider's pause) gives the attempt back. A retry waits
+-- in the schedule (``schedule``, scored by its due time; promote_due.lua publishes it then),
+-- not in the in-flight index, and its record is kept ``ttl`` from its due time. It names
+-- its task (``task``), the one its promotion publishes: the message's live task (lease.lua).
 -- The provider's HTTP status of a failed attempt is counted as provider:<status>.
 -- Returns ok, missing, stale (recorded in the history only) or terminal:<state>; a re-run
 -- of the same call (``op``) after a lost reply answers what the first run did.
--- keys: message history dead stats inflight outbox
--- args: op? task? owner lease# new_state ttl# history_limit# detail last_error? provider_id? delay_ms? dead_cap# member latency_bounds retry_grace_ms# provider_status? deferred? announce?
+-- keys: message history dead stats inflight outbox schedule
+-- args: op? task? owner lease# new_state ttl# history_limit# detail last_error? provider_id? delay_ms? dead_cap# member latency_bounds provider_status? deferred? announce?
 -- include: lib outbox
 
 local again = earlier_reply(message, op)
@@ -54,20 +56,23 @@ if new_state == 'delivered' then
     if latency <= tonumber(bound) then redis.call('HINCRBY', stats, 'latency:le:' .. bound, 1) end
   end
 end
+local keep = ttl
 if new_state == 'retrying' then
   local due = now + tonumber(delay_ms or '0')
   redis.call('HSET', message, 'dueAt', due)
   if task then redis.call('HSET', message, 'task', task) end
-  redis.call('ZADD', inflight, due + retry_grace_ms, member)
+  redis.call('ZADD', schedule, due, member)
+  keep = ttl + math.ceil((due - now) / 1000)
   if deferred then redis.call('HINCRBY', message, 'attempts', -1) end
 else
-  redis.call('ZREM', inflight, member)
+  redis.call('ZREM', schedule, member)
 end
+redis.call('ZREM', inflight, member)
 if new_state == 'dead' then
   redis.call('ZADD', dead, now, member)
   redis.call('ZREMRANGEBYRANK', dead, 0, -(dead_cap + 1))
 end
 if announce then outbox_add(outbox, message, member, 'message.' .. new_state, now, nil) end
-redis.call('EXPIRE', message, ttl)
-push_history(history, new_state, now, detail, history_limit, ttl)
+redis.call('EXPIRE', message, keep)
+push_history(history, new_state, now, detail, history_limit, keep)
 return remember(message, op, 'ok')

@@ -3,11 +3,13 @@
 -- type whose cost is known now (``types`` as ",1,5,"); ``prepay`` holds, per rate key,
 -- interval ms, tolerance ms, cost to users, cost otherwise.
 -- Every grant has its number (``lease``), which the outcome must name (finish.lua). A retry
--- is not leased before its due time, on Redis's clock: that task is early (a copy, or its
--- host's clock ran ahead) and waits again, no attempt used.
+-- is not leased before its due time, on Redis's clock: that task is early (a copy) and
+-- stands down, no attempt used; the schedule publishes the retry's task when it is due
+-- (promote_due.lua).
 -- With ``task`` (the arriving task's id) only the message's one live task is served: the
--- record names the task last published for it (``task``: by a retry, the reaper or a
--- replay, or the task that got the last lease); any other is a superseded copy.
+-- record names the task last published for it (``task``: by a promotion from the schedule,
+-- the reaper or a replay; a retry names the one its promotion will publish), or the task
+-- that got the last lease; any other is a superseded copy.
 -- Returns {'ok', attempts, stored message, prepaid 0/1, channel, client, lease number},
 -- {'terminal', state}, {'superseded', live task}, {'busy', holder, ms left},
 -- {'early', ms until due} or {'missing'}.
