@@ -33,7 +33,7 @@ from dispatcher.broker import BrokerKind, broker_is_store, broker_kind
 from dispatcher.broker_probe import AmqpProbe
 from dispatcher.channels import registry
 from dispatcher.config import Settings
-from dispatcher.connections import LoopRedis
+from dispatcher.connections import LoopRedis, request_ceiling
 from dispatcher.console import mount_console
 from dispatcher.errors import DispatcherError, FieldError
 from dispatcher.health import warn_redis_configuration
@@ -137,6 +137,7 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
     app.add_middleware(
         SubmitBound,
         limit=settings.api_max_submits_in_flight,
+        redis_seconds=request_ceiling(settings),
         single_bytes=settings.max_request_bytes,
         batch_bytes=settings.max_batch_request_bytes,
         envelope=envelope,
