@@ -129,6 +129,17 @@ def redis_budget(seconds: float) -> Iterator[RedisBudget]:
         _BUDGET.reset(token)
 
 
+@contextmanager
+def outside_budget() -> Iterator[None]:
+    """Within this block, calls are not bounded by the request's budget: for those that
+    undo what the request did after a failure, which must not be cut short by it."""
+    token = _BUDGET.set(None)
+    try:
+        yield
+    finally:
+        _BUDGET.reset(token)
+
+
 def _spent(budget: RedisBudget) -> BudgetSpent:
     return BudgetSpent(f"the request's {budget.seconds:g}s for Redis ran out")
 

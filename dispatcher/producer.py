@@ -29,7 +29,7 @@ from dispatcher.backlog import QueueBacklog, broker_depth, read_backlog
 from dispatcher.broker import broker_is_store, make_celery
 from dispatcher.channels import ChannelSpec
 from dispatcher.config import Settings
-from dispatcher.connections import REDIS_ERRORS, PoolExhausted, redis_client
+from dispatcher.connections import REDIS_ERRORS, PoolExhausted, outside_budget, redis_client
 from dispatcher.enqueue import DELIVER_TASK, DirectEnqueue, task_args
 from dispatcher.errors import Busy, Conflict, RateLimited, Unauthorized, Unavailable
 from dispatcher.gate import REPLAYED, Gate
@@ -256,13 +256,11 @@ class Dispatcher:
 
     def forget(self, ref: MessageRef, message: Message) -> None:
         try:
-            self.store.submit.discard(ref, message)
+            with outside_budget():  # a slow broker may have spent the request's Redis budget
+                self.store.submit.discard(ref, message)
         except REDIS_ERRORS:
-            log.error(
-                "getMessageId=%s publish failed and the queued record could not be removed; "
-                "it will be re-enqueued by recovery",
-                ref.id,
-            )
+            msg = "getMessageId=%s publish failed, its record not removed: recovery re-enqueues it"
+            log.error(msg, ref.id)
 
     def status(self, message: str | MessageRef) -> StatusRecord | None:
         with unavailable_if_down("status store"):

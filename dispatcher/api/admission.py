@@ -82,7 +82,7 @@ class Admission:
         the background, outside the request's Redis budget: the answer does not wait for it
         (Redis is perhaps stalled) and the budget, perhaps spent, does not cut it short."""
         if not isinstance(refusal, Busy) and caller.guard:
-            # run_in_executor, unlike to_thread, does not carry the request's context over.
+            # run_in_executor, unlike to_thread, does not carry the request's budget over.
             asyncio.get_running_loop().run_in_executor(None, self.release, caller)
 
     def release(self, caller: Caller) -> None:

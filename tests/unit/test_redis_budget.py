@@ -19,6 +19,7 @@ from dispatcher.connections import (
     BudgetSpent,
     PoolExhausted,
     async_redis_client,
+    outside_budget,
     redis_budget,
     redis_client,
     request_ceiling,
@@ -130,10 +131,22 @@ def test_a_budgeted_call_leaves_its_connection_with_the_usual_timeouts(redis_url
     client.close()
 
 
-def test_without_a_budget_a_call_keeps_its_retries(redis_url: str) -> None:
-    """Workers and producers are not bounded this way: only requests that ask for it."""
+def test_undoing_a_request_s_work_is_not_cut_short_by_its_spent_budget(
+    silent_redis: str, redis_url: str
+) -> None:
+    """A record removed after the broker refused its task: the broker's wait may have
+    spent the budget, and a record left behind would be delivered after a 503."""
+    stalled = redis_client(settings(silent_redis))
     client = redis_client(settings(redis_url))
-    assert client.ping() is True
+    client.set("budget:undo", b"1")
+    with redis_budget(BUDGET):
+        with pytest.raises(BudgetSpent):
+            stalled.ping()
+        with pytest.raises(BudgetSpent):
+            client.ping()
+        with outside_budget():
+            assert client.delete("budget:undo") == 1
+    stalled.close()
     client.close()
 
 
