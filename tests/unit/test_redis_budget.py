@@ -116,6 +116,22 @@ def test_a_wait_for_a_pooled_connection_is_cut_short_by_the_budget(redis_url: st
     assert BUDGET - 0.05 <= elapsed < BUDGET + SLACK
 
 
+def test_a_pooled_connection_the_server_closed_is_opened_again_within_the_budget(
+    redis_url: str,
+) -> None:
+    async def scenario() -> None:
+        client = async_redis_client(settings(redis_url), max_connections=1)
+        killed = await client.client_id()
+        admin = redis_client(settings(redis_url))
+        assert admin.client_kill_filter(_id=killed) == 1
+        admin.close()
+        with redis_budget(BUDGET):
+            assert await client.client_id() != killed  # a new connection, not an error
+        await client.aclose()
+
+    asyncio.run(scenario())
+
+
 def test_a_budgeted_call_leaves_its_connection_with_the_usual_timeouts(redis_url: str) -> None:
     client = redis_client(settings(redis_url), max_connections=1)
     with redis_budget(BUDGET):
