@@ -4,8 +4,8 @@ Every client here draws on a *blocking* pool: when all its connections are busy 
 call waits for one, at most ``DISPATCHER_REDIS_POOL_TIMEOUT`` seconds, and then
 raises :class:`PoolExhausted` ("busy", not "down"). A burst larger than the pool
 therefore costs latency, not errors, and the number of connections a process
-opens is bounded whatever its load. Within :func:`redis_budget` (an API submit),
-all the Redis calls of a request end within one deadline, retries included.
+opens is bounded whatever its load. Within a request's budget (an API submit,
+:mod:`dispatcher.redis_budget`), all its Redis calls end by one deadline.
 How the sizes and the ceiling follow from each process kind's concurrency:
 docs/operations.md, "Load bounds".
 """
@@ -14,36 +14,27 @@ from __future__ import annotations
 
 import asyncio
 import queue
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
-from contextvars import ContextVar
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import redis
 from redis.asyncio import ConnectionPool as AsyncConnectionPool
 from redis.asyncio import Redis as AsyncRedis
-from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
 
 from dispatcher.config import Settings
-
-T = TypeVar("T")
+from dispatcher.redis_budget import (
+    AsyncDeadlineRetry,
+    DeadlineRetry,
+    current_budget,
+    time_left,
+    within,
+)
 
 
 class PoolExhausted(redis.ConnectionError):
     """No pooled connection became free within the wait budget: Redis is busy or stalled.
 
     Raised before anything was sent, so the call had no effect.
-    """
-
-
-class BudgetSpent(redis.TimeoutError):
-    """A request's time for Redis (:func:`redis_budget`) ran out before Redis answered.
-
-    If a command was under way, Redis may still carry it out: its effect is unknown.
     """
 
 
@@ -67,10 +58,9 @@ def text(value: bytes | str | int | float) -> str:
 
 # Short timeouts so a dead Redis becomes a clear error, not a hang; two quick retries.
 SOCKET_TIMEOUT = 5.0
-CONNECT_TIMEOUT = 2.0
 _TIMEOUTS: dict[str, Any] = {
     "socket_timeout": SOCKET_TIMEOUT,
-    "socket_connect_timeout": CONNECT_TIMEOUT,
+    "socket_connect_timeout": 2,
     "health_check_interval": 15,
     "retry_on_error": [redis.ConnectionError, redis.TimeoutError],
 }
@@ -89,174 +79,26 @@ def _backoff() -> ExponentialBackoff:
 
 def request_ceiling(settings: Settings) -> float:
     """The longest a submit waits for Redis, in seconds (docs/operations.md, "Load bounds"):
-    its calls (the memory check, the script) share one :func:`redis_budget` that ends this
-    long after the first of them starts."""
+    its calls (the memory check, the script) share one budget
+    (:func:`dispatcher.redis_budget.redis_budget`) that ends this long after the first
+    of them starts."""
     return settings.redis_pool_timeout + COMMAND_BUDGET
-
-
-@dataclass
-class RedisBudget:
-    """The time one request may spend on Redis, shared by all its calls on the clients here.
-
-    The clock starts with the request's first Redis call: a wait for a connection is cut
-    short by the pool wait budget or by the end of this one, whichever comes first; an
-    asyncio call is abandoned (its connection closed) when the budget ends, a blocking one
-    is given only the time left for each attempt and no attempt past the end.
-    """
-
-    seconds: float
-    deadline: float | None = None
-    """``time.monotonic()`` at which the budget ends; set by the first call."""
-
-    def start(self) -> float:
-        if self.deadline is None:
-            self.deadline = time.monotonic() + self.seconds
-        return self.deadline
-
-
-_BUDGET: ContextVar[RedisBudget | None] = ContextVar("dispatcher_redis_budget", default=None)
-
-
-@contextmanager
-def redis_budget(seconds: float) -> Iterator[RedisBudget]:
-    """Within this block (and threads started from it with their context), Redis calls on
-    the clients here share one budget of ``seconds``."""
-    budget = RedisBudget(seconds)
-    token = _BUDGET.set(budget)
-    try:
-        yield budget
-    finally:
-        _BUDGET.reset(token)
-
-
-@contextmanager
-def outside_budget() -> Iterator[None]:
-    """Within this block, calls are not bounded by the request's budget: for those that
-    undo what the request did after a failure, which must not be cut short by it."""
-    token = _BUDGET.set(None)
-    try:
-        yield
-    finally:
-        _BUDGET.reset(token)
-
-
-def _spent(budget: RedisBudget) -> BudgetSpent:
-    return BudgetSpent(f"the request's {budget.seconds:g}s for Redis ran out")
-
-
-def _remaining(budget: RedisBudget) -> float:
-    remaining = budget.start() - time.monotonic()
-    if remaining <= 0:
-        raise _spent(budget)
-    return remaining
-
-
-@asynccontextmanager
-async def _within(budget: RedisBudget | None) -> AsyncIterator[None]:
-    """Abandon the block when ``budget`` ends (no limit without one)."""
-    if budget is None:
-        yield
-        return
-    limit = asyncio.timeout(_remaining(budget))
-    try:
-        async with limit:
-            yield
-    except TimeoutError:
-        if limit.expired():
-            raise _spent(budget) from None
-        raise
-
-
-class _DeadlineRetry(Retry):
-    """redis-py's retries within the request's :class:`RedisBudget`: each attempt gets the
-    time left as its socket timeouts, and no attempt or back-off starts past the end."""
-
-    connection: Any = None
-    _limited = False
-
-    def call_with_retry(
-        self,
-        do: Callable[[], T],
-        fail: Callable[..., Any],
-        is_retryable: Callable[[Exception], bool] | None = None,
-        with_failure_count: bool = False,
-    ) -> T:
-        budget = _BUDGET.get()
-        if budget is None or self.connection is None:
-            return super().call_with_retry(do, fail, is_retryable, with_failure_count)
-        outermost, self._limited = not self._limited, True
-        try:
-            self._backoff.reset()  # type: ignore[no-untyped-call]
-            failures = 0
-            while True:
-                self._limit(min(SOCKET_TIMEOUT, _remaining(budget)))
-                try:
-                    return do()
-                except self._supported_errors as error:
-                    if isinstance(error, BudgetSpent) or (is_retryable and not is_retryable(error)):
-                        raise
-                    failures += 1
-                    if with_failure_count:
-                        fail(error, failures)
-                    else:
-                        fail(error)
-                    pause = self._backoff.compute(failures)
-                    if time.monotonic() + pause >= budget.start():
-                        raise _spent(budget) from error
-                    if failures > self._retries:
-                        raise
-                    time.sleep(pause)
-        finally:
-            if outermost:
-                self._limited = False
-                self._limit(SOCKET_TIMEOUT)
-
-    def _limit(self, seconds: float) -> None:
-        """Socket timeouts of ``seconds`` for the connection, its socket and its reply parser
-        (which keeps the one the connection had when it opened)."""
-        connection = self.connection
-        connection.socket_timeout = seconds
-        connection.socket_connect_timeout = min(CONNECT_TIMEOUT, seconds)
-        sock = getattr(connection, "_sock", None)
-        if sock is not None:
-            sock.settimeout(seconds)
-        parser: Any = getattr(connection, "_parser", None)
-        if hasattr(parser, "_socket_timeout"):  # hiredis
-            parser._socket_timeout = seconds
-        buffer: Any = getattr(parser, "_buffer", None)
-        if hasattr(buffer, "socket_timeout"):  # the pure-Python parsers
-            buffer.socket_timeout = seconds
-
-
-class _AsyncDeadlineRetry(AsyncRetry):
-    """redis-py's asyncio retries, abandoned when the request's :class:`RedisBudget` ends."""
-
-    async def call_with_retry(
-        self,
-        do: Callable[[], Awaitable[T]],
-        fail: Callable[..., Any],
-        is_retryable: Callable[[Exception], bool] | None = None,
-        with_failure_count: bool = False,
-    ) -> T:
-        async with _within(_BUDGET.get()):
-            return await super().call_with_retry(do, fail, is_retryable, with_failure_count)
 
 
 class _WaitingPool(redis.BlockingConnectionPool):
     """A blocking pool whose timeout raises :class:`PoolExhausted`."""
 
     def get_connection(self, *args: Any, **kwargs: Any) -> Any:
-        budget = _BUDGET.get()
+        budget = current_budget()
         if budget is not None:
-            _remaining(budget)  # spent already: wait for nothing
+            time_left(budget)  # spent already: wait for nothing
         try:
-            connection = super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
+            return super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
         except redis.ConnectionError as exc:
             # redis-py raises a plain ConnectionError while handling the queue's Empty.
             if isinstance(exc.__context__, queue.Empty):
                 raise PoolExhausted(_exhausted(self.max_connections, self.timeout)) from None
             raise
-        return connection
 
     def make_connection(self) -> Any:
         connection = super().make_connection()  # type: ignore[no-untyped-call]
@@ -279,9 +121,9 @@ class _AsyncWaitingPool(AsyncConnectionPool):
         self._slots = asyncio.Semaphore(self.max_connections)
 
     async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
-        budget = _BUDGET.get()
+        budget = current_budget()
         if self._slots.locked():
-            wait = self.timeout if budget is None else min(self.timeout, _remaining(budget))
+            wait = self.timeout if budget is None else min(self.timeout, time_left(budget))
             try:
                 async with asyncio.timeout(wait):
                     await self._slots.acquire()
@@ -297,7 +139,7 @@ class _AsyncWaitingPool(AsyncConnectionPool):
             raise
         try:
             if not await _ready(connection):
-                async with _within(budget):  # (re)connecting may wait: within the budget
+                async with within(budget):  # (re)connecting may wait: within the budget
                     await self.ensure_connection(connection)
         except BaseException:
             await self.release(connection)
@@ -340,7 +182,7 @@ def redis_client(settings: Settings, *, max_connections: int | None = None) -> r
         settings.redis_url,
         max_connections=max_connections or blocking_pool_size(settings),
         timeout=settings.redis_pool_timeout,
-        retry=_DeadlineRetry(_backoff(), retries=RETRIES),
+        retry=DeadlineRetry(_backoff(), retries=RETRIES),
         **_TIMEOUTS,
     )
     return redis.Redis(connection_pool=pool)
@@ -353,7 +195,7 @@ def async_redis_client(settings: Settings, *, max_connections: int | None = None
         settings.redis_url,
         max_connections=max_connections or settings.api_redis_connections,
         timeout=settings.redis_pool_timeout,
-        retry=_AsyncDeadlineRetry(_backoff(), retries=RETRIES),
+        retry=AsyncDeadlineRetry(_backoff(), retries=RETRIES),
         **_TIMEOUTS,
     )
     return AsyncRedis(connection_pool=pool)

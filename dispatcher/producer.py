@@ -29,7 +29,7 @@ from dispatcher.backlog import QueueBacklog, broker_depth, read_backlog
 from dispatcher.broker import broker_is_store, make_celery
 from dispatcher.channels import ChannelSpec
 from dispatcher.config import Settings
-from dispatcher.connections import REDIS_ERRORS, PoolExhausted, outside_budget, redis_client
+from dispatcher.connections import REDIS_ERRORS, PoolExhausted, redis_client
 from dispatcher.enqueue import DELIVER_TASK, DirectEnqueue, task_args
 from dispatcher.errors import Busy, Conflict, RateLimited, Unauthorized, Unavailable
 from dispatcher.gate import REPLAYED, Gate
@@ -37,6 +37,7 @@ from dispatcher.health import RedisHealth
 from dispatcher.ids import NAMESPACE_PATTERN, MessageRef, new_message_id
 from dispatcher.models import Message, parse_message
 from dispatcher.record import DeadLetter, StatusRecord
+from dispatcher.redis_budget import outside_budget
 from dispatcher.routing import Routing, check_routing, route
 from dispatcher.scheduling import SendAt, apply_send_at
 from dispatcher.store import (

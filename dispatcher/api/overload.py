@@ -6,7 +6,7 @@ process, the next is refused before its body is read: 503 "service busy" with
 ``Retry-After``, counted in ``/metrics`` as ``reason="busy"``, nothing recorded.
 Queuing it instead would only add latency the caller cannot see the end of.
 A submit let in has one budget of time for all its Redis calls
-(:func:`~dispatcher.connections.redis_budget`), so its wait has a ceiling too.
+(:func:`~dispatcher.redis_budget.redis_budget`), so its wait has a ceiling too.
 How the bounds are chosen: docs/operations.md, "Load bounds". A batch submit counts as
 as many submits as single bodies its declared size could hold (at least one), so the
 bound on the bodies held stays what it was.
@@ -20,9 +20,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from dispatcher.api.envelope import EnvelopeWriter
 from dispatcher.api.metrics import ApiMetrics
 from dispatcher.api.paths import SUBMIT, SUBMIT_BATCH
-from dispatcher.connections import redis_budget
 from dispatcher.errors import Busy
 from dispatcher.limits import MAX_BATCH_REQUEST_BYTES, MAX_REQUEST_BYTES, batch_request_bytes
+from dispatcher.redis_budget import redis_budget
 
 
 class SubmitBound:

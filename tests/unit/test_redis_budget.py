@@ -16,14 +16,12 @@ import pytest
 from dispatcher.config import Settings
 from dispatcher.connections import (
     SOCKET_TIMEOUT,
-    BudgetSpent,
     PoolExhausted,
     async_redis_client,
-    outside_budget,
-    redis_budget,
     redis_client,
     request_ceiling,
 )
+from dispatcher.redis_budget import BudgetSpent, outside_budget, redis_budget
 
 BUDGET = 0.6
 SLACK = 1.0
