@@ -4,8 +4,10 @@ Every client here draws on a *blocking* pool: when all its connections are busy 
 call waits for one, at most ``DISPATCHER_REDIS_POOL_TIMEOUT`` seconds, and then
 raises :class:`PoolExhausted` ("busy", not "down"). A burst larger than the pool
 therefore costs latency, not errors, and the number of connections a process
-opens is bounded whatever its load. How the sizes follow from each process
-kind's concurrency: docs/operations.md, "Load bounds".
+opens is bounded whatever its load. Within a request's budget (an API submit,
+:mod:`dispatcher.redis_budget`), all its Redis calls end by one deadline.
+How the sizes and the ceiling follow from each process kind's concurrency:
+docs/operations.md, "Load bounds".
 """
 
 from __future__ import annotations
@@ -17,11 +19,16 @@ from typing import Any
 import redis
 from redis.asyncio import ConnectionPool as AsyncConnectionPool
 from redis.asyncio import Redis as AsyncRedis
-from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
 
 from dispatcher.config import Settings
+from dispatcher.redis_budget import (
+    AsyncDeadlineRetry,
+    DeadlineRetry,
+    current_budget,
+    time_left,
+    within,
+)
 
 
 class PoolExhausted(redis.ConnectionError):
@@ -61,6 +68,9 @@ _TIMEOUTS: dict[str, Any] = {
 
 RETRIES = 2
 BACKOFF_CAP = 0.5
+COMMAND_BUDGET = SOCKET_TIMEOUT
+"""Seconds a request's Redis calls may take beyond the pool wait budget: connecting,
+health checks, every attempt and the back-off between them."""
 
 
 def _backoff() -> ExponentialBackoff:
@@ -69,17 +79,19 @@ def _backoff() -> ExponentialBackoff:
 
 def request_ceiling(settings: Settings) -> float:
     """The longest a submit waits for Redis, in seconds (docs/operations.md, "Load bounds"):
-    at most two Redis calls (the memory check, which one request per interval makes, and
-    the script), each waiting its budget for a pooled connection and then timing out on
-    every attempt. A stall shorter than the socket timeout costs only its own length."""
-    attempts = (1 + RETRIES) * SOCKET_TIMEOUT + RETRIES * BACKOFF_CAP
-    return 2 * (settings.redis_pool_timeout + attempts)
+    its calls (the memory check, the script) share one budget
+    (:func:`dispatcher.redis_budget.redis_budget`) that ends this long after the first
+    of them starts."""
+    return settings.redis_pool_timeout + COMMAND_BUDGET
 
 
 class _WaitingPool(redis.BlockingConnectionPool):
     """A blocking pool whose timeout raises :class:`PoolExhausted`."""
 
     def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        budget = current_budget()
+        if budget is not None:
+            time_left(budget)  # spent already: wait for nothing
         try:
             return super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
         except redis.ConnectionError as exc:
@@ -87,6 +99,11 @@ class _WaitingPool(redis.BlockingConnectionPool):
             if isinstance(exc.__context__, queue.Empty):
                 raise PoolExhausted(_exhausted(self.max_connections, self.timeout)) from None
             raise
+
+    def make_connection(self) -> Any:
+        connection = super().make_connection()  # type: ignore[no-untyped-call]
+        connection.retry.connection = connection  # each connection has its own copy
+        return connection
 
 
 class _AsyncWaitingPool(AsyncConnectionPool):
@@ -104,9 +121,11 @@ class _AsyncWaitingPool(AsyncConnectionPool):
         self._slots = asyncio.Semaphore(self.max_connections)
 
     async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        budget = current_budget()
         if self._slots.locked():
+            wait = self.timeout if budget is None else min(self.timeout, time_left(budget))
             try:
-                async with asyncio.timeout(self.timeout):
+                async with asyncio.timeout(wait):
                     await self._slots.acquire()
             except TimeoutError:
                 raise PoolExhausted(_exhausted(self.max_connections, self.timeout)) from None
@@ -119,7 +138,9 @@ class _AsyncWaitingPool(AsyncConnectionPool):
             self._slots.release()
             raise
         try:
-            await self.ensure_connection(connection)
+            if not await _ready(connection):
+                async with within(budget):  # (re)connecting may wait: within the budget
+                    await self.ensure_connection(connection)
         except BaseException:
             await self.release(connection)
             raise
@@ -130,6 +151,18 @@ class _AsyncWaitingPool(AsyncConnectionPool):
             await super().release(connection)
         finally:
             self._slots.release()
+
+
+async def _ready(connection: Any) -> bool:
+    """Connected with nothing left to read: usable as is, without a check that may wait
+    (and without the timer a budgeted wait costs, which over thousands of calls a second
+    shows in the API's CPU)."""
+    if not connection.is_connected:
+        return False
+    try:
+        return not await connection.can_read()
+    except (redis.RedisError, OSError):
+        return False
 
 
 def _exhausted(size: int, timeout: float | None) -> str:
@@ -149,7 +182,7 @@ def redis_client(settings: Settings, *, max_connections: int | None = None) -> r
         settings.redis_url,
         max_connections=max_connections or blocking_pool_size(settings),
         timeout=settings.redis_pool_timeout,
-        retry=Retry(_backoff(), retries=RETRIES),
+        retry=DeadlineRetry(_backoff(), retries=RETRIES),
         **_TIMEOUTS,
     )
     return redis.Redis(connection_pool=pool)
@@ -162,7 +195,7 @@ def async_redis_client(settings: Settings, *, max_connections: int | None = None
         settings.redis_url,
         max_connections=max_connections or settings.api_redis_connections,
         timeout=settings.redis_pool_timeout,
-        retry=AsyncRetry(_backoff(), retries=RETRIES),
+        retry=AsyncDeadlineRetry(_backoff(), retries=RETRIES),
         **_TIMEOUTS,
     )
     return AsyncRedis(connection_pool=pool)

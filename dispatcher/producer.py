@@ -37,6 +37,7 @@ from dispatcher.health import RedisHealth
 from dispatcher.ids import NAMESPACE_PATTERN, MessageRef, new_message_id
 from dispatcher.models import Message, parse_message
 from dispatcher.record import DeadLetter, StatusRecord
+from dispatcher.redis_budget import outside_budget
 from dispatcher.routing import Routing, check_routing, route
 from dispatcher.scheduling import SendAt, apply_send_at
 from dispatcher.store import (
@@ -256,13 +257,11 @@ class Dispatcher:
 
     def forget(self, ref: MessageRef, message: Message) -> None:
         try:
-            self.store.submit.discard(ref, message)
+            with outside_budget():  # a slow broker may have spent the request's Redis budget
+                self.store.submit.discard(ref, message)
         except REDIS_ERRORS:
-            log.error(
-                "getMessageId=%s publish failed and the queued record could not be removed; "
-                "it will be re-enqueued by recovery",
-                ref.id,
-            )
+            msg = "getMessageId=%s publish failed, its record not removed: recovery re-enqueues it"
+            log.error(msg, ref.id)
 
     def status(self, message: str | MessageRef) -> StatusRecord | None:
         with unavailable_if_down("status store"):

@@ -9,10 +9,10 @@ again, so it is charged to the client's submit rate (:meth:`Admission.charge`).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 
 import redis
-from starlette.concurrency import run_in_threadpool
 
 from dispatcher.api.auth import Caller
 from dispatcher.connections import REDIS_ERRORS
@@ -78,10 +78,12 @@ class Admission:
 
     async def give_back(self, caller: Caller, refusal: Unavailable) -> None:
         """After a refused submit, release its nonce so the same bytes may be sent again; not
-        after :class:`Busy`, which came before the nonce was claimed (and with Redis perhaps
-        stalled, a release would hold the answer up)."""
-        if not isinstance(refusal, Busy):
-            await run_in_threadpool(self.release, caller)
+        after :class:`Busy`, which came before the nonce was claimed. The release runs in
+        the background, outside the request's Redis budget: the answer does not wait for it
+        (Redis is perhaps stalled) and the budget, perhaps spent, does not cut it short."""
+        if not isinstance(refusal, Busy) and caller.guard:
+            # run_in_executor, unlike to_thread, does not carry the request's budget over.
+            asyncio.get_running_loop().run_in_executor(None, self.release, caller)
 
     def release(self, caller: Caller) -> None:
         """Give a nonce back after a failure that accepted nothing (best effort)."""

@@ -5,7 +5,9 @@ Redis connection. Past ``DISPATCHER_API_MAX_SUBMITS_IN_FLIGHT`` of them in this
 process, the next is refused before its body is read: 503 "service busy" with
 ``Retry-After``, counted in ``/metrics`` as ``reason="busy"``, nothing recorded.
 Queuing it instead would only add latency the caller cannot see the end of.
-How the bound is chosen: docs/operations.md, "Load bounds". A batch submit counts as
+A submit let in has one budget of time for all its Redis calls
+(:func:`~dispatcher.redis_budget.redis_budget`), so its wait has a ceiling too.
+How the bounds are chosen: docs/operations.md, "Load bounds". A batch submit counts as
 as many submits as single bodies its declared size could hold (at least one), so the
 bound on the bodies held stays what it was.
 """
@@ -20,6 +22,7 @@ from dispatcher.api.metrics import ApiMetrics
 from dispatcher.api.paths import SUBMIT, SUBMIT_BATCH
 from dispatcher.errors import Busy
 from dispatcher.limits import MAX_BATCH_REQUEST_BYTES, MAX_REQUEST_BYTES, batch_request_bytes
+from dispatcher.redis_budget import redis_budget
 
 
 class SubmitBound:
@@ -33,11 +36,13 @@ class SubmitBound:
         limit: int,
         envelope: EnvelopeWriter,
         metrics: ApiMetrics,
+        redis_seconds: float | None = None,
         single_bytes: int = MAX_REQUEST_BYTES,
         batch_bytes: int = MAX_BATCH_REQUEST_BYTES,
     ) -> None:
         self.app = app
         self.limit = limit
+        self.redis_seconds = redis_seconds
         self.single_bytes = single_bytes
         self.batch_bytes = batch_request_bytes(single_bytes, batch_bytes)
         self.envelope = envelope
@@ -71,7 +76,11 @@ class SubmitBound:
             return
         self.in_flight += weight
         try:
-            await self.app(scope, receive, send)
+            if self.redis_seconds is None:  # no budget: the bound alone
+                await self.app(scope, receive, send)
+            else:
+                with redis_budget(self.redis_seconds):
+                    await self.app(scope, receive, send)
         finally:
             self.in_flight -= weight
 
