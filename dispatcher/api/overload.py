@@ -10,7 +10,6 @@ How the bound is chosen: docs/operations.md, "Load bounds".
 
 from __future__ import annotations
 
-from prometheus_client import Gauge
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dispatcher.api.envelope import EnvelopeWriter
@@ -37,12 +36,6 @@ class SubmitBound:
         self.metrics = metrics
         self.in_flight = 0
         self.refusal = Busy(f"more than {limit} submits in flight in this process")
-        gauge = Gauge(
-            "dispatcher_submits_in_flight",
-            "Submit requests this API process is working on now.",
-            registry=metrics.registry,
-        )
-        gauge.set_function(lambda: self.in_flight)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] != SUBMIT or scope["method"] != "POST":
@@ -53,7 +46,9 @@ class SubmitBound:
             await self.envelope.busy()(scope, receive, send)
             return
         self.in_flight += 1
+        self.metrics.submits_in_flight.inc()
         try:
             await self.app(scope, receive, send)
         finally:
             self.in_flight -= 1
+            self.metrics.submits_in_flight.dec()
