@@ -256,12 +256,14 @@ class ApiProcess:
     log_path: Path
 
     @classmethod
-    def start(cls, env: dict[str, str], log_path: Path, timeout: float = 60.0) -> ApiProcess:
+    def start(
+        cls, env: dict[str, str], log_path: Path, timeout: float = 60.0, workers: int = 1
+    ) -> ApiProcess:
         """Start it with ``env`` (on top of this process's) and wait until /healthz answers."""
         port = free_port()
         with log_path.open("wb") as log:
             process = subprocess.Popen(
-                [sys.executable, "-m", "dispatcher.cli", "api", "--host", "127.0.0.1", "--port", str(port)],
+                [sys.executable, "-m", "dispatcher.cli", "api", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)],
                 env={**os.environ, **env}, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip
         server = cls(f"http://127.0.0.1:{port}", process, log_path)

@@ -7,8 +7,10 @@ import gc
 import json
 import logging
 import os
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import redis
@@ -25,7 +27,7 @@ from dispatcher.api.admission import Admission
 from dispatcher.api.auth import Authenticator
 from dispatcher.api.docs_assets import install_docs
 from dispatcher.api.envelope import EnvelopeWriter
-from dispatcher.api.metrics import ApiMetrics, RedisCollector
+from dispatcher.api.metrics import MULTIPROCESS_DIR, ApiMetrics, RedisCollector
 from dispatcher.api.openapi import build_openapi
 from dispatcher.api.overload import SubmitBound
 from dispatcher.api.routes import Runtime, render_error, router
@@ -102,7 +104,7 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
         ),
         probes={"redis": store_probe, "broker": broker_probe},
     )
-    runtime.metrics.registry.register(
+    runtime.metrics.add_collector(
         WebhookCollector(WebhookStore(store_probe), settings.webhook_subscriptions())
     )
 
@@ -116,6 +118,7 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
             client.close()
         if owns_dispatcher:
             dispatcher.close()
+        runtime.metrics.process_exits()
 
     app = FastAPI(
         title="dispatcher",
@@ -197,16 +200,33 @@ def run_api(settings: Settings, host: str, port: int, workers: int = 1) -> None:
     from ``DISPATCHER_*``, which is why ``settings`` is exported there first.
     """
     os.environ.update(settings_environment(settings))
-    uvicorn.run(
-        "dispatcher.api.app:serve_app",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        access_log=False,  # ~27 % of throughput (docs/architecture.md, "Costs")
-        log_level=settings.log_level.lower(),
-        server_header=False,
-    )
+    with _shared_metrics(workers):
+        uvicorn.run(
+            "dispatcher.api.app:serve_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            access_log=False,  # ~27 % of throughput (docs/architecture.md, "Costs")
+            log_level=settings.log_level.lower(),
+            server_header=False,
+        )
+
+
+@contextmanager
+def _shared_metrics(workers: int) -> Iterator[None]:
+    """Several processes answer /metrics: each writes its counters where all can sum them
+    (a directory of this run's own, unless the operator named one)."""
+    if workers <= 1 or os.environ.get(MULTIPROCESS_DIR):
+        yield
+        return
+    directory = tempfile.mkdtemp(prefix="dispatcher-api-metrics-")
+    os.environ[MULTIPROCESS_DIR] = directory
+    try:
+        yield
+    finally:
+        del os.environ[MULTIPROCESS_DIR]
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def serve_app() -> FastAPI:

@@ -1,7 +1,10 @@
 """Prometheus metrics of the API: its own counters plus the fleet's, read from Redis.
 
 Each app has its own :class:`CollectorRegistry` (no global state, so tests and
-several apps in one process do not collide). The workers' figures (transitions,
+several apps in one process do not collide). With several API processes behind one
+port (``dispatcher api --workers N``) each process writes its counters to files in
+``PROMETHEUS_MULTIPROC_DIR`` and every scrape sums all of them, whichever process
+answers it (prometheus_client's multiprocess mode; docs/operations.md, "Metrics"). The workers' figures (transitions,
 provider errors, delivery latency) live in the shared Redis hash ``keys.STATS``;
 a custom collector reads them at scrape time with what else the store keeps (the
 dead letters, the in-flight index, each queue's backlog) and Redis's memory, so
@@ -12,17 +15,19 @@ dashboard and alerts built on them.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import redis
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
     Metric,
 )
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
 
 from dispatcher import keys
@@ -77,6 +82,10 @@ LABELLED = {
 }
 """Counters read from ``<prefix><label value>`` fields of the shared stats hash."""
 
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
+"""Set by ``dispatcher api --workers N`` (N > 1) for its processes; prometheus_client reads it
+when a metric is made."""
+
 NO_CLIENT = "-"
 """``client`` label of submits without a configured client (unsigned, or refused first)."""
 
@@ -90,6 +99,8 @@ class ApiMetrics:
 
     def __init__(self, fleet: RedisCollector, clients: Iterable[str] = ()) -> None:
         self.registry = CollectorRegistry()
+        self.collectors: list[Collector] = []
+        """Figures read at scrape time (from Redis): the same whichever process answers."""
         self.submitted = Counter(
             "dispatcher_submitted",
             "Submit requests received by this API process.",
@@ -107,12 +118,22 @@ class ApiMetrics:
             ["reason", "client"],
             registry=self.registry,
         )
+        self.submits_in_flight = Gauge(
+            "dispatcher_submits_in_flight",
+            "Submit requests the API processes are working on now.",
+            registry=self.registry,
+            multiprocess_mode="livesum",
+        )
         self._clients = frozenset(clients)
         for client in (*self._clients, NO_CLIENT):  # every series from zero, for rate()
             self.accepted.labels(client)
             for reason in (*REJECT_REASONS.values(), BUSY, "other"):
                 self.rejected.labels(reason, client)
-        self.registry.register(fleet)
+        self.add_collector(fleet)
+
+    def add_collector(self, collector: Collector) -> None:
+        self.collectors.append(collector)
+        self.registry.register(collector)
 
     def count_submit(
         self, code: int, client: str | None = None, refusal: Exception | None = None
@@ -128,7 +149,19 @@ class ApiMetrics:
             self.rejected.labels(reason, label).inc()
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if not os.environ.get(MULTIPROCESS_DIR):
+            return generate_latest(self.registry)
+        every_process = CollectorRegistry()
+        MultiProcessCollector(every_process)  # type: ignore[no-untyped-call]  # untyped upstream
+        for collector in self.collectors:
+            every_process.register(collector)
+        return generate_latest(every_process)
+
+    @staticmethod
+    def process_exits() -> None:
+        """Drop this process's live gauges from the shared files (its counters stay)."""
+        if os.environ.get(MULTIPROCESS_DIR):
+            mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]  # untyped upstream
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,6 @@ bound on the bodies held stays what it was.
 
 from __future__ import annotations
 
-from prometheus_client import Gauge
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dispatcher.api.envelope import EnvelopeWriter
@@ -49,12 +48,6 @@ class SubmitBound:
         self.metrics = metrics
         self.in_flight = 0
         self.refusal = Busy(f"more than {limit} submits in flight in this process")
-        gauge = Gauge(
-            "dispatcher_submits_in_flight",
-            "Submit requests this API process is working on now.",
-            registry=metrics.registry,
-        )
-        gauge.set_function(lambda: self.in_flight)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST":
@@ -75,6 +68,7 @@ class SubmitBound:
             await self.envelope.busy()(scope, receive, send)
             return
         self.in_flight += weight
+        self.metrics.submits_in_flight.inc(weight)
         try:
             if self.redis_seconds is None:  # no budget: the bound alone
                 await self.app(scope, receive, send)
@@ -83,6 +77,7 @@ class SubmitBound:
                     await self.app(scope, receive, send)
         finally:
             self.in_flight -= weight
+            self.metrics.submits_in_flight.dec(weight)
 
     def _batch_weight(self, scope: Scope) -> int:
         """Single-body sizes in a batch's declared Content-Length (the most it may carry

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 import redis
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Gauge
 from redis.asyncio.client import Pipeline as AsyncPipeline
 
 from dispatcher import batch as batch_module
@@ -438,6 +438,7 @@ class _Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.counted: list[int] = []
+        self.submits_in_flight = Gauge("in_flight", "in flight", registry=self.registry)
 
     def count_submit(self, code: int, client: Any = None, refusal: Any = None) -> None:
         self.counted.append(code)
@@ -476,13 +477,13 @@ def test_batches_take_their_weight_of_the_in_flight_bound(redis_url: str) -> Non
         batch, _ = call(SUBMIT_BATCH, 2500)
         single, _ = call(SUBMIT, 10)
         await asyncio.sleep(0.05)
-        assert bound.in_flight == 4
+        assert bound.in_flight == 4 == metrics.registry.get_sample_value("in_flight")
         refused, sent = call(SUBMIT_BATCH, 1500)
         await refused
         assert sent[0]["status"] == 503 and metrics.counted == [503]
         release.set()
         await asyncio.gather(batch, single)
-        assert bound.in_flight == 0
+        assert bound.in_flight == 0 == metrics.registry.get_sample_value("in_flight")
         heavy, _ = call(SUBMIT_BATCH, None)
         await heavy
 
