@@ -33,6 +33,7 @@ from dispatcher.errors import (
     DispatcherError,
     InvalidMessage,
     MessageTooLarge,
+    NotReplicated,
     RateLimited,
     Unavailable,
 )
@@ -133,6 +134,10 @@ class EnvelopeWriter:
         if isinstance(exc, Busy):
             log.info("503 busy: %s", exc)
             return self._busy_parts()
+        if isinstance(exc, NotReplicated):
+            log.warning("503: %s", exc)
+            seconds = self.busy_retry_after
+            return 503, exc.public, {"retryAfter": seconds}, {"Retry-After": str(seconds)}
         if isinstance(exc, Unavailable):
             # The reason (hosts, ports) is for operators, not callers.
             log.warning("503: %s", exc)

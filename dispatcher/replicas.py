@@ -1,0 +1,104 @@
+"""``DISPATCHER_REDIS_MIN_REPLICAS``: a submit is answered 200 only once that many Redis
+replicas hold its record (docs/deployment.md, "Redis Sentinel").
+
+Redis replicates asynchronously: a primary that dies right after a write may take the
+write with it, and a failover then promotes a replica without it. With a minimum set,
+the submit path runs the create script and then ``WAIT n timeout`` on the same
+connection (WAIT counts the replicas that acknowledged that connection's writes). Fewer
+than ``n`` within the timeout: 503 with ``Retry-After``, and nothing is promised — the
+record may be on the primary and may yet be delivered, so a caller retries with the
+same getMessageId (the retry finds the message and waits for the replicas again).
+
+With no minimum (the default) nothing changes: no pinned connection, no extra call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any
+
+import redis
+from redis.asyncio import Redis as AsyncRedis
+
+from dispatcher.config import Settings
+from dispatcher.connections import REDIS_ERRORS, SOCKET_TIMEOUT
+from dispatcher.errors import NotReplicated
+from dispatcher.store import CreateOutcome, CreateResult
+
+_WRITTEN = frozenset({CreateOutcome.CREATED, CreateOutcome.SCHEDULED, CreateOutcome.DUPLICATE})
+"""Outcomes whose 200 promises a record (a duplicate's may come from an unconfirmed try)."""
+
+
+class ReplicaWait:
+    """Pins one connection for the create script and confirms its write on replicas."""
+
+    def __init__(self, replicas: int, timeout: float) -> None:
+        self.replicas = replicas
+        self.timeout_ms = max(1, round(timeout * 1000))
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ReplicaWait:
+        return cls(settings.redis_min_replicas, settings.redis_min_replicas_timeout)
+
+    @contextmanager
+    def pinned(self, client: redis.Redis) -> Iterator[redis.Redis]:
+        """``client`` itself, or with a minimum a client on one connection of its pool."""
+        if not self.replicas:
+            yield client
+            return
+        single: redis.Redis = client.client()  # type: ignore[no-untyped-call]
+        try:
+            yield single
+        finally:
+            single.close()
+
+    @asynccontextmanager
+    async def pinned_async(self, client: AsyncRedis) -> AsyncIterator[AsyncRedis]:
+        if not self.replicas:
+            yield client
+            return
+        single = client.client()
+        try:
+            yield single
+        finally:
+            await single.aclose()
+
+    def confirm(self, pinned: redis.Redis, result: CreateResult) -> None:
+        """Raise :class:`NotReplicated` unless enough replicas hold what ``pinned`` wrote."""
+        if not self.replicas or result.outcome not in _WRITTEN:
+            return
+        connection: Any = pinned.connection
+        try:
+            # Not through execute_command: a retry on a new connection would have written
+            # nothing there, and WAIT would answer at once.
+            connection.send_command("WAIT", self.replicas, self.timeout_ms)
+            acknowledged = int(connection.read_response(timeout=self._read_timeout))
+        except REDIS_ERRORS as exc:
+            connection.disconnect()
+            raise NotReplicated(f"WAIT for {self.replicas} replica(s) failed: {exc}") from None
+        self._check(acknowledged)
+
+    async def confirm_async(self, pinned: AsyncRedis, result: CreateResult) -> None:
+        """:meth:`confirm` on an asyncio client."""
+        if not self.replicas or result.outcome not in _WRITTEN:
+            return
+        connection: Any = pinned.connection
+        try:
+            await connection.send_command("WAIT", self.replicas, self.timeout_ms)
+            acknowledged = int(await connection.read_response(timeout=self._read_timeout))
+        except REDIS_ERRORS as exc:
+            await connection.disconnect()
+            raise NotReplicated(f"WAIT for {self.replicas} replica(s) failed: {exc}") from None
+        self._check(acknowledged)
+
+    @property
+    def _read_timeout(self) -> float:
+        return self.timeout_ms / 1000 + SOCKET_TIMEOUT
+
+    def _check(self, acknowledged: int) -> None:
+        if acknowledged < self.replicas:
+            raise NotReplicated(
+                f"{acknowledged} of {self.replicas} Redis replica(s) acknowledged the record "
+                f"within {self.timeout_ms} ms"
+            )
