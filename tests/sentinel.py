@@ -8,8 +8,11 @@ serve. Failure detection is quick (``DOWN_AFTER_MS``) so a failover takes second
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import socket
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -19,7 +22,9 @@ from dispatcher.embedded import RedisServer
 
 MASTER = "dispatcher"
 DOWN_AFTER_MS = 1000
-FAILOVER_TIMEOUT_MS = 5000
+FAILOVER_TIMEOUT_MS = 60000
+"""Also how long sentinels leave a replica replicating from another address than the
+primary's (here, through :class:`ReplicationLink`) before they re-point it directly."""
 
 
 class SentinelServer(RedisServer):
@@ -43,14 +48,66 @@ class SentinelServer(RedisServer):
         return [self.binary, str(config), "--sentinel"]
 
 
+class ReplicationLink:
+    """A TCP relay the replicas reach the primary through; :meth:`stall` makes it drop the
+    replication stream from then on (the replicas' acknowledgements still pass), as a
+    link that stops delivering would: the replicas fall behind and say so."""
+
+    def __init__(self, primary_port: int) -> None:
+        self._primary = ("127.0.0.1", primary_port)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._listener.getsockname()[1])
+        self._stalled = threading.Event()
+        self._sockets: list[socket.socket] = []
+
+    def start(self) -> ReplicationLink:
+        threading.Thread(target=self._accept, daemon=True).start()
+        return self
+
+    def stall(self) -> None:
+        self._stalled.set()
+
+    def close(self) -> None:
+        for sock in (self._listener, *self._sockets):
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                replica, _ = self._listener.accept()
+            except OSError:
+                return
+            try:
+                primary = socket.create_connection(self._primary, timeout=1)
+                primary.settimeout(None)
+            except OSError:  # the primary is gone: so is this link
+                replica.close()
+                continue
+            self._sockets += [replica, primary]
+            threading.Thread(target=self._pump, args=(replica, primary, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(primary, replica, True), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, stream: bool) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                if not (stream and self._stalled.is_set()):
+                    sink.sendall(data)
+        for sock in (source, sink):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
 class SentinelSet:
-    """``replicas`` replicas of a primary, three sentinels; ``url`` names the set."""
+    """``replicas`` replicas of a primary, three sentinels; ``url`` names the set. The
+    replicas replicate through :attr:`link` (a :class:`ReplicationLink`)."""
 
     def __init__(self, replicas: int = 2, root: Path | None = None) -> None:
         self._own_root = root is None
         self.root = root or Path(tempfile.mkdtemp(prefix="dispatcher-sentinel-"))
         self.primary = RedisServer(data_dir=self.root / "primary")
-        replica_of = ["--replicaof", "127.0.0.1", str(self.primary.port)]
+        self.link = ReplicationLink(self.primary.port)
+        replica_of = ["--replicaof", "127.0.0.1", str(self.link.port)]
         self.replicas = [
             RedisServer(data_dir=self.root / f"replica{n}", extra_args=replica_of)
             for n in range(replicas)
@@ -69,7 +126,9 @@ class SentinelSet:
         return [self.primary, *self.replicas]
 
     def start(self, timeout: float = 30.0) -> SentinelSet:
-        for server in (*self.servers, *self.sentinels):
+        self.primary.start()
+        self.link.start()
+        for server in (*self.replicas, *self.sentinels):
             server.start()
         deadline = time.monotonic() + timeout
         while not self._settled():
@@ -111,12 +170,14 @@ class SentinelSet:
             return int(address[1]) if address else None
         return None
 
-    def server_at(self, port: int) -> RedisServer:
-        return next(s for s in self.servers if s.port == port)
+    def primary_client(self) -> redis.Redis:
+        """A plain client of the primary this set started with."""
+        return redis.Redis(port=self.primary.port)
 
     def cleanup(self) -> None:
         for server in (*self.sentinels, *self.servers):
             server.cleanup()
+        self.link.close()
         if self._own_root:
             shutil.rmtree(self.root, ignore_errors=True)
 
