@@ -56,7 +56,7 @@ def setups(cluster: SentinelSet) -> dict[str, dict[str, str]]:
 
 def producer_round(env: dict[str, str], n: int) -> list[float]:
     """Seconds per submit of ``n`` submits by one producer."""
-    values = {k.removeprefix("DISPATCHER_").lower(): v for k, v in env.items()}
+    values: dict[str, Any] = {k.removeprefix("DISPATCHER_").lower(): v for k, v in env.items()}
     producer = Dispatcher(Settings(**values, queue=f"p1-{uuid.uuid4().hex[:6]}"))
     producer.submit(TEXT)  # connections opened, scripts loaded
     took = []

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,34 +23,14 @@ from dispatcher.config import Settings
 from dispatcher.embedded import RedisServer
 from dispatcher.errors import NotReplicated
 from dispatcher.producer import Dispatcher
+from tests.fault.harness import text_message, wait_until
 from tests.sentinel import SentinelSet
 
 pytestmark = pytest.mark.integration
 
 
-def text(message_id: str) -> dict[str, Any]:
-    return {
-        "messageType": 1,
-        "from": "u1",
-        "to": "u2",
-        "messageInfo": {"textMessage": "hello"},
-        "getMessageId": message_id,
-    }
-
-
 def settings(url: str, **overrides: Any) -> Settings:
     return Settings(redis_url=url, auth_enabled=False, queue="sentinel-test", **overrides)
-
-
-def wait_for(check: Any, timeout: float, what: str) -> Any:
-    """Poll ``check`` until it returns something true, at most ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        found = check()
-        if found:
-            return found
-        assert time.monotonic() < deadline, f"not within {timeout}s: {what}"
-        time.sleep(0.05)
 
 
 def cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -77,19 +56,21 @@ def test_the_api_and_the_cli_follow_a_failover_of_the_sentinel_set(
     url = sentinel_set.url
     with TestClient(create_app(settings(url, redis_min_replicas=1))) as api:
         assert api.get("/readyz").status_code == 200
-        assert api.post(SUBMIT, json=text("before")).status_code == 200
+        assert api.post(SUBMIT, json=text_message("before")).status_code == 200
         sent = cli(url, "send", "--type", "text", "--from", "u1", "--to", "u2", "--text", "hi")
         assert sent.returncode == 0, sent.stderr
 
         old = sentinel_set.primary
         old.kill()
-        wait_for(lambda: api.get("/readyz").status_code == 503, 10, "/readyz says Redis is down")
-        wait_for(
+        wait_until(lambda: api.get("/readyz").status_code == 503, 10, "/readyz says Redis is down")
+        wait_until(
             lambda: sentinel_set.primary_port() not in (None, old.port), 30, "a replica promoted"
         )
-        wait_for(lambda: api.get("/readyz").status_code == 200, 10, "/readyz follows the failover")
+        wait_until(
+            lambda: api.get("/readyz").status_code == 200, 10, "/readyz follows the failover"
+        )
         # The one replica is the primary now: none is left to acknowledge a record.
-        refused = api.post(SUBMIT, json=text("after"))
+        refused = api.post(SUBMIT, json=text_message("after"))
         assert refused.status_code == 503 and refused.headers["Retry-After"] == "1"
 
     # Records confirmed on the replica survived the failover; the CLI reads them there.
@@ -103,26 +84,26 @@ def test_a_submit_waits_for_a_replica_to_hold_its_record(tmp_path: Path) -> None
         config = settings(primary.url, redis_min_replicas=1, redis_min_replicas_timeout=0.2)
         producer = Dispatcher(config)
         with TestClient(create_app(config)) as api:
-            refused = api.post(SUBMIT, json=text("unconfirmed"))
+            refused = api.post(SUBMIT, json=text_message("unconfirmed"))
             assert refused.status_code == 503
             assert refused.headers["Retry-After"] == "1"
             assert "nothing is promised" in refused.json()["message"]
             # Nothing promised, and here the record is kept on the primary.
             assert producer.status("unconfirmed") is not None
             with pytest.raises(NotReplicated):
-                producer.submit(text("unconfirmedtoo"))
+                producer.submit(text_message("unconfirmedtoo"))
 
             replica_of = ["--replicaof", "127.0.0.1", str(primary.port)]
             with RedisServer(data_dir=tmp_path / "replica", extra_args=replica_of) as replica:
                 linked = redis.Redis(port=replica.port, decode_responses=True)
-                wait_for(
+                wait_until(
                     lambda: linked.info("replication")["master_link_status"] == "up",
                     30,
                     "the replica in sync",
                 )
                 # The same getMessageId again: its record now confirmed, 200 at last.
-                assert api.post(SUBMIT, json=text("unconfirmed")).status_code == 200
-                assert producer.submit(text("confirmed")) == "confirmed"
+                assert api.post(SUBMIT, json=text_message("unconfirmed")).status_code == 200
+                assert producer.submit(text_message("confirmed")) == "confirmed"
                 assert linked.exists(keys.message(producer.ref("confirmed")))
                 linked.close()
         producer.close()
