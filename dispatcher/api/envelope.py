@@ -262,6 +262,7 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         413: "request body, or the provider message it makes, over the size limit",
         429: "the client's submit rate limit is used up; see Retry-After",
         503: "Redis or the broker is unreachable, or the service is busy (then with "
-        "Retry-After); nothing was accepted, retry later with the same getMessageId",
+        "Retry-After); nothing was accepted, retry later with the same getMessageId (with "
+        "DISPATCHER_REDIS_MIN_REPLICAS, too few replicas acknowledged: nothing promised)",
     }
     return {code: {"model": ErrorResponse, "description": descriptions[code]} for code in codes}
