@@ -29,6 +29,11 @@ from dispatcher.store import CreateOutcome, CreateResult
 _WRITTEN = frozenset({CreateOutcome.CREATED, CreateOutcome.SCHEDULED, CreateOutcome.DUPLICATE})
 """Outcomes whose 200 promises a record (a duplicate's may come from an unconfirmed try)."""
 
+OFFSET_MARK = "dispatcher:replicas"
+"""A channel nobody listens to. WAIT waits for this connection's last write; a duplicate's
+script may have written nothing here (the record came from another connection), so a
+PUBLISH (sent to replicas, changing nothing) first makes every write so far count."""
+
 
 class ReplicaWait:
     """Pins one connection for the create script and confirms its write on replicas."""
@@ -72,6 +77,9 @@ class ReplicaWait:
         try:
             # Not through execute_command: a retry on a new connection would have written
             # nothing there, and WAIT would answer at once.
+            if result.outcome is CreateOutcome.DUPLICATE:
+                connection.send_command("PUBLISH", OFFSET_MARK, "")
+                connection.read_response()
             connection.send_command("WAIT", self.replicas, self.timeout_ms)
             acknowledged = int(connection.read_response(timeout=self._read_timeout))
         except REDIS_ERRORS as exc:
@@ -85,6 +93,9 @@ class ReplicaWait:
             return
         connection: Any = pinned.connection
         try:
+            if result.outcome is CreateOutcome.DUPLICATE:
+                await connection.send_command("PUBLISH", OFFSET_MARK, "")
+                await connection.read_response()
             await connection.send_command("WAIT", self.replicas, self.timeout_ms)
             acknowledged = int(await connection.read_response(timeout=self._read_timeout))
         except REDIS_ERRORS as exc:

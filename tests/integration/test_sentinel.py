@@ -24,7 +24,7 @@ from dispatcher.embedded import RedisServer
 from dispatcher.errors import NotReplicated
 from dispatcher.producer import Dispatcher
 from tests.fault.harness import text_message, wait_until
-from tests.sentinel import SentinelSet
+from tests.sentinel import ReplicationLink, SentinelSet
 
 pytestmark = pytest.mark.integration
 
@@ -81,29 +81,39 @@ def test_the_api_and_the_cli_follow_a_failover_of_the_sentinel_set(
 
 def test_a_submit_waits_for_a_replica_to_hold_its_record(tmp_path: Path) -> None:
     with RedisServer(data_dir=tmp_path / "primary") as primary:
+        link = ReplicationLink(primary.port).start()
+        behind = RedisServer(
+            data_dir=tmp_path / "behind", extra_args=["--replicaof", "127.0.0.1", str(link.port)]
+        ).start()
+        wait_until(lambda: in_sync(behind), 30, "the replica in sync")
         config = settings(primary.url, redis_min_replicas=1, redis_min_replicas_timeout=0.2)
-        producer = Dispatcher(config)
         with TestClient(create_app(config)) as api:
+            assert api.post(SUBMIT, json=text_message("confirmed")).status_code == 200
+            link.stall()  # the replica no longer receives the primary's writes
             refused = api.post(SUBMIT, json=text_message("unconfirmed"))
             assert refused.status_code == 503
             assert refused.headers["Retry-After"] == "1"
             assert "nothing is promised" in refused.json()["message"]
-            # Nothing promised, and here the record is kept on the primary.
+            # Nothing promised, and here the record is kept on the primary. A retry by
+            # another process (a connection that wrote nothing) is not confirmed either.
+            producer = Dispatcher(config)
             assert producer.status("unconfirmed") is not None
             with pytest.raises(NotReplicated):
-                producer.submit(text_message("unconfirmedtoo"))
+                producer.submit(text_message("unconfirmed"))
 
             replica_of = ["--replicaof", "127.0.0.1", str(primary.port)]
             with RedisServer(data_dir=tmp_path / "replica", extra_args=replica_of) as replica:
-                linked = redis.Redis(port=replica.port, decode_responses=True)
-                wait_until(
-                    lambda: linked.info("replication")["master_link_status"] == "up",
-                    30,
-                    "the replica in sync",
-                )
+                wait_until(lambda: in_sync(replica), 30, "a second replica in sync")
                 # The same getMessageId again: its record now confirmed, 200 at last.
                 assert api.post(SUBMIT, json=text_message("unconfirmed")).status_code == 200
-                assert producer.submit(text_message("confirmed")) == "confirmed"
-                assert linked.exists(keys.message(producer.ref("confirmed")))
-                linked.close()
-        producer.close()
+                assert producer.submit(text_message("unconfirmed")) == "unconfirmed"
+                with redis.Redis(port=replica.port) as client:
+                    assert client.exists(keys.message(producer.ref("unconfirmed")))
+            producer.close()
+        behind.cleanup()
+        link.close()
+
+
+def in_sync(server: RedisServer) -> bool:
+    with redis.Redis(port=server.port, decode_responses=True) as client:
+        return bool(client.info("replication")["master_link_status"] == "up")
