@@ -30,9 +30,10 @@ _WRITTEN = frozenset({CreateOutcome.CREATED, CreateOutcome.SCHEDULED, CreateOutc
 """Outcomes whose 200 promises a record (a duplicate's may come from an unconfirmed try)."""
 
 OFFSET_MARK = "dispatcher:replicas"
-"""A channel nobody listens to. WAIT waits for this connection's last write; a duplicate's
-script may have written nothing here (the record came from another connection), so a
-PUBLISH (sent to replicas, changing nothing) first makes every write so far count."""
+"""A channel nobody listens to. WAIT waits for the last write of its own connection, and
+the script may have written nothing there: a duplicate's record came from another
+connection, a re-run after a lost reply answers from the record. A PUBLISH (sent on to
+the replicas, changing nothing) just before WAIT makes every write so far count."""
 
 
 class ReplicaWait:
@@ -75,12 +76,10 @@ class ReplicaWait:
             return
         connection: Any = pinned.connection
         try:
-            # Not through execute_command: a retry on a new connection would have written
-            # nothing there, and WAIT would answer at once.
-            if result.outcome is CreateOutcome.DUPLICATE:
-                connection.send_command("PUBLISH", OFFSET_MARK, "")
-                connection.read_response()
-            connection.send_command("WAIT", self.replicas, self.timeout_ms)
+            # On the script's connection, never retried on another: after a failover a new
+            # connection reaches a primary that may never have had the record.
+            connection.send_packed_command(connection.pack_commands(self._commands))
+            connection.read_response()
             acknowledged = int(connection.read_response(timeout=self._read_timeout))
         except REDIS_ERRORS as exc:
             connection.disconnect()
@@ -93,15 +92,18 @@ class ReplicaWait:
             return
         connection: Any = pinned.connection
         try:
-            if result.outcome is CreateOutcome.DUPLICATE:
-                await connection.send_command("PUBLISH", OFFSET_MARK, "")
-                await connection.read_response()
-            await connection.send_command("WAIT", self.replicas, self.timeout_ms)
+            await connection.send_packed_command(connection.pack_commands(self._commands))
+            await connection.read_response()
             acknowledged = int(await connection.read_response(timeout=self._read_timeout))
         except REDIS_ERRORS as exc:
             await connection.disconnect()
             raise NotReplicated(f"WAIT for {self.replicas} replica(s) failed: {exc}") from None
         self._check(acknowledged)
+
+    @property
+    def _commands(self) -> list[tuple[str | int, ...]]:
+        """PUBLISH then WAIT, sent together: one round trip."""
+        return [("PUBLISH", OFFSET_MARK, ""), ("WAIT", self.replicas, self.timeout_ms)]
 
     @property
     def _read_timeout(self) -> float:
