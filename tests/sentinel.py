@@ -99,15 +99,17 @@ class ReplicationLink:
 
 
 class SentinelSet:
-    """``replicas`` replicas of a primary, three sentinels; ``url`` names the set. The
-    replicas replicate through :attr:`link` (a :class:`ReplicationLink`)."""
+    """``replicas`` replicas of a primary, three sentinels; ``url`` names the set. With
+    ``relayed`` the replicas replicate through :attr:`link` (a :class:`ReplicationLink`,
+    a Python relay: slower than a direct link, for tests that stall it)."""
 
-    def __init__(self, replicas: int = 2, root: Path | None = None) -> None:
+    def __init__(self, replicas: int = 2, root: Path | None = None, relayed: bool = False) -> None:
         self._own_root = root is None
         self.root = root or Path(tempfile.mkdtemp(prefix="dispatcher-sentinel-"))
         self.primary = RedisServer(data_dir=self.root / "primary")
         self.link = ReplicationLink(self.primary.port)
-        replica_of = ["--replicaof", "127.0.0.1", str(self.link.port)]
+        upstream = self.link.port if relayed else self.primary.port
+        replica_of = ["--replicaof", "127.0.0.1", str(upstream)]
         self.replicas = [
             RedisServer(data_dir=self.root / f"replica{n}", extra_args=replica_of)
             for n in range(replicas)

@@ -86,7 +86,7 @@ def test_a_submit_waits_for_a_replica_to_hold_its_record(tmp_path: Path) -> None
             data_dir=tmp_path / "behind", extra_args=["--replicaof", "127.0.0.1", str(link.port)]
         ).start()
         wait_until(lambda: in_sync(behind), 30, "the replica in sync")
-        config = settings(primary.url, redis_min_replicas=1, redis_min_replicas_timeout=0.2)
+        config = settings(primary.url, redis_min_replicas=1, redis_min_replicas_timeout=0.5)
         with TestClient(create_app(config)) as api:
             assert api.post(SUBMIT, json=text_message("confirmed")).status_code == 200
             link.stall()  # the replica no longer receives the primary's writes
@@ -103,7 +103,7 @@ def test_a_submit_waits_for_a_replica_to_hold_its_record(tmp_path: Path) -> None
 
             replica_of = ["--replicaof", "127.0.0.1", str(primary.port)]
             with RedisServer(data_dir=tmp_path / "replica", extra_args=replica_of) as replica:
-                wait_until(lambda: in_sync(replica), 30, "a second replica in sync")
+                wait_until(lambda: caught_up(primary, replica), 30, "a second replica in sync")
                 # The same getMessageId again: its record now confirmed, 200 at last.
                 assert api.post(SUBMIT, json=text_message("unconfirmed")).status_code == 200
                 assert producer.submit(text_message("unconfirmed")) == "unconfirmed"
@@ -117,3 +117,19 @@ def test_a_submit_waits_for_a_replica_to_hold_its_record(tmp_path: Path) -> None
 def in_sync(server: RedisServer) -> bool:
     with redis.Redis(port=server.port, decode_responses=True) as client:
         return bool(client.info("replication")["master_link_status"] == "up")
+
+
+def caught_up(primary: RedisServer, replica: RedisServer) -> bool:
+    """The primary counts ``replica`` online and acknowledging all it was sent."""
+    with redis.Redis(port=primary.port) as client:
+        info = client.info("replication")
+    linked = [
+        value
+        for key, value in info.items()
+        if key.startswith("slave") and isinstance(value, dict) and value["port"] == replica.port
+    ]
+    return (
+        bool(linked)
+        and linked[0]["state"] == "online"
+        and (int(linked[0]["offset"]) >= int(info["master_repl_offset"]))
+    )
