@@ -15,7 +15,7 @@ keeps and what it can lose.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
@@ -31,13 +31,7 @@ class SentinelTarget:
     service: str
     db: int = 0
     username: str | None = None
-    password: str | None = None
-
-    def redacted(self) -> str:
-        """The URL without its password (for logs and errors)."""
-        hosts = ",".join(f"{host}:{port}" for host, port in self.sentinels)
-        login = "***@" if self.password else ""
-        return f"{SENTINEL_SCHEME}://{login}{hosts}/{self.service}/{self.db}"
+    password: str | None = field(default=None, repr=False)  # never in a log line
 
 
 def is_sentinel_url(url: str) -> bool:
