@@ -95,8 +95,7 @@ class Dispatcher:
         self.celery = celery or make_celery(settings)
         # Refuses new work while Redis memory is nearly full.
         self.health = RedisHealth.from_settings(self.redis, settings)
-        # The broker is this Redis: queue the task in the script that records ``queued``.
-        direct = publishes_to_store(self.celery, settings)
+        direct = publishes_to_store(self.celery, settings)  # queued by the create script
         self.direct_enqueue = DirectEnqueue(self.celery, settings.queue, enabled=direct)
         self.withdrawal = Withdrawal(settings, self.store)
         self.replica_wait = ReplicaWait.from_settings(settings)
@@ -155,10 +154,8 @@ class Dispatcher:
         replay guard in the same Redis call (dispatcher/gate.py)."""
         self.health.admit()
         ref, call, publish = self.prepare_create(message, client, gate, namespace)
-        with unavailable_if_down("status store"), tracing.span(tracing.SPAN_ENQUEUE):  # noqa: SIM117
-            with self.replica_wait.pinned(self.redis) as pinned:
-                result = self.store.submit.create(call, pinned)
-                self.replica_wait.confirm(pinned, result)
+        with unavailable_if_down("status store"), tracing.span(tracing.SPAN_ENQUEUE):
+            result = self.replica_wait.create(self.redis, self.store.submit, call)
         if result.outcome is CreateOutcome.CREATED and publish:
             self.publish_or_forget(ref, message)
         return self.settle_create(ref, message, result, gate)
@@ -183,9 +180,7 @@ class Dispatcher:
             self.health.admit()
         ref, call, publish = self.prepare_create(message, client, gate, namespace)
         with unavailable_if_down("status store"), tracing.span(tracing.SPAN_ENQUEUE):
-            async with self.replica_wait.pinned_async(connection) as pinned:
-                result = await self.store.submit.create_async(pinned, call)
-                await self.replica_wait.confirm_async(pinned, result)
+            result = await self.replica_wait.create_async(connection, self.store.submit, call)
         if result.outcome is CreateOutcome.CREATED and publish:
             await asyncio.to_thread(self.publish_or_forget, ref, message)
         return self.settle_create(ref, message, result, gate)

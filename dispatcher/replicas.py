@@ -24,7 +24,7 @@ from redis.asyncio import Redis as AsyncRedis
 from dispatcher.config import Settings
 from dispatcher.connections import REDIS_ERRORS, SOCKET_TIMEOUT
 from dispatcher.errors import NotReplicated
-from dispatcher.store import CreateOutcome, CreateResult
+from dispatcher.store import CreateCall, CreateOutcome, CreateResult, SubmitStore
 
 _WRITTEN = frozenset({CreateOutcome.CREATED, CreateOutcome.SCHEDULED, CreateOutcome.DUPLICATE})
 """Outcomes whose 200 promises a record (a duplicate's may come from an unconfirmed try)."""
@@ -46,6 +46,22 @@ class ReplicaWait:
     @classmethod
     def from_settings(cls, settings: Settings) -> ReplicaWait:
         return cls(settings.redis_min_replicas, settings.redis_min_replicas_timeout)
+
+    def create(self, client: redis.Redis, store: SubmitStore, call: CreateCall) -> CreateResult:
+        """Run the create script, then :meth:`confirm` on the same connection."""
+        with self.pinned(client) as pinned:
+            result = store.create(call, pinned)
+            self.confirm(pinned, result)
+        return result
+
+    async def create_async(
+        self, client: AsyncRedis, store: SubmitStore, call: CreateCall
+    ) -> CreateResult:
+        """:meth:`create` on an asyncio client."""
+        async with self.pinned_async(client) as pinned:
+            result = await store.create_async(pinned, call)
+            await self.confirm_async(pinned, result)
+        return result
 
     @contextmanager
     def pinned(self, client: redis.Redis) -> Iterator[redis.Redis]:
