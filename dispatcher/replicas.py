@@ -25,6 +25,7 @@ from dispatcher.config import Settings
 from dispatcher.connections import REDIS_ERRORS, SOCKET_TIMEOUT
 from dispatcher.errors import NotReplicated
 from dispatcher.store import CreateCall, CreateOutcome, CreateResult, SubmitStore
+from dispatcher.store.submit_many import CreateReply
 
 _WRITTEN = frozenset({CreateOutcome.CREATED, CreateOutcome.SCHEDULED, CreateOutcome.DUPLICATE})
 """Outcomes whose 200 promises a record (a duplicate's may come from an unconfirmed try)."""
@@ -94,7 +95,7 @@ class ReplicaWait:
         try:
             # On the script's connection, never retried on another: after a failover a new
             # connection reaches a primary that may never have had the record.
-            connection.send_packed_command(connection.pack_commands(self._commands))
+            connection.send_packed_command(connection.pack_commands(self.commands))
             connection.read_response()
             acknowledged = int(connection.read_response(timeout=self._read_timeout))
         except REDIS_ERRORS as exc:
@@ -108,7 +109,7 @@ class ReplicaWait:
             return
         connection: Any = pinned.connection
         try:
-            await connection.send_packed_command(connection.pack_commands(self._commands))
+            await connection.send_packed_command(connection.pack_commands(self.commands))
             await connection.read_response()
             acknowledged = int(await connection.read_response(timeout=self._read_timeout))
         except REDIS_ERRORS as exc:
@@ -117,9 +118,28 @@ class ReplicaWait:
         self._check(acknowledged)
 
     @property
-    def _commands(self) -> list[tuple[str | int, ...]]:
-        """PUBLISH then WAIT, sent together: one round trip."""
+    def commands(self) -> list[tuple[str | int, ...]]:
+        """PUBLISH then WAIT, sent together: one round trip (none without a minimum)."""
+        if not self.replicas:
+            return []
         return [("PUBLISH", OFFSET_MARK, ""), ("WAIT", self.replicas, self.timeout_ms)]
+
+    def confirm_batch(self, replies: list[CreateReply], after: list[Any]) -> list[CreateReply]:
+        """A batch's replies (dispatcher/batch.py), each one that would answer 200 turned
+        into :class:`NotReplicated` unless ``after`` (the replies to :attr:`commands`, sent
+        in the batch's pipeline) says enough replicas acknowledged."""
+        if not self.replicas:
+            return replies
+        acknowledged = after[-1] if after else None
+        try:
+            self._check(int(acknowledged))  # type: ignore[arg-type]
+        except (NotReplicated, TypeError, ValueError):
+            refusal = NotReplicated(f"WAIT for {self.replicas} replica(s): {acknowledged!r}")
+            return [
+                refusal if isinstance(r, CreateResult) and r.outcome in _WRITTEN else r
+                for r in replies
+            ]
+        return replies
 
     @property
     def _read_timeout(self) -> float:

@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 
 from dispatcher import keys
 from dispatcher.api import create_app
-from dispatcher.api.paths import SUBMIT
+from dispatcher.api.paths import SUBMIT, SUBMIT_BATCH
 from dispatcher.config import Settings
 from dispatcher.embedded import RedisServer
 from dispatcher.errors import NotReplicated
@@ -90,6 +90,8 @@ def test_a_submit_waits_for_a_replica_to_hold_its_record(tmp_path: Path) -> None
         with TestClient(create_app(config)) as api:
             assert api.post(SUBMIT, json=text_message("confirmed")).status_code == 200
             link.stall()  # the replica no longer receives the primary's writes
+            batch = api.post(SUBMIT_BATCH, json={"messages": [text_message("inbatch")]})
+            assert batch.json()["data"]["results"][0]["code"] == 503
             refused = api.post(SUBMIT, json=text_message("unconfirmed"))
             assert refused.status_code == 503
             assert refused.headers["Retry-After"] == "1"
@@ -100,6 +102,7 @@ def test_a_submit_waits_for_a_replica_to_hold_its_record(tmp_path: Path) -> None
             assert producer.status("unconfirmed") is not None
             with pytest.raises(NotReplicated):
                 producer.submit(text_message("unconfirmed"))
+            assert isinstance(producer.submit_many([text_message("stalled")])[0], NotReplicated)
 
             replica_of = ["--replicaof", "127.0.0.1", str(primary.port)]
             with RedisServer(data_dir=tmp_path / "replica", extra_args=replica_of) as replica:
@@ -107,6 +110,9 @@ def test_a_submit_waits_for_a_replica_to_hold_its_record(tmp_path: Path) -> None
                 # The same getMessageId again: its record now confirmed, 200 at last.
                 assert api.post(SUBMIT, json=text_message("unconfirmed")).status_code == 200
                 assert producer.submit(text_message("unconfirmed")) == "unconfirmed"
+                again = api.post(SUBMIT_BATCH, json={"messages": [text_message("inbatch")]})
+                assert again.json()["data"]["results"] == [{"getMessageId": "inbatch"}]
+                assert producer.submit_many([text_message("many")]) == ["many"]
                 with redis.Redis(port=replica.port) as client:
                     assert client.exists(keys.message(producer.ref("unconfirmed")))
             producer.close()
