@@ -21,7 +21,9 @@ import redis
 from dispatcher.embedded import RedisServer
 
 MASTER = "dispatcher"
-DOWN_AFTER_MS = 1000
+DOWN_AFTER_MS = 2000
+"""Quick, yet above the stalls of a loaded test machine: a primary that only stalls must
+not be failed over (a needless failover loses what the replicas had not received)."""
 FAILOVER_TIMEOUT_MS = 60000
 """Also how long sentinels leave a replica replicating from another address than the
 primary's (here, through :class:`ReplicationLink`) before they re-point it directly."""
