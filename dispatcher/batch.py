@@ -19,14 +19,26 @@ from typing import Any
 from redis.asyncio import Redis as AsyncRedis
 
 from dispatcher import tracing
-from dispatcher.errors import DispatcherError, FieldError, InvalidMessage, Unavailable
+from dispatcher.errors import (
+    DispatcherError,
+    FieldError,
+    InvalidMessage,
+    NotReplicated,
+    Unavailable,
+)
 from dispatcher.gate import Gate
 from dispatcher.ids import MessageRef
 from dispatcher.limits import MAX_BATCH_MESSAGES, MIN_BATCH_MESSAGES
 from dispatcher.models import Message
 from dispatcher.producer import Dispatcher, Submitted, unavailable_if_down
 from dispatcher.store.submit import CreateCall, CreateOutcome
-from dispatcher.store.submit_many import CreateReply, create_many, create_many_async
+from dispatcher.store.submit_many import (
+    CreateReply,
+    create_many,
+    create_many_async,
+    create_many_then,
+    create_many_then_async,
+)
 
 MESSAGES_FIELD = "messages"
 
@@ -96,6 +108,9 @@ class Batch:
         (recorded, but the broker is not this Redis)."""
         to_publish: list[_Pending] = []
         for each, reply in zip(self.pending, replies, strict=True):
+            if isinstance(reply, NotReplicated):  # DISPATCHER_REDIS_MIN_REPLICAS unmet
+                self.results[each.index] = reply
+                continue
             if isinstance(reply, Exception):
                 self.results[each.index] = Unavailable(f"status store unavailable: {reply}")
                 continue
@@ -178,7 +193,13 @@ def submit(
     dispatcher.health.admit()
     batch = Batch.prepare(dispatcher, messages, client=client, gate=gate, namespace=namespace)
     with unavailable_if_down("status store"), tracing.span(tracing.SPAN_ENQUEUE):
-        replies = create_many(dispatcher.redis, batch.calls)
+        wait = dispatcher.replica_wait
+        if wait.replicas:  # the replicas' acknowledgement in the same pipeline
+            replies = wait.confirm_batch(
+                *create_many_then(dispatcher.redis, batch.calls, wait.commands)
+            )
+        else:
+            replies = create_many(dispatcher.redis, batch.calls)
     batch.publish(batch.settle(replies))
     return batch.results
 
@@ -202,7 +223,12 @@ async def submit_async(
         dispatcher.health.admit()
     batch = Batch.prepare(dispatcher, messages, client=client, gate=gate, namespace=namespace)
     with unavailable_if_down("status store"), tracing.span(tracing.SPAN_ENQUEUE):
-        replies = await create_many_async(connection, batch.calls)
+        wait = dispatcher.replica_wait
+        if wait.replicas:  # the replicas' acknowledgement in the same pipeline
+            confirmed = await create_many_then_async(connection, batch.calls, wait.commands)
+            replies = wait.confirm_batch(*confirmed)
+        else:
+            replies = await create_many_async(connection, batch.calls)
     recorded = batch.settle(replies)
     if recorded:
         await asyncio.to_thread(batch.publish, recorded)

@@ -26,6 +26,7 @@ from kombu.transport import redis as kombu_redis
 
 from dispatcher.config import Settings, get_settings
 from dispatcher.connections import REDIS_ERRORS, redis_client
+from dispatcher.sentinel import SENTINEL_SCHEME, is_sentinel_url, kombu_broker
 from dispatcher.store import StatusStore
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ BROKER_SCHEMES = {
     "redis": BrokerKind.REDIS,
     "rediss": BrokerKind.REDIS,
     "redis+socket": BrokerKind.REDIS,
+    SENTINEL_SCHEME: BrokerKind.REDIS,
     "amqp": BrokerKind.AMQP,
     "amqps": BrokerKind.AMQP,
     "pyamqp": BrokerKind.AMQP,
@@ -64,16 +66,27 @@ def broker_is_store(settings: Settings) -> bool:
     return settings.effective_broker_url == settings.redis_url
 
 
+def publishes_to_store(celery: Celery, settings: Settings) -> bool:
+    """``celery`` publishes to the status store's Redis (as kombu names it: a Sentinel URL
+    becomes kombu's list of sentinels), so the create script can push its task."""
+    return (
+        broker_is_store(settings) and celery.conf.broker_url == kombu_broker(settings.redis_url)[0]
+    )
+
+
+def _transport(url: str) -> str | None:
+    """Our Redis transports (kombu's with the fixes below); kombu's own for other URLs."""
+    if is_sentinel_url(url):
+        return "dispatcher.broker:SentinelBrokerTransport"
+    return "dispatcher.broker:BrokerTransport" if url.startswith("redis://") else None
+
+
 def make_celery(settings: Settings) -> Celery:
     kind = broker_kind(settings.effective_broker_url)
     celery = Celery("dispatcher", set_as_current=False)
     celery.conf.update(
-        broker_url=settings.effective_broker_url,
-        broker_transport=(
-            "dispatcher.broker:BrokerTransport"
-            if settings.effective_broker_url.startswith("redis://")
-            else None
-        ),
+        broker_url=kombu_broker(settings.effective_broker_url)[0],
+        broker_transport=_transport(settings.effective_broker_url),
         result_backend=None,
         task_ignore_result=True,
         task_serializer="json",
@@ -126,7 +139,7 @@ def _queues(settings: Settings, kind: BrokerKind) -> tuple[Queue, ...]:
 
 
 def _redis_transport_options(settings: Settings) -> dict[str, Any]:
-    return {
+    return kombu_broker(settings.effective_broker_url)[1] | {
         "visibility_timeout": settings.visibility_timeout,
         "socket_timeout": 5,
         "socket_connect_timeout": 2,
@@ -207,6 +220,16 @@ class BrokerTransport(kombu_redis.Transport):
     """kombu's Redis transport with :class:`_BrokerChannel`."""
 
     Channel = _BrokerChannel
+
+
+class _SentinelBrokerChannel(_BrokerChannel, kombu_redis.SentinelChannel):
+    """:class:`_BrokerChannel` on kombu's Sentinel channel (dispatcher/sentinel.py)."""
+
+
+class SentinelBrokerTransport(kombu_redis.SentinelTransport):
+    """kombu's Sentinel transport with :class:`_SentinelBrokerChannel`."""
+
+    Channel = _SentinelBrokerChannel
 
 
 class DispatcherConsumer(Consumer):  # type: ignore[misc]  # celery is untyped

@@ -59,6 +59,10 @@ class Settings(BaseSettings):
     api_max_submits_in_flight: int = Field(default=1024, ge=1)
     busy_retry_after: int = Field(default=1, ge=1)
 
+    # Redis Sentinel (docs/deployment.md): a submit's record confirmed on this many replicas
+    redis_min_replicas: int = Field(default=0, ge=0)
+    redis_min_replicas_timeout: float = Field(default=1.0, gt=0)
+
     # Easemob
     easemob_base_url: str = "https://a1.easemob.com"
     easemob_org: str | None = None

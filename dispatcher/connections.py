@@ -19,7 +19,11 @@ from typing import Any
 import redis
 from redis.asyncio import ConnectionPool as AsyncConnectionPool
 from redis.asyncio import Redis as AsyncRedis
+from redis.asyncio.sentinel import Sentinel as AsyncSentinel
+from redis.asyncio.sentinel import SentinelConnectionPool as AsyncSentinelPool
+from redis.asyncio.sentinel import SentinelManagedConnection as AsyncSentinelConnection
 from redis.backoff import ExponentialBackoff
+from redis.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
 
 from dispatcher.config import Settings
 from dispatcher.redis_budget import (
@@ -29,6 +33,7 @@ from dispatcher.redis_budget import (
     time_left,
     within,
 )
+from dispatcher.sentinel import SentinelTarget, sentinel_target
 
 
 class PoolExhausted(redis.ConnectionError):
@@ -178,7 +183,7 @@ def blocking_pool_size(settings: Settings) -> int:
 
 def redis_client(settings: Settings, *, max_connections: int | None = None) -> redis.Redis:
     """A pooled client with the timeouts and retries of a long-running service."""
-    pool = _WaitingPool.from_url(
+    pool = _sync_pool(
         settings.redis_url,
         max_connections=max_connections or blocking_pool_size(settings),
         timeout=settings.redis_pool_timeout,
@@ -191,7 +196,7 @@ def redis_client(settings: Settings, *, max_connections: int | None = None) -> r
 def async_redis_client(settings: Settings, *, max_connections: int | None = None) -> AsyncRedis:
     """:func:`redis_client` for asyncio code (the HTTP API's submit path): one event loop
     multiplexes ``DISPATCHER_API_REDIS_CONNECTIONS`` connections among its requests."""
-    pool = _AsyncWaitingPool.from_url(
+    pool = _async_pool(
         settings.redis_url,
         max_connections=max_connections or settings.api_redis_connections,
         timeout=settings.redis_pool_timeout,
@@ -225,3 +230,74 @@ class LoopRedis:
         bound, self._bound = self._bound, None
         if bound is not None and bound[0] is asyncio.get_running_loop():
             await bound[1].aclose()
+
+
+# ---------------------------------------------------------------------------
+# Redis Sentinel (dispatcher/sentinel.py): the same pools, each connection asking the
+# sentinels where the primary is when it (re)connects. After a failover a connection
+# to the old primary fails (or answers READONLY) and is dropped; the retry reconnects
+# to the primary the sentinels name now, so no process needs a restart.
+
+SENTINEL_TIMEOUT = 1.0
+"""Seconds to wait for one sentinel before asking the next."""
+_SENTINEL_OPTIONS = {"socket_timeout": SENTINEL_TIMEOUT, "socket_connect_timeout": SENTINEL_TIMEOUT}
+
+
+class _SentinelWaitingPool(_WaitingPool, SentinelConnectionPool):
+    """:class:`_WaitingPool` whose connections follow the Sentinel set's primary."""
+
+
+class _AsyncSentinelWaitingPool(_AsyncWaitingPool, AsyncSentinelPool):
+    """:class:`_AsyncWaitingPool` whose connections follow the Sentinel set's primary."""
+
+
+def _sentinel_login(target: SentinelTarget) -> dict[str, Any]:
+    return {"db": target.db, "username": target.username, "password": target.password}
+
+
+def _sentinels(target: SentinelTarget) -> Sentinel:
+    return Sentinel(list(target.sentinels), sentinel_kwargs=_SENTINEL_OPTIONS)  # type: ignore[no-untyped-call]
+
+
+def _sync_pool(url: str, **options: Any) -> redis.ConnectionPool:
+    target = sentinel_target(url)
+    if target is None:
+        return _WaitingPool.from_url(url, **options)
+    return _SentinelWaitingPool(  # type: ignore[no-untyped-call]
+        service_name=target.service,
+        sentinel_manager=_sentinels(target),
+        connection_class=SentinelManagedConnection,
+        **_sentinel_login(target),
+        **options,
+    )
+
+
+def _async_pool(url: str, **options: Any) -> AsyncConnectionPool:
+    target = sentinel_target(url)
+    if target is None:
+        return _AsyncWaitingPool.from_url(url, **options)
+    sentinels = AsyncSentinel(list(target.sentinels), sentinel_kwargs=_SENTINEL_OPTIONS)  # type: ignore[no-untyped-call]
+    return _AsyncSentinelWaitingPool(
+        service_name=target.service,
+        sentinel_manager=sentinels,
+        connection_class=AsyncSentinelConnection,
+        **_sentinel_login(target),
+        **options,
+    )
+
+
+def probe_client(url: str, timeout: float) -> redis.Redis:
+    """A client that answers fast when Redis is down: no retries, short timeouts (the
+    readiness probe's and the metrics'); a Sentinel URL's follows the primary too."""
+    target = sentinel_target(url)
+    options: dict[str, Any] = {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        "max_connections": 4,
+    }
+    if target is None:
+        return redis.Redis.from_url(url, **options)
+    pool = SentinelConnectionPool(  # type: ignore[no-untyped-call]
+        target.service, _sentinels(target), **_sentinel_login(target), **options
+    )
+    return redis.Redis(connection_pool=pool)

@@ -56,6 +56,21 @@ class Unavailable(DispatcherError):
         super().__init__(message)
 
 
+NOT_REPLICATED = (
+    "service unavailable: the message could not be confirmed on enough Redis replicas and "
+    "nothing is promised (it may still be delivered); retry after Retry-After seconds with "
+    "the same getMessageId"
+)
+
+
+class NotReplicated(Unavailable):
+    """The record was written but fewer Redis replicas than ``DISPATCHER_REDIS_MIN_REPLICAS``
+    acknowledged it in time: 503 with ``Retry-After`` (docs/deployment.md, "Redis Sentinel")."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, public=NOT_REPLICATED)
+
+
 SERVICE_BUSY = "service busy: nothing was accepted, retry after Retry-After seconds"
 
 

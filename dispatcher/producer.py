@@ -26,7 +26,7 @@ from redis.asyncio import Redis as AsyncRedis
 
 from dispatcher import errors, tracing
 from dispatcher.backlog import QueueBacklog, broker_depth, read_backlog
-from dispatcher.broker import broker_is_store, make_celery
+from dispatcher.broker import broker_is_store, make_celery, publishes_to_store
 from dispatcher.channels import ChannelSpec
 from dispatcher.config import Settings
 from dispatcher.connections import REDIS_ERRORS, PoolExhausted, redis_client
@@ -38,6 +38,7 @@ from dispatcher.ids import NAMESPACE_PATTERN, MessageRef, new_message_id
 from dispatcher.models import Message, parse_message
 from dispatcher.record import DeadLetter, StatusRecord
 from dispatcher.redis_budget import outside_budget
+from dispatcher.replicas import ReplicaWait
 from dispatcher.routing import Routing, check_routing, route
 from dispatcher.scheduling import SendAt, apply_send_at
 from dispatcher.store import (
@@ -94,10 +95,10 @@ class Dispatcher:
         self.celery = celery or make_celery(settings)
         # Refuses new work while Redis memory is nearly full.
         self.health = RedisHealth.from_settings(self.redis, settings)
-        # The broker is this Redis: queue the task in the script that records ``queued``.
-        direct = broker_is_store(settings) and self.celery.conf.broker_url == settings.redis_url
+        direct = publishes_to_store(self.celery, settings)  # queued by the create script
         self.direct_enqueue = DirectEnqueue(self.celery, settings.queue, enabled=direct)
         self.withdrawal = Withdrawal(settings, self.store)
+        self.replica_wait = ReplicaWait.from_settings(settings)
         self._routing = _routing_by_client(settings)
 
     def route(self, message: Message, client: str | None = None) -> ChannelSpec:
@@ -154,7 +155,7 @@ class Dispatcher:
         self.health.admit()
         ref, call, publish = self.prepare_create(message, client, gate, namespace)
         with unavailable_if_down("status store"), tracing.span(tracing.SPAN_ENQUEUE):
-            result = self.store.submit.create(call)
+            result = self.replica_wait.create(self.redis, self.store.submit, call)
         if result.outcome is CreateOutcome.CREATED and publish:
             self.publish_or_forget(ref, message)
         return self.settle_create(ref, message, result, gate)
@@ -179,7 +180,7 @@ class Dispatcher:
             self.health.admit()
         ref, call, publish = self.prepare_create(message, client, gate, namespace)
         with unavailable_if_down("status store"), tracing.span(tracing.SPAN_ENQUEUE):
-            result = await self.store.submit.create_async(connection, call)
+            result = await self.replica_wait.create_async(connection, self.store.submit, call)
         if result.outcome is CreateOutcome.CREATED and publish:
             await asyncio.to_thread(self.publish_or_forget, ref, message)
         return self.settle_create(ref, message, result, gate)

@@ -36,7 +36,7 @@ from dispatcher.broker import BrokerKind, broker_is_store, broker_kind
 from dispatcher.broker_probe import AmqpProbe
 from dispatcher.channels import registry
 from dispatcher.config import Settings
-from dispatcher.connections import LoopRedis, request_ceiling
+from dispatcher.connections import LoopRedis, probe_client, request_ceiling
 from dispatcher.console import mount_console
 from dispatcher.errors import DispatcherError, FieldError
 from dispatcher.health import warn_redis_configuration
@@ -57,12 +57,7 @@ YOUNG_COLLECTION_THRESHOLD = 10_000
 
 def _probe_client(url: str) -> redis.Redis:
     """A client that answers fast when Redis is down: no retries, short timeouts."""
-    return redis.Redis.from_url(
-        url,
-        socket_timeout=PROBE_TIMEOUT,
-        socket_connect_timeout=PROBE_TIMEOUT,
-        max_connections=4,
-    )
+    return probe_client(url, PROBE_TIMEOUT)
 
 
 def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None = None) -> FastAPI:

@@ -33,6 +33,7 @@ from dispatcher.errors import (
     DispatcherError,
     InvalidMessage,
     MessageTooLarge,
+    NotReplicated,
     RateLimited,
     Unavailable,
 )
@@ -133,6 +134,10 @@ class EnvelopeWriter:
         if isinstance(exc, Busy):
             log.info("503 busy: %s", exc)
             return self._busy_parts()
+        if isinstance(exc, NotReplicated):
+            log.warning("503: %s", exc)
+            seconds = self.busy_retry_after
+            return 503, exc.public, {"retryAfter": seconds}, {"Retry-After": str(seconds)}
         if isinstance(exc, Unavailable):
             # The reason (hosts, ports) is for operators, not callers.
             log.warning("503: %s", exc)
@@ -257,6 +262,7 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         413: "request body, or the provider message it makes, over the size limit",
         429: "the client's submit rate limit is used up; see Retry-After",
         503: "Redis or the broker is unreachable, or the service is busy (then with "
-        "Retry-After); nothing was accepted, retry later with the same getMessageId",
+        "Retry-After); nothing was accepted, retry later with the same getMessageId (with "
+        "DISPATCHER_REDIS_MIN_REPLICAS, too few replicas acknowledged: nothing promised)",
     }
     return {code: {"model": ErrorResponse, "description": descriptions[code]} for code in codes}

@@ -204,8 +204,8 @@ async def handle_basic_message(call: SignedRequest) -> Response:
     """Validate, record as ``queued`` and queue one message; answers its getMessageId.
 
     A 200 means the message is durably queued (or was already, for a
-    resubmission of the same getMessageId with the same content); any
-    other answer means nothing was queued and no status record was left.
+    resubmission of the same getMessageId with the same content); any other answer but
+    "nothing promised" (docs/deployment.md) means nothing was queued and no record left.
     """
     rt = call.runtime
     if call.owner is not None:

@@ -135,8 +135,9 @@ class SubmitStore:
             },
         )
 
-    def create(self, call: CreateCall) -> CreateResult:
-        return CreateResult.from_reply(self._create(self.redis, call.keys, call.args))
+    def create(self, call: CreateCall, connection: redis.Redis | None = None) -> CreateResult:
+        reply = self._create(connection or self.redis, call.keys, call.args)
+        return CreateResult.from_reply(reply)
 
     async def create_async(self, connection: AsyncRedis, call: CreateCall) -> CreateResult:
         """:meth:`create` through an asyncio client of the same Redis."""

@@ -49,39 +49,58 @@ def _unknown_script(replies: Sequence[Any]) -> bool:
 
 def create_many(client: redis.Redis, calls: Sequence[CreateCall]) -> list[CreateReply]:
     """Run the create calls in order, one pipeline; one answer per call, same order."""
+    return create_many_then(client, calls, ())[0]
+
+
+def create_many_then(
+    client: redis.Redis, calls: Sequence[CreateCall], then: Sequence[Sequence[Value]]
+) -> tuple[list[CreateReply], list[Any]]:
+    """:func:`create_many`, with the commands ``then`` after the calls in the same pipeline
+    (on the same connection); their raw replies come second."""
     if not calls:
-        return []
+        return [], []
     sha, source, operands = _operands(calls)
 
     def run() -> list[Any]:
         pipe = client.pipeline(transaction=False)
         for each in operands:
             pipe.evalsha(sha, *each)  # type: ignore[arg-type]
+        for command in then:
+            pipe.execute_command(*command)  # type: ignore[no-untyped-call]
         return pipe.execute(raise_on_error=False)
 
     replies = run()
     if _unknown_script(replies):  # nothing ran: Redis lost its script cache (a restart)
         client.script_load(source)
         replies = run()
-    return _settle(replies)
+    return _settle(replies[: len(calls)]), replies[len(calls) :]
 
 
 async def create_many_async(
     connection: AsyncRedis, calls: Sequence[CreateCall]
 ) -> list[CreateReply]:
     """:func:`create_many` through an asyncio client of the same Redis."""
+    return (await create_many_then_async(connection, calls, ()))[0]
+
+
+async def create_many_then_async(
+    connection: AsyncRedis, calls: Sequence[CreateCall], then: Sequence[Sequence[Value]]
+) -> tuple[list[CreateReply], list[Any]]:
+    """:func:`create_many_then` through an asyncio client of the same Redis."""
     if not calls:
-        return []
+        return [], []
     sha, source, operands = _operands(calls)
 
     async def run() -> list[Any]:
         async with connection.pipeline(transaction=False) as pipe:
             for each in operands:
                 pipe.evalsha(sha, *each)  # type: ignore[arg-type]
+            for command in then:
+                pipe.execute_command(*command)
             return await pipe.execute(raise_on_error=False)
 
     replies = await run()
     if _unknown_script(replies):
         await connection.script_load(source)
         replies = await run()
-    return _settle(replies)
+    return _settle(replies[: len(calls)]), replies[len(calls) :]

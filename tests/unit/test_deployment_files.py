@@ -117,3 +117,26 @@ def test_compose_sandbox_is_on_an_internal_network_publishes_nothing_and_gets_fa
     assert len(credentials) == 7
     assert all(str(v).startswith("sandbox-") for v in credentials.values()), credentials
     assert "DISPATCHER_CLIENTS" not in environment
+
+
+def test_compose_sentinel_profile_adds_replicas_and_three_sentinels_of_the_redis_service() -> None:
+    services = compose()["services"]
+    sentinels = [services[f"sentinel-{n}"] for n in (1, 2, 3)]
+    replicas = [services[f"redis-replica-{n}"] for n in (1, 2)]
+    for service in (*sentinels, *replicas):
+        assert service["profiles"] == ["sentinel"]
+        assert "test" in service["healthcheck"]
+    for replica in replicas:
+        command = replica["command"]
+        assert command[command.index("--replicaof") + 1 :][:2] == ["redis", "6379"]
+        assert command[command.index("--appendonly") + 1] == "yes"
+        assert command[command.index("--maxmemory-policy") + 1] == "noeviction"
+    # The master name of the URL the README gives: the one the sentinels monitor.
+    assert all("sentinel monitor dispatcher redis 6379 2" in s["command"][2] for s in sentinels)
+    for name in ("api", "worker"):
+        environment = services[name]["environment"]
+        assert (
+            environment["DISPATCHER_REDIS_URL"] == "${DISPATCHER_REDIS_URL:-redis://redis:6379/0}"
+        )
+        assert "DISPATCHER_REDIS_MIN_REPLICAS" in environment
+        assert services[name]["depends_on"]["sentinel-1"]["required"] is False
