@@ -1,1 +1,1 @@
-"""Benchmarks with same-run baselines (issue 7): ``python benchmarks/run.py --quick``."""
+"""Benchmarks with same-run baselines (README, "Benchmarks"): ``python benchmarks/run.py --quick``."""

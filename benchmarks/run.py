@@ -1,4 +1,4 @@
-"""Benchmarks P1-P5 of issue 7, P6 (status webhooks), P7 (batch submits), P9 (scheduled
+"""Benchmarks P1-P5 (README, "Benchmarks"), P6 (status webhooks), P7 (batch submits), P9 (scheduled
 sends), P11 (1,000 concurrent senders) and P12 (submit -> delivered latency at 10
 messages/s), each beside a baseline measured in the same run (P6's: the same run without
 webhooks; P7's: single submits; P9's: the same worker idle; P12 has none: compare two
