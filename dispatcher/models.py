@@ -301,14 +301,13 @@ def field_errors(exc: ValidationError, prefix: str = "") -> list[FieldError]:
 
 def parse_message(payload: Any, *, media_domain: str | None = None) -> Message:
     """Validate an untrusted request body; raise ``InvalidMessage`` listing every broken field.
-
-    ``media_domain`` is the configured Qiniu download domain: caller-given
-    media URLs must be on it.
-    """
+    ``media_domain``: the Qiniu download domain caller-given media URLs must be on."""
     if not isinstance(payload, dict):
         raise InvalidMessage([FieldError("body", "must be a JSON object")])
     try:
         json.dumps(payload, ensure_ascii=False).encode()
+    except RecursionError:
+        raise InvalidMessage([FieldError("body", "is nested too deeply")]) from None
     except UnicodeEncodeError:
         raise InvalidMessage(
             [FieldError("body", "contains invalid Unicode (a lone surrogate)")]

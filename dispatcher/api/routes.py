@@ -72,7 +72,7 @@ from dispatcher.errors import (
 from dispatcher.health import configuration_warnings
 from dispatcher.ids import ID_PATTERN
 from dispatcher.limits import MAX_STATUS_IDS
-from dispatcher.models import Message, field_errors
+from dispatcher.models import field_errors
 from dispatcher.producer import Dispatcher
 
 log = logging.getLogger(__name__)
@@ -210,7 +210,7 @@ async def handle_basic_message(call: SignedRequest) -> Response:
     rt = call.runtime
     if call.owner is not None:
         raise InvalidMessage([FieldError(OWNER_PARAM, "a client submits only its own messages")])
-    message = _validate(rt.dispatcher, decode_json(call.body), call.caller.client)
+    message = rt.dispatcher.validate(decode_json(call.body), client=call.caller.client)
     try:
         submitted = await rt.dispatcher.submit_message_async(
             rt.async_redis.get(),
@@ -225,13 +225,6 @@ async def handle_basic_message(call: SignedRequest) -> Response:
         raise
     rt.metrics.count_submit(200, call.caller.client)
     return rt.envelope.ok({"getMessageId": submitted.message_id})
-
-
-def _validate(dispatcher: Dispatcher, payload: Any, client: str | None) -> Message:
-    try:
-        return dispatcher.validate(payload, client=client)
-    except RecursionError:
-        raise InvalidMessage([FieldError("body", "is nested too deeply")]) from None
 
 
 @router.post(
