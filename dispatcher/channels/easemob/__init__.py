@@ -152,8 +152,9 @@ class EasemobChannel:
         costs = call_costs(message.target_type)
 
         # Token first, then the rate slot, then the call: a slow token fetch must not
-        # bunch admitted calls into a burst the provider would throttle (F11). A slot the
-        # lease script took (only while the token is in memory) is the same slot, earlier.
+        # bunch admitted calls into a burst the provider would throttle (F11 in
+        # docs/reliability.md). A slot the lease script took (only while the token is in
+        # memory) is the same slot, earlier.
         # Before each provider call (a token fetch too) the attempt keeps its lease or stops.
         notes: list[str] = []
         before_call = origin.before_call if origin is not None else _no_checkpoint
