@@ -48,6 +48,7 @@ from dispatcher.api.paths import (
     STATUS,
     STATUS_MANY,
     SUBMIT,
+    SUBMIT_BATCH,
 )
 from dispatcher.api.tenancy import (
     OWNER_PARAM,
@@ -170,7 +171,8 @@ async def render_error(request: Request, exc: Exception) -> Response:
         path = request.url.path[:200]
         log.info("401 %s %r client=%r: %s", request.method, path, client[:64], exc.reason)
     response = rt.envelope.error(exc)
-    if request.url.path == SUBMIT:
+    # A batch refused whole counts as one refused submit request, as a busy one does.
+    if request.url.path in (SUBMIT, SUBMIT_BATCH):
         caller: Caller | None = getattr(request.state, "caller", None)
         rt.metrics.count_submit(response.status_code, caller.client if caller else None, exc)
     return response

@@ -27,6 +27,7 @@ from dispatcher.errors import Conflict, InvalidMessage
 from dispatcher.ids import MessageRef
 from dispatcher.limits import MAX_BATCH_MESSAGES
 from dispatcher.producer import Dispatcher
+from tests.unit.test_api_operations import scrape
 from tests.unit.test_api_support import (
     TEXT,
     Harness,
@@ -489,3 +490,15 @@ def test_batches_take_their_weight_of_the_in_flight_bound(redis_url: str) -> Non
 
     asyncio.run(scenario())
     assert answered == [SUBMIT_BATCH, SUBMIT, SUBMIT_BATCH]
+
+
+def test_a_batch_refused_whole_counts_as_one_refused_submit(api: Harness) -> None:
+    def rejected() -> float:
+        samples = scrape(api)
+        return samples["dispatcher_rejected_total{client=-,reason=unauthorized}"]
+
+    before = rejected()
+    body = body_of({"messages": [text(unique_id()), text(unique_id())]})
+    wrong = api.params(body, path=SUBMIT_BATCH, secret="not-the-secret")
+    assert post_batch(api, body, params=wrong).status_code == 401
+    assert rejected() == before + 1
