@@ -68,6 +68,7 @@ class SharedRateLimiter:
         self.redis = client
         self._acquire = load("rate_acquire")
         self._penalize = load("rate_penalize")
+        self._reserve = load("rate_reserve")
         # One waiter per process asks Redis at a time; the others queue here. Without it
         # every thread of every worker polled at each slot (32 threads x 4 processes asked
         # ~100 times per admitted call), and the CPU that burned delayed the sends enough
@@ -93,8 +94,7 @@ class SharedRateLimiter:
             types=types,
         )
 
-    def try_acquire(self, costs: dict[str, float]) -> float:
-        """Admit now and return 0, or return seconds to wait (nothing consumed)."""
+    def _dimensions(self, costs: dict[str, float]) -> list[float]:
         dimensions: list[float] = []
         for dimension in self.dimensions:
             dimensions += [
@@ -102,8 +102,40 @@ class SharedRateLimiter:
                 dimension.tolerance_ms,
                 costs.get(dimension.name, 0),
             ]
+        return dimensions
+
+    def try_acquire(self, costs: dict[str, float]) -> float:
+        """Admit now and return 0, or return seconds to wait (nothing consumed)."""
+        dimensions = self._dimensions(costs)
         wait_us = int(self._acquire(self.redis, {"rates": self._keys}, {"dimensions": dimensions}))
         return wait_us / 1_000_000
+
+    def reserve(self, costs: dict[str, float], *, max_wait: float = 60.0) -> float:
+        """Take ``costs`` once admitted (waiting, at most ``max_wait``); returns the seconds
+        until the end of what was taken, when a call of that many units may go.
+
+        For a call of many units (a multi-recipient send): :meth:`acquire` lets it go at
+        once and makes the next caller wait, so one such call right after a busy stretch
+        would exceed the provider's window; a reservation makes the call itself wait."""
+        started = time.monotonic()
+        dimensions = self._dimensions(costs)
+        if not self._turn.acquire(timeout=max_wait):
+            raise TimeoutError(f"rate limiter queue took over {max_wait}s")
+        try:
+            while True:
+                wait_us, lag_us = self._reserve(
+                    self.redis, {"rates": self._keys}, {"dimensions": dimensions}
+                )
+                wait = int(wait_us) / 1_000_000
+                if wait <= 0:
+                    return int(lag_us) / 1_000_000
+                if time.monotonic() - started + wait > max_wait:
+                    raise TimeoutError(
+                        f"rate limiter would wait {wait:.1f}s more, over {max_wait}s"
+                    )
+                time.sleep(wait)
+        finally:
+            self._turn.release()
 
     def acquire(self, costs: dict[str, float], *, max_wait: float = 60.0) -> float:
         """Wait until admitted; returns the seconds waited. Raises TimeoutError past max_wait."""

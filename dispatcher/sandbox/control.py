@@ -52,6 +52,11 @@ class FaultRule(BaseModel):
     times: int | None = Field(
         default=None, ge=1, description="how many matches; None = until cleared"
     )
+    skip: int = Field(
+        default=0,
+        ge=0,
+        description="let this many matching requests through first (skip=1: the 2nd call)",
+    )
 
     def matches(self, method: str, path: str, body: bytes) -> bool:
         if self.method and self.method.upper() != method.upper():
@@ -117,6 +122,9 @@ class SandboxState:
         with self._lock:
             for index, rule in enumerate(self._faults):
                 if rule.matches(method, path, body):
+                    if rule.skip > 0:
+                        rule.skip -= 1
+                        continue
                     if rule.times is not None:
                         rule.times -= 1
                         if rule.times <= 0:

@@ -100,7 +100,7 @@ def build_body(message_id: str, message: Message) -> dict[str, Any]:
     ext[DISPATCHER_EXT_KEY] = {"getMessageId": message_id}
     return {
         "target_type": message.target_type,
-        "target": [message.to],
+        "target": message.recipients,
         "msg": build_msg(message_id, message),
         "from": message.sender,
         "ext": ext,
@@ -202,9 +202,14 @@ def transport_error(exc: httpx.HTTPError) -> ProviderError:
     return ProviderError("connect_failed", f"could not reach Easemob ({kind})", retryable=True)
 
 
+CALLS = "easemob:calls"
+USER_MESSAGES = "easemob:user-messages"
+"""The shared limiter's dimensions: calls per second, messages to users per minute."""
+
+
 def call_costs(target_type: str) -> dict[str, float]:
-    """What one send costs on each rate dimension: one call, and one user message when it
-    goes to a user (a message has one target, :func:`build_body`)."""
+    """What a send to one recipient costs on each rate dimension: one call, and one user
+    message when it goes to a user (a call to many: dispatcher/fanout.py)."""
     if target_type == "users":
-        return {"easemob:calls": 1.0, "easemob:user-messages": 1.0}
-    return {"easemob:calls": 1.0}
+        return {CALLS: 1.0, USER_MESSAGES: 1.0}
+    return {CALLS: 1.0}

@@ -6,7 +6,8 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
-local TERMINAL = {delivered = true, failed = true, dead = true, cancelled = true, recalled = true}
+local TERMINAL = {delivered = true, partially_delivered = true, failed = true, dead = true,
+                  cancelled = true, recalled = true}
 
 -- A call's operation id (``op``) and reply stay on the record after the call changed it:
 -- when the reply is lost, redis-py runs the same call again, and the re-run answers what
