@@ -124,8 +124,10 @@ def _with_placeholders(message: Message) -> Message:
 
 
 def body_size(message_id: str, message: Message) -> int:
-    """Bytes of the body Easemob would receive, with unresolved media at its worst case."""
-    return len(encode_body(build_body(message_id, _with_placeholders(message))))
+    """Bytes of the body Easemob would receive, with unresolved media at its worst case,
+    for one target (Easemob's limit is on msg + ext; a list's calls carry more targets)."""
+    body = build_body(message_id, _with_placeholders(message))
+    return len(encode_body({**body, "target": body["target"][:1]}))
 
 
 def check_size(message_id: str, message: Message, limit: int) -> None:
