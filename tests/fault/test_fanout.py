@@ -22,7 +22,8 @@ of the quota is 0.06 s, so the tests wait for calls, not for the quota."""
 
 @pytest.fixture()
 def easemob(make_easemob: Any) -> Easemob:
-    return make_easemob(messages_per_minute=FAST)
+    simulator: Easemob = make_easemob(messages_per_minute=FAST)
+    return simulator
 
 
 def fanout_message(message_id: str, recipients: list[str]) -> dict[str, Any]:
