@@ -94,6 +94,11 @@ def test_a_10000_recipient_submit_fits_through_the_api_and_counts_show(api: Harn
     names = [f"user{i:05d}" for i in range(MAX_USER_RECIPIENTS)]
     message_id = submit_list(api, names)
     record = envelope_ok(api.status(message_id))["data"]
+    ref = MessageRef("c1", message_id)
+    store = api.app.state.runtime.dispatcher.store
+    store.recipients.record(ref, [(i, delivered(str(10**18 + i))) for i in range(600)])
+    bytes_per_recipient = api.redis.memory_usage(keys.recipients(ref), samples=0) / 10_000
+    assert bytes_per_recipient <= 64, bytes_per_recipient
     assert record["to"] is None
     assert record["recipients"] == {
         "recipients": 10000,

@@ -4,12 +4,18 @@
 -- outcome; a failed one takes a later delivery (the provider's accept is a fact); a
 -- delivered one is never changed, so a re-run after a lost reply changes nothing. The
 -- message's counters move with the slots, in the same call. Nothing is written for a
--- message whose record is gone.
+-- message whose record is gone. The first call's write makes every slot, pending.
 -- Returns {recipients, delivered, failed}, or 'missing'.
 -- keys: message recipients
 -- args: ttl# width# outcomes...
 
 if redis.call('EXISTS', message) == 0 then return 'missing' end
+local counts = redis.call('HMGET', message, 'recipients', 'rcptDelivered', 'rcptFailed')
+if redis.call('EXISTS', recipients) == 0 then
+  -- Every slot at once, at its exact size: grown slot by slot, Redis would keep up to
+  -- twice the bytes (it doubles a string's room as it grows).
+  redis.call('SET', recipients, string.rep('\0', tonumber(counts[1] or '0') * width))
+end
 local delivered, failed = 0, 0
 for i = 1, #outcomes, 2 do
   local offset = tonumber(outcomes[i]) * width
@@ -27,7 +33,6 @@ for i = 1, #outcomes, 2 do
     delivered = delivered + 1
   end
 end
-local counts = redis.call('HMGET', message, 'recipients', 'rcptDelivered', 'rcptFailed')
 local done = tonumber(counts[2] or '0') + delivered
 local lost = tonumber(counts[3] or '0') + failed
 redis.call('HSET', message, 'rcptDelivered', done, 'rcptFailed', lost)
