@@ -1,7 +1,9 @@
 """P8: fan-out. The simulator at 100 calls/s and 60,000 messages/min (Easemob raises its
 limits in proportion); 30,000 recipients, as three messages of 10,000 (the most one
 message may name), delivered by one worker. Goal: at least 0.95 x 60,000 recipients/min
-from the first provider call to the last, no 429 or 403 from the simulator, at most 55
+after the first provider call (which waits for its own share: the warm-up), from it to
+the last one answered; also reported from the submit. No 429 or 403 from the
+simulator, at most 55
 provider calls. In the same run, a second simulator at the default 6000 messages/min and
 a 3,000-recipient message: the quota is held (no 403).
 
@@ -54,7 +56,7 @@ def run(bench: Any, say: Callable[[str], None]) -> dict[str, Any]:
         f"calls for {PER_MESSAGE * MESSAGES} recipients; {DEFAULT_QUOTA}/min held for "
         f"{SMALL} recipients (no 403); <= {BYTES_BUDGET} Redis bytes per recipient",
         "met": met,
-        "unit": "recipients/min, first provider call to the last one answered",
+        "unit": "recipients/min after the first call, from it to the last one answered",
         "raised_quota": raised,
         "default_quota": quota,
         "bytes_per_recipient": raised["rcpt_bytes_per_recipient"],
@@ -94,7 +96,11 @@ def _fan_out(
             records = dispatcher.status_many(ids)
         stats = sim.stats()
         calls = [r for r in sim.requests() if r["path"].endswith("/messages")]
-        first = min(c["receivedAt"] for c in calls)
+        opening = min(calls, key=lambda c: c["receivedAt"])
+        first = opening["receivedAt"]
+        # The first call goes once its own share of the quota has passed (a reservation):
+        # the rate counts what came after it, over the time from it to the last answer.
+        after_first = total - len(opening["json"]["target"])
         last = max(r.updatedAt.timestamp() for r in records)
         sizes_bytes = _bytes(bench, ids[0], sizes[0])
         dispatcher.close()
@@ -106,7 +112,7 @@ def _fan_out(
         "delivered": delivered,
         "all_delivered": delivered == total and all(r.state.value == "delivered" for r in records),
         "calls": len(calls),
-        "recipients_per_minute": round(total * 60 / (last - first)),
+        "recipients_per_minute": round(after_first * 60 / (last - first)),
         "recipients_per_minute_from_submit": round(total * 60 / (finished - submitted)),
         "seconds_first_call_to_last": round(last - first, 2),
         "rate_limited_429": stats["rate_limited_429"],

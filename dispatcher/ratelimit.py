@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis
@@ -117,34 +118,33 @@ class SharedRateLimiter:
         For a call of many units (a multi-recipient send): :meth:`acquire` lets it go at
         once and makes the next caller wait, so one such call right after a busy stretch
         would exceed the provider's window; a reservation makes the call itself wait."""
-        started = time.monotonic()
         dimensions = self._dimensions(costs)
-        if not self._turn.acquire(timeout=max_wait):
-            raise TimeoutError(f"rate limiter queue took over {max_wait}s")
-        try:
-            while True:
-                wait_us, lag_us = self._reserve(
-                    self.redis, {"rates": self._keys}, {"dimensions": dimensions}
-                )
-                wait = int(wait_us) / 1_000_000
-                if wait <= 0:
-                    return int(lag_us) / 1_000_000
-                if time.monotonic() - started + wait > max_wait:
-                    raise TimeoutError(
-                        f"rate limiter would wait {wait:.1f}s more, over {max_wait}s"
-                    )
-                time.sleep(wait)
-        finally:
-            self._turn.release()
+        lag = 0.0
+
+        def try_reserve() -> float:
+            nonlocal lag
+            wait_us, lag_us = self._reserve(
+                self.redis, {"rates": self._keys}, {"dimensions": dimensions}
+            )
+            lag = int(lag_us) / 1_000_000
+            return int(wait_us) / 1_000_000
+
+        self._wait_for(try_reserve, max_wait)
+        return lag
 
     def acquire(self, costs: dict[str, float], *, max_wait: float = 60.0) -> float:
         """Wait until admitted; returns the seconds waited. Raises TimeoutError past max_wait."""
+        return self._wait_for(lambda: self.try_acquire(costs), max_wait)
+
+    def _wait_for(self, admit: Callable[[], float], max_wait: float) -> float:
+        """Call ``admit`` (0: admitted, else seconds to wait) until it admits, one waiter
+        of this process at a time; the seconds waited. Raises TimeoutError past max_wait."""
         started = time.monotonic()
         if not self._turn.acquire(timeout=max_wait):
             raise TimeoutError(f"rate limiter queue took over {max_wait}s")
         try:
             while True:
-                wait = self.try_acquire(costs)
+                wait = admit()
                 if wait <= 0:
                     return time.monotonic() - started
                 if time.monotonic() - started + wait > max_wait:

@@ -11,22 +11,20 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Query
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from dispatcher.api.envelope import error_responses
+from dispatcher.api.message_actions import MessageId
 from dispatcher.api.paths import RECIPIENTS
 from dispatcher.api.routes import SignedCall, SignedRequest
 from dispatcher.api.tenancy import message_ref, namespace_of
 from dispatcher.errors import NotFound
-from dispatcher.ids import ID_PATTERN
 from dispatcher.limits import MAX_RECIPIENTS_PAGE
 from dispatcher.store.recipients import RecipientState
 
 router = APIRouter()
-
-MessageId = Annotated[str, Path(pattern=ID_PATTERN.pattern, description="the id submit answered")]
 
 
 @router.get(

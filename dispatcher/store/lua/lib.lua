@@ -50,6 +50,17 @@ local function not_dead(message_key, dead_key, member)
   return nil
 end
 
+-- A rate script's ``dimensions`` argument: per rate key, interval ms, tolerance ms, cost.
+local function rate_dimensions(count, dimensions)
+  local intervals, tolerances, costs = {}, {}, {}
+  for i = 1, count do
+    intervals[i] = tonumber(dimensions[3 * i - 2])
+    tolerances[i] = tonumber(dimensions[3 * i - 1])
+    costs[i] = tonumber(dimensions[3 * i])
+  end
+  return intervals, tolerances, costs
+end
+
 -- GCRA (the "theoretical arrival time" form of a leaky bucket), the one implementation.
 -- Admit a call costing costs[i] on each dimension i (rate_keys[i], intervals[i] ms,
 -- tolerances[i] ms). Returns 0 when admitted (every dimension committed), else the

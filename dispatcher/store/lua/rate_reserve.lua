@@ -8,12 +8,7 @@
 -- args: dimensions...
 -- include: lib
 
-local intervals, tolerances, costs = {}, {}, {}
-for i = 1, #rates do
-  intervals[i] = tonumber(dimensions[3 * i - 2])
-  tolerances[i] = tonumber(dimensions[3 * i - 1])
-  costs[i] = tonumber(dimensions[3 * i])
-end
+local intervals, tolerances, costs = rate_dimensions(#rates, dimensions)
 local wait = gcra_try(rates, intervals, tolerances, costs, false)
 if wait > 0 then return {wait, 0} end
 local t = redis.call('TIME')
