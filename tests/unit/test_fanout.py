@@ -4,6 +4,7 @@ and the Easemob simulator's per-call caps and per-target refusals."""
 
 from __future__ import annotations
 
+import json
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -18,7 +19,11 @@ from dispatcher.ids import MessageRef
 from dispatcher.limits import MAX_USER_RECIPIENTS
 from dispatcher.models import parse_message
 from dispatcher.sandbox.easemob import create_easemob_app
+from dispatcher.store import Lease, StatusStore, Transition
+from dispatcher.store.policy import StorePolicy
 from dispatcher.store.recipients import SLOT, RecipientState, delivered, failed
+from dispatcher.webhooks.outbox import Event
+from dispatcher.webhooks.send import build_body
 from tests.unit.test_api_support import TEXT, Harness, envelope_ok, make_harness
 
 with warnings.catch_warnings():
@@ -202,3 +207,24 @@ def test_the_simulator_refuses_chosen_targets_and_fails_the_nth_call() -> None:
 def test_the_compact_slot_is_twenty_bytes() -> None:
     assert len(delivered("1029457500870543736")) == SLOT == 20
     assert len(failed("a-very-long-error-code-indeed")) == SLOT
+
+
+def test_a_partially_delivered_end_is_announced_with_the_counts(api: Harness) -> None:
+    message_id = submit_list(api, ["a", "b", "c"])
+    ref = MessageRef("c1", message_id)
+    store = StatusStore(
+        api.redis, StorePolicy(announced=frozenset({("c1", "message.partially_delivered")}))
+    )
+    lease = store.lease.begin(ref, "owner-1", 30)
+    assert isinstance(lease, Lease)
+    store.recipients.record(ref, [(0, delivered("11")), (1, delivered("12")), (2, failed("x"))])
+    assert store.lease.mark_partially_delivered(lease, "2 of 3") is Transition.OK
+
+    raw = api.redis.lindex(keys.WEBHOOK_OUTBOX, -1)
+    event = Event.parse(raw.decode())
+    data = json.loads(build_body(event, message_id))["data"]
+    assert event.type == "message.partially_delivered"
+    assert data["state"] == "partially_delivered"
+    assert data["recipients"] == {"recipients": 3, "delivered": 2, "failed": 1, "pending": 0}
+    record = envelope_ok(api.status(message_id))["data"]
+    assert record["state"] == "partially_delivered"
