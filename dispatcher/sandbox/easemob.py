@@ -195,9 +195,19 @@ class EasemobSimulator:
 
     # -- messages ------------------------------------------------------------
 
-    def next_message_id(self) -> str:
+    def set_failing(self, targets: dict[str, str]) -> int:
+        """Answer these targets with their error text from now on; how many there are."""
         with self._lock:
-            return str(next(self._ids))
+            self.failing = targets
+            return len(targets)
+
+    def delivered_counts(self, *, clear: bool = False) -> dict[str, int]:
+        """Message ids given per target (then forgotten, with ``clear``)."""
+        with self._lock:
+            counts = dict(self.deliveries)
+            if clear:
+                self.deliveries.clear()
+            return counts
 
     def count(self, name: str, amount: int = 1) -> None:
         with self._lock:
@@ -407,20 +417,16 @@ def create_easemob_app(
         wanted = json_object(request, await request.body()).get("targets") or {}
         if not isinstance(wanted, dict):
             raise illegal("targets must map each target to an error text")
-        with sim._lock:
-            sim.failing = {str(k): str(v) for k, v in wanted.items()}
-        return {"failing": len(sim.failing)}
+        return {"failing": sim.set_failing({str(k): str(v) for k, v in wanted.items()})}
 
     @api.get("/_sandbox/easemob/deliveries", tags=["sandbox"])
     async def deliveries() -> dict[str, int]:
         """How many message ids each target was given (a 200 answer naming it)."""
-        with sim._lock:
-            return dict(sim.deliveries)
+        return sim.delivered_counts()
 
     @api.delete("/_sandbox/easemob/deliveries", tags=["sandbox"])
     async def clear_deliveries() -> dict[str, bool]:
-        with sim._lock:
-            sim.deliveries.clear()
+        sim.delivered_counts(clear=True)
         return {"ok": True}
 
     @api.get("/_sandbox/easemob/stats", tags=["sandbox"])
