@@ -138,15 +138,18 @@ def cpu_seconds(pid: int) -> float:
 class Simulator:
     """The Easemob simulator (:mod:`benchmarks.simulator`) in a process of its own."""
 
-    def __init__(self, *, calls_per_second: int = UNLIMITED) -> None:
+    def __init__(
+        self, *, calls_per_second: int = UNLIMITED, messages_per_minute: int | None = None
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.calls_per_second = calls_per_second
+        self.messages_per_minute = messages_per_minute
         self.proc = Process(
             "sandbox",
             [sys.executable, "-m", "benchmarks.simulator", str(self.port)],
             {
-                **easemob_env(self.url, calls_per_second),
+                **easemob_env(self.url, calls_per_second, messages_per_minute),
                 "DISPATCHER_LOG_LEVEL": "WARNING",
             },
         )
@@ -204,7 +207,11 @@ class Simulator:
         return f"{self.url}/{EASEMOB_ORG}/{EASEMOB_APP}/messages"
 
 
-def easemob_env(url: str, calls_per_second: int) -> dict[str, str]:
+def easemob_env(
+    url: str, calls_per_second: int, messages_per_minute: int | None = None
+) -> dict[str, str]:
+    if messages_per_minute is None:
+        messages_per_minute = UNLIMITED if calls_per_second >= UNLIMITED else 6000
     return {
         "DISPATCHER_EASEMOB_BASE_URL": url,
         "DISPATCHER_EASEMOB_ORG": EASEMOB_ORG,
@@ -212,9 +219,7 @@ def easemob_env(url: str, calls_per_second: int) -> dict[str, str]:
         "DISPATCHER_EASEMOB_CLIENT_ID": EASEMOB_CLIENT_ID,
         "DISPATCHER_EASEMOB_CLIENT_SECRET": EASEMOB_CLIENT_SECRET,
         "DISPATCHER_EASEMOB_CALLS_PER_SECOND": str(calls_per_second),
-        "DISPATCHER_EASEMOB_MESSAGES_PER_MINUTE": str(
-            UNLIMITED if calls_per_second >= UNLIMITED else 6000
-        ),
+        "DISPATCHER_EASEMOB_MESSAGES_PER_MINUTE": str(messages_per_minute),
     }
 
 

@@ -1,7 +1,8 @@
-"""Benchmarks P1-P5 (README, "Benchmarks"), P6 (status webhooks), P7 (batch submits), P9 (scheduled
+"""Benchmarks P1-P5 (README, "Benchmarks"), P6 (status webhooks), P7 (batch submits), P8
+(fan-out: one message to thousands of recipients), P9 (scheduled
 sends), P11 (1,000 concurrent senders) and P12 (submit -> delivered latency at 10
 messages/s), each beside a baseline measured in the same run (P6's: the same run without
-webhooks; P7's: single submits; P9's: the same worker idle; P12 has none: compare two
+webhooks; P7's: single submits; P8's: the provider's quota; P9's: the same worker idle; P12 has none: compare two
 versions in the same run).
 
     python benchmarks/run.py --quick          # < 3 minutes on 2 cores
@@ -11,7 +12,7 @@ versions in the same run).
                                               # also P1, P3 with RabbitMQ as the broker
 
 Starts its own Redis (no AOF), the Easemob simulator and every worker/API
-process, runs, stops them and prints one JSON object with keys P1..P7, P9, P11 and P12, each
+process, runs, stops them and prints one JSON object with keys P1..P9, P11 and P12, each
 ``{"value", "baseline", "ratio", "goal", "met", ...details}``. Progress goes
 to stderr. Figures are ratios against baselines on the same Redis with the
 same pool and concurrency; absolute numbers move with the machine's load.
@@ -80,7 +81,7 @@ class Bench:
 
     def dispatcher_env(self, sim: harness.Simulator, queue: str, **extra: str) -> dict[str, str]:
         env = {
-            **harness.easemob_env(sim.url, sim.calls_per_second),
+            **harness.easemob_env(sim.url, sim.calls_per_second, sim.messages_per_minute),
             "DISPATCHER_REDIS_URL": self.redis_url,
             "DISPATCHER_QUEUE": queue,
             "DISPATCHER_LOG_LEVEL": "INFO",
@@ -533,6 +534,13 @@ class Bench:
 
         self.results["P7"] = batch_bench.run(self, say)
 
+    # -- P8 ----------------------------------------------------------------
+
+    def p8(self) -> None:
+        from benchmarks import fanout_bench
+
+        self.results["P8"] = fanout_bench.run(self, say)
+
     # -- P9 ----------------------------------------------------------------
 
     def p9(self) -> None:
@@ -581,6 +589,8 @@ class Bench:
                 self.p5()
             if "P7" in only:
                 self.p7()
+            if "P8" in only:
+                self.p8()
             if "P9" in only:
                 self.p9()
             if "P11" in only:
@@ -588,7 +598,19 @@ class Bench:
         finally:
             self.redis.close()
             self.server.cleanup()
-        keys_in_order = ("P1", "P1_amqp", "P2", "P3", "P3_amqp", "P4", "P5", "P6", "P7", "P9")
+        keys_in_order: tuple[str, ...] = (
+            "P1",
+            "P1_amqp",
+            "P2",
+            "P3",
+            "P3_amqp",
+            "P4",
+            "P5",
+            "P6",
+            "P7",
+            "P8",
+            "P9",
+        )
         keys_in_order += ("P11", "P12")
         out: dict[str, Any] = {k: self.results[k] for k in keys_in_order if k in self.results}
         out["machine"] = machine()
@@ -619,7 +641,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small N: under 3 minutes")
     parser.add_argument(
-        "--only", default="P1,P2,P3,P4,P5,P6,P7,P9,P11,P12", help="comma-separated subset"
+        "--only", default="P1,P2,P3,P4,P5,P6,P7,P8,P9,P11,P12", help="comma-separated subset"
     )
     parser.add_argument(
         "--p11-pool", type=int, default=None, help="P11 with this DISPATCHER_API_REDIS_CONNECTIONS"

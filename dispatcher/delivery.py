@@ -46,6 +46,7 @@ class AttemptOutcome(StrEnum):
     gone, held by another worker, or a late retry refused)."""
 
     DELIVERED = "delivered"
+    PARTIALLY_DELIVERED = "partially_delivered"
     RETRYING = "retrying"
     FAILED = "failed"
     DEAD = "dead"
@@ -190,6 +191,10 @@ def attempt(
     detail = f"delivered via {channel.name}"
     if receipt.notes:
         detail += "; " + "; ".join(receipt.notes)
+    if receipt.recipients is not None and receipt.recipients.failed:
+        store.lease.mark_partially_delivered(lease, detail)
+        log.info("getMessageId=%s partially delivered: %s", message_id, detail)
+        return Outcome(AttemptOutcome.PARTIALLY_DELIVERED)
     verdict = store.lease.mark_delivered(lease, receipt.provider_message_id, detail)
     log.info(
         "getMessageId=%s delivered attempt=%d providerMessageId=%s (%s)",

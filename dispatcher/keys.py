@@ -41,6 +41,7 @@ MAX_REJECTED = 1000
 _TAG_OPEN = f"{PREFIX}:{{"
 _RECORD = "}:rec"
 _HISTORY = "}:hist"
+_RECIPIENTS = "}:rcpt"
 
 MESSAGE_KEY_PARTS = (_TAG_OPEN, _RECORD, _HISTORY)
 """How a script that only learns members (the recovery scan) spells their keys:
@@ -66,6 +67,12 @@ def message(ref: MessageRef) -> str:
 def history(ref: MessageRef) -> str:
     """List of the message's state changes, oldest first, bounded."""
     return f"{_TAG_OPEN}{ref.member}{_HISTORY}"
+
+
+def recipients(ref: MessageRef) -> str:
+    """String of a multi-recipient message's per-recipient outcomes, one fixed-width slot
+    per recipient in the order of its ``to`` list (dispatcher/store/recipients.py)."""
+    return f"{_TAG_OPEN}{ref.member}{_RECIPIENTS}"
 
 
 def token(channel: str, *account: str) -> str:

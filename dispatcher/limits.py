@@ -32,3 +32,27 @@ def batch_request_bytes(single: int, batch: int) -> int:
     """The body limit of a batch submit: its own setting, but never so low that a batch of
     one largest single message would not fit."""
     return max(batch, single + BATCH_WRAPPER_BYTES)
+
+
+MAX_USER_RECIPIENTS = 10_000
+"""Users one message may name in a ``to`` list (a plain string is one recipient)."""
+
+MAX_GROUP_RECIPIENTS = 100
+"""Groups (or chat rooms) one message may name in a ``to`` list."""
+
+MAX_RECIPIENT_CHARS = 64
+"""Longest recipient id in a ``to`` list (Easemob user ids are at most 64 characters)."""
+
+USERS_PER_CALL = 600
+GROUPS_PER_CALL = 3
+ROOMS_PER_CALL = 10
+"""Recipients of one Easemob send call, by target type (Easemob refuses more with a 400)."""
+
+MAX_RECIPIENTS_PAGE = 1000
+"""Recipients in one page of ``GET /sender/v1/messages/{id}/recipients``."""
+
+
+def fanout_request_bytes(single: int) -> int:
+    """The body limit of a single-message submit: its setting plus room for a full ``to``
+    list (each id at most 4 UTF-8 bytes a character, quoted, comma-separated)."""
+    return single + MAX_USER_RECIPIENTS * (MAX_RECIPIENT_CHARS * 4 + 3)

@@ -9,10 +9,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from typing import Annotated, Any, Literal
+from typing import Any
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -22,10 +21,16 @@ from pydantic import (
     model_validator,
 )
 
+from dispatcher.addressing import (
+    RecipientName,
+    Recipients,
+    TargetType,
+    target_type_of,
+    too_many_groups,
+)
 from dispatcher.errors import FieldError, InvalidMessage
 from dispatcher.ids import ID_PATTERN
 from dispatcher.message_info import (
-    CONTROL_CHARACTERS,
     IMAGE_MAX_BYTES,
     INFO_MODELS,
     MEDIA_TYPES,
@@ -52,12 +57,6 @@ from dispatcher.scheduling import SendAtMs
 CUSTOM_EVENT_PATTERN = re.compile(r"^[a-zA-Z0-9\-_/.]{1,32}$")
 RESERVED_EXT_KEY = "dispatcher"
 MAX_EXT_DEPTH = 16
-
-
-def _no_control_characters(value: str) -> str:
-    if CONTROL_CHARACTERS.search(value):
-        raise ValueError("must not contain control characters (U+0000-U+001F, U+007F)")
-    return value
 
 
 def _nesting_over(value: Any, limit: int) -> bool:
@@ -142,14 +141,6 @@ class Ext(BaseModel):
         return data
 
 
-TargetType = Literal["users", "chatgroups", "chatrooms"]
-RecipientName = Annotated[
-    str,
-    Field(min_length=1, max_length=128, pattern=r"^\S+$"),
-    AfterValidator(_no_control_characters),
-]
-
-
 class Envelope(BaseModel):
     """The request body with ``messageInfo`` and ``ext`` still raw (checked separately)."""
 
@@ -157,7 +148,7 @@ class Envelope(BaseModel):
 
     messageType: MessageType
     sender: RecipientName = Field(alias="from")
-    to: RecipientName
+    to: Recipients
     messageInfo: dict[str, Any]
     ext: dict[str, Any] | None = None
     getMessageId: str | None = Field(default=None, pattern=ID_PATTERN.pattern)
@@ -201,7 +192,8 @@ class Message(BaseModel):
 
     messageType: MessageType
     sender: str = Field(alias="from")
-    to: str
+    to: str | list[str]
+    """One recipient, or a list of them (a fan-out: dispatcher/fanout.py)."""
     messageInfo: MessageInfo
     ext: Ext | None = None
     getMessageId: str | None = None
@@ -211,9 +203,15 @@ class Message(BaseModel):
 
     @property
     def target_type(self) -> TargetType:
-        if self.targetType:
-            return self.targetType
-        return "chatgroups" if self.to.isdigit() else "users"
+        return target_type_of(self.to, self.targetType)
+
+    @property
+    def recipients(self) -> list[str]:
+        return self.to if isinstance(self.to, list) else [self.to]
+
+    @property
+    def fans_out(self) -> bool:  # ``to`` is a list, even of one: dispatcher/fanout.py
+        return isinstance(self.to, list)
 
     def to_payload(self) -> dict[str, Any]:
         """The normalised request body (aliases, no nulls at the top level)."""
@@ -321,6 +319,8 @@ def parse_message(payload: Any, *, media_domain: str | None = None) -> Message:
         envelope = Envelope.model_validate(payload, context=context)
     except ValidationError as exc:
         errors.extend(field_errors(exc))
+    if envelope is not None:
+        errors.extend(too_many_groups(envelope.to, envelope.targetType))
 
     message_type = MessageType.of(payload.get("messageType"))
     info: InfoModel | None = None

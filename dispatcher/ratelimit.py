@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis
@@ -68,6 +69,7 @@ class SharedRateLimiter:
         self.redis = client
         self._acquire = load("rate_acquire")
         self._penalize = load("rate_penalize")
+        self._reserve = load("rate_reserve")
         # One waiter per process asks Redis at a time; the others queue here. Without it
         # every thread of every worker polled at each slot (32 threads x 4 processes asked
         # ~100 times per admitted call), and the CPU that burned delayed the sends enough
@@ -93,8 +95,7 @@ class SharedRateLimiter:
             types=types,
         )
 
-    def try_acquire(self, costs: dict[str, float]) -> float:
-        """Admit now and return 0, or return seconds to wait (nothing consumed)."""
+    def _dimensions(self, costs: dict[str, float]) -> list[float]:
         dimensions: list[float] = []
         for dimension in self.dimensions:
             dimensions += [
@@ -102,17 +103,48 @@ class SharedRateLimiter:
                 dimension.tolerance_ms,
                 costs.get(dimension.name, 0),
             ]
+        return dimensions
+
+    def try_acquire(self, costs: dict[str, float]) -> float:
+        """Admit now and return 0, or return seconds to wait (nothing consumed)."""
+        dimensions = self._dimensions(costs)
         wait_us = int(self._acquire(self.redis, {"rates": self._keys}, {"dimensions": dimensions}))
         return wait_us / 1_000_000
 
+    def reserve(self, costs: dict[str, float], *, max_wait: float = 60.0) -> float:
+        """Take ``costs`` once admitted (waiting, at most ``max_wait``); returns the seconds
+        until the end of what was taken, when a call of that many units may go.
+
+        For a call of many units (a multi-recipient send): :meth:`acquire` lets it go at
+        once and makes the next caller wait, so one such call right after a busy stretch
+        would exceed the provider's window; a reservation makes the call itself wait."""
+        dimensions = self._dimensions(costs)
+        lag = 0.0
+
+        def try_reserve() -> float:
+            nonlocal lag
+            wait_us, lag_us = self._reserve(
+                self.redis, {"rates": self._keys}, {"dimensions": dimensions}
+            )
+            lag = int(lag_us) / 1_000_000
+            return int(wait_us) / 1_000_000
+
+        self._wait_for(try_reserve, max_wait)
+        return lag
+
     def acquire(self, costs: dict[str, float], *, max_wait: float = 60.0) -> float:
         """Wait until admitted; returns the seconds waited. Raises TimeoutError past max_wait."""
+        return self._wait_for(lambda: self.try_acquire(costs), max_wait)
+
+    def _wait_for(self, admit: Callable[[], float], max_wait: float) -> float:
+        """Call ``admit`` (0: admitted, else seconds to wait) until it admits, one waiter
+        of this process at a time; the seconds waited. Raises TimeoutError past max_wait."""
         started = time.monotonic()
         if not self._turn.acquire(timeout=max_wait):
             raise TimeoutError(f"rate limiter queue took over {max_wait}s")
         try:
             while True:
-                wait = self.try_acquire(costs)
+                wait = admit()
                 if wait <= 0:
                     return time.monotonic() - started
                 if time.monotonic() - started + wait > max_wait:

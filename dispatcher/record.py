@@ -23,6 +23,7 @@ class State(StrEnum):
     PROCESSING = "processing"
     RETRYING = "retrying"
     DELIVERED = "delivered"
+    PARTIALLY_DELIVERED = "partially_delivered"
     FAILED = "failed"
     DEAD = "dead"
     CANCELLED = "cancelled"
@@ -34,7 +35,14 @@ class State(StrEnum):
 
 
 TERMINAL_STATES = frozenset(
-    {State.DELIVERED, State.FAILED, State.DEAD, State.CANCELLED, State.RECALLED}
+    {
+        State.DELIVERED,
+        State.PARTIALLY_DELIVERED,
+        State.FAILED,
+        State.DEAD,
+        State.CANCELLED,
+        State.RECALLED,
+    }
 )
 
 
@@ -42,6 +50,15 @@ class LastError(BaseModel):
     code: str
     message: str
     retryable: bool
+
+
+class RecipientCountsView(BaseModel):
+    """A multi-recipient message's recipients by outcome (docs/api.md, "Fan-out")."""
+
+    recipients: int
+    delivered: int
+    failed: int
+    pending: int
 
 
 class HistoryEntry(BaseModel):
@@ -57,7 +74,10 @@ class StatusRecord(BaseModel):
     state: State
     messageType: MessageType
     sender: str = Field(alias="from")
-    to: str
+    to: str | None = None
+    """The recipient; None when the message names a list (see ``recipients``)."""
+    recipients: RecipientCountsView | None = None
+    """A multi-recipient message's counts (None for one recipient)."""
     targetType: TargetType
     channel: str
     client: str | None = None

@@ -58,7 +58,9 @@ class RouteRule(BaseModel):
     def matches(self, message: Message, ext: dict[str, Any]) -> bool:
         if self.message_types is not None and int(message.messageType) not in self.message_types:
             return False
-        if self._to is not None and self._to.fullmatch(message.to) is None:
+        if self._to is not None and any(
+            self._to.fullmatch(name) is None for name in message.recipients
+        ):
             return False
         if self.ext:
             for key, wanted in self.ext.items():
@@ -121,6 +123,16 @@ def route(routing: Routing | None, message: Message) -> Decision:
                     "messageType",
                     f"messageType {int(kind)} ({kind.name.lower()}) cannot be sent through the "
                     f"{spec.name} channel, which the message center chose for this message",
+                )
+            ]
+        )
+    if message.fans_out and not spec.fans_out:
+        raise InvalidMessage(
+            [
+                FieldError(
+                    "to",
+                    f"a list of recipients cannot be sent through the {spec.name} channel, "
+                    "which the message center chose for this message: name one recipient",
                 )
             ]
         )

@@ -95,6 +95,10 @@ class Withdrawal:
                 f"only a delivered message can be recalled; this one is {state}",
                 state=state,
             )
+        if record.to is None:
+            raise RecallRefused(
+                "not_supported", "a message to a list of recipients has no recall", state=state
+            )
         recall = _channel_recall(record.channel)
         if recall is None:
             raise RecallRefused(

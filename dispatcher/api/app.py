@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from dispatcher import tracing
-from dispatcher.api import batch, message_actions
+from dispatcher.api import batch, message_actions, recipients
 from dispatcher.api.admission import Admission
 from dispatcher.api.auth import Authenticator
 from dispatcher.api.docs_assets import install_docs
@@ -128,6 +128,7 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
     app.include_router(router)
     app.include_router(batch.router)
     app.include_router(message_actions.router)
+    app.include_router(recipients.router)
     app.include_router(webhooks_router)
     for channel in registry().channels:  # endpoints providers call back (WeChat's receipts)
         if channel.routes is not None and channel.configured(settings):

@@ -13,10 +13,10 @@ from typing import Any
 
 from starlette.requests import Request
 
-from dispatcher.api.paths import SUBMIT_BATCH
+from dispatcher.api.paths import SUBMIT, SUBMIT_BATCH
 from dispatcher.config import Settings
 from dispatcher.errors import FieldError, InvalidMessage, MessageTooLarge
-from dispatcher.limits import batch_request_bytes
+from dispatcher.limits import batch_request_bytes, fanout_request_bytes
 
 # A \uD800-\uDFFF escape may leave a lone surrogate that no UTF-8 writer accepts.
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
@@ -42,10 +42,30 @@ def too_large(limit: int) -> MessageTooLarge:
 
 
 def body_limit(settings: Settings, path: str) -> int:
-    """The largest body a request to ``path`` may have: only a batch submit's is larger."""
+    """The largest body a request to ``path`` may have: a batch submit's is larger, and a
+    single submit's has room for a full ``to`` list."""
     if path == SUBMIT_BATCH:
         return batch_request_bytes(settings.max_request_bytes, settings.max_batch_request_bytes)
+    if path == SUBMIT:
+        return fanout_request_bytes(settings.max_request_bytes)
     return settings.max_request_bytes
+
+
+def decode_submit(body: bytes, limit: int) -> Any:
+    """A single submit's JSON, its size held to ``limit`` with its ``to`` list aside (the
+    list has its own bound, :data:`dispatcher.limits.MAX_USER_RECIPIENTS`); a body over
+    the limit is answered 413 whatever else is wrong with it."""
+    try:
+        payload = decode_json(body)
+    except InvalidMessage:
+        if len(body) > limit:
+            raise too_large(limit) from None
+        raise
+    to = payload.get("to") if isinstance(payload, dict) else None
+    listed = len(json.dumps(to, ensure_ascii=False).encode()) if isinstance(to, list) else 0
+    if len(body) - listed > limit:
+        raise too_large(limit)
+    return payload
 
 
 def _reject_constant(name: str) -> Any:

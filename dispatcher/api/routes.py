@@ -30,7 +30,7 @@ from starlette.responses import Response
 
 from dispatcher.api.admission import Admission
 from dispatcher.api.auth import Authenticator, Caller
-from dispatcher.api.body import body_limit, decode_json, read_body
+from dispatcher.api.body import body_limit, decode_json, decode_submit, read_body
 from dispatcher.api.envelope import (
     EnvelopeWriter,
     HealthResponse,
@@ -212,7 +212,8 @@ async def handle_basic_message(call: SignedRequest) -> Response:
     rt = call.runtime
     if call.owner is not None:
         raise InvalidMessage([FieldError(OWNER_PARAM, "a client submits only its own messages")])
-    message = rt.dispatcher.validate(decode_json(call.body), client=call.caller.client)
+    payload = decode_submit(call.body, rt.settings.max_request_bytes)
+    message = rt.dispatcher.validate(payload, client=call.caller.client)
     try:
         submitted = await rt.dispatcher.submit_message_async(
             rt.async_redis.get(),

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from dispatcher.models import Message
     from dispatcher.ratelimit import Prepay
     from dispatcher.store import StatusStore
+    from dispatcher.store.recipients import RecipientCounts
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,8 @@ class Receipt:
 
     provider_message_id: str | None
     notes: list[str] = field(default_factory=list)
+    recipients: RecipientCounts | None = None
+    """A multi-recipient message's counts after the attempt (dispatcher/fanout.py)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +110,8 @@ class ChannelSpec:
     routes: Callable[[Settings, StatusStore], APIRouter] | None = None
     """HTTP endpoints the provider calls back (WeChat's receipts), mounted by the API when
     the channel is configured."""
+    fans_out: bool = False
+    """Whether the channel delivers a message whose ``to`` is a list (dispatcher/fanout.py)."""
     recall: Callable[[Settings, redis.Redis, RecallRequest], RecallAnswer] | None = None
     """Take a delivered copy back from its recipient, within the provider's recall window
     (None: the provider has no recall)."""

@@ -52,6 +52,11 @@ class FaultRule(BaseModel):
     times: int | None = Field(
         default=None, ge=1, description="how many matches; None = until cleared"
     )
+    skip: int = Field(
+        default=0,
+        ge=0,
+        description="let this many matching requests through first (skip=1: the 2nd call)",
+    )
 
     def matches(self, method: str, path: str, body: bytes) -> bool:
         if self.method and self.method.upper() != method.upper():
@@ -113,16 +118,24 @@ class SandboxState:
             self._faults.clear()
 
     def take_fault(self, method: str, path: str, body: bytes) -> FaultRule | None:
-        """The first matching rule, with one use consumed."""
+        """The first matching rule done skipping, with one use consumed; every matching
+        rule still skipping counts this request (``skip`` counts per rule)."""
+        chosen: FaultRule | None = None
         with self._lock:
-            for index, rule in enumerate(self._faults):
-                if rule.matches(method, path, body):
-                    if rule.times is not None:
-                        rule.times -= 1
-                        if rule.times <= 0:
-                            del self._faults[index]
-                    return rule.model_copy()
-        return None
+            for rule in list(self._faults):
+                if not rule.matches(method, path, body):
+                    continue
+                if rule.skip > 0:
+                    rule.skip -= 1
+                    continue
+                if chosen is not None:
+                    continue
+                chosen = rule.model_copy()
+                if rule.times is not None:
+                    rule.times -= 1
+                    if rule.times <= 0:
+                        self._faults.remove(rule)
+        return chosen
 
 
 def mask_headers(headers: list[tuple[bytes, bytes]]) -> dict[str, str]:

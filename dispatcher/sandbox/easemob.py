@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import hmac
 import itertools
+import json
 import secrets
 import threading
 import time
 import uuid
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -54,6 +55,8 @@ from dispatcher.sandbox.skeleton import Simulator, record_traffic, require, simu
 Clock = Callable[[], float]
 
 DEFAULT_TOKEN_TTL = 5_184_000  # 60 days, the 2022+ console default
+MAX_TARGET_BYTES = 4 * 64 + 3
+"""Room a target id takes in a body: 64 characters of up to 4 UTF-8 bytes, quoted, a comma."""
 
 
 class SlidingWindow:
@@ -128,6 +131,10 @@ class EasemobSimulator:
         # Snowflake-like: milliseconds shifted left, then a counter: 19 digits, increasing.
         self._ids = itertools.count(int(time.time() * 1000) << 22)
         self.recalls = RecallBook(config.recall_window, config.recall_enabled, clock)
+        self.failing: dict[str, str] = {}
+        """Targets answered with an error text instead of an id (``/_sandbox/easemob/failing-targets``)."""
+        self.deliveries: Counter[str] = Counter()
+        """How many times each target was given a message id (answered 200)."""
         self._stats = dict.fromkeys(
             (
                 "token_calls",
@@ -188,9 +195,19 @@ class EasemobSimulator:
 
     # -- messages ------------------------------------------------------------
 
-    def next_message_id(self) -> str:
+    def set_failing(self, targets: dict[str, str]) -> int:
+        """Answer these targets with their error text from now on; how many there are."""
         with self._lock:
-            return str(next(self._ids))
+            self.failing = targets
+            return len(targets)
+
+    def delivered_counts(self, *, clear: bool = False) -> dict[str, int]:
+        """Message ids given per target (then forgotten, with ``clear``)."""
+        with self._lock:
+            counts = dict(self.deliveries)
+            if clear:
+                self.deliveries.clear()
+            return counts
 
     def count(self, name: str, amount: int = 1) -> None:
         with self._lock:
@@ -211,11 +228,29 @@ class EasemobSimulator:
                 APP_NOT_FOUND,
             )
 
-    def check_size(self, body: bytes) -> None:
-        if len(body) > self.config.max_body_bytes:
-            raise EasemobError(
-                413, "Request Entity Too Large", "Request Entity Too Large", WEB_APPLICATION
-            )
+    def check_size(self, body: bytes, *, targets: int = 0) -> None:
+        """The front proxy's cap: the body limit, plus room for ``targets`` recipient ids."""
+        if len(body) > self.config.max_body_bytes + targets * MAX_TARGET_BYTES:
+            raise _too_large()
+
+    def check_content_size(self, payload: dict[str, Any]) -> None:
+        """Easemob's limit on a send: the message and its ext, the target list aside."""
+        content = {k: v for k, v in payload.items() if k not in ("target", "to")}
+        if len(json.dumps(content, ensure_ascii=False).encode()) > self.config.max_body_bytes:
+            raise _too_large()
+
+    def outcomes(self, targets: list[str], reply_ids: bool) -> dict[str, str]:
+        """Each target's answer: a new message id (or "success"), or its configured error."""
+        data: dict[str, str] = {}
+        with self._lock:
+            for target in targets:
+                refused = self.failing.get(target)
+                if refused is not None:
+                    data[target] = refused
+                    continue
+                self.deliveries[target] += 1
+                data[target] = str(next(self._ids)) if reply_ids else "success"
+        return data
 
     def admit_call(self, window: SlidingWindow) -> None:
         if not window.try_acquire():
@@ -286,9 +321,10 @@ def create_easemob_app(
             raise EasemobError(403, "message_send_error", "message send reach limit", FORBIDDEN_OP)
         sim.count("messages_accepted", len(targets))
         # One id per recipient; a repeated target keeps the last one, as a map does.
-        data = {target: sim.next_message_id() if reply_ids else "success" for target in targets}
+        data = sim.outcomes(targets, reply_ids)
         for target, message_id in data.items():
-            sim.recalls.sent(message_id, target_type, target)
+            if target not in sim.failing:
+                sim.recalls.sent(message_id, target_type, target)
         return data
 
     async def checked_body(
@@ -299,12 +335,15 @@ def create_easemob_app(
         sim.count("token_calls" if token_call else "message_calls")
         body = await request.body()
         # The front proxy refuses oversized bodies before the app sees anything.
-        sim.check_size(body)
+        sim.check_size(body, targets=0 if token_call else sim.config.max_users_per_call)
         sim.check_app(org, app_name, request.url.path)
         if not token_call:
             sim.authenticate(request.headers.get("authorization"))
         sim.admit_call(sim.token_window if token_call else sim.call_window)
-        return json_object(request, body)
+        payload = json_object(request, body)
+        if not token_call:
+            sim.check_content_size(payload)
+        return payload
 
     @api.post("/{org}/{app_name}/token", tags=["easemob"])
     async def token(org: str, app_name: str, request: Request) -> dict[str, Any]:
@@ -370,6 +409,26 @@ def create_easemob_app(
     async def expire_tokens() -> dict[str, int]:
         return {"expired": sim.expire_tokens()}
 
+    @api.post("/_sandbox/easemob/failing-targets", tags=["sandbox"])
+    async def failing_targets(request: Request) -> dict[str, int]:
+        """``{"targets": {"<target>": "<error text>"}}``: from now on a send answers these
+        targets with the text instead of a message id (a refusal of that recipient);
+        ``{}`` clears them."""
+        wanted = json_object(request, await request.body()).get("targets") or {}
+        if not isinstance(wanted, dict):
+            raise illegal("targets must map each target to an error text")
+        return {"failing": sim.set_failing({str(k): str(v) for k, v in wanted.items()})}
+
+    @api.get("/_sandbox/easemob/deliveries", tags=["sandbox"])
+    async def deliveries() -> dict[str, int]:
+        """How many message ids each target was given (a 200 answer naming it)."""
+        return sim.delivered_counts()
+
+    @api.delete("/_sandbox/easemob/deliveries", tags=["sandbox"])
+    async def clear_deliveries() -> dict[str, bool]:
+        sim.delivered_counts(clear=True)
+        return {"ok": True}
+
     @api.get("/_sandbox/easemob/stats", tags=["sandbox"])
     async def stats() -> dict[str, int]:
         return sim.stats()
@@ -391,6 +450,12 @@ def _routing_error(request: Request, exc: StarletteHTTPException) -> JSONRespons
     else:
         error = EasemobError(exc.status_code, "web_application", str(exc.detail), WEB_APPLICATION)
     return JSONResponse(error.body(), status_code=error.status, headers=exc.headers)
+
+
+def _too_large() -> EasemobError:
+    return EasemobError(
+        413, "Request Entity Too Large", "Request Entity Too Large", WEB_APPLICATION
+    )
 
 
 def _same(given: Any, expected: str) -> bool:

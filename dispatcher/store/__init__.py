@@ -13,6 +13,7 @@ every script with its keys.
 - ``schedule``  queue messages whose ``sendAt`` has come (the scheduler)
 - ``withdraw``  cancel a message not sent yet, record a recall of a delivered one
 - ``read``      records, dead letters, counters
+- ``recipients`` per-recipient outcomes of a multi-recipient message
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from dispatcher.store.lease import (
 )
 from dispatcher.store.policy import StorePolicy
 from dispatcher.store.read import ReadStore
+from dispatcher.store.recipients import RecipientStore
 from dispatcher.store.recovery import (
     DiscardOutcome,
     Overdue,
@@ -44,7 +46,7 @@ from dispatcher.store.withdraw import CancelOutcome, CancelResult, WithdrawStore
 
 class StatusStore:
     """The stages over one Redis client: ``submit``, ``lease``, ``recovery``, ``schedule``,
-    ``withdraw``, ``read``."""
+    ``withdraw``, ``read``, ``recipients``."""
 
     def __init__(self, client: redis.Redis, policy: StorePolicy | None = None) -> None:
         self.redis = client
@@ -55,6 +57,7 @@ class StatusStore:
         self.schedule = ScheduleStore(client, self.policy)
         self.withdraw = WithdrawStore(client, self.policy)
         self.read = ReadStore(client)
+        self.recipients = RecipientStore(client, self.policy)
 
     @classmethod
     def from_settings(cls, client: redis.Redis, settings: Settings) -> StatusStore:

@@ -90,6 +90,7 @@ class Transition(StrEnum):
     STALE = "stale"
     """The attempt no longer holds the lease: its outcome went to the history only."""
     ALREADY_DELIVERED = "terminal:delivered"
+    ALREADY_PARTIALLY_DELIVERED = "terminal:partially_delivered"
     ALREADY_FAILED = "terminal:failed"
     ALREADY_DEAD = "terminal:dead"
     ALREADY_CANCELLED = "terminal:cancelled"
@@ -203,6 +204,10 @@ class LeaseStore:
         self, lease: Lease, provider_message_id: str | None, detail: str
     ) -> Transition:
         return self._finish_as(lease, State.DELIVERED, detail, provider_id=provider_message_id)
+
+    def mark_partially_delivered(self, lease: Lease, detail: str) -> Transition:
+        """A multi-recipient message's end when some recipients failed for good."""
+        return self._finish_as(lease, State.PARTIALLY_DELIVERED, detail)
 
     def mark_retrying(
         self,

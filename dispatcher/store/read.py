@@ -13,7 +13,15 @@ import redis
 from dispatcher import keys
 from dispatcher.connections import text
 from dispatcher.ids import DEFAULT_NAMESPACE, MessageRef
-from dispatcher.record import HistoryEntry, LastError, State, StatusRecord, from_millis
+from dispatcher.record import (
+    HistoryEntry,
+    LastError,
+    RecipientCountsView,
+    State,
+    StatusRecord,
+    from_millis,
+)
+from dispatcher.store.recipients import counts_of
 
 _RECORD_FIELDS = (
     "state",
@@ -31,6 +39,9 @@ _RECORD_FIELDS = (
     "readAt",
     "providerMessageId",
     "lastError",
+    "recipients",
+    "rcptDelivered",
+    "rcptFailed",
 )
 
 
@@ -156,7 +167,8 @@ def _record(ref: MessageRef, values: list[Any], history: list[Any]) -> StatusRec
         state=State(fields["state"]),
         messageType=int(fields["type"] or 0),
         sender=fields["from"] or "",
-        to=fields["to"] or "",
+        to=fields["to"],
+        recipients=_counts(fields),
         targetType=fields["targetType"] or "users",
         channel=fields["channel"] or "",
         client=fields["client"],
@@ -170,3 +182,8 @@ def _record(ref: MessageRef, values: list[Any], history: list[Any]) -> StatusRec
         lastError=LastError.model_validate_json(last_error) if last_error else None,
         history=entries,
     )
+
+
+def _counts(fields: dict[str, str | None]) -> RecipientCountsView | None:
+    counts = counts_of(fields["recipients"], fields["rcptDelivered"], fields["rcptFailed"])
+    return None if counts is None else RecipientCountsView(**counts.public())

@@ -20,6 +20,7 @@ from dispatcher.ids import MessageRef
 from dispatcher.models import Message
 from dispatcher.scheduling import IMMEDIATE_MS
 from dispatcher.store.policy import StorePolicy
+from dispatcher.store.recipients import record_fields
 from dispatcher.store.scripts import ArgValue, KeyValue, load, operation_id
 from dispatcher.tracing import TRACEPARENT
 
@@ -94,8 +95,7 @@ class SubmitStore:
             str(int(message.messageType)),
             "from",
             message.sender,
-            "to",
-            message.to,
+            *record_fields(message),
             "targetType",
             message.target_type,
             "channel",

@@ -19,6 +19,7 @@ class EventType(StrEnum):
     """What a client can subscribe to."""
 
     DELIVERED = "message.delivered"
+    PARTIALLY_DELIVERED = "message.partially_delivered"
     FAILED = "message.failed"
     DEAD = "message.dead"
     READ = "message.read"
@@ -28,6 +29,7 @@ class EventType(StrEnum):
 
 TERMINAL_EVENTS = {
     "delivered": EventType.DELIVERED,
+    "partially_delivered": EventType.PARTIALLY_DELIVERED,
     "failed": EventType.FAILED,
     "dead": EventType.DEAD,
 }

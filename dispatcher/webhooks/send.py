@@ -23,6 +23,7 @@ import httpcore
 import httpx
 from standardwebhooks.webhooks import Webhook
 
+from dispatcher.store.recipients import counts_of
 from dispatcher.webhooks.config import WebhookEndpoint
 from dispatcher.webhooks.guard import GuardedBackend, RefusedDestination
 from dispatcher.webhooks.outbox import Event
@@ -67,6 +68,13 @@ def build_body(event: Event, message_id: str) -> str:
     data["lastError"] = _last_error(snapshot.get("lastError"))
     for name in ("deliveredAt", "readAt"):
         data[name] = _iso(snapshot.get(name))
+    counts = counts_of(
+        snapshot.get("recipients"),
+        snapshot.get("recipientsDelivered"),
+        snapshot.get("recipientsFailed"),
+    )
+    if counts is not None:  # a multi-recipient message (docs/webhooks.md)
+        data["recipients"] = counts.public()
     body = {"type": event.type, "timestamp": _iso(event.at_ms), "data": data}
     text = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
     if len(text.encode()) > MAX_BODY_BYTES:  # only a huge error text can do this

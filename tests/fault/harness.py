@@ -28,7 +28,9 @@ from tests.conftest import EASEMOB_APP, EASEMOB_ORG, WorkerProcess
 
 MESSAGES_PATH = f"/{EASEMOB_ORG}/{EASEMOB_APP}/messages"
 TOKEN_PATH = f"/{EASEMOB_ORG}/{EASEMOB_APP}/token"
-TERMINAL = frozenset({"delivered", "failed", "dead", "cancelled", "recalled"})
+TERMINAL = frozenset(
+    {"delivered", "partially_delivered", "failed", "dead", "cancelled", "recalled"}
+)
 MAX_WORKERS = 4
 """The fault suite shares 2 cores: never more worker processes than this at once."""
 BOTH_BROKERS = pytest.mark.parametrize("broker", ["redis", "amqp"], indirect=True)

@@ -65,7 +65,7 @@ def test_a_misspelt_endpoint_field_or_unknown_event_is_refused() -> None:
         {"secret": "x", "webhooks": [{"url": "https://a.example", "secret": SECRET}]}
     )
     assert [e.value for e in config.webhooks[0].events] == [
-        "message.delivered", "message.failed", "message.dead"
+        "message.delivered", "message.partially_delivered", "message.failed", "message.dead"
     ]  # fmt: skip
 
 

@@ -8,15 +8,19 @@ limiter with both of Easemob's dimensions, and one small HTTP pool per thread.
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import httpx
 import redis
 from pydantic import BaseModel, SecretStr
 
-from dispatcher import keys
+from dispatcher import fanout, keys
 from dispatcher.channels.base import ChannelSpec, Origin, Receipt, config_block
 from dispatcher.channels.easemob.mapping import (
+    CALLS,
+    USER_MESSAGES,
     body_size,
     build_body,
     build_msg,
@@ -32,9 +36,12 @@ from dispatcher.channels.tokens import TokenCache
 from dispatcher.config import Settings
 from dispatcher.connections import REDIS_ERRORS
 from dispatcher.errors import ConfigurationError, ProviderError
-from dispatcher.ids import MessageRef
+from dispatcher.fanout import CallAnswer, Refused
+from dispatcher.ids import DEFAULT_NAMESPACE, MessageRef
 from dispatcher.models import MEDIA_TYPES, Message, MessageType
 from dispatcher.ratelimit import Dimension, Prepay, SharedRateLimiter
+from dispatcher.store.policy import StorePolicy
+from dispatcher.store.recipients import RecipientStore
 
 if TYPE_CHECKING:
     from fastapi import APIRouter
@@ -93,11 +100,9 @@ class EasemobChannel:
         self.limiter = SharedRateLimiter(
             client,
             [
+                Dimension(CALLS, config.calls_per_second * RATE_SAFETY, 1.0, burst=SLOT_SLACK),
                 Dimension(
-                    "easemob:calls", config.calls_per_second * RATE_SAFETY, 1.0, burst=SLOT_SLACK
-                ),
-                Dimension(
-                    "easemob:user-messages",
+                    USER_MESSAGES,
                     config.messages_per_minute * RATE_SAFETY,
                     60.0,
                     burst=SLOT_SLACK,
@@ -111,6 +116,7 @@ class EasemobChannel:
             other_costs=call_costs("chatgroups"),
             types=CHANNEL.carries - CHANNEL.media,
         )
+        self.recipients = RecipientStore(client, StorePolicy.from_settings(settings))
         timeout = httpx.Timeout(config.timeout, connect=CONNECT_TIMEOUT)
         common = {"Accept": "application/json", "User-Agent": "dispatcher"}
         self.http = ProviderHttp(timeout, common)
@@ -141,27 +147,59 @@ class EasemobChannel:
         prepaid: bool = False,
         origin: Origin | None = None,
     ) -> Receipt:
-        payload = encode_body(build_body(message_id, message))
+        body = build_body(message_id, message)
         limit = self.config.max_body_bytes
-        if len(payload) > limit:
+        one = encode_body({**body, "target": body["target"][:1]})
+        if len(one) > limit:
             raise ProviderError(
                 "message_too_large",
-                f"Easemob body is {len(payload)} bytes, over the limit of {limit}",
+                f"Easemob body is {len(one)} bytes, over the limit of {limit}",
                 retryable=False,
             )
+        # Before each provider call (a token fetch too) the attempt keeps its lease or stops.
+        before_call = origin.before_call if origin is not None else _no_checkpoint
+        ref = origin.ref if origin is not None else MessageRef(DEFAULT_NAMESPACE, message_id)
+        notes: list[str] = []
+        if message.fans_out:
+
+            def call(targets: list[str], paid: bool) -> CallAnswer:
+                admit = self._admit_share(message.target_type, len(targets), paid, before_call)
+                answer = self._exchange({**body, "target": targets}, admit, before_call, notes)
+                return self._answer_of(ref, targets, answer, origin)
+
+            receipt = fanout.deliver(
+                ref, message, store=self.recipients, send_call=call, prepaid=prepaid
+            )
+            return Receipt(None, receipt.notes + notes, recipients=receipt.recipients)
         costs = call_costs(message.target_type)
 
-        # Token first, then the rate slot, then the call: a slow token fetch must not
-        # bunch admitted calls into a burst the provider would throttle (F11 in
-        # docs/reliability.md). A slot the lease script took (only while the token is in
-        # memory) is the same slot, earlier.
-        # Before each provider call (a token fetch too) the attempt keeps its lease or stops.
-        notes: list[str] = []
-        before_call = origin.before_call if origin is not None else _no_checkpoint
+        def admit(first: bool) -> None:
+            # A slot the lease script took (only while the token is in memory) is the
+            # same slot, earlier.
+            if not (first and prepaid):
+                self._acquire(costs)
+
+        answer = self._exchange(body, admit, before_call, notes)
+        if self.index is not None and origin is not None:
+            self._remember_ids(origin.ref, _target_ids(answer))
+        return Receipt(_provider_message_id(answer, message.recipients[0]), notes)
+
+    def _exchange(
+        self,
+        body: dict[str, Any],
+        admit: Callable[[bool], None],
+        before_call: Callable[[float], None],
+        notes: list[str],
+    ) -> Any:
+        """One send call (and its resend after a 401): the answer's JSON body.
+
+        Token first, then the rate slot (``admit``, told whether this is the first try),
+        then the call: a slow token fetch must not bunch admitted calls into a burst the
+        provider would throttle (F11 in docs/reliability.md)."""
+        payload = encode_body(body)
         before_call(self.call_seconds)
         token = self.tokens.get()
-        if not prepaid:
-            self._acquire(costs)
+        admit(True)
         before_call(self.call_seconds)
         response = self._post_message(payload, token)
         if response.status_code == 401:
@@ -170,7 +208,7 @@ class EasemobChannel:
             notes.append("token refreshed after 401")
             before_call(self.call_seconds)
             token = self.tokens.get()
-            self._acquire(costs)  # the resend is a call of its own
+            admit(False)  # the resend is a call of its own
             before_call(self.call_seconds)
             response = self._post_message(payload, token)
         if response.status_code != 200:
@@ -178,10 +216,50 @@ class EasemobChannel:
             if response.status_code == 429 or (response.status_code == 403 and error.retryable):
                 self.limiter.penalize(error.retry_after or 1.0)
             raise error
-        body = json_or_none(response)
+        return json_or_none(response)
+
+    def _admit_share(
+        self, target_type: str, count: int, prepaid: bool, before_call: Callable[[float], None]
+    ) -> Callable[[bool], None]:
+        """The rate admission of a call to ``count`` recipients: each one a message against
+        the per-minute quota (reserved, the call waiting for the end of its share), then
+        the call's slot (docs/architecture.md, "Fan-out")."""
+
+        def admit(first: bool) -> None:
+            paid = first and prepaid
+            messages = count - (1 if paid else 0)
+            if target_type == "users" and messages > 0:
+                try:
+                    lag = self.limiter.reserve(
+                        {USER_MESSAGES: float(messages)}, max_wait=self.lease_seconds / 2
+                    )
+                except TimeoutError as exc:
+                    raise ProviderError("rate_limited_locally", str(exc), retryable=True) from None
+                if lag > 0:
+                    before_call(lag + self.call_seconds)
+                    time.sleep(lag)
+            if not paid:
+                self._acquire({CALLS: 1.0})
+
+        return admit
+
+    def _answer_of(
+        self, ref: MessageRef, targets: list[str], body: Any, origin: Origin | None
+    ) -> CallAnswer:
+        """Each target's outcome in a call's answer: its message id, or a refusal when the
+        answer gives it something else (docs/providers.md, "Easemob")."""
+        ids = _target_ids(body)
         if self.index is not None and origin is not None:
-            self._remember_ids(origin.ref, _target_ids(body))
-        return Receipt(_provider_message_id(body, message.to), notes)
+            self._remember_ids(ref, {t: i for t, i in ids.items() if i.isdigit()})
+        answer: CallAnswer = {}
+        for target in targets:
+            value = ids.get(target)
+            if value is None:
+                continue
+            answer[target] = (
+                value if value.isdigit() or value == "success" else Refused(_refusal_code(value))
+            )
+        return answer
 
     def _remember_ids(self, ref: MessageRef, ids: dict[str, str]) -> None:
         """Index each target's Easemob message id to ``ref`` (one pipelined call)."""
@@ -243,6 +321,11 @@ def _target_ids(body: Any) -> dict[str, str]:
     return {str(target): str(msg_id) for target, msg_id in data.items() if msg_id is not None}
 
 
+def _refusal_code(value: str) -> str:
+    """A short code for a target Easemob answered with an error text instead of an id."""
+    return "refused:" + "".join(c if c.isalnum() else "_" for c in value)[:10]
+
+
 def _callback_routes(settings: Settings, store: StatusStore) -> APIRouter:
     from dispatcher.channels.easemob.callbacks import callback_routes  # FastAPI: the API's only
 
@@ -283,6 +366,7 @@ CHANNEL = ChannelSpec(
     open=EasemobChannel,
     recall=recall_delivered,
     routes=_callback_routes,
+    fans_out=True,
 )
 
 __all__ = [

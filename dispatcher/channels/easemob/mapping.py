@@ -100,7 +100,7 @@ def build_body(message_id: str, message: Message) -> dict[str, Any]:
     ext[DISPATCHER_EXT_KEY] = {"getMessageId": message_id}
     return {
         "target_type": message.target_type,
-        "target": [message.to],
+        "target": message.recipients,
         "msg": build_msg(message_id, message),
         "from": message.sender,
         "ext": ext,
@@ -124,8 +124,10 @@ def _with_placeholders(message: Message) -> Message:
 
 
 def body_size(message_id: str, message: Message) -> int:
-    """Bytes of the body Easemob would receive, with unresolved media at its worst case."""
-    return len(encode_body(build_body(message_id, _with_placeholders(message))))
+    """Bytes of the body Easemob would receive, with unresolved media at its worst case,
+    for one target (Easemob's limit is on msg + ext; a list's calls carry more targets)."""
+    body = build_body(message_id, _with_placeholders(message))
+    return len(encode_body({**body, "target": body["target"][:1]}))
 
 
 def check_size(message_id: str, message: Message, limit: int) -> None:
@@ -202,9 +204,14 @@ def transport_error(exc: httpx.HTTPError) -> ProviderError:
     return ProviderError("connect_failed", f"could not reach Easemob ({kind})", retryable=True)
 
 
+CALLS = "easemob:calls"
+USER_MESSAGES = "easemob:user-messages"
+"""The shared limiter's dimensions: calls per second, messages to users per minute."""
+
+
 def call_costs(target_type: str) -> dict[str, float]:
-    """What one send costs on each rate dimension: one call, and one user message when it
-    goes to a user (a message has one target, :func:`build_body`)."""
+    """What a send to one recipient costs on each rate dimension: one call, and one user
+    message when it goes to a user (a call to many: dispatcher/fanout.py)."""
     if target_type == "users":
-        return {"easemob:calls": 1.0, "easemob:user-messages": 1.0}
-    return {"easemob:calls": 1.0}
+        return {CALLS: 1.0, USER_MESSAGES: 1.0}
+    return {CALLS: 1.0}

@@ -6,7 +6,8 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
-local TERMINAL = {delivered = true, failed = true, dead = true, cancelled = true, recalled = true}
+local TERMINAL = {delivered = true, partially_delivered = true, failed = true, dead = true,
+                  cancelled = true, recalled = true}
 
 -- A call's operation id (``op``) and reply stay on the record after the call changed it:
 -- when the reply is lost, redis-py runs the same call again, and the re-run answers what
@@ -47,6 +48,17 @@ local function not_dead(message_key, dead_key, member)
   end
   if state ~= 'dead' then return 'state:' .. state end
   return nil
+end
+
+-- A rate script's ``dimensions`` argument: per rate key, interval ms, tolerance ms, cost.
+local function rate_dimensions(count, dimensions)
+  local intervals, tolerances, costs = {}, {}, {}
+  for i = 1, count do
+    intervals[i] = tonumber(dimensions[3 * i - 2])
+    tolerances[i] = tonumber(dimensions[3 * i - 1])
+    costs[i] = tonumber(dimensions[3 * i])
+  end
+  return intervals, tolerances, costs
 end
 
 -- GCRA (the "theoretical arrival time" form of a leaky bucket), the one implementation.

@@ -8,7 +8,8 @@
 -- webhook id is derived from its text by the pump (member, type and time make it unique).
 local function outbox_add(outbox, message, member, event_type, now, only_clients)
   local r = redis.call('HMGET', message, 'client', 'state', 'attempts', 'providerMessageId',
-                       'lastError', 'deliveredAt', 'readAt', 'channel')
+                       'lastError', 'deliveredAt', 'readAt', 'channel', 'recipients',
+                       'rcptDelivered', 'rcptFailed')
   local client = r[1] or ''
   if client == '' then return end
   if only_clients and not string.find(only_clients, ',' .. client .. ',', 1, true) then
@@ -17,5 +18,6 @@ local function outbox_add(outbox, message, member, event_type, now, only_clients
   redis.call('RPUSH', outbox, cjson.encode({
     type = event_type, member = member, client = client, at = now,
     state = r[2], attempts = r[3], providerMessageId = r[4], lastError = r[5],
-    deliveredAt = r[6], readAt = r[7], channel = r[8]}))
+    deliveredAt = r[6], readAt = r[7], channel = r[8], recipients = r[9],
+    recipientsDelivered = r[10], recipientsFailed = r[11]}))
 end

@@ -4,10 +4,5 @@
 -- args: dimensions...
 -- include: lib
 
-local intervals, tolerances, costs = {}, {}, {}
-for i = 1, #rates do
-  intervals[i] = tonumber(dimensions[3 * i - 2])
-  tolerances[i] = tonumber(dimensions[3 * i - 1])
-  costs[i] = tonumber(dimensions[3 * i])
-end
+local intervals, tolerances, costs = rate_dimensions(#rates, dimensions)
 return gcra_try(rates, intervals, tolerances, costs, false)
