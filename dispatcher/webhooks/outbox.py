@@ -142,8 +142,23 @@ class WebhookStore:
         self._claim = load("webhook_claim")
         self._result = load("webhook_result")
         self._replay = load("webhook_replay")
+        self._pump_lease = load("webhook_pump")
+        self._delete_if_equal = load("delete_if_equal")
 
     # -- the pump
+
+    def hold_pump(self, owner: str, seconds: float) -> bool:
+        """Take or renew the pump's lease for ``seconds``; whether ``owner`` holds it."""
+        reply = self._pump_lease(
+            self.redis,
+            {"lease": keys.WEBHOOK_PUMP},
+            {"owner": owner, "ttl_ms": int(seconds * 1000)},
+        )
+        return bool(reply)
+
+    def release_pump(self, owner: str) -> None:
+        """Give the pump's lease up, if ``owner`` still holds it."""
+        self._delete_if_equal(self.redis, {"target": keys.WEBHOOK_PUMP}, {"expected": owner})
 
     def pending_events(self, limit: int = 100) -> list[Event]:
         return [

@@ -32,7 +32,8 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 SENDERS = 64
-"""Webhook requests in flight at once per worker process (threads and connections)."""
+"""Webhook requests in flight at once per worker process (threads, each with its own
+connections: :class:`WebhookHttp`)."""
 PER_ENDPOINT = 16
 """Of those, at most this many to one endpoint: a slow receiver never takes them all."""
 
@@ -110,7 +111,6 @@ class WebhookTask(Task):  # type: ignore[misc]  # celery is untyped
         return WebhookHttp(
             timeout=self.settings.webhook_timeout,
             allow_loopback=self.settings.webhook_allow_loopback,
-            connections=SENDERS,
         )
 
     @cached_property
