@@ -49,11 +49,10 @@ class WebhookPump(BackgroundLoop):
         plan = []
         for event in events:
             ref = MessageRef.parse(event.member)
-            body = build_body(event, ref.id)
             targets = self.subscriptions.targets(event.client, event.type)
-            plan.append(
-                (event, {delivery_member(endpoint, event.id): body for endpoint in targets})
-            )
+            body = build_body(event, ref.id) if targets else ""
+            members = {delivery_member(endpoint, event.id): body for endpoint in targets}
+            plan.append((event, ref.id, members))
             log.debug("getMessageId=%s webhook-id=%s %s for %d endpoint(s)",
                       ref.id, event.id, event.type, len(targets))  # fmt: skip
         if plan:

@@ -182,8 +182,8 @@ def dead_delivery(api: Harness) -> str:
     raw = event(state="dead", client="c1")
     api.redis.rpush("dispatcher:webhooks:outbox", raw.raw)
     member = delivery_member(endpoint_id, raw.id)
-    assert store.fan_out([(raw, {member: build_body(raw, "m0abc")})]) == 1
-    assert store.fan_out([(raw, {member: "again"})]) == 0  # taken already: nothing twice
+    assert store.fan_out([(raw, "m0abc", {member: build_body(raw, "m0abc")})]) == 1
+    assert store.fan_out([(raw, "m0abc", {member: "again"})]) == 0  # taken already: nothing twice
     [(claimed, claim)] = [c for c in store.claim_due(100, 60) if c[0] == member]
     delivery = store.delivery(claimed)
     assert delivery is not None and delivery.claim == claim
@@ -225,7 +225,7 @@ def test_an_endpoint_failing_for_the_disable_period_is_disabled_and_says_so(
     raw = event(state="delivered", client="c1", at=int(datetime.now(tz=UTC).timestamp() * 1000))
     member = delivery_member(endpoint_id, raw.id)
     client.rpush("dispatcher:webhooks:outbox", raw.raw)
-    store.fan_out([(raw, {member: build_body(raw, "m0abc")})])
+    store.fan_out([(raw, "m0abc", {member: build_body(raw, "m0abc")})])
     six_days_ago = int((datetime.now(tz=UTC) - timedelta(days=6)).timestamp() * 1000)
     client.hset(f"dispatcher:webhooks:endpoint:{endpoint_id}", "failingSince", six_days_ago)
     [(_, claim)] = [c for c in store.claim_due(1000, 60) if c[0] == member]
@@ -283,7 +283,7 @@ def test_a_batch_is_recorded_in_one_call_and_a_stale_claim_changes_nothing(
     members = [delivery_member(endpoint_id, e.id) for e in events]
     for e, member in zip(events, members, strict=True):
         client.rpush("dispatcher:webhooks:outbox", e.raw)
-        store.fan_out([(e, {member: build_body(e, "m0abc")})])
+        store.fan_out([(e, "m0abc", {member: build_body(e, "m0abc")})])
     claims = dict(c for c in store.claim_due(1000, 60) if c[0] in members)
     # Another worker claims the third again: this batch's claim of it is stale.
     client.hincrby(f"dispatcher:webhooks:delivery:{members[2]}", "claim", 1)
