@@ -39,6 +39,8 @@ read to its end keeps the connection alive)."""
 KEEPALIVE_SECONDS = 60.0
 """An idle connection is closed after this long."""
 _ERROR_TEXT_LIMIT = 500
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+"""Compact UTF-8 JSON, built once (``json.dumps`` with options builds an encoder per call)."""
 _FAULTS = (
     httpcore.NetworkError,
     httpcore.ProtocolError,
@@ -80,10 +82,10 @@ def build_body(event: Event, message_id: str) -> str:
     if counts is not None:  # a multi-recipient message (docs/webhooks.md)
         data["recipients"] = counts.public()
     body = {"type": event.type, "timestamp": _iso(event.at_ms), "data": data}
-    text = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+    text = _JSON.encode(body)
     if len(text.encode()) > MAX_BODY_BYTES:  # only a huge error text can do this
         data["lastError"] = {"code": "truncated", "message": "", "retryable": False}
-        text = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+        text = _JSON.encode(body)
     return text
 
 
