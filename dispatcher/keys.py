@@ -179,6 +179,10 @@ WEBHOOK_DUE = f"{PREFIX}:webhooks:due"
 """Sorted set of delivery members (``<endpoint id>:<webhook id>``) scored by when (ms)
 they are due: the next attempt, or the end of a claimed attempt's lease."""
 
+WEBHOOK_PUMP = f"{PREFIX}:webhooks:pump"
+"""String naming the worker whose pump holds the lease (it expires unless renewed): one
+pump of the fleet works at a time."""
+
 WEBHOOK_DEAD = f"{PREFIX}:webhooks:dead"
 """Sorted set of delivery members whose attempts ran out, scored by when (ms)."""
 

@@ -37,6 +37,12 @@ CHANNEL: Final = "dispatcher.channel"
 ATTEMPT: Final = "dispatcher.attempt"
 OUTCOME: Final = "dispatcher.outcome"
 ERROR_CODE: Final = "dispatcher.error_code"
+WEBHOOK_ID: Final = "dispatcher.webhook_id"
+ENDPOINT: Final = "dispatcher.webhook_endpoint"
+HTTP_METHOD: Final = "http.request.method"
+HTTP_STATUS: Final = "http.response.status_code"
+URL_FULL: Final = "url.full"
+SERVER_ADDRESS: Final = "server.address"
 
 SPAN_SUBMIT: Final = "dispatcher.submit"
 SPAN_ENQUEUE: Final = "dispatcher.enqueue"
@@ -44,6 +50,7 @@ SPAN_ATTEMPT: Final = "dispatcher.attempt"
 SPAN_LEASE: Final = "dispatcher.lease"
 SPAN_MEDIA: Final = "dispatcher.media"
 SPAN_PROVIDER: Final = "dispatcher.provider_call"
+SPAN_WEBHOOK: Final = "dispatcher.webhook"
 
 EXPORTERS: Final = ("otlp", "console")
 """The exporters shipped: OTLP over HTTP (protobuf), and spans printed on stdout."""
@@ -116,11 +123,7 @@ def instrument_api(app: FastAPI) -> None:
 def span(
     name: str, attributes: Mapping[str, str | int] | None = None
 ) -> AbstractContextManager[Any]:
-    """A child span of the current one named ``name``; a no-op when tracing is off.
-
-    Webhook sends and other outgoing calls use this too, e.g.
-    ``with tracing.span("dispatcher.webhook", {tracing.MESSAGE_ID: id}):``.
-    """
+    """A child span of the current one named ``name``; a no-op when tracing is off."""
     tracer = _tracer()
     if tracer is None:
         return _NO_SPAN
@@ -199,16 +202,27 @@ def task_headers(traceparent: str | None) -> dict[str, str]:
 
 
 def continuing(
-    traceparent: str | None, name: str, attributes: Mapping[str, str | int]
+    traceparent: str | None,
+    name: str,
+    attributes: Mapping[str, str | int | None],
+    *,
+    client: bool = False,
 ) -> AbstractContextManager[Any]:
-    """A span ``name`` in the trace ``traceparent`` names (a new trace without one)."""
+    """A span ``name`` in the trace ``traceparent`` names (a new trace without one);
+    ``client``: a client span (an outgoing request). None values are left out."""
     tracer = _tracer()
     if tracer is None:
         return _NO_SPAN
+    from opentelemetry.trace import SpanKind
     from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
     parent = TraceContextTextMapPropagator().extract({TRACEPARENT: traceparent or ""})
-    return tracer.start_as_current_span(name, context=parent, attributes=attributes)
+    return tracer.start_as_current_span(
+        name,
+        context=parent,
+        kind=SpanKind.CLIENT if client else SpanKind.INTERNAL,
+        attributes={k: v for k, v in attributes.items() if v is not None},
+    )
 
 
 def log_fields() -> dict[str, str]:

@@ -81,10 +81,16 @@ class Subscriptions:
     def __init__(self, clients: Mapping[str, Iterable[WebhookEndpoint]]) -> None:
         self.endpoints: dict[str, tuple[str, WebhookEndpoint]] = {}
         self._events: dict[str, set[str]] = {}
+        self._targets: dict[tuple[str, str], list[str]] = {}
         for client, endpoints in clients.items():
             for endpoint in endpoints:
-                self.endpoints[endpoint.endpoint_id(client)] = (client, endpoint)
+                endpoint_id = endpoint.endpoint_id(client)
+                self.endpoints[endpoint_id] = (client, endpoint)
                 self._events.setdefault(client, set()).update(e.value for e in endpoint.events)
+                for event in endpoint.events:
+                    targets = self._targets.setdefault((client, event.value), [])
+                    if endpoint_id not in targets:
+                        targets.append(endpoint_id)
 
     def wants(self, client: str | None, event: EventType) -> bool:
         """Some endpoint of ``client`` takes ``event`` (what the store scripts are told)."""
@@ -95,11 +101,7 @@ class Subscriptions:
 
     def targets(self, client: str, event: str) -> list[str]:
         """Ids of the client's endpoints that take ``event``."""
-        return [
-            endpoint_id
-            for endpoint_id, (owner, endpoint) in self.endpoints.items()
-            if owner == client and event in {e.value for e in endpoint.events}
-        ]
+        return self._targets.get((client, event), [])
 
 
 def parse_schedule(value: str) -> tuple[float, ...]:

@@ -43,6 +43,8 @@ class Event:
     client: str
     at_ms: int
     snapshot: dict[str, Any]
+    traceparent: str | None
+    """The message's trace (dispatcher/tracing.py), when it was traced."""
 
     @classmethod
     def parse(cls, raw: str) -> Event:
@@ -57,6 +59,7 @@ class Event:
             str(fields.pop("client", "")),
             int(fields.pop("at")),
             fields,
+            fields.pop("traceparent", None) or None,
         )
 
 
@@ -76,6 +79,9 @@ class Delivery:
     last_error: str | None = None
     last_status: int | None = None
     died_ms: int | None = None
+    message_id: str | None = None
+    traceparent: str | None = None
+    """The message's trace, which every attempt joins (None: it was not traced)."""
 
     @property
     def endpoint_id(self) -> str:
@@ -131,6 +137,8 @@ def _delivery(member: str, fields: dict[bytes, bytes]) -> Delivery | None:
         text(fields[b"lastError"]) if fields.get(b"lastError") else None,
         _int(fields.get(b"lastStatus")),
         _int(fields.get(b"diedAt")),
+        text(fields[b"message"]) if fields.get(b"message") else None,
+        text(fields[b"traceparent"]) if fields.get(b"traceparent") else None,
     )
 
 
@@ -142,21 +150,37 @@ class WebhookStore:
         self._claim = load("webhook_claim")
         self._result = load("webhook_result")
         self._replay = load("webhook_replay")
+        self._pump_lease = load("webhook_pump")
+        self._delete_if_equal = load("delete_if_equal")
 
     # -- the pump
+
+    def hold_pump(self, owner: str, seconds: float) -> bool:
+        """Take or renew the pump's lease for ``seconds``; whether ``owner`` holds it."""
+        reply = self._pump_lease(
+            self.redis,
+            {"lease": keys.WEBHOOK_PUMP},
+            {"owner": owner, "ttl_ms": int(seconds * 1000)},
+        )
+        return bool(reply)
+
+    def release_pump(self, owner: str) -> None:
+        """Give the pump's lease up, if ``owner`` still holds it."""
+        self._delete_if_equal(self.redis, {"target": keys.WEBHOOK_PUMP}, {"expected": owner})
 
     def pending_events(self, limit: int = 100) -> list[Event]:
         return [
             Event.parse(text(raw)) for raw in self.redis.lrange(keys.WEBHOOK_OUTBOX, 0, limit - 1)
         ]
 
-    def fan_out(self, plan: list[tuple[Event, dict[str, str]]]) -> int:
-        """Each event's deliveries (member -> body) in one call; how many were created
-        (an event another pump took first creates none)."""
+    def fan_out(self, plan: list[tuple[Event, str, dict[str, str]]]) -> int:
+        """Each event's deliveries (member -> body) in one call, with the event's
+        getMessageId; how many were created (an event another pump took first creates
+        none)."""
         args: list[str | int] = []
         delivery_keys: list[str] = []
-        for event, bodies in plan:
-            args += [event.raw, len(bodies)]
+        for event, message_id, bodies in plan:
+            args += [event.raw, len(bodies), message_id, event.traceparent or ""]
             for member, body in bodies.items():
                 args += [member, body]
                 delivery_keys.append(keys.webhook_delivery(member))

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import json
 import ssl
+import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from enum import StrEnum
+from functools import lru_cache
 from typing import Any
 
 import httpcore
@@ -34,7 +36,11 @@ MAX_RETRY_AFTER = 86400.0
 MAX_ANSWER_BYTES = 64 * 1024
 """Of an answer's body, read at most this much (its content is never used; a short body
 read to its end keeps the connection alive)."""
+KEEPALIVE_SECONDS = 60.0
+"""An idle connection is closed after this long."""
 _ERROR_TEXT_LIMIT = 500
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+"""Compact UTF-8 JSON, built once (``json.dumps`` with options builds an encoder per call)."""
 _FAULTS = (
     httpcore.NetworkError,
     httpcore.ProtocolError,
@@ -76,10 +82,10 @@ def build_body(event: Event, message_id: str) -> str:
     if counts is not None:  # a multi-recipient message (docs/webhooks.md)
         data["recipients"] = counts.public()
     body = {"type": event.type, "timestamp": _iso(event.at_ms), "data": data}
-    text = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+    text = _JSON.encode(body)
     if len(text.encode()) > MAX_BODY_BYTES:  # only a huge error text can do this
         data["lastError"] = {"code": "truncated", "message": "", "retryable": False}
-        text = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+        text = _JSON.encode(body)
     return text
 
 
@@ -106,7 +112,7 @@ def signed_headers(endpoint: WebhookEndpoint, webhook_id: str, body: str) -> dic
     now = datetime.now(tz=UTC)
     secrets = [endpoint.secret] + ([endpoint.previous_secret] if endpoint.previous_secret else [])
     signatures = [
-        Webhook(secret.get_secret_value()).sign(webhook_id, now, body) for secret in secrets
+        _signer(secret.get_secret_value()).sign(webhook_id, now, body) for secret in secrets
     ]
     return {
         "content-type": "application/json",
@@ -117,30 +123,60 @@ def signed_headers(endpoint: WebhookEndpoint, webhook_id: str, body: str) -> dic
     }
 
 
+@lru_cache(maxsize=1024)
+def _signer(secret: str) -> Webhook:
+    """The signer of one secret, built once (building decodes the secret)."""
+    return Webhook(secret)
+
+
 class WebhookHttp:
-    """The process's webhook connections: one thread-safe httpcore pool, kept alive,
-    its connections opened by :class:`GuardedBackend` (or ``backend``, in tests)."""
+    """The process's webhook connections, kept alive: a small httpcore pool per sending
+    thread, its connections opened by :class:`GuardedBackend` (or ``backend``, in tests).
+
+    Not one pool shared by every thread: httpcore scans each connection of a pool on
+    every request, so with many threads on one pool that scan cost more CPU than the
+    request itself (docs/webhooks.md, "Cost")."""
 
     def __init__(
         self,
         *,
         timeout: float,
         allow_loopback: bool,
-        connections: int = 16,
+        connections: int = 4,
         backend: httpcore.NetworkBackend | None = None,
         tls: ssl.SSLContext | None = None,
     ) -> None:
         self.timeout = {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}
-        self.pool = httpcore.ConnectionPool(
-            ssl_context=tls or httpx.create_ssl_context(),
-            max_connections=connections,
-            max_keepalive_connections=connections,
-            network_backend=backend or GuardedBackend(allow_loopback=allow_loopback),
-        )
+        self.connections = connections
+        """Per thread: the endpoints a thread keeps a connection to at once."""
+        # One TLS context and one backend for every thread's pool: building a context
+        # loads the CA bundle.
+        self._tls = tls or httpx.create_ssl_context()
+        self._backend = backend or GuardedBackend(allow_loopback=allow_loopback)
+        self._local = threading.local()
+        self._pools: list[httpcore.ConnectionPool] = []
+        self._lock = threading.Lock()
 
-    def post(self, url: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, str]]:
-        """Status and headers (lower-case names) of the answer; raises httpcore's errors
-        and RefusedDestination."""
+    @property
+    def pool(self) -> httpcore.ConnectionPool:
+        """This thread's pool."""
+        pool: httpcore.ConnectionPool | None = getattr(self._local, "pool", None)
+        if pool is None:
+            pool = httpcore.ConnectionPool(
+                ssl_context=self._tls,
+                max_connections=self.connections,
+                max_keepalive_connections=self.connections,
+                keepalive_expiry=KEEPALIVE_SECONDS,
+                network_backend=self._backend,
+            )
+            self._local.pool = pool
+            with self._lock:
+                self._pools.append(pool)
+        return pool
+
+    def post(self, url: str, body: bytes, headers: dict[str, str]) -> tuple[int, str | None]:
+        """Status and ``Retry-After`` of the answer; raises httpcore's errors and
+        RefusedDestination."""
         with self.pool.stream(
             "POST",
             url,
@@ -153,18 +189,23 @@ class WebhookHttp:
                 read += len(chunk)
                 if read > MAX_ANSWER_BYTES:
                     break
-            return response.status, {
-                k.decode("latin-1").lower(): v.decode("latin-1") for k, v in response.headers
-            }
+            retry_after = next(
+                (v.decode("latin-1") for k, v in response.headers if k.lower() == b"retry-after"),
+                None,
+            )
+            return response.status, retry_after
 
     def close(self) -> None:
-        self.pool.close()
+        with self._lock:
+            pools, self._pools = self._pools, []
+        for pool in pools:
+            pool.close()
 
 
 def post(http: WebhookHttp, endpoint: WebhookEndpoint, webhook_id: str, body: str) -> Answer:
     """Send one signed request; never raises for the receiver's or the network's faults."""
     try:
-        status, headers = http.post(
+        status, retry_after = http.post(
             endpoint.url, body.encode(), signed_headers(endpoint, webhook_id, body)
         )
     except RefusedDestination as exc:
@@ -180,8 +221,8 @@ def post(http: WebhookHttp, endpoint: WebhookEndpoint, webhook_id: str, body: st
     error = f"HTTP {status}"
     if 300 <= status < 400:
         error += " (redirects are not followed)"
-    retry_after = retry_after_seconds(headers.get("retry-after"))
-    return Answer(Verdict.FAILED, status, error, retry_after if status in THROTTLED else None)
+    wait = retry_after_seconds(retry_after) if status in THROTTLED else None
+    return Answer(Verdict.FAILED, status, error, wait)
 
 
 def retry_after_seconds(value: str | None) -> float | None:

@@ -15,9 +15,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from celery import Task
 
+from dispatcher import tracing
 from dispatcher.config import Settings, get_settings
 from dispatcher.connections import redis_client
 from dispatcher.webhooks.config import Subscriptions, WebhookEndpoint
@@ -32,7 +34,8 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 SENDERS = 64
-"""Webhook requests in flight at once per worker process (threads and connections)."""
+"""Webhook requests in flight at once per worker process (threads, each with its own
+connections: :class:`WebhookHttp`)."""
 PER_ENDPOINT = 16
 """Of those, at most this many to one endpoint: a slow receiver never takes them all."""
 
@@ -86,7 +89,9 @@ def _log(result: Result) -> None:
 
 
 def _message_id(delivery: Delivery) -> str:
-    summary = delivery.summary()
+    if delivery.message_id:
+        return delivery.message_id
+    summary = delivery.summary()  # a delivery made before deliveries named their message
     return str(summary.get("getMessageId") or "?")
 
 
@@ -110,7 +115,6 @@ class WebhookTask(Task):  # type: ignore[misc]  # celery is untyped
         return WebhookHttp(
             timeout=self.settings.webhook_timeout,
             allow_loopback=self.settings.webhook_allow_loopback,
-            connections=SENDERS,
         )
 
     @cached_property
@@ -199,7 +203,24 @@ def run_webhook_task(self: WebhookTask, batch: list[list[Any]], claimed_at: floa
 def _send(
     http: WebhookHttp, endpoint: WebhookEndpoint, delivery: Delivery, deadline: float
 ) -> Answer | None:
-    """One attempt, or None when the claim's time ran out before it could be sent."""
+    """One attempt, or None when the claim's time ran out before it could be sent. When
+    tracing is on, the attempt is a client span in its message's trace."""
     if time.time() > deadline:
         return None
-    return post(http, endpoint, delivery.webhook_id, delivery.body)
+    if not tracing.enabled():
+        return post(http, endpoint, delivery.webhook_id, delivery.body)
+    attributes: dict[str, str | int | None] = {
+        tracing.MESSAGE_ID: _message_id(delivery),
+        tracing.WEBHOOK_ID: delivery.webhook_id,
+        tracing.ENDPOINT: delivery.endpoint_id,
+        tracing.ATTEMPT: delivery.attempts + 1,
+        tracing.HTTP_METHOD: "POST",
+        tracing.URL_FULL: endpoint.url,  # its query values and credentials are redacted
+        tracing.SERVER_ADDRESS: urlsplit(endpoint.url).hostname,
+    }
+    with tracing.continuing(delivery.traceparent, tracing.SPAN_WEBHOOK, attributes, client=True):
+        answer = post(http, endpoint, delivery.webhook_id, delivery.body)
+        tracing.annotate(
+            {tracing.HTTP_STATUS: answer.status, tracing.OUTCOME: answer.verdict.value}
+        )
+        return answer

@@ -5,6 +5,7 @@ id, carry the getMessageId, and no span attribute holds a secret."""
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import threading
@@ -25,6 +26,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 
 from dispatcher.client import Client
+from dispatcher.sandbox.server import ServerThread
+from dispatcher.sandbox.webhook_receiver import create_webhook_receiver
 from tests.conftest import EASEMOB_APP, EASEMOB_CLIENT_SECRET, EASEMOB_ORG, ApiProcess
 
 pytestmark = pytest.mark.integration
@@ -116,11 +119,19 @@ def receiver() -> Iterator[tuple[str, Receiver]]:
 
 
 @pytest.fixture()
+def clients() -> dict[str, Any]:
+    """``DISPATCHER_CLIENTS`` of the API (and of a worker that sends webhooks)."""
+    return {CLIENT_ID: {"secret": CLIENT_SECRET, "channels": [CHANNEL]}}
+
+
+@pytest.fixture()
 def api_process(
-    worker_env: dict[str, str], receiver: tuple[str, Receiver], tmp_path: Path
+    worker_env: dict[str, str],
+    receiver: tuple[str, Receiver],
+    clients: dict[str, Any],
+    tmp_path: Path,
 ) -> Iterator[str]:
     """``dispatcher api`` as its own process, tracing to the receiver."""
-    clients = {CLIENT_ID: {"secret": CLIENT_SECRET, "channels": [CHANNEL]}}
     env = {
         **worker_env,
         **tracing_env(receiver[0], "dispatcher-api"),
@@ -280,3 +291,78 @@ def test_one_message_one_trace_across_the_api_and_a_retrying_worker(
         if re.search(r"sign=(?!REDACTED)", str(v))
     ]
     assert not leaks  # ... and never its value
+
+
+WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"t" * 32).decode()
+WEBHOOK_QUERY_SECRET = "hook-query-token"
+
+
+@pytest.fixture()
+def webhook_receiver() -> Iterator[tuple[str, Any]]:
+    """The sandbox's webhook receiver (it verifies every request's signature)."""
+    app = create_webhook_receiver([WEBHOOK_SECRET])
+    with ServerThread(app) as server:
+        yield server.url, app.state.received
+
+
+def test_a_webhook_attempt_is_a_client_span_in_its_messages_trace(
+    worker_env: dict[str, str],
+    start_worker: Any,
+    receiver: tuple[str, Receiver],
+    webhook_receiver: tuple[str, Any],
+    clients: dict[str, Any],
+    api_process: str,
+) -> None:
+    endpoint, store = receiver
+    hook_url, received = webhook_receiver
+    url = f"{hook_url}/webhooks/traced?token={WEBHOOK_QUERY_SECRET}"
+    # The same clients as the API's, with a webhook endpoint (the fixture's dict is the
+    # one api_process already started with: only the worker learns of the endpoint).
+    hooks = {
+        CLIENT_ID: {**clients[CLIENT_ID], "webhooks": [{"url": url, "secret": WEBHOOK_SECRET}]}
+    }
+    worker_env.update(
+        {
+            **tracing_env(endpoint, "dispatcher-worker"),
+            "DISPATCHER_CLIENTS": json.dumps(hooks),
+            "DISPATCHER_WEBHOOK_QUEUE": f"hooks-{uuid.uuid4().hex[:12]}",
+            "DISPATCHER_WEBHOOK_ALLOW_LOOPBACK": "true",
+            "DISPATCHER_WEBHOOK_POLL_INTERVAL": "0.1",
+        }
+    )
+    start_worker("-Q", f"{worker_env['DISPATCHER_QUEUE']},{worker_env['DISPATCHER_WEBHOOK_QUEUE']}")
+    message_id = "tw" + uuid.uuid4().hex
+    trace_id = uuid.uuid4().hex
+    transport = WithTraceparent(f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01")
+    with Client(api_process, CLIENT_ID, CLIENT_SECRET, channel=CHANNEL, transport=transport) as api:
+        body = {"messageType": 1, "from": "u1", "to": "u2",
+                "messageInfo": {"textMessage": "trace my webhook"}, "getMessageId": message_id}  # fmt: skip
+        assert api.submit(body) == message_id
+
+    deadline = time.monotonic() + 30
+    while not received.snapshot()["verified"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    [event] = received.snapshot()["verified"]
+    assert event["payload"]["data"]["getMessageId"] == message_id
+    assert "traceparent" not in json.dumps(event["payload"])  # the body is the record's fields
+
+    spans = wait_for_spans(store, trace_id, {"dispatcher.submit": 1, "dispatcher.webhook": 1})
+    (submit,) = [s for s in spans if s.name == "dispatcher.submit"]
+    (webhook,) = [s for s in spans if s.name == "dispatcher.webhook"]
+    assert webhook.service == "dispatcher-worker"
+    assert webhook.kind == 3  # client: an outgoing request
+    assert webhook.parent_span_id == submit.span_id  # beside the message's attempts
+    attributes = webhook.attributes
+    assert attributes["getMessageId"] == message_id
+    assert attributes["dispatcher.webhook_id"] == event["webhookId"]
+    assert attributes["dispatcher.attempt"] == 1
+    assert attributes["http.request.method"] == "POST"
+    assert attributes["http.response.status_code"] == 204
+    assert attributes["dispatcher.outcome"] == "delivered"
+    assert attributes["server.address"] == "127.0.0.1"
+    assert attributes["url.full"].endswith("/webhooks/traced?token=REDACTED")
+
+    every_value = json.dumps([s.attributes for s in store.spans])
+    assert WEBHOOK_SECRET not in every_value
+    assert WEBHOOK_SECRET.removeprefix("whsec_") not in every_value
+    assert WEBHOOK_QUERY_SECRET not in every_value

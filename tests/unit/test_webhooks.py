@@ -182,8 +182,8 @@ def dead_delivery(api: Harness) -> str:
     raw = event(state="dead", client="c1")
     api.redis.rpush("dispatcher:webhooks:outbox", raw.raw)
     member = delivery_member(endpoint_id, raw.id)
-    assert store.fan_out([(raw, {member: build_body(raw, "m0abc")})]) == 1
-    assert store.fan_out([(raw, {member: "again"})]) == 0  # taken already: nothing twice
+    assert store.fan_out([(raw, "m0abc", {member: build_body(raw, "m0abc")})]) == 1
+    assert store.fan_out([(raw, "m0abc", {member: "again"})]) == 0  # taken already: nothing twice
     [(claimed, claim)] = [c for c in store.claim_due(100, 60) if c[0] == member]
     delivery = store.delivery(claimed)
     assert delivery is not None and delivery.claim == claim
@@ -225,7 +225,7 @@ def test_an_endpoint_failing_for_the_disable_period_is_disabled_and_says_so(
     raw = event(state="delivered", client="c1", at=int(datetime.now(tz=UTC).timestamp() * 1000))
     member = delivery_member(endpoint_id, raw.id)
     client.rpush("dispatcher:webhooks:outbox", raw.raw)
-    store.fan_out([(raw, {member: build_body(raw, "m0abc")})])
+    store.fan_out([(raw, "m0abc", {member: build_body(raw, "m0abc")})])
     six_days_ago = int((datetime.now(tz=UTC) - timedelta(days=6)).timestamp() * 1000)
     client.hset(f"dispatcher:webhooks:endpoint:{endpoint_id}", "failingSince", six_days_ago)
     [(_, claim)] = [c for c in store.claim_due(1000, 60) if c[0] == member]
@@ -283,7 +283,7 @@ def test_a_batch_is_recorded_in_one_call_and_a_stale_claim_changes_nothing(
     members = [delivery_member(endpoint_id, e.id) for e in events]
     for e, member in zip(events, members, strict=True):
         client.rpush("dispatcher:webhooks:outbox", e.raw)
-        store.fan_out([(e, {member: build_body(e, "m0abc")})])
+        store.fan_out([(e, "m0abc", {member: build_body(e, "m0abc")})])
     claims = dict(c for c in store.claim_due(1000, 60) if c[0] in members)
     # Another worker claims the third again: this batch's claim of it is stale.
     client.hincrby(f"dispatcher:webhooks:delivery:{members[2]}", "claim", 1)
@@ -328,3 +328,62 @@ def test_senders_keep_the_order_and_at_most_per_endpoint_requests_in_flight() ->
     items = list(range(3 * PER_ENDPOINT))
     assert Senders().map("ep_a", send, items) == [i * 2 for i in items]
     assert most[0] == PER_ENDPOINT
+
+
+def test_one_pump_of_several_works_and_another_takes_over_when_it_stops(
+    redis_url: str,
+) -> None:
+    import redis as redis_lib
+
+    from dispatcher.webhooks.config import Subscriptions
+    from dispatcher.webhooks.pump import WebhookPump
+
+    client = redis_lib.Redis.from_url(redis_url)
+    for key in (
+        "dispatcher:webhooks:outbox",
+        "dispatcher:webhooks:due",
+        "dispatcher:webhooks:pump",
+    ):
+        client.delete(key)
+    subscriptions = Subscriptions({"shop": [endpoint()]})
+    published: dict[str, list[str]] = {"a": [], "b": []}
+
+    def pump(name: str) -> WebhookPump:
+        def publish(batch: list[tuple[str, int]]) -> None:
+            published[name] += [member for member, _ in batch]
+
+        store = WebhookStore(client)
+        return WebhookPump(store, subscriptions, publish, interval=0.05, claim_seconds=60)
+
+    def record(count: int, first: int) -> set[str]:
+        events = [event(state="failed", attempts=str(first + i)) for i in range(count)]
+        client.rpush("dispatcher:webhooks:outbox", *(e.raw for e in events))
+        return {delivery_member(endpoint().endpoint_id("shop"), e.id) for e in events}
+
+    def wait_for(members: set[str]) -> None:
+        deadline = time.monotonic() + 10
+        while not members <= set(published["a"] + published["b"]):
+            assert time.monotonic() < deadline, published
+            time.sleep(0.02)
+
+    pumps = {"a": pump("a").start(), "b": pump("b").start()}
+    try:
+        first = record(30, 0)
+        wait_for(first)
+        time.sleep(0.3)  # several rounds of both pumps
+        holder = client.get("dispatcher:webhooks:pump")
+        [working] = [name for name, p in pumps.items() if p.owner.encode() == holder]
+        other = "b" if working == "a" else "a"
+        assert sorted(published[working]) == sorted(first) and published[other] == []
+        assert client.pttl("dispatcher:webhooks:pump") > 1000  # renewed every round
+
+        pumps[working].stop()  # gives the lease up: the other pump takes over at once
+        second = record(5, 100)
+        wait_for(second)
+        assert sorted(published[other]) == sorted(second)
+        assert client.get("dispatcher:webhooks:pump") == pumps[other].owner.encode()
+    finally:
+        for p in pumps.values():
+            p.stop()
+    assert client.exists("dispatcher:webhooks:pump") == 0
+    client.close()
