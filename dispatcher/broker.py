@@ -146,9 +146,14 @@ def _redis_transport_options(settings: Settings) -> dict[str, Any]:
         "health_check_interval": 15,
         "retry_on_timeout": True,
         # Scan for unacked tasks past the visibility timeout every few seconds
-        # (kombu's default is ~100 s), so a short timeout means what it says.
+        # (kombu's default is ~100 s), so a short timeout means what it says: the tasks a
+        # killed worker had fetched are back at the head of the queue within the timeout
+        # plus this (docs/reliability.md, "Recovery").
         "unacked_restore_interval": max(1, min(10, settings.visibility_timeout // 4)),
         "unacked_restore_throttle": 1,
+        # A worker killed while it restores leaves kombu's restore lock behind: it expires
+        # after this, not kombu's 5 minutes, so no restore waits longer than the timeout.
+        "unacked_mutex_expire": max(10, settings.visibility_timeout),
     }
 
 

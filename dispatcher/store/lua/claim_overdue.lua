@@ -6,7 +6,13 @@
 -- A queued member is left alone while it is behind the head of the broker's queue
 -- (``backlog_since_ms``: when the head's message was queued; 0 when unknown; nil when the
 -- queue is empty or not known): its task is still ahead. One ahead of the head has lost its
--- task (or a busy worker holds it) and is published again. An expired lease counts toward
+-- task (or a busy worker holds it) and is published again. A ``processing`` member whose
+-- lease still runs is due for a look every ``worker_timeout_ms`` (lease.lua): while its
+-- holder's process beats (``beats``, dispatcher/store/liveness.py), or never beat, it gets
+-- its next look; once its last beat is older than the timeout the holder is dead, its lease
+-- is broken and it is claimed like an expired lease. Only a caller that has itself beaten
+-- without a gap since ``watching_since_ms``, a timeout ago or more, may judge a holder
+-- dead (nil: it may not). An expired lease counts toward
 -- poison once per attempt that lost it (its lease number), however often it is re-published;
 -- a lease lost more than ``max_requeues`` times is dead-lettered. A member without a record
 -- (expired before the message ended) is counted and traced like a rejected queue message
@@ -17,8 +23,8 @@
 -- this script is not single-slot (docs/architecture.md, "Scripts").
 -- Each claimed member gets the id of the task to publish (its live task, lease.lua).
 -- Returns {claimed members, number looked at, their task ids}.
--- keys: inflight dead stats rejected outbox
--- args: scan# requeue_delay_ms# max_requeues# ttl# history_limit# key_open record_close history_close dead_cap# rejected_cap# dead_announced backlog_since_ms?
+-- keys: inflight dead stats rejected outbox beats
+-- args: scan# requeue_delay_ms# max_requeues# ttl# history_limit# key_open record_close history_close dead_cap# rejected_cap# dead_announced worker_timeout_ms# backlog_since_ms? watching_since_ms?
 -- include: lib outbox
 
 local now = now_ms()
@@ -28,6 +34,17 @@ local task_ids = {}
 local furthest = math.floor(ttl * 1000 / 2)
 local function deadline(delay_ms) return now + math.min(delay_ms, furthest) end
 local since = tonumber(backlog_since_ms)
+local watching = tonumber(watching_since_ms)
+local may_judge = watching ~= nil and now - watching >= worker_timeout_ms
+-- The lease holder's process stopped beating a timeout ago (a process that never beat is
+-- not judged: its lease runs to its end).
+local function holder_dead(owner)
+  if not may_judge or not owner then return false end
+  local process = string.match(owner, '^(.*):%d+$')
+  if not process then return false end
+  local beat = redis.call('ZSCORE', beats, process)
+  return beat and tonumber(beat) < now - worker_timeout_ms
+end
 local function claim(mkey, member)
   local n = redis.call('HINCRBY', mkey, 'recoveries', 1)
   local task = 'recovery:' .. member .. ':' .. n
@@ -39,7 +56,9 @@ for _, member in ipairs(due) do
   local mkey = key_open .. member .. record_close
   local hkey = key_open .. member .. history_close
   local s = redis.call('HMGET', mkey, 'state', 'requeues', 'waits', 'lease', 'claimedLease',
-                       'updatedAt')
+                       'updatedAt', 'leaseUntil', 'leaseOwner')
+  local leased = s[1] == 'processing' and tonumber(s[7] or '0') > now
+  local broken = leased and holder_dead(s[8])
   if not s[1] then
     redis.call('ZREM', inflight, member)
     redis.call('HINCRBY', stats, 'rejected:expired', 1)
@@ -56,6 +75,10 @@ for _, member in ipairs(due) do
       -- Behind the head: look again when the head could have reached it.
       local behind = since > 0 and queued_at - since or 0
       redis.call('ZADD', inflight, deadline(math.max(requeue_delay_ms, behind)), member)
+    elseif leased and not broken then
+      -- A running lease whose holder still beats (or never beat): look again at its end or
+      -- one timeout from now, whichever comes first.
+      redis.call('ZADD', inflight, math.min(tonumber(s[7]), now + worker_timeout_ms), member)
     elseif s[1] ~= 'processing' then
       -- Queued ahead of the head (or with no queue to compare), or a due retry promoted from
       -- the schedule more than its grace ago: its task may be lost. Publish again (a
@@ -85,11 +108,17 @@ for _, member in ipairs(due) do
         push_history(hkey, 'dead', now, 'lost the lease ' .. requeues ..
           ' times without finishing: dead-lettered', history_limit, ttl)
       else
+        local why = ' past its deadline'
+        if broken then
+          -- The next attempt takes the lease over at once (lease.lua).
+          redis.call('HSET', mkey, 'leaseUntil', now)
+          why = ': its worker ' .. string.match(s[8], '^(.*):%d+$') .. ' stopped beating'
+        end
         redis.call('HSET', mkey, 'requeues', requeues, 'claimedLease', s[4] or '0')
         redis.call('ZADD', inflight, deadline(requeue_delay_ms), member)
         redis.call('HINCRBY', stats, 'recovered', 1)
         push_history(hkey, s[1], now, 'recovery: re-enqueued (' .. s[1] ..
-          ' past its deadline; lost lease ' .. requeues .. ')', history_limit, ttl)
+          why .. '; lost lease ' .. requeues .. ')', history_limit, ttl)
         claim(mkey, member)
       end
     end
