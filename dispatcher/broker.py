@@ -23,6 +23,7 @@ from celery import Celery
 from celery.worker.consumer import Consumer
 from kombu.entity import Queue
 from kombu.transport import redis as kombu_redis
+from kombu.utils.json import dumps as json_dumps
 
 from dispatcher.config import Settings, get_settings
 from dispatcher.connections import REDIS_ERRORS, redis_client
@@ -157,6 +158,11 @@ def _redis_transport_options(settings: Settings) -> dict[str, Any]:
     }
 
 
+AHEAD_HEADER = "dispatcherAhead"
+"""A task header asking the Redis broker to put the task at the head of its queue, not the
+tail (a recovered attempt: it waited its turn once). Other brokers ignore it."""
+
+
 AMQP_HEARTBEAT = 30
 """Seconds between AMQP heartbeats: a silently dead peer is noticed within two of them."""
 
@@ -209,6 +215,16 @@ class _BrokerChannel(kombu_redis.Channel):
             client = super()._create_client()  # type: ignore[no-untyped-call]
             self.__dict__["_sync_client"] = client
         return client
+
+    def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
+        headers = message.get("headers") if isinstance(message, dict) else None
+        if not (isinstance(headers, dict) and headers.get(AHEAD_HEADER)):
+            super()._put(queue, message, **kwargs)  # type: ignore[no-untyped-call]
+            return
+        # Consumers pop from the right of the list: a right push is next in line.
+        key = self._q_for_pri(queue, self._get_message_priority(message, reverse=False))  # type: ignore[no-untyped-call]
+        with self.conn_or_acquire() as client:
+            client.rpush(key, json_dumps(message))  # type: ignore[no-untyped-call]
 
     def _brpop_read(self, **options: Any) -> Any:
         try:

@@ -18,7 +18,7 @@ from typing import Any
 from celery import Celery, Task, signals
 
 from dispatcher import delivery, tracing
-from dispatcher.broker import broker_is_store, consumer_store, make_celery
+from dispatcher.broker import AHEAD_HEADER, broker_is_store, consumer_store, make_celery
 from dispatcher.channels import Channel, open_channels
 from dispatcher.config import Settings, get_settings
 from dispatcher.connections import redis_client
@@ -152,6 +152,11 @@ def publish_as(ref: MessageRef, task_id: str) -> None:
     publish(ref, task_id=task_id)
 
 
+def publish_ahead(ref: MessageRef, task_id: str) -> None:
+    """:func:`publish_as`, at the head of the queue on the Redis broker (a recovered attempt)."""
+    publish(ref, task_id=task_id, headers={AHEAD_HEADER: True})
+
+
 def make_reaper(store: StatusStore) -> Reaper:
     settings = get_settings()
     return Reaper(
@@ -162,6 +167,7 @@ def make_reaper(store: StatusStore) -> Reaper:
         # The queue list lives in the status store's Redis only when that is the broker.
         queue_key=settings.queue if broker_is_store(settings) else None,
         heartbeat=getattr(get_app(), "dispatcher_heartbeat", None),
+        publish_ahead=publish_ahead,
     )
 
 

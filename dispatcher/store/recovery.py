@@ -71,11 +71,13 @@ class DiscardOutcome(StrEnum):
 
 class Overdue(NamedTuple):
     """One claim: the messages to publish again, how many overdue members it looked at (as
-    many as asked: there may be more), and the id each one's task must carry."""
+    many as asked: there may be more), the id each one's task must carry, and which of them
+    lost a lease (an attempt was running: their tasks go ahead of the queue)."""
 
     refs: list[MessageRef]
     scanned: int
     task_ids: list[str]
+    lost_leases: frozenset[MessageRef] = frozenset()
 
 
 class RecoveryStore:
@@ -110,7 +112,7 @@ class RecoveryStore:
         more (dispatcher/store/liveness.py); with None no holder is judged dead.
         """
         key_open, record_close, history_close = keys.MESSAGE_KEY_PARTS
-        claimed, scanned, task_ids = self._claim(
+        claimed, scanned, task_ids, lost_leases = self._claim(
             self.redis,
             {
                 "inflight": keys.IN_FLIGHT,
@@ -141,6 +143,7 @@ class RecoveryStore:
             [MessageRef.parse(text(member)) for member in claimed],
             int(scanned),
             [text(task_id) for task_id in task_ids],
+            frozenset(MessageRef.parse(text(member)) for member in lost_leases),
         )
 
     def _head_queued_at(self, queue_key: str) -> int | None:
@@ -267,6 +270,9 @@ class Reaper(BackgroundLoop):
     batch: int = 500
     queue_key: str | None = None
     heartbeat: Heartbeat | None = None
+    publish_ahead: Callable[[MessageRef, str], None] | None = None
+    """Publish it ahead of the queue, for a message that lost its lease: it waited its turn
+    once already (None: as :attr:`publish`)."""
     thread_name: ClassVar[str] = "dispatcher-reaper"
 
     def run_once(self) -> list[MessageRef]:
@@ -284,8 +290,11 @@ class Reaper(BackgroundLoop):
             failed: list[MessageRef] = []
             error: Exception | None = None
             for ref, task_id in zip(overdue.refs, overdue.task_ids, strict=True):
+                publish = self.publish
+                if ref in overdue.lost_leases and self.publish_ahead is not None:
+                    publish = self.publish_ahead
                 try:
-                    self.publish(ref, task_id)
+                    publish(ref, task_id)
                 except Exception as exc:  # the broker refused: the next pass tries again
                     failed.append(ref)
                     error = exc

@@ -22,7 +22,8 @@
 -- The message keys are spelled here from the members (key_open .. member .. record_close):
 -- this script is not single-slot (docs/architecture.md, "Scripts").
 -- Each claimed member gets the id of the task to publish (its live task, lease.lua).
--- Returns {claimed members, number looked at, their task ids}.
+-- Returns {claimed members, number looked at, their task ids, the claimed members that lost
+-- a lease (an attempt was running: their task goes to the head of the queue)}.
 -- keys: inflight dead stats rejected outbox beats
 -- args: scan# requeue_delay_ms# max_requeues# ttl# history_limit# key_open record_close history_close dead_cap# rejected_cap# dead_announced worker_timeout_ms# backlog_since_ms? watching_since_ms?
 -- include: lib outbox
@@ -31,6 +32,7 @@ local now = now_ms()
 local due = redis.call('ZRANGEBYSCORE', inflight, '-inf', now, 'LIMIT', 0, scan)
 local claimed = {}
 local task_ids = {}
+local lost_leases = {}
 local furthest = math.floor(ttl * 1000 / 2)
 local function deadline(delay_ms) return now + math.min(delay_ms, furthest) end
 local since = tonumber(backlog_since_ms)
@@ -120,8 +122,9 @@ for _, member in ipairs(due) do
         push_history(hkey, s[1], now, 'recovery: re-enqueued (' .. s[1] ..
           why .. '; lost lease ' .. requeues .. ')', history_limit, ttl)
         claim(mkey, member)
+        table.insert(lost_leases, member)
       end
     end
   end
 end
-return {claimed, #due, task_ids}
+return {claimed, #due, task_ids, lost_leases}
