@@ -11,6 +11,7 @@ the catalogue's figure, 3,000, by hand).
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections import Counter
@@ -128,3 +129,34 @@ def test_every_message_a_sigkilled_worker_held_is_delivered_within_30s_of_the_ki
     assert last <= WITHIN, f"the last message was delivered {last:.1f}s after the kill"
     check_forward_only(records)
     check_bounded_keys(dispatcher.redis, [dispatcher.settings.queue])
+
+
+def test_a_task_a_dead_worker_fetched_but_never_started_is_back_within_the_visibility_timeout(
+    dispatcher: Any, easemob: Any, start_worker: Any, redis_server: Any
+) -> None:
+    # What a worker's fetch leaves in Redis (kombu's Redis transport) when the worker dies
+    # before the attempt starts: the entry has left the queue list for the unacked hash,
+    # indexed by the time of the fetch. Its record is `queued` (no lease, five minutes of
+    # grace): only the restore of unacked tasks can bring it back in time.
+    client = redis.Redis.from_url(redis_server.url)
+    message_id = new_id("fetched")
+    dispatcher.submit(text_message(message_id))
+    entry = client.rpop(dispatcher.settings.queue)
+    assert entry is not None
+    payload = json.loads(entry)
+    tag = payload["properties"].get("delivery_tag") or new_id("tag")
+    info = payload["properties"].get("delivery_info") or {}
+    routing = [info.get("exchange", ""), info.get("routing_key", dispatcher.settings.queue)]
+    client.hset("unacked", tag, json.dumps([payload, *routing]))
+    client.zadd("unacked_index", {tag: time.time()})
+    fetched_at = time.time()
+
+    settings = default_settings()
+    start_worker(**settings)
+    records = wait_all_terminal(dispatcher, [message_id], timeout=WITHIN + 60)
+    took = records[message_id].updatedAt.timestamp() - fetched_at
+    print(f"\nF1 fetched but not started, redis broker: delivered {took:.1f}s after the fetch")
+    assert records[message_id].state.value == "delivered"
+    assert easemob.reached()[message_id] == 1
+    assert took <= WITHIN, f"delivered {took:.1f}s after the fetch"
+    wait_until(lambda: client.hlen("unacked") == 0, 30, "the restored task acked once done")
