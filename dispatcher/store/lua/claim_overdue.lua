@@ -38,14 +38,14 @@ local function deadline(delay_ms) return now + math.min(delay_ms, furthest) end
 local since = tonumber(backlog_since_ms)
 local watching = tonumber(watching_since_ms)
 local may_judge = watching ~= nil and now - watching >= worker_timeout_ms
--- The lease holder's process stopped beating a timeout ago (a process that never beat is
--- not judged: its lease runs to its end).
-local function holder_dead(owner)
-  if not may_judge or not owner then return false end
+-- The last beat (ms) of the lease holder's process; nil for a process that never beat (not
+-- judged: its lease runs to its end).
+local function holder_beat(owner)
+  if not owner then return nil end
   local process = string.match(owner, '^(.*):%d+$')
-  if not process then return false end
+  if not process then return nil end
   local beat = redis.call('ZSCORE', beats, process)
-  return beat and tonumber(beat) < now - worker_timeout_ms
+  return beat and tonumber(beat) or nil
 end
 local function claim(mkey, member)
   local n = redis.call('HINCRBY', mkey, 'recoveries', 1)
@@ -60,7 +60,8 @@ for _, member in ipairs(due) do
   local s = redis.call('HMGET', mkey, 'state', 'requeues', 'waits', 'lease', 'claimedLease',
                        'updatedAt', 'leaseUntil', 'leaseOwner')
   local leased = s[1] == 'processing' and tonumber(s[7] or '0') > now
-  local broken = leased and holder_dead(s[8])
+  local beat = leased and holder_beat(s[8]) or nil
+  local broken = beat ~= nil and may_judge and beat < now - worker_timeout_ms
   if not s[1] then
     redis.call('ZREM', inflight, member)
     redis.call('HINCRBY', stats, 'rejected:expired', 1)
@@ -79,8 +80,10 @@ for _, member in ipairs(due) do
       redis.call('ZADD', inflight, deadline(math.max(requeue_delay_ms, behind)), member)
     elseif leased and not broken then
       -- A running lease whose holder still beats (or never beat): look again at its end or
-      -- one timeout from now, whichever comes first.
-      redis.call('ZADD', inflight, math.min(tonumber(s[7]), now + worker_timeout_ms), member)
+      -- when the holder would be dead if it beat no more (at most a timeout from now).
+      local look = now + worker_timeout_ms
+      if beat then look = math.min(look, math.max(beat + worker_timeout_ms + 1, now + 1000)) end
+      redis.call('ZADD', inflight, math.min(tonumber(s[7]), look), member)
     elseif s[1] ~= 'processing' then
       -- Queued ahead of the head (or with no queue to compare), or a due retry promoted from
       -- the schedule more than its grace ago: its task may be lost. Publish again (a
