@@ -133,7 +133,7 @@ class Settings(BaseSettings):
     # park a message for days (docs/reliability.md, "The state machine").
     retry_after_cap: float = Field(default=600.0, gt=0)
     lease_seconds: int = 60
-    reaper_interval: float = 5.0
+    reaper_interval: float = 2.0
     shutdown_grace: float = 20.0
     queued_grace: int = 300
     retry_grace: int = 30

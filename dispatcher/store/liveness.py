@@ -9,9 +9,9 @@ than the timeout is dead and its lease is broken and its message published again
 (``lua/claim_overdue.lua``) — seconds after a SIGKILL instead of at the lease's end. A
 process that never beat is unknown: its leases run to their end, as before.
 
-A reaper only declares others dead once its own process has beaten without a gap for a
-whole timeout (:meth:`Heartbeat.watching_since`): after a Redis outage every beat is old,
-and each live process gets one timeout to beat again before it counts as dead.
+A reaper only declares others dead once its own process has beaten without a gap for
+half a timeout (:meth:`Heartbeat.watching_since`): after a Redis outage every beat is
+old, and each live process gets two of its beats to show it is alive.
 (docs/reliability.md, "Recovery".)
 """
 
@@ -95,7 +95,7 @@ class Heartbeat(BackgroundLoop):
 
     def watching_since(self) -> int | None:
         """Since when (ms, Redis's clock) this process has beaten without a gap; None when
-        its last beat failed. Others may be declared dead one timeout after it."""
+        its last beat failed. Others may be declared dead half a timeout after it."""
         return self._since_ms
 
     def start(self) -> Self:

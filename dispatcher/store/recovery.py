@@ -108,8 +108,8 @@ class RecoveryStore:
         alone (its entry is still ahead of it), and one ahead of the head is published
         again: its entry is gone. A running lease whose holder's process stopped beating
         is broken and claimed like an expired one, when the caller's own process has beaten
-        without a gap since ``watching_since`` (ms, Redis's clock) for a worker timeout or
-        more (dispatcher/store/liveness.py); with None no holder is judged dead.
+        without a gap since ``watching_since`` (ms, Redis's clock) for half a worker timeout
+        or more (dispatcher/store/liveness.py); with None no holder is judged dead.
         """
         key_open, record_close, history_close = keys.MESSAGE_KEY_PARTS
         claimed, scanned, task_ids, lost_leases = self._claim(

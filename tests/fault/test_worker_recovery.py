@@ -1,12 +1,14 @@
 """F1 at scale: a whole worker SIGKILLed with thousands of messages in flight, then restarted.
 
-With the default recovery settings (a one-minute lease, the reaper every 5 s, five
+With the default recovery settings (a one-minute lease, the reaper every 2 s, five
 minutes of queued grace, the 15 s visibility timeout, the 10 s worker timeout) every
 message the dead worker held — leased, fetched but not started, waiting for a retry —
 is delivered within 30 s of the kill, none more than twice (docs/reliability.md,
 "Recovery"). The provider's rate limits are lifted here: the test measures recovery, not
-Easemob's quota. ``DISPATCHER_F1_N`` sets how many messages are in flight (CI: 1,000;
-the catalogue's figure, 3,000, by hand).
+Easemob's quota. ``DISPATCHER_F1_N`` sets how many messages are in flight (CI: 300, so
+the backlog behind them drains in seconds even on a loaded machine and the bound measures
+recovery; the catalogue's figure, 3,000, by hand on a quiet machine: one worker delivers
+the backlog itself in ~10 s there, in ~30 s on a machine loaded 5x over its cores).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from tests.fault.harness import (
 
 pytestmark = pytest.mark.fault
 
-N = int(os.environ.get("DISPATCHER_F1_N", "1000"))
+N = int(os.environ.get("DISPATCHER_F1_N", "300"))
 WITHIN = 30.0
 """Seconds after the kill by which every message is delivered."""
 SLOW = 2.0
@@ -108,24 +110,35 @@ def test_every_message_a_sigkilled_worker_held_is_delivered_within_30s_of_the_ki
     unacked = redis.Redis.from_url(redis_server.url).hlen("unacked") if broker == "redis" else 0
     easemob.clear_faults()
     start_worker(**settings)
+    restarted = time.time() - killed_at
 
     records = wait_all_terminal(dispatcher, ids, timeout=WITHIN + 90)
     last = max(r.updatedAt.timestamp() for r in records.values()) - killed_at
     recovered = max(records[m].updatedAt.timestamp() for m in leased) - killed_at
+    broken_at = [
+        h.at.timestamp() - killed_at
+        for m in leased
+        for h in records[m].history
+        if "stopped beating" in (h.detail or "")
+    ]
     counts = Counter(at_kill.values())
     reached = check_no_needless_duplicates(records, easemob)
     twice = sum(1 for m in ids if reached[m] == 2)
     print(
-        f"\nF1 whole worker SIGKILL, {broker} broker, {N} in flight: at the kill "
+        f"\nF1 whole worker SIGKILL, {broker} broker, {N} in flight, restarted "
+        f"{restarted:.1f}s after the kill: at the kill "
         f"{counts['processing']} leased, {max(0, unacked - len(leased))} fetched but not "
-        f"leased, {counts['retrying']} waiting for a retry, {counts['queued']} queued; the "
-        f"leased ones delivered {recovered:.1f}s and all {N} {last:.1f}s after the kill; "
+        f"leased, {counts['retrying']} waiting for a retry, {counts['queued']} queued; "
+        f"leases broken {min(broken_at, default=-1):.1f}-{max(broken_at, default=-1):.1f}s, "
+        f"the leased ones delivered {recovered:.1f}s and all {N} {last:.1f}s after the kill; "
         f"{twice} sent twice (the killed attempt may have reached the provider)"
     )
     assert all(r.state.value == "delivered" for r in records.values())
     assert max(reached[m] for m in ids) <= 2, "none delivered more than twice"
-    broken = [m for m in leased if "stopped beating" in str([h.detail for h in records[m].history])]
-    assert broken, "the dead worker's leases were broken by its missing heartbeat"
+    assert broken_at, "the dead worker's leases were broken by its missing heartbeat"
+    held = leased + [m for m, state in at_kill.items() if state == "retrying"]
+    late = {m: records[m].updatedAt.timestamp() - killed_at for m in held}
+    assert max(late.values()) <= WITHIN, f"a held message came back late: {max(late.values())}"
     assert last <= WITHIN, f"the last message was delivered {last:.1f}s after the kill"
     check_forward_only(records)
     check_bounded_keys(dispatcher.redis, [dispatcher.settings.queue])

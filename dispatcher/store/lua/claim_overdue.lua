@@ -11,8 +11,8 @@
 -- holder's process beats (``beats``, dispatcher/store/liveness.py), or never beat, it gets
 -- its next look; once its last beat is older than the timeout the holder is dead, its lease
 -- is broken and it is claimed like an expired lease. Only a caller that has itself beaten
--- without a gap since ``watching_since_ms``, a timeout ago or more, may judge a holder
--- dead (nil: it may not). An expired lease counts toward
+-- without a gap since ``watching_since_ms``, half a timeout ago or more (two beats of
+-- every live process), may judge a holder dead (nil: it may not). An expired lease counts toward
 -- poison once per attempt that lost it (its lease number), however often it is re-published;
 -- a lease lost more than ``max_requeues`` times is dead-lettered. A member without a record
 -- (expired before the message ended) is counted and traced like a rejected queue message
@@ -37,7 +37,7 @@ local furthest = math.floor(ttl * 1000 / 2)
 local function deadline(delay_ms) return now + math.min(delay_ms, furthest) end
 local since = tonumber(backlog_since_ms)
 local watching = tonumber(watching_since_ms)
-local may_judge = watching ~= nil and now - watching >= worker_timeout_ms
+local may_judge = watching ~= nil and now - watching >= worker_timeout_ms / 2
 -- The last beat (ms) of the lease holder's process; nil for a process that never beat (not
 -- judged: its lease runs to its end).
 local function holder_beat(owner)
