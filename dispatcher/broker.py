@@ -23,6 +23,7 @@ from celery import Celery
 from celery.worker.consumer import Consumer
 from kombu.entity import Queue
 from kombu.transport import redis as kombu_redis
+from kombu.utils.json import dumps as json_dumps
 
 from dispatcher.config import Settings, get_settings
 from dispatcher.connections import REDIS_ERRORS, redis_client
@@ -146,10 +147,20 @@ def _redis_transport_options(settings: Settings) -> dict[str, Any]:
         "health_check_interval": 15,
         "retry_on_timeout": True,
         # Scan for unacked tasks past the visibility timeout every few seconds
-        # (kombu's default is ~100 s), so a short timeout means what it says.
+        # (kombu's default is ~100 s), so a short timeout means what it says: the tasks a
+        # killed worker had fetched are back at the head of the queue within the timeout
+        # plus this (docs/reliability.md, "Recovery").
         "unacked_restore_interval": max(1, min(10, settings.visibility_timeout // 4)),
         "unacked_restore_throttle": 1,
+        # A worker killed while it restores leaves kombu's restore lock behind: it expires
+        # after this, not kombu's 5 minutes, so no restore waits longer than the timeout.
+        "unacked_mutex_expire": max(10, settings.visibility_timeout),
     }
+
+
+AHEAD_HEADER = "dispatcherAhead"
+"""A task header asking the Redis broker to put the task at the head of its queue, not the
+tail (a recovered attempt: it waited its turn once). Other brokers ignore it."""
 
 
 AMQP_HEARTBEAT = 30
@@ -204,6 +215,16 @@ class _BrokerChannel(kombu_redis.Channel):
             client = super()._create_client()  # type: ignore[no-untyped-call]
             self.__dict__["_sync_client"] = client
         return client
+
+    def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
+        headers = message.get("headers") if isinstance(message, dict) else None
+        if not (isinstance(headers, dict) and headers.get(AHEAD_HEADER)):
+            super()._put(queue, message, **kwargs)  # type: ignore[no-untyped-call]
+            return
+        # Consumers pop from the right of the list: a right push is next in line.
+        key = self._q_for_pri(queue, self._get_message_priority(message, reverse=False))  # type: ignore[no-untyped-call]
+        with self.conn_or_acquire() as client:
+            client.rpush(key, json_dumps(message))  # type: ignore[no-untyped-call]
 
     def _brpop_read(self, **options: Any) -> Any:
         try:

@@ -46,7 +46,7 @@ class Settings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     broker_url: str | None = None
     queue: str = "dispatcher"
-    visibility_timeout: int = 3600
+    visibility_timeout: int = Field(default=15, ge=1)
     # Delivery is I/O-bound: threads, 32 per process, and one worker process per core won
     # benchmark P2 (README "Benchmarks"; prefork -c 2 delivers ~12x less behind 50 ms calls).
     worker_pool: Literal["threads", "prefork", "solo", "gevent", "eventlet"] = "threads"
@@ -133,11 +133,13 @@ class Settings(BaseSettings):
     # park a message for days (docs/reliability.md, "The state machine").
     retry_after_cap: float = Field(default=600.0, gt=0)
     lease_seconds: int = 60
-    reaper_interval: float = 5.0
+    reaper_interval: float = 2.0
     shutdown_grace: float = 20.0
     queued_grace: int = 300
     retry_grace: int = 30
     max_requeues: int = 5
+    # A worker process that stops beating for this long is dead (docs/reliability.md, "Recovery")
+    worker_timeout: float = Field(default=10.0, gt=0)
 
     # Scheduled delivery, cancel and recall (docs/api.md, "Send later, cancel, recall")
     schedule_max_days: float = Field(default=30.0, gt=0)

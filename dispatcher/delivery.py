@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
 import random
-import socket
 import time
-import uuid
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
@@ -29,6 +26,7 @@ from dispatcher.ids import MessageRef
 from dispatcher.media.resolve import needs_resolution
 from dispatcher.models import ImageInfo, Message, VideoInfo, VoiceInfo
 from dispatcher.store import Lease, StandDown, StandDownReason, StatusStore, Transition
+from dispatcher.store.liveness import process_identity
 
 log = logging.getLogger(__name__)
 
@@ -105,22 +103,15 @@ class LeaseKeeper:
 
 
 _attempts = itertools.count(1)
-_owner_prefix: tuple[int, str] = (0, "")
 
 
 def attempt_owner() -> str:
     """Unique per attempt: a redelivered copy of the same Celery task must not share it.
 
-    The host, the process, a random part drawn once per process (a pid reused after a
-    restart is another owner) and a counter of this process's attempts: no uuid per
+    This process's identity (the one its heartbeat names, so recovery knows when the
+    holder died: dispatcher/store/liveness.py) and a counter of its attempts: no uuid per
     attempt."""
-    global _owner_prefix
-    pid, prefix = _owner_prefix
-    if pid != os.getpid():  # first use in this process (or in a forked child)
-        pid = os.getpid()
-        prefix = f"{socket.gethostname()}:{pid}:{uuid.uuid4().hex[:8]}"
-        _owner_prefix = (pid, prefix)
-    return f"{prefix}:{next(_attempts)}"
+    return f"{process_identity()}:{next(_attempts)}"
 
 
 def attempt(

@@ -29,6 +29,10 @@ by the time (ms) they are due to be queued: ``scheduled`` sends and ``retrying``
 until their backoff has run out. One key for the whole fleet: on a Redis
 Cluster it lives on one node (docs/architecture.md, "Scheduled delivery")."""
 
+BEATS = f"{PREFIX}:beats"
+"""Sorted set of the worker processes that take leases, scored by their last heartbeat (ms,
+Redis's clock); entries a day old are trimmed at each beat (dispatcher/store/liveness.py)."""
+
 MAX_DEAD_LETTERS = 100_000
 """The dead-letter index is trimmed to this many newest entries."""
 

@@ -18,7 +18,7 @@ from typing import Any
 from celery import Celery, Task, signals
 
 from dispatcher import delivery, tracing
-from dispatcher.broker import broker_is_store, consumer_store, make_celery
+from dispatcher.broker import AHEAD_HEADER, broker_is_store, consumer_store, make_celery
 from dispatcher.channels import Channel, open_channels
 from dispatcher.config import Settings, get_settings
 from dispatcher.connections import redis_client
@@ -26,7 +26,7 @@ from dispatcher.enqueue import DELIVER_TASK, DirectEnqueue, task_args
 from dispatcher.health import warn_redis_configuration
 from dispatcher.ids import MessageRef
 from dispatcher.logs import configure_logging
-from dispatcher.store import Reaper, Scheduler, StatusStore
+from dispatcher.store import Heartbeat, Reaper, Scheduler, StatusStore
 from dispatcher.webhooks.outbox import WebhookStore
 from dispatcher.webhooks.pump import WebhookPump
 from dispatcher.webhooks.task import WEBHOOK_TASK, WebhookTask, run_webhook_task
@@ -113,6 +113,8 @@ def get_app() -> Celery:
     app.task(name=WEBHOOK_TASK, base=WebhookTask, bind=True, ignore_result=True)(run_webhook_task)
     signals.setup_logging.connect(_configure_worker_logging, weak=False)
     signals.worker_ready.connect(_check_redis, weak=False)
+    signals.worker_ready.connect(_start_heartbeat, weak=False)
+    signals.worker_process_init.connect(_start_heartbeat, weak=False)
     signals.worker_ready.connect(_start_reaper, weak=False)
     signals.worker_ready.connect(_start_webhook_pump, weak=False)
     signals.worker_shutdown.connect(_stop_reaper, weak=False)
@@ -150,6 +152,11 @@ def publish_as(ref: MessageRef, task_id: str) -> None:
     publish(ref, task_id=task_id)
 
 
+def publish_ahead(ref: MessageRef, task_id: str) -> None:
+    """:func:`publish_as`, at the head of the queue on the Redis broker (a recovered attempt)."""
+    publish(ref, task_id=task_id, headers={AHEAD_HEADER: True})
+
+
 def make_reaper(store: StatusStore) -> Reaper:
     settings = get_settings()
     return Reaper(
@@ -159,6 +166,8 @@ def make_reaper(store: StatusStore) -> Reaper:
         requeue_delay=max(settings.lease_seconds, 10),
         # The queue list lives in the status store's Redis only when that is the broker.
         queue_key=settings.queue if broker_is_store(settings) else None,
+        heartbeat=getattr(get_app(), "dispatcher_heartbeat", None),
+        publish_ahead=publish_ahead,
     )
 
 
@@ -170,6 +179,13 @@ def _configure_worker_logging(loglevel: Any = None, **_: Any) -> None:
 
 def _check_redis(sender: Any = None, **_: Any) -> None:
     warn_redis_configuration(consumer_store().redis, "worker")
+
+
+def _start_heartbeat(sender: Any = None, **_: Any) -> None:
+    # Every process that takes leases beats: the main process (threads or solo pool, and the
+    # reaper's own watch) and each prefork child, so a dead holder's leases are broken within
+    # the worker timeout (dispatcher/store/liveness.py).
+    get_app().dispatcher_heartbeat = Heartbeat(delivery_task().store.liveness).start()
 
 
 def _start_reaper(sender: Any = None, **_: Any) -> None:

@@ -10,6 +10,7 @@ every script with its keys.
 - ``submit``    record ``queued`` (with its task and gate), or undo it
 - ``lease``     lease a message for an attempt, record the attempt's outcome
 - ``recovery``  claim what is overdue (the reaper), replay dead letters, trace rejects
+- ``liveness``  heartbeats of the processes that take leases (a dead holder's lease breaks)
 - ``schedule``  queue messages whose ``sendAt`` has come (the scheduler)
 - ``withdraw``  cancel a message not sent yet, record a recall of a delivered one
 - ``read``      records, dead letters, counters
@@ -29,6 +30,7 @@ from dispatcher.store.lease import (
     StandDownReason,
     Transition,
 )
+from dispatcher.store.liveness import Heartbeat, LivenessStore
 from dispatcher.store.policy import StorePolicy
 from dispatcher.store.read import ReadStore
 from dispatcher.store.recipients import RecipientStore
@@ -45,8 +47,8 @@ from dispatcher.store.withdraw import CancelOutcome, CancelResult, WithdrawStore
 
 
 class StatusStore:
-    """The stages over one Redis client: ``submit``, ``lease``, ``recovery``, ``schedule``,
-    ``withdraw``, ``read``, ``recipients``."""
+    """The stages over one Redis client: ``submit``, ``lease``, ``recovery``, ``liveness``,
+    ``schedule``, ``withdraw``, ``read``, ``recipients``."""
 
     def __init__(self, client: redis.Redis, policy: StorePolicy | None = None) -> None:
         self.redis = client
@@ -54,6 +56,7 @@ class StatusStore:
         self.submit = SubmitStore(client, self.policy)
         self.lease = LeaseStore(client, self.policy)
         self.recovery = RecoveryStore(client, self.policy)
+        self.liveness = LivenessStore(client, self.policy)
         self.schedule = ScheduleStore(client, self.policy)
         self.withdraw = WithdrawStore(client, self.policy)
         self.read = ReadStore(client)
@@ -72,8 +75,10 @@ __all__ = [
     "CreateOutcome",
     "CreateResult",
     "DiscardOutcome",
+    "Heartbeat",
     "Lease",
     "LeaseStore",
+    "LivenessStore",
     "Overdue",
     "ReadStore",
     "Reaper",

@@ -144,6 +144,7 @@ class LeaseStore:
                 "task": task_id,
                 "owner": owner,
                 "lease_ms": int(lease_seconds * 1000),
+                "check_ms": self.policy.worker_timeout_ms,
                 "ttl": self.policy.ttl,
                 "history_limit": self.policy.history_limit,
                 "member": ref.member,
@@ -194,6 +195,7 @@ class LeaseStore:
                     "owner": lease.owner,
                     "lease": lease.lease_number,
                     "lease_ms": int(lease_seconds * 1000),
+                    "check_ms": self.policy.worker_timeout_ms,
                     "member": lease.ref.member,
                 },
             )

@@ -19,6 +19,9 @@ class StorePolicy:
     publishes it again: its task was lost."""
     max_requeues: int = 5
     """Expired leases a message survives before it is dead-lettered as poison."""
+    worker_timeout: float = 10.0
+    """Seconds without a heartbeat after which a worker process counts as dead: recovery
+    breaks its leases then, not at their end (dispatcher/store/liveness.py)."""
     announced: frozenset[tuple[str, str]] = frozenset()
     """(client, event type) pairs some webhook endpoint takes: the scripts that make those
     changes record the event in the webhook outbox (docs/webhooks.md)."""
@@ -31,6 +34,7 @@ class StorePolicy:
             queued_grace=settings.queued_grace,
             retry_grace=settings.retry_grace,
             max_requeues=settings.max_requeues,
+            worker_timeout=settings.worker_timeout,
             announced=frozenset(
                 (client, event.value)
                 for client, config in settings.clients.items()
@@ -53,3 +57,7 @@ class StorePolicy:
     @property
     def retry_grace_ms(self) -> int:
         return int(self.retry_grace * 1000)
+
+    @property
+    def worker_timeout_ms(self) -> int:
+        return int(self.worker_timeout * 1000)

@@ -1,9 +1,11 @@
 """Recovery stage: re-publish messages whose attempt, retry or queue entry was lost.
 
-Celery on Redis redelivers a dead worker's task only after the visibility
-timeout (an hour by default). The store knows better: every non-terminal
-message not waiting in the schedule has a deadline in the in-flight index (lease
-end, a due retry's promotion or queued time plus grace). The :class:`Reaper` claims the overdue ones
+The broker gives a dead worker's tasks back (RabbitMQ when its connection closes, the
+Redis broker after the visibility timeout), but a copy finds the dead attempt's lease
+still running and stands down. The store knows better: every non-terminal message not
+waiting in the schedule has a deadline in the in-flight index (a lease's next look, one
+worker timeout ahead, or its end; a due retry's promotion or queued time plus grace), and
+a lease whose holder stopped beating is broken (dispatcher/store/liveness.py). The :class:`Reaper` claims the overdue ones
 atomically (``lua/claim_overdue.lua``), publishes each and un-claims what it
 could not publish (``lua/unclaim.lua``); the new attempt takes over the expired
 lease, and a message that lost its lease too often is dead-lettered as poison.
@@ -29,6 +31,7 @@ from dispatcher.background import BackgroundLoop
 from dispatcher.connections import REDIS_ERRORS, text
 from dispatcher.enqueue import new_task_id, ref_in
 from dispatcher.ids import MessageRef
+from dispatcher.store.liveness import Heartbeat
 from dispatcher.store.policy import StorePolicy
 from dispatcher.store.scripts import load, operation_id
 
@@ -68,11 +71,13 @@ class DiscardOutcome(StrEnum):
 
 class Overdue(NamedTuple):
     """One claim: the messages to publish again, how many overdue members it looked at (as
-    many as asked: there may be more), and the id each one's task must carry."""
+    many as asked: there may be more), the id each one's task must carry, and which of them
+    lost a lease (an attempt was running: their tasks go ahead of the queue)."""
 
     refs: list[MessageRef]
     scanned: int
     task_ids: list[str]
+    lost_leases: frozenset[MessageRef] = frozenset()
 
 
 class RecoveryStore:
@@ -85,7 +90,11 @@ class RecoveryStore:
         self._discard_dead = load("discard_dead")
 
     def claim_overdue(
-        self, limit: int = 500, requeue_delay: float = 30.0, queue_key: str | None = None
+        self,
+        limit: int = 500,
+        requeue_delay: float = 30.0,
+        queue_key: str | None = None,
+        watching_since: int | None = None,
     ) -> Overdue:
         """Messages to re-publish: lease expired, retry never ran, or queue entry lost.
 
@@ -97,10 +106,13 @@ class RecoveryStore:
         never makes a message poison. With ``queue_key`` (the broker's queue list, when
         the broker is this Redis) a queued message behind the head of that queue is left
         alone (its entry is still ahead of it), and one ahead of the head is published
-        again: its entry is gone.
+        again: its entry is gone. A running lease whose holder's process stopped beating
+        is broken and claimed like an expired one, when the caller's own process has beaten
+        without a gap since ``watching_since`` (ms, Redis's clock) for half a worker timeout
+        or more (dispatcher/store/liveness.py); with None no holder is judged dead.
         """
         key_open, record_close, history_close = keys.MESSAGE_KEY_PARTS
-        claimed, scanned, task_ids = self._claim(
+        claimed, scanned, task_ids, lost_leases = self._claim(
             self.redis,
             {
                 "inflight": keys.IN_FLIGHT,
@@ -108,6 +120,7 @@ class RecoveryStore:
                 "stats": keys.STATS,
                 "rejected": keys.REJECTED,
                 "outbox": keys.WEBHOOK_OUTBOX,
+                "beats": keys.BEATS,
             },
             {
                 "scan": limit,
@@ -121,13 +134,16 @@ class RecoveryStore:
                 "dead_cap": keys.MAX_DEAD_LETTERS,
                 "rejected_cap": keys.MAX_REJECTED,
                 "dead_announced": self.policy.clients_announcing("message.dead"),
+                "worker_timeout_ms": self.policy.worker_timeout_ms,
                 "backlog_since_ms": None if queue_key is None else self._head_queued_at(queue_key),
+                "watching_since_ms": watching_since,
             },
         )
         return Overdue(
             [MessageRef.parse(text(member)) for member in claimed],
             int(scanned),
             [text(task_id) for task_id in task_ids],
+            frozenset(MessageRef.parse(text(member)) for member in lost_leases),
         )
 
     def _head_queued_at(self, queue_key: str) -> int | None:
@@ -241,7 +257,9 @@ class Reaper(BackgroundLoop):
     """The recovery loop: every ``interval`` seconds, claim and re-publish what is overdue.
 
     ``requeue_delay``: seconds before a claimed message may be claimed again;
-    ``queue_key``: the broker's queue list when it lives in the store's Redis.
+    ``queue_key``: the broker's queue list when it lives in the store's Redis;
+    ``heartbeat``: this process's heartbeat, without which no lease holder is judged dead
+    (dispatcher/store/liveness.py).
     """
 
     store: RecoveryStore
@@ -251,6 +269,10 @@ class Reaper(BackgroundLoop):
     requeue_delay: float
     batch: int = 500
     queue_key: str | None = None
+    heartbeat: Heartbeat | None = None
+    publish_ahead: Callable[[MessageRef, str], None] | None = None
+    """Publish it ahead of the queue, for a message that lost its lease: it waited its turn
+    once already (None: as :attr:`publish`)."""
     thread_name: ClassVar[str] = "dispatcher-reaper"
 
     def run_once(self) -> list[MessageRef]:
@@ -260,13 +282,19 @@ class Reaper(BackgroundLoop):
         published: list[MessageRef] = []
         while not self._stop.is_set():
             overdue = self.store.claim_overdue(
-                limit=self.batch, requeue_delay=self.requeue_delay, queue_key=self.queue_key
+                limit=self.batch,
+                requeue_delay=self.requeue_delay,
+                queue_key=self.queue_key,
+                watching_since=None if self.heartbeat is None else self.heartbeat.watching_since(),
             )
             failed: list[MessageRef] = []
             error: Exception | None = None
             for ref, task_id in zip(overdue.refs, overdue.task_ids, strict=True):
+                publish = self.publish
+                if ref in overdue.lost_leases and self.publish_ahead is not None:
+                    publish = self.publish_ahead
                 try:
-                    self.publish(ref, task_id)
+                    publish(ref, task_id)
                 except Exception as exc:  # the broker refused: the next pass tries again
                     failed.append(ref)
                     error = exc

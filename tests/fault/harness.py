@@ -232,6 +232,17 @@ class FaultWorker(WorkerProcess):
         assert self.process is not None
         self.process.wait(10)
 
+    def kill_whole(self) -> None:
+        """SIGKILL the main process and every pool process at once, as a crash of the
+        machine's container or the OOM killer taking the process group would."""
+        victims = [self.pid, *self.children()] if self.alive() else []
+        self.known_children |= set(victims[1:])
+        for pid in victims:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        assert self.process is not None
+        self.process.wait(10)
+
     def stop(self, timeout: float = 20.0) -> None:
         super().stop(timeout)
         # Prefork children of a SIGKILLed parent: ours, so ours to end.
@@ -389,7 +400,7 @@ def check_forward_only(records: dict[str, Any]) -> None:
 
 
 BOUNDED_KEYS = frozenset(
-    {keys.IN_FLIGHT, keys.DEAD_LETTERS, keys.STATS, keys.REJECTED, keys.SCHEDULE}
+    {keys.IN_FLIGHT, keys.DEAD_LETTERS, keys.STATS, keys.REJECTED, keys.SCHEDULE, keys.BEATS}
 )
 """Ours without a TTL: bounded by design (see dispatcher/keys.py)."""
 

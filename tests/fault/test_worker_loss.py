@@ -55,7 +55,7 @@ def test_sigkilled_worker_main_process_is_recovered_within_the_lease(
     )
     print(
         f"\nF1 main process SIGKILL, {broker} broker: all {len(ids)} terminal {recovery:.1f}s after the kill "
-        f"(lease {lease:.0f}s, reaper every {reaper:.0f}s, visibility timeout 3600s)"
+        f"(lease {lease:.0f}s, reaper every {reaper:.0f}s, worker timeout 10s)"
     )
     assert all(r.state.value == "delivered" for r in records.values())
     taken_over = [r for r in records.values() if "took over" in str([h.detail for h in r.history])]
@@ -119,8 +119,10 @@ def test_redelivered_copy_stands_down_when_the_live_attempt_outlives_the_visibil
 def test_sigterm_to_all_workers_requeues_in_flight_work_at_once(
     dispatcher: Any, easemob: Any, start_worker: Any, broker: str
 ) -> None:
-    # No reaper and long graces: only the shutdown itself may bring the work back.
+    # No reaper, long graces and the old hour-long visibility timeout: only the shutdown
+    # itself may bring the work back.
     settings = {
+        "visibility_timeout": 3600,
         "reaper_interval": 0,
         "queued_grace": 3600,
         "retry_grace": 3600,
@@ -151,4 +153,4 @@ def test_sigterm_to_all_workers_requeues_in_flight_work_at_once(
     )
     assert all(r.state.value == "delivered" for r in records.values())
     assert stop_took < 15
-    assert done_in < 40, "nothing waited for the 1 h visibility timeout"
+    assert done_in < 40, "nothing waited for the hour-long visibility timeout"

@@ -3,9 +3,13 @@ quorum queues for every queue, publisher confirms, late acks and a fixed prefetc
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
+import redis
 
 from dispatcher.broker import (
+    AHEAD_HEADER,
     BrokerKind,
     DispatcherConsumer,
     broker_is_store,
@@ -13,6 +17,8 @@ from dispatcher.broker import (
     make_celery,
 )
 from dispatcher.config import Settings
+from dispatcher.enqueue import DELIVER_TASK, ref_in
+from tests.conftest import ref
 
 AMQP = "amqp://guest:guest@127.0.0.1:5672/dispatcher"
 
@@ -77,3 +83,21 @@ def test_the_worker_leaves_out_celerys_delayed_delivery_topology() -> None:
     steps = DispatcherConsumer.Blueprint.default_steps
     assert not [step for step in steps if "delayed_delivery" in step]
     assert any(step.endswith(":Tasks") for step in steps)
+
+
+def test_a_task_published_ahead_is_next_in_line_on_the_redis_broker(redis_url: str) -> None:
+    queue = f"ahead-{uuid.uuid4().hex[:8]}"
+    celery = make_celery(Settings(redis_url=redis_url, queue=queue))
+    client = redis.Redis.from_url(redis_url)
+    try:
+        for name in ("first", "second"):
+            celery.send_task(DELIVER_TASK, (ref(name).member,), queue=queue)
+        celery.send_task(
+            DELIVER_TASK, (ref("recovered").member,), queue=queue, headers={AHEAD_HEADER: True}
+        )
+        # Consumers pop from the right: the recovered task comes before the backlog.
+        order = [ref_in(entry) for entry in reversed(client.lrange(queue, 0, -1))]
+        assert [r.id for r in order if r is not None] == ["recovered", "first", "second"]
+    finally:
+        client.delete(queue)
+        client.close()

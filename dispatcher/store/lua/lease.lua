@@ -10,11 +10,14 @@
 -- record names the task last published for it (``task``: by a promotion from the schedule,
 -- the reaper or a replay; a retry names the one its promotion will publish), or the task
 -- that got the last lease; any other is a superseded copy.
+-- The in-flight deadline of a lease is its end or, sooner, ``check_ms`` from now (the
+-- worker timeout): recovery then looks whether the holder's process still beats and breaks
+-- the lease of a dead one (claim_overdue.lua); a script that leases must do the same.
 -- Returns {'ok', attempts, stored message, prepaid 0/1, channel, client, lease number},
 -- {'terminal', state}, {'superseded', live task}, {'busy', holder, ms left},
 -- {'early', ms until due} or {'missing'}.
 -- keys: message history inflight rates...
--- args: task? owner lease_ms# ttl# history_limit# member channel? types prepay...
+-- args: task? owner lease_ms# check_ms# ttl# history_limit# member channel? types prepay...
 -- include: lib
 
 local s = redis.call('HMGET', message, 'state', 'leaseOwner', 'leaseUntil', 'attempts',
@@ -50,7 +53,7 @@ redis.call('HSET', message, 'state', 'processing', 'attempts', attempts, 'lease'
 redis.call('HDEL', message, 'dueAt')
 if task then redis.call('HSET', message, 'task', task) end
 redis.call('EXPIRE', message, ttl)
-redis.call('ZADD', inflight, now + lease_ms, member)
+redis.call('ZADD', inflight, now + math.min(lease_ms, check_ms), member)
 push_history(history, 'processing', now, detail, history_limit, ttl)
 local prepaid = '0'
 if channel and s[6] == channel and string.find(types, ',' .. (s[7] or '') .. ',', 1, true) then
