@@ -22,6 +22,7 @@ from dispatcher import tracing
 from dispatcher.errors import (
     DispatcherError,
     FieldError,
+    Forbidden,
     InvalidMessage,
     NotReplicated,
     Unavailable,
@@ -161,8 +162,8 @@ def validate_all(
     for payload in payloads:
         try:
             checked.append(dispatcher.validate(payload, client=client))
-        except InvalidMessage as invalid:
-            checked.append(invalid)
+        except (InvalidMessage, Forbidden) as refused:
+            checked.append(refused)
     return checked
 
 

@@ -136,9 +136,12 @@ EASEMOB_UNKNOWN_CALLBACKS = f"{PREFIX}:easemob:unknown-callbacks"
 MAX_UNKNOWN_CALLBACKS = 1000
 
 
-def rate_limit(name: str) -> str:
-    """State of one shared rate limiter (GCRA theoretical arrival time)."""
-    return f"{PREFIX}:rate:{name}"
+def rate_limit(name: str, scope: str | None = None) -> str:
+    """State of one shared rate limiter (GCRA theoretical arrival time); ``scope``: one
+    provider app's budget of that name (a named Easemob app), None: the default app's."""
+    if scope is None:
+        return f"{PREFIX}:rate:{name}"
+    return f"{PREFIX}:rate:{name}:app:{scope}"
 
 
 def media_cache(bucket: str, key: str) -> str:

@@ -36,10 +36,11 @@ from dispatcher.gate import REPLAYED, Gate
 from dispatcher.health import RedisHealth
 from dispatcher.ids import NAMESPACE_PATTERN, MessageRef, new_message_id
 from dispatcher.models import Message, parse_message
+from dispatcher.priority import check_allowed
 from dispatcher.record import DeadLetter, StatusRecord
 from dispatcher.redis_budget import outside_budget
 from dispatcher.replicas import ReplicaWait
-from dispatcher.routing import Routing, check_routing, route
+from dispatcher.routing import route, routing_by_client
 from dispatcher.scheduling import SendAt, apply_send_at
 from dispatcher.store import (
     CreateCall,
@@ -99,7 +100,8 @@ class Dispatcher:
         self.direct_enqueue = DirectEnqueue(self.celery, settings.queue, enabled=direct)
         self.withdrawal = Withdrawal(settings, self.store)
         self.replica_wait = ReplicaWait.from_settings(settings)
-        self._routing = _routing_by_client(settings)
+        self._routing = routing_by_client(settings)
+        self._max_priority = {name: c.max_priority for name, c in settings.clients.items()}
 
     def route(self, message: Message, client: str | None = None) -> ChannelSpec:
         """The channel the message center picks for ``client``'s message (docs/channels.md);
@@ -120,10 +122,11 @@ class Dispatcher:
         return cls(Settings())
 
     def validate(self, payload: Any, *, client: str | None = None) -> Message:
-        """Parse and check a request body without queuing it (raises InvalidMessage),
-        also against the channel the center picks for ``client``."""
+        """Parse and check a request body without queuing it (raises InvalidMessage; Forbidden
+        for a priority above the client's), also against the channel picked for ``client``."""
         message = parse_message(payload, media_domain=self.settings.qiniu_domain)
         apply_send_at(message, None, self.settings.schedule_max_days)
+        check_allowed(message.priority, client, self._max_priority)
         channel = self.route(message, client)
         message_id = message.getMessageId or new_message_id(self.settings.id_prefix)
         channel.check_size(self.settings, message_id, message, client)
@@ -205,13 +208,14 @@ class Dispatcher:
         after it (a broker other than this Redis: the script records but cannot push)."""
         message_id = message.getMessageId or new_message_id(self.settings.id_prefix)
         ref = MessageRef(namespace or self.namespace, message_id)
-        channel = self.route(message, client).name
-        traceparent = tracing.submitting(ref.id, client, channel)
+        spec = self.route(message, client)
+        traceparent = tracing.submitting(ref.id, client, spec.name)
         enqueue = self.direct_enqueue(ref, traceparent)
         call = self.store.submit.prepare(
             ref,
             message,
-            channel=channel,
+            channel=spec.name,
+            app=spec.app_for(self.settings, client) if spec.app_for is not None else None,
             client=client,
             enqueue=enqueue,
             gate=gate,
@@ -369,18 +373,6 @@ class Dispatcher:
 
     def close(self) -> None:
         self.redis.close()
-
-
-def _routing_by_client(settings: Settings) -> dict[str, Routing | None]:
-    """Each client's routing (its own, else DISPATCHER_ROUTING), checked against the registry."""
-    if settings.routing is not None:
-        check_routing(settings.routing, "DISPATCHER_ROUTING")
-    found: dict[str, Routing | None] = {}
-    for name, client in settings.clients.items():
-        if client.routing is not None:
-            check_routing(client.routing, f"client {name!r}")
-        found[name] = client.routing or settings.routing
-    return found
 
 
 @contextmanager

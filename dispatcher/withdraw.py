@@ -112,6 +112,7 @@ class Withdrawal:
             record.targetType,
             record.sender,
             record.deliveredAt,
+            app=record.app,
         )
         answer = recall(self.settings, self.store.redis, request)
         outcome = RecipientRecall(

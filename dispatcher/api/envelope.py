@@ -255,7 +255,8 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         400: "invalid request; every broken field in data.errors",
         401: "authentication failed, always in the same words: unknown client, channel not "
         "allowed, missing or wrong sign, stale timestamp, or replayed nonce",
-        403: "operators only: the client is not an admin",
+        403: "operators only: the client is not an admin; submit: the priority asked for is "
+        "above the client's max_priority (nothing was accepted)",
         404: "no such message (or it belongs to another client)",
         409: "submit: getMessageId already used for a different message; recall: the "
         "message cannot be recalled, data.reason says why",

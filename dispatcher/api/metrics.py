@@ -46,6 +46,7 @@ _BROKER_ERRORS: tuple[type[Exception], ...] = (*REDIS_ERRORS, BrokerUnreachable)
 REJECT_REASONS: dict[int, str] = {
     400: "invalid",
     401: "unauthorized",
+    403: "forbidden",
     409: "conflict",
     413: "too_large",
     429: "rate_limited",

@@ -23,6 +23,7 @@ from dispatcher import keys
 from dispatcher.connections import text
 from dispatcher.errors import DeliveryError
 from dispatcher.ids import MessageRef
+from dispatcher.priority import DEFAULT_PRIORITY
 from dispatcher.record import LastError, State
 from dispatcher.store.durations import AttemptDurations
 from dispatcher.store.policy import StorePolicy
@@ -56,6 +57,13 @@ class Lease:
     """``time.monotonic()`` when the lease was asked for: the attempt's start."""
     lease_number: int = 0
     """Which grant this is (every lease counts, a deferred attempt's too); an outcome names it."""
+    app: str | None = None
+    """The provider app recorded at submit (None: the channel records none)."""
+    priority: str = DEFAULT_PRIORITY.value
+    """The priority recorded at submit (dispatcher/priority.py)."""
+    waited: float | None = None
+    """First attempt only: seconds from submit (or the sendAt it waited for) to this lease,
+    on Redis's clock."""
 
 
 class StandDownReason(StrEnum):
@@ -149,6 +157,7 @@ class LeaseStore:
                 "history_limit": self.policy.history_limit,
                 "member": ref.member,
                 "channel": prepay.channel if prepay else None,
+                "app": prepay.app if prepay else None,
                 "types": "," + ",".join(str(t) for t in sorted(prepay.types)) + ","
                 if prepay
                 else "",
@@ -167,6 +176,9 @@ class LeaseStore:
                 client=text(reply[5]) or None,
                 began=began,
                 lease_number=int(text(reply[6])),
+                app=text(reply[7]) or None,
+                priority=text(reply[8]) or DEFAULT_PRIORITY.value,
+                waited=int(text(reply[9])) / 1000 if text(reply[9]) else None,
             )
         if verdict == "terminal":
             return StandDown(ref, StandDownReason.TERMINAL, f"already {text(reply[1])}")
