@@ -89,6 +89,12 @@ def token_lock(channel: str, *account: str) -> str:
     return f"{PREFIX}:{channel}:token-lock:{':'.join(account)}"
 
 
+def token_failed(channel: str, *account: str) -> str:
+    """Hash of the last failed fetch of :func:`token` (its count and error), for the
+    workers that were waiting for that fetch."""
+    return f"{PREFIX}:{channel}:token-failed:{':'.join(account)}"
+
+
 def wechat_media(appid: str, media_type: str, qiniu_key: str) -> str:
     """The WeChat temporary media_id of one Qiniu object, until shortly before it expires."""
     return f"{PREFIX}:wechat:{appid}:media:{media_type}:{qiniu_key}"
