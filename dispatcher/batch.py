@@ -116,7 +116,9 @@ class Batch:
                 self.results[each.index] = Unavailable(f"status store unavailable: {reply}")
                 continue
             try:
-                submitted = self.dispatcher.settle_create(each.ref, each.message, reply, self.gate)
+                submitted = self.dispatcher.settle_create(
+                    each.ref, each.message, reply, self.gate, each.call
+                )
             except DispatcherError as refusal:
                 self.results[each.index] = refusal
                 continue

@@ -102,6 +102,7 @@ class Dispatcher:
         self.replica_wait = ReplicaWait.from_settings(settings)
         self._routing = routing_by_client(settings)
         self._max_priority = {name: c.max_priority for name, c in settings.clients.items()}
+        self.lanes = self.store.lease.durations  # counts by lane, for /metrics (store/lanes.py)
 
     def route(self, message: Message, client: str | None = None) -> ChannelSpec:
         """The channel the message center picks for ``client``'s message (docs/channels.md);
@@ -161,7 +162,7 @@ class Dispatcher:
             result = self.replica_wait.create(self.redis, self.store.submit, call)
         if result.outcome is CreateOutcome.CREATED and publish:
             self.publish_or_forget(ref, message)
-        return self.settle_create(ref, message, result, gate)
+        return self.settle_create(ref, message, result, gate, call)
 
     @tracing.spanned_async(tracing.SPAN_SUBMIT)
     async def submit_message_async(
@@ -186,7 +187,7 @@ class Dispatcher:
             result = await self.replica_wait.create_async(connection, self.store.submit, call)
         if result.outcome is CreateOutcome.CREATED and publish:
             await asyncio.to_thread(self.publish_or_forget, ref, message)
-        return self.settle_create(ref, message, result, gate)
+        return self.settle_create(ref, message, result, gate, call)
 
     def submit_many(
         self, payloads: Sequence[Any], *, client: str | None = None
@@ -233,11 +234,17 @@ class Dispatcher:
             raise Unavailable(f"broker unavailable: {_reason(exc)}") from None
 
     def settle_create(
-        self, ref: MessageRef, message: Message, result: CreateResult, gate: Gate | None
+        self,
+        ref: MessageRef,
+        message: Message,
+        result: CreateResult,
+        gate: Gate | None,
+        call: CreateCall,
     ) -> Submitted:
         """The answer to a submit once the store has spoken (raises for every refusal)."""
         outcome = result.outcome
         if outcome in (CreateOutcome.CREATED, CreateOutcome.SCHEDULED):
+            self.lanes.add(call.lane.count("accepted"))
             state = "queued" if outcome is CreateOutcome.CREATED else "scheduled"
             log.info(
                 "getMessageId=%s %s type=%d to=%s", ref.id, state, message.messageType, message.to
@@ -372,6 +379,7 @@ class Dispatcher:
             raise Unavailable(f"broker unavailable: {_reason(exc)}") from None
 
     def close(self) -> None:
+        self.lanes.flush()
         self.redis.close()
 
 

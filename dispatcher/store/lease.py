@@ -26,6 +26,7 @@ from dispatcher.ids import MessageRef
 from dispatcher.priority import DEFAULT_PRIORITY
 from dispatcher.record import LastError, State
 from dispatcher.store.durations import AttemptDurations
+from dispatcher.store.lanes import Lane
 from dispatcher.store.policy import StorePolicy
 from dispatcher.store.scripts import load, operation_id
 
@@ -166,7 +167,7 @@ class LeaseStore:
         )
         verdict = text(reply[0])
         if verdict == "ok":
-            return Lease(
+            lease = Lease(
                 ref,
                 owner,
                 int(text(reply[1])),
@@ -180,6 +181,9 @@ class LeaseStore:
                 priority=text(reply[8]) or DEFAULT_PRIORITY.value,
                 waited=int(text(reply[9])) / 1000 if text(reply[9]) else None,
             )
+            if lease.waited is not None:
+                self.durations.add(_lane(lease).waited(lease.waited))
+            return lease
         if verdict == "terminal":
             return StandDown(ref, StandDownReason.TERMINAL, f"already {text(reply[1])}")
         if verdict == "superseded":
@@ -309,7 +313,11 @@ class LeaseStore:
         )
         if lease.began is not None:
             self.durations.observe(lease.channel, time.monotonic() - lease.began)
-        return Transition(text(reply))
+        verdict = Transition(text(reply))
+        if verdict is Transition.OK and state.terminal:
+            delivered = ("delivered",) if state is State.DELIVERED else ()
+            self.durations.add(_lane(lease).count("ended", *delivered))
+        return verdict
 
     def note(self, ref: MessageRef, detail: str) -> State | None:
         """Add ``detail`` to the message's history, its state unchanged (a provider's
@@ -347,3 +355,7 @@ class LeaseStore:
             },
         )
         return text(reply)
+
+
+def _lane(lease: Lease) -> Lane:
+    return Lane.of(lease.app, lease.client, lease.priority)

@@ -19,6 +19,7 @@ from dispatcher.connections import text
 from dispatcher.ids import MessageRef
 from dispatcher.models import Message
 from dispatcher.scheduling import IMMEDIATE_MS
+from dispatcher.store.lanes import Lane
 from dispatcher.store.policy import StorePolicy
 from dispatcher.store.recipients import record_fields
 from dispatcher.store.scripts import ArgValue, KeyValue, load, operation_id
@@ -63,6 +64,8 @@ class CreateCall:
 
     keys: dict[str, KeyValue]
     args: dict[str, ArgValue]
+    lane: Lane
+    """The lane the message is counted in once accepted (dispatcher/store/lanes.py)."""
 
 
 class SubmitStore:
@@ -115,6 +118,7 @@ class SubmitStore:
         if traceparent:
             fields += [TRACEPARENT, traceparent]
         return CreateCall(
+            lane=Lane.of(app, client, message.priority.value),
             keys={
                 "message": keys.message(ref),
                 "history": keys.history(ref),
