@@ -261,6 +261,7 @@ def unsafe_dev_mode(settings: Settings, *, auth: bool) -> str | None:
         name
         for name, fields in PROVIDER_CREDENTIALS.items()
         if all(getattr(settings, field) for field in fields)
+        or (name == "Easemob" and settings.easemob_apps)  # named apps: real ones, maybe
     ]
     if auth or not real or settings.dev_allow_no_auth:
         return None
