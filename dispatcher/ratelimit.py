@@ -61,6 +61,8 @@ class Prepay:
     types: frozenset[int]
     app: str | None = None
     """Only messages recorded for this provider app (None: any)."""
+    unrecorded: bool = False
+    """With ``app``: also messages recorded without an app (older records)."""
 
 
 class SharedRateLimiter:
@@ -91,6 +93,7 @@ class SharedRateLimiter:
         other_costs: dict[str, float],
         types: frozenset[int],
         app: str | None = None,
+        unrecorded: bool = False,
     ) -> Prepay:
         """The :class:`Prepay` of this limiter for ``channel`` (costs by dimension name)."""
         return Prepay(
@@ -102,6 +105,7 @@ class SharedRateLimiter:
             other_costs=tuple(other_costs.get(d.name, 0.0) for d in self.dimensions),
             types=types,
             app=app,
+            unrecorded=unrecorded,
         )
 
     def _dimensions(self, costs: dict[str, float]) -> list[float]:

@@ -159,6 +159,7 @@ class LeaseStore:
                 "member": ref.member,
                 "channel": prepay.channel if prepay else None,
                 "app": prepay.app if prepay else None,
+                "unrecorded": 1 if prepay and prepay.unrecorded else None,
                 "types": "," + ",".join(str(t) for t in sorted(prepay.types)) + ","
                 if prepay
                 else "",

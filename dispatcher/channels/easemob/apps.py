@@ -140,6 +140,7 @@ class EasemobApp:
             other_costs=call_costs("chatgroups"),
             types=prepay_types,
             app=name,
+            unrecorded=name == DEFAULT_APP,  # records from before there were several apps
         )
         timeout = httpx.Timeout(config.timeout, connect=CONNECT_TIMEOUT)
         common = {"Accept": "application/json", "User-Agent": "dispatcher"}

@@ -13,13 +13,14 @@
 -- The in-flight deadline of a lease is its end or, sooner, ``check_ms`` from now (the
 -- worker timeout): recovery then looks whether the holder's process still beats and breaks
 -- the lease of a dead one (claim_overdue.lua); a script that leases must do the same.
--- With ``app`` the prepay applies only to a message recorded for that provider app.
+-- With ``app`` the prepay applies only to a message recorded for that provider app (and,
+-- with ``unrecorded``, to one recorded without an app).
 -- Returns {'ok', attempts, stored message, prepaid 0/1, channel, client, lease number,
 -- app, priority, ms waited before this first attempt ('' for a later one)},
 -- {'terminal', state}, {'superseded', live task}, {'busy', holder, ms left},
 -- {'early', ms until due} or {'missing'}.
 -- keys: message history inflight rates...
--- args: task? owner lease_ms# check_ms# ttl# history_limit# member channel? app? types prepay...
+-- args: task? owner lease_ms# check_ms# ttl# history_limit# member channel? app? unrecorded? types prepay...
 -- include: lib
 
 local s = redis.call('HMGET', message, 'state', 'leaseOwner', 'leaseUntil', 'attempts',
@@ -59,7 +60,7 @@ redis.call('EXPIRE', message, ttl)
 redis.call('ZADD', inflight, now + math.min(lease_ms, check_ms), member)
 push_history(history, 'processing', now, detail, history_limit, ttl)
 local prepaid = '0'
-if channel and s[6] == channel and (not app or s[13] == app)
+if channel and s[6] == channel and (not app or s[13] == app or (unrecorded and not s[13]))
     and string.find(types, ',' .. (s[7] or '') .. ',', 1, true) then
   local intervals, tolerances, costs = {}, {}, {}
   local to_users = s[8] == 'users'
