@@ -22,6 +22,7 @@ from dispatcher import tracing
 from dispatcher.errors import (
     DispatcherError,
     FieldError,
+    Forbidden,
     InvalidMessage,
     NotReplicated,
     Unavailable,
@@ -115,7 +116,9 @@ class Batch:
                 self.results[each.index] = Unavailable(f"status store unavailable: {reply}")
                 continue
             try:
-                submitted = self.dispatcher.settle_create(each.ref, each.message, reply, self.gate)
+                submitted = self.dispatcher.settle_create(
+                    each.ref, each.message, reply, self.gate, each.call
+                )
             except DispatcherError as refusal:
                 self.results[each.index] = refusal
                 continue
@@ -161,8 +164,8 @@ def validate_all(
     for payload in payloads:
         try:
             checked.append(dispatcher.validate(payload, client=client))
-        except InvalidMessage as invalid:
-            checked.append(invalid)
+        except (InvalidMessage, Forbidden) as refused:
+            checked.append(refused)
     return checked
 
 

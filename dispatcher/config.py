@@ -6,12 +6,14 @@ from datetime import time
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from dispatcher.channels.easemob_apps import DEFAULT_APP, EasemobAppConfig, check_app_names
 from dispatcher.channels.wechat_config import WeChatConfig, WindowFallback
 from dispatcher.ids import DEFAULT_NAMESPACE, NAMESPACE_PATTERN
 from dispatcher.limits import MAX_BATCH_REQUEST_BYTES, MAX_REQUEST_BYTES
+from dispatcher.priority import DEFAULT_PRIORITY, Priority
 from dispatcher.routing import Routing
 from dispatcher.webhooks.config import Subscriptions, WebhookEndpoint, parse_schedule
 
@@ -35,6 +37,14 @@ class ClientConfig(BaseModel):
     """The client's own WeChat app (docs/channels.md); unset: the DISPATCHER_WECHAT_* app."""
     webhooks: list[WebhookEndpoint] = Field(default_factory=list)
     """Where the client's message events are pushed (docs/webhooks.md)."""
+    easemob_app: str | None = None
+    """The DISPATCHER_EASEMOB_APPS app its Easemob messages go through; unset: the
+    DISPATCHER_EASEMOB_* app (docs/operations.md, "Priorities, weights and Easemob apps")."""
+    max_priority: Priority = DEFAULT_PRIORITY
+    """The highest ``priority`` its submits may ask for (higher: 403)."""
+    weight: int = Field(default=1, ge=1, le=1000)
+    """Its share of a provider's limit against other clients of the same priority (recorded;
+    the scheduling that uses it is not built yet)."""
 
 
 class Settings(BaseSettings):
@@ -75,6 +85,9 @@ class Settings(BaseSettings):
     easemob_messages_per_minute: int = 6000
     easemob_callback_secret: SecretStr | None = None
     easemob_callback_window: int = Field(default=300, ge=1)
+    easemob_apps: dict[str, EasemobAppConfig] = Field(default_factory=dict)
+    """Named Easemob apps a client's ``easemob_app`` may name, each with its own
+    credentials, token and limits (docs/operations.md)."""
 
     # WeChat Official Account (docs/channels.md); unset fields take WeChatConfig's defaults
     wechat_appid: str | None = None
@@ -186,6 +199,23 @@ class Settings(BaseSettings):
                 )
         return value
 
+    @field_validator("easemob_apps")
+    @classmethod
+    def _app_names(cls, value: dict[str, EasemobAppConfig]) -> dict[str, EasemobAppConfig]:
+        return check_app_names(value)
+
+    @model_validator(mode="after")
+    def _clients_name_known_apps(self) -> Settings:
+        for name, client in self.clients.items():
+            app = client.easemob_app
+            if app is not None and app != DEFAULT_APP and app not in self.easemob_apps:
+                known = ", ".join(sorted(self.easemob_apps)) or "none"
+                raise ValueError(
+                    f"client {name!r} names Easemob app {app[:40]!r}, not in "
+                    f"DISPATCHER_EASEMOB_APPS (configured: {known})"
+                )
+        return self
+
     @field_validator("qiniu_domain")
     @classmethod
     def _normalise_domain(cls, value: str | None) -> str | None:
@@ -231,6 +261,7 @@ def unsafe_dev_mode(settings: Settings, *, auth: bool) -> str | None:
         name
         for name, fields in PROVIDER_CREDENTIALS.items()
         if all(getattr(settings, field) for field in fields)
+        or (name == "Easemob" and settings.easemob_apps)  # named apps: real ones, maybe
     ]
     if auth or not real or settings.dev_allow_no_auth:
         return None

@@ -160,7 +160,7 @@ def attempt(
                 message = _resolved(message, resolve_media)
         began = lease.began if lease.began is not None else time.monotonic()
         keeper = LeaseKeeper(lease, store, settings.lease_seconds, began + settings.lease_seconds)
-        origin = Origin(lease.ref, lease.client, keeper)
+        origin = Origin(lease.ref, lease.client, keeper, app=lease.app)
         with tracing.span(tracing.SPAN_PROVIDER, {tracing.CHANNEL: spec.name}):
             receipt = channel.send(message_id, message, prepaid=lease.prepaid, origin=origin)
     except LeaseLost as lost:

@@ -89,6 +89,12 @@ def token_lock(channel: str, *account: str) -> str:
     return f"{PREFIX}:{channel}:token-lock:{':'.join(account)}"
 
 
+def token_failed(channel: str, *account: str) -> str:
+    """Hash of the last failed fetch of :func:`token` (its count and error), for the
+    workers that were waiting for that fetch."""
+    return f"{PREFIX}:{channel}:token-failed:{':'.join(account)}"
+
+
 def wechat_media(appid: str, media_type: str, qiniu_key: str) -> str:
     """The WeChat temporary media_id of one Qiniu object, until shortly before it expires."""
     return f"{PREFIX}:wechat:{appid}:media:{media_type}:{qiniu_key}"
@@ -136,9 +142,12 @@ EASEMOB_UNKNOWN_CALLBACKS = f"{PREFIX}:easemob:unknown-callbacks"
 MAX_UNKNOWN_CALLBACKS = 1000
 
 
-def rate_limit(name: str) -> str:
-    """State of one shared rate limiter (GCRA theoretical arrival time)."""
-    return f"{PREFIX}:rate:{name}"
+def rate_limit(name: str, scope: str | None = None) -> str:
+    """State of one shared rate limiter (GCRA theoretical arrival time); ``scope``: one
+    provider app's budget of that name (a named Easemob app), None: the default app's."""
+    if scope is None:
+        return f"{PREFIX}:rate:{name}"
+    return f"{PREFIX}:rate:{name}:app:{scope}"
 
 
 def media_cache(bucket: str, key: str) -> str:

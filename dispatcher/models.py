@@ -52,6 +52,7 @@ from dispatcher.message_info import (
     VideoInfo,
     VoiceInfo,
 )
+from dispatcher.priority import DEFAULT_PRIORITY, Priority
 from dispatcher.scheduling import SendAtMs
 
 CUSTOM_EVENT_PATTERN = re.compile(r"^[a-zA-Z0-9\-_/.]{1,32}$")
@@ -155,6 +156,7 @@ class Envelope(BaseModel):
     targetType: TargetType | None = None
     channelType: StrictInt | None = Field(default=None, description="a hint (routing.py)")
     sendAt: SendAtMs | None = None
+    priority: Priority = DEFAULT_PRIORITY
 
     @field_validator("messageType", mode="before")
     @classmethod
@@ -200,6 +202,7 @@ class Message(BaseModel):
     targetType: TargetType | None = None
     channelType: int | None = None  # the caller's hint (routing.py); not stored
     sendAt: int | None = None  # epoch ms (scheduling.py); in the record, not in stored()
+    priority: Priority = DEFAULT_PRIORITY  # dispatcher/priority.py; in the record, not in stored()
 
     @property
     def target_type(self) -> TargetType:
@@ -344,7 +347,8 @@ def parse_message(payload: Any, *, media_domain: str | None = None) -> Message:
         errors.append(FieldError("ext.expandMsg", "is required for an extension message (type 10)"))
 
     if errors or envelope is None or info is None:
-        raise InvalidMessage(_dedupe(errors) or [FieldError("body", "is not a valid message")])
+        unique = list(dict.fromkeys(errors))  # in order, each (field, error) once
+        raise InvalidMessage(unique or [FieldError("body", "is not a valid message")])
     return Message(
         messageType=envelope.messageType,
         sender=envelope.sender,
@@ -355,14 +359,8 @@ def parse_message(payload: Any, *, media_domain: str | None = None) -> Message:
         targetType=envelope.targetType,
         channelType=envelope.channelType,
         sendAt=envelope.sendAt,
+        priority=envelope.priority,
     )
-
-
-def _dedupe(errors: list[FieldError]) -> list[FieldError]:
-    seen: dict[tuple[str, str], FieldError] = {}
-    for error in errors:
-        seen.setdefault((error.field, error.error), error)
-    return list(seen.values())
 
 
 __all__ = [

@@ -36,10 +36,11 @@ from dispatcher.gate import REPLAYED, Gate
 from dispatcher.health import RedisHealth
 from dispatcher.ids import NAMESPACE_PATTERN, MessageRef, new_message_id
 from dispatcher.models import Message, parse_message
+from dispatcher.priority import check_allowed
 from dispatcher.record import DeadLetter, StatusRecord
 from dispatcher.redis_budget import outside_budget
 from dispatcher.replicas import ReplicaWait
-from dispatcher.routing import Routing, check_routing, route
+from dispatcher.routing import route, routing_by_client
 from dispatcher.scheduling import SendAt, apply_send_at
 from dispatcher.store import (
     CreateCall,
@@ -99,7 +100,9 @@ class Dispatcher:
         self.direct_enqueue = DirectEnqueue(self.celery, settings.queue, enabled=direct)
         self.withdrawal = Withdrawal(settings, self.store)
         self.replica_wait = ReplicaWait.from_settings(settings)
-        self._routing = _routing_by_client(settings)
+        self._routing = routing_by_client(settings)
+        self._max_priority = {name: c.max_priority for name, c in settings.clients.items()}
+        self.lanes = self.store.lease.durations  # counts by lane, for /metrics (store/lanes.py)
 
     def route(self, message: Message, client: str | None = None) -> ChannelSpec:
         """The channel the message center picks for ``client``'s message (docs/channels.md);
@@ -120,10 +123,11 @@ class Dispatcher:
         return cls(Settings())
 
     def validate(self, payload: Any, *, client: str | None = None) -> Message:
-        """Parse and check a request body without queuing it (raises InvalidMessage),
-        also against the channel the center picks for ``client``."""
+        """Parse and check a request body without queuing it (raises InvalidMessage; Forbidden
+        for a priority above the client's), also against the channel picked for ``client``."""
         message = parse_message(payload, media_domain=self.settings.qiniu_domain)
         apply_send_at(message, None, self.settings.schedule_max_days)
+        check_allowed(message.priority, client, self._max_priority)
         channel = self.route(message, client)
         message_id = message.getMessageId or new_message_id(self.settings.id_prefix)
         channel.check_size(self.settings, message_id, message, client)
@@ -158,7 +162,7 @@ class Dispatcher:
             result = self.replica_wait.create(self.redis, self.store.submit, call)
         if result.outcome is CreateOutcome.CREATED and publish:
             self.publish_or_forget(ref, message)
-        return self.settle_create(ref, message, result, gate)
+        return self.settle_create(ref, message, result, gate, call)
 
     @tracing.spanned_async(tracing.SPAN_SUBMIT)
     async def submit_message_async(
@@ -183,7 +187,7 @@ class Dispatcher:
             result = await self.replica_wait.create_async(connection, self.store.submit, call)
         if result.outcome is CreateOutcome.CREATED and publish:
             await asyncio.to_thread(self.publish_or_forget, ref, message)
-        return self.settle_create(ref, message, result, gate)
+        return self.settle_create(ref, message, result, gate, call)
 
     def submit_many(
         self, payloads: Sequence[Any], *, client: str | None = None
@@ -205,13 +209,14 @@ class Dispatcher:
         after it (a broker other than this Redis: the script records but cannot push)."""
         message_id = message.getMessageId or new_message_id(self.settings.id_prefix)
         ref = MessageRef(namespace or self.namespace, message_id)
-        channel = self.route(message, client).name
-        traceparent = tracing.submitting(ref.id, client, channel)
+        spec = self.route(message, client)
+        traceparent = tracing.submitting(ref.id, client, spec.name)
         enqueue = self.direct_enqueue(ref, traceparent)
         call = self.store.submit.prepare(
             ref,
             message,
-            channel=channel,
+            channel=spec.name,
+            app=spec.app_for(self.settings, client) if spec.app_for is not None else None,
             client=client,
             enqueue=enqueue,
             gate=gate,
@@ -229,11 +234,17 @@ class Dispatcher:
             raise Unavailable(f"broker unavailable: {_reason(exc)}") from None
 
     def settle_create(
-        self, ref: MessageRef, message: Message, result: CreateResult, gate: Gate | None
+        self,
+        ref: MessageRef,
+        message: Message,
+        result: CreateResult,
+        gate: Gate | None,
+        call: CreateCall,
     ) -> Submitted:
         """The answer to a submit once the store has spoken (raises for every refusal)."""
         outcome = result.outcome
         if outcome in (CreateOutcome.CREATED, CreateOutcome.SCHEDULED):
+            self.lanes.add(call.lane.count("accepted"))
             state = "queued" if outcome is CreateOutcome.CREATED else "scheduled"
             log.info(
                 "getMessageId=%s %s type=%d to=%s", ref.id, state, message.messageType, message.to
@@ -368,19 +379,8 @@ class Dispatcher:
             raise Unavailable(f"broker unavailable: {_reason(exc)}") from None
 
     def close(self) -> None:
+        self.lanes.flush()
         self.redis.close()
-
-
-def _routing_by_client(settings: Settings) -> dict[str, Routing | None]:
-    """Each client's routing (its own, else DISPATCHER_ROUTING), checked against the registry."""
-    if settings.routing is not None:
-        check_routing(settings.routing, "DISPATCHER_ROUTING")
-    found: dict[str, Routing | None] = {}
-    for name, client in settings.clients.items():
-        if client.routing is not None:
-            check_routing(client.routing, f"client {name!r}")
-        found[name] = client.routing or settings.routing
-    return found
 
 
 @contextmanager

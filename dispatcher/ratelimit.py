@@ -47,8 +47,9 @@ class Prepay:
     It saves the delivery one Redis round trip. It applies only to messages of
     ``channel`` whose type is in ``types`` (costs known before the send: no media to
     resolve first), at ``user_costs`` per dimension for messages to users and
-    ``other_costs`` otherwise. When it does not admit, nothing is taken and the
-    channel waits for its slot as usual.
+    ``other_costs`` otherwise, and with ``app`` only to messages recorded for that
+    provider app. When it does not admit, nothing is taken and the channel waits for its
+    slot as usual.
     """
 
     channel: str
@@ -58,14 +59,22 @@ class Prepay:
     user_costs: tuple[float, ...]
     other_costs: tuple[float, ...]
     types: frozenset[int]
+    app: str | None = None
+    """Only messages recorded for this provider app (None: any)."""
+    unrecorded: bool = False
+    """With ``app``: also messages recorded without an app (older records)."""
 
 
 class SharedRateLimiter:
     """Blocks until every dimension admits the call."""
 
-    def __init__(self, client: redis.Redis, dimensions: list[Dimension]) -> None:
+    def __init__(
+        self, client: redis.Redis, dimensions: list[Dimension], *, scope: str | None = None
+    ) -> None:
+        """``scope``: whose budget this is when one provider has several apps (their
+        dimensions have the same names, their states other keys)."""
         self.dimensions = dimensions
-        self._keys = [keys.rate_limit(d.name) for d in dimensions]
+        self._keys = [keys.rate_limit(d.name, scope) for d in dimensions]
         self.redis = client
         self._acquire = load("rate_acquire")
         self._penalize = load("rate_penalize")
@@ -83,6 +92,8 @@ class SharedRateLimiter:
         user_costs: dict[str, float],
         other_costs: dict[str, float],
         types: frozenset[int],
+        app: str | None = None,
+        unrecorded: bool = False,
     ) -> Prepay:
         """The :class:`Prepay` of this limiter for ``channel`` (costs by dimension name)."""
         return Prepay(
@@ -93,6 +104,8 @@ class SharedRateLimiter:
             user_costs=tuple(user_costs.get(d.name, 0.0) for d in self.dimensions),
             other_costs=tuple(other_costs.get(d.name, 0.0) for d in self.dimensions),
             types=types,
+            app=app,
+            unrecorded=unrecorded,
         )
 
     def _dimensions(self, costs: dict[str, float]) -> list[float]:

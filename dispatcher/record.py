@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from dispatcher.ids import MessageRef
 from dispatcher.models import MessageType, TargetType
+from dispatcher.priority import DEFAULT_PRIORITY, Priority
 
 
 class State(StrEnum):
@@ -80,6 +81,11 @@ class StatusRecord(BaseModel):
     """A multi-recipient message's counts (None for one recipient)."""
     targetType: TargetType
     channel: str
+    app: str | None = None
+    """The provider app it goes through, chosen at submit (docs/operations.md); None: a
+    channel with one app (WeChat), or a record older than several apps."""
+    priority: Priority = DEFAULT_PRIORITY
+    """The priority it was submitted with (dispatcher/priority.py)."""
     client: str | None = None
     attempts: int = 0
     createdAt: datetime

@@ -24,6 +24,7 @@ from dispatcher.channels import ChannelSpec, registry
 from dispatcher.errors import ConfigurationError, FieldError, InvalidMessage
 
 if TYPE_CHECKING:
+    from dispatcher.config import Settings
     from dispatcher.models import Message
 
 ExtValue = str | int | float | bool | None
@@ -147,3 +148,15 @@ def check_routing(routing: Routing, where: str) -> None:
         raise ConfigurationError(
             f"{where} routes to unknown channels {unknown}; known: {sorted(known)}"
         )
+
+
+def routing_by_client(settings: Settings) -> dict[str, Routing | None]:
+    """Each client's routing (its own, else DISPATCHER_ROUTING), checked against the registry."""
+    if settings.routing is not None:
+        check_routing(settings.routing, "DISPATCHER_ROUTING")
+    found: dict[str, Routing | None] = {}
+    for name, client in settings.clients.items():
+        if client.routing is not None:
+            check_routing(client.routing, f"client {name!r}")
+        found[name] = client.routing or settings.routing
+    return found

@@ -24,6 +24,7 @@ from dispatcher.errors import NotFound, RecallRefused, Unavailable
 from dispatcher.ids import MessageRef
 from dispatcher.record import State
 from dispatcher.store import CancelOutcome, CancelResult, StatusStore
+from dispatcher.store.lanes import Lane
 
 __all__ = [
     "CancelResult",
@@ -78,7 +79,18 @@ class Withdrawal:
             raise Unavailable(f"status store unavailable: {type(exc).__name__}") from None
         if result.outcome is CancelOutcome.CANCELLED:
             announce(CANCELLED_EVENT, ref, {"detail": detail, "was": str(result.was)})
+            self._count_ended(ref)
         return result
+
+    def _count_ended(self, ref: MessageRef) -> None:
+        """Count a cancelled message out of its lane's backlog (dispatcher/store/lanes.py)."""
+        try:
+            record = self.store.read.get_many([ref], with_history=False)[0]
+        except REDIS_ERRORS:
+            return  # the cancel stands; only the figure misses it
+        if record is not None:
+            lane = Lane.of(record.app, record.client, record.priority.value)
+            self.store.lease.durations.add(lane.count("ended"))
 
     def recall(self, ref: MessageRef, by: str | None = None) -> RecallResult:
         """Recall a delivered message (raises NotFound, or RecallRefused saying why not)."""
@@ -112,6 +124,7 @@ class Withdrawal:
             record.targetType,
             record.sender,
             record.deliveredAt,
+            app=record.app,
         )
         answer = recall(self.settings, self.store.redis, request)
         outcome = RecipientRecall(

@@ -184,11 +184,17 @@ class SubmitData(BaseModel):
     getMessageId: str = Field(examples=["m0a3c1f0e2b9d84f6fa1c0e5b7d2a4c6e8"])
 
 
+class RecallRefusal(BaseModel):
+    reason: str = Field(description="why the recall was refused (docs/api.md, Recall)")
+    state: str = Field(description="the message's state, unchanged")
+    recipients: list[dict[str, Any]] | None = None
+
+
 class ErrorResponse(_Envelope):
-    data: ErrorList | RetryAfter | SubmitData | None = Field(
+    data: ErrorList | RetryAfter | SubmitData | RecallRefusal | None = Field(
         default=None,
         description="400/413: every broken field; 429 and a busy 503: the wait; "
-        "409: the id in conflict",
+        "409: the id in conflict, or (recall) why it cannot be recalled",
     )
 
 
@@ -255,7 +261,8 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         400: "invalid request; every broken field in data.errors",
         401: "authentication failed, always in the same words: unknown client, channel not "
         "allowed, missing or wrong sign, stale timestamp, or replayed nonce",
-        403: "operators only: the client is not an admin",
+        403: "operators only: the client is not an admin; submit: the priority asked for is "
+        "above the client's max_priority (nothing was accepted)",
         404: "no such message (or it belongs to another client)",
         409: "submit: getMessageId already used for a different message; recall: the "
         "message cannot be recalled, data.reason says why",

@@ -31,6 +31,7 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 from prometheus_client.registry import Collector
 
 from dispatcher import keys
+from dispatcher.api.lane_metrics import lane_metrics
 from dispatcher.backlog import QueueBacklog, read_backlog
 from dispatcher.broker_probe import AmqpProbe, BrokerUnreachable
 from dispatcher.connections import REDIS_ERRORS, text
@@ -46,6 +47,7 @@ _BROKER_ERRORS: tuple[type[Exception], ...] = (*REDIS_ERRORS, BrokerUnreachable)
 REJECT_REASONS: dict[int, str] = {
     400: "invalid",
     401: "unauthorized",
+    403: "forbidden",
     409: "conflict",
     413: "too_large",
     429: "rate_limited",
@@ -344,6 +346,7 @@ def _store_metrics(figures: StoreFigures) -> Iterator[Metric]:
         sum_value=stats.get("latency:sum_ms", 0) / 1000,
     )
     yield _attempt_durations(stats)
+    yield from lane_metrics(stats)
 
 
 def _attempt_durations(stats: dict[str, int]) -> Metric:

@@ -197,7 +197,7 @@ router = APIRouter()
 @router.post(
     SUBMIT,
     response_model=SubmitResponse,
-    responses=error_responses(400, 401, 409, 413, 429, 503),
+    responses=error_responses(400, 401, 403, 409, 413, 429, 503),
     summary="Submit a message (seed 2.1.4)",
     tags=["messages"],
     openapi_extra={"x-dispatcher-body": "SubmitRequest", "x-dispatcher-signed": True},

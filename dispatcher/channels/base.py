@@ -58,6 +58,9 @@ class Origin:
     checkpoint: Callable[[float], None] | None = None
     """Called before each provider call with the longest that call may take: the attempt
     keeps its lease for that long or raises :class:`~dispatcher.errors.LeaseLost`."""
+    app: str | None = None
+    """The provider app recorded at submit (:attr:`ChannelSpec.app_for`); None: older
+    records, or a channel that records none."""
 
     def before_call(self, longest: float) -> None:
         if self.checkpoint is not None:
@@ -115,6 +118,10 @@ class ChannelSpec:
     recall: Callable[[Settings, redis.Redis, RecallRequest], RecallAnswer] | None = None
     """Take a delivered copy back from its recipient, within the provider's recall window
     (None: the provider has no recall)."""
+    app_for: Callable[[Settings, str | None], str] | None = None
+    """The name of the provider app that sends a client's (or None's) messages, recorded
+    with the message at submit so that a configuration change does not move messages
+    already accepted (None: the channel records no app)."""
 
 
 class RecallVerdict(StrEnum):
@@ -137,6 +144,8 @@ class RecallRequest:
     target_type: str
     sender: str
     delivered_at: datetime
+    app: str | None = None
+    """The provider app the message went through (recorded at submit)."""
 
 
 @dataclass(frozen=True, slots=True)

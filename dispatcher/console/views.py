@@ -31,7 +31,8 @@ MEDIA_FIGURES = ("fileUrl", "thumbFileUrl", "fileLength", "duration", "imageWidt
 # Spelled out, not taken from StatusRecord: a field the record gains later (receipts,
 # webhook attempts, recipients) must show up as an extra until message.html places it.
 SHOWN_FIELDS = frozenset({
-    "getMessageId", "state", "messageType", "from", "to", "targetType", "channel", "client",
+    "getMessageId", "state", "messageType", "from", "to", "targetType", "channel", "app",
+    "priority", "client",
     "attempts", "createdAt", "updatedAt", "deliveredAt", "providerMessageId", "lastError",
     "history",
 })  # fmt: skip

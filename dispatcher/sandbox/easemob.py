@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -120,6 +120,7 @@ class EasemobSimulator:
             "chatgroups": GROUPS_PER_CALL,
             "chatrooms": ROOMS_PER_CALL,
         }
+        self.appkey = f"{config.org}#{config.app}"
         # Stable across restarts so recorded envelopes stay comparable.
         self.application = str(uuid.uuid5(uuid.NAMESPACE_URL, f"easemob:{config.org}#{config.app}"))
         self._clock = clock
@@ -221,12 +222,7 @@ class EasemobSimulator:
 
     def check_app(self, org: str, app: str, path: str) -> None:
         if org != self.config.org or app != self.config.app:
-            raise EasemobError(
-                404,
-                "organization_application_not_found",
-                f"Could not find application for {org}/{app} from URI: {path}",
-                APP_NOT_FOUND,
-            )
+            raise app_not_found(org, app, path)
 
     def check_size(self, body: bytes, *, targets: int = 0) -> None:
         """The front proxy's cap: the body limit, plus room for ``targets`` recipient ids."""
@@ -260,6 +256,16 @@ class EasemobSimulator:
             )
 
 
+def app_not_found(org: str, app: str, path: str) -> EasemobError:
+    """Easemob's answer to a path naming an org/app it does not have."""
+    return EasemobError(
+        404,
+        "organization_application_not_found",
+        f"Could not find application for {org}/{app} from URI: {path}",
+        APP_NOT_FOUND,
+    )
+
+
 _CHAT_TYPES = {"users": "chat", "chatgroups": "groupchat", "chatrooms": "chatroom"}
 
 
@@ -273,24 +279,38 @@ def _duration_ms(request: Request) -> int:
 
 
 def create_easemob_app(
-    *, clock: Clock = time.monotonic, callbacks: CallbackRule | None = None, **options: Any
+    *,
+    clock: Clock = time.monotonic,
+    callbacks: CallbackRule | None = None,
+    more_apps: Sequence[EasemobApp] = (),
+    **options: Any,
 ) -> FastAPI:
     """The Easemob simulator as an ASGI app; ``app.state.easemob`` is its :class:`EasemobSimulator`.
 
     ``options`` are :class:`EasemobApp`'s fields; ``clock`` drives token expiry and the
     rate windows (tests pass a fake one); ``callbacks``: where and how it calls back.
+    ``more_apps``: other org/apps served on the same port, each with its own credentials,
+    tokens, limits and counters (``app.state.easemob_apps`` by ``org#app``; faults
+    injected for one match its path, ``/<org>/<app>/``). Callbacks come from the first
+    app only.
     """
-    sim = EasemobSimulator(EasemobApp(**options), clock)
-    sender = CallbackSender(f"{sim.config.org}#{sim.config.app}", callbacks)
+    first = EasemobSimulator(EasemobApp(**options), clock)
+    sims = {first.appkey: first}
+    for config in more_apps:
+        sims[f"{config.org}#{config.app}"] = EasemobSimulator(config, clock)
+    sender = CallbackSender(first.appkey, callbacks)
     api = simulator_app(
         "Easemob simulator",
         version="2022",
         errors={EasemobError: _easemob_error},
         routing_error=_routing_error,
     )
-    api.state.easemob = sim
+    api.state.easemob = first
+    api.state.easemob_apps = sims
 
-    def envelope(request: Request, path: str, data: dict[str, str]) -> dict[str, Any]:
+    def envelope(
+        sim: EasemobSimulator, request: Request, path: str, data: dict[str, str]
+    ) -> dict[str, Any]:
         return {
             "action": "post",
             "application": sim.application,
@@ -305,7 +325,13 @@ def create_easemob_app(
         }
 
     def accept(
-        request: Request, target_type: str, targets: list[str], *, classic: bool, reply_ids: bool
+        sim: EasemobSimulator,
+        request: Request,
+        target_type: str,
+        targets: list[str],
+        *,
+        classic: bool,
+        reply_ids: bool,
     ) -> dict[str, str]:
         if target_type == "users" and not sim.message_window.try_acquire(len(targets)):
             sim.count("quota_exceeded_403")
@@ -329,25 +355,29 @@ def create_easemob_app(
 
     async def checked_body(
         request: Request, org: str, app_name: str, *, token_call: bool = False
-    ) -> dict[str, Any]:
-        """A call's JSON body once the app, the token (sends only) and the rate admit it."""
+    ) -> tuple[EasemobSimulator, dict[str, Any]]:
+        """The app and a call's JSON body once the app, the token (sends only) and the
+        rate admit it."""
         request.state.started = time.monotonic()
+        named = sims.get(f"{org}#{app_name}")
+        sim = named or first  # an unknown app's calls count as the first app's
         sim.count("token_calls" if token_call else "message_calls")
         body = await request.body()
         # The front proxy refuses oversized bodies before the app sees anything.
         sim.check_size(body, targets=0 if token_call else sim.config.max_users_per_call)
-        sim.check_app(org, app_name, request.url.path)
+        if named is None:
+            raise app_not_found(org, app_name, request.url.path)
         if not token_call:
             sim.authenticate(request.headers.get("authorization"))
         sim.admit_call(sim.token_window if token_call else sim.call_window)
         payload = json_object(request, body)
         if not token_call:
             sim.check_content_size(payload)
-        return payload
+        return sim, payload
 
     @api.post("/{org}/{app_name}/token", tags=["easemob"])
     async def token(org: str, app_name: str, request: Request) -> dict[str, Any]:
-        payload = await checked_body(request, org, app_name, token_call=True)
+        sim, payload = await checked_body(request, org, app_name, token_call=True)
         grant_type = payload.get("grant_type")
         if grant_type != "client_credentials":
             raise EasemobError(
@@ -371,25 +401,25 @@ def create_easemob_app(
 
     @api.post("/{org}/{app_name}/messages", tags=["easemob"])
     async def send_classic(org: str, app_name: str, request: Request) -> dict[str, Any]:
-        payload = await checked_body(request, org, app_name)
+        sim, payload = await checked_body(request, org, app_name)
         target_type, targets = check_classic_send(payload, sim.caps)
         reply_ids = request.query_params.get("useMsgId", "").lower() == "true"
-        data = accept(request, target_type, targets, classic=True, reply_ids=reply_ids)
-        if reply_ids:
+        data = accept(sim, request, target_type, targets, classic=True, reply_ids=reply_ids)
+        if reply_ids and sim is first:
             sender.message_sent(str(payload.get("from")), _CHAT_TYPES[target_type], data)
-        return envelope(request, "/messages", data)
+        return envelope(sim, request, "/messages", data)
 
     # Before the send route below, whose {target_type} would take "msg_recall".
     @api.post("/{org}/{app_name}/messages/msg_recall", tags=["easemob"])
     async def recall(org: str, app_name: str, request: Request) -> dict[str, Any]:
-        payload = await checked_body(request, org, app_name)
+        sim, payload = await checked_body(request, org, app_name)
         verdict = sim.recalls.recall(payload)
         if verdict != "yes":
             return {"msgs": [{"msg_id": payload["msg_id"], "recalled": verdict}]}
         chat_type = payload["chat_type"]
         data = {"recalled": "yes", "chattype": chat_type, "from": payload.get("from") or "admin"}
         data |= {"to": payload["to"], "msg_id": payload["msg_id"]}
-        return envelope(request, "/messages/msg_recall", data)
+        return envelope(sim, request, "/messages/msg_recall", data)
 
     @api.post("/{org}/{app_name}/messages/{target_type}", tags=["easemob"])
     async def send_new(
@@ -399,15 +429,24 @@ def create_easemob_app(
             raise EasemobError(
                 404, "service_resource_not_found", "Service resource not found", NOT_FOUND
             )
-        payload = await checked_body(request, org, app_name)
+        sim, payload = await checked_body(request, org, app_name)
         targets = check_new_send(payload, sim.caps[target_type])
-        data = accept(request, target_type, targets, classic=False, reply_ids=True)
-        sender.message_sent(str(payload.get("from")), _CHAT_TYPES[target_type], data)
-        return envelope(request, f"/messages/{target_type}", data)
+        data = accept(sim, request, target_type, targets, classic=False, reply_ids=True)
+        if sim is first:
+            sender.message_sent(str(payload.get("from")), _CHAT_TYPES[target_type], data)
+        return envelope(sim, request, f"/messages/{target_type}", data)
+
+    def served(appkey: str | None) -> EasemobSimulator:
+        """The app ``org#app`` names (None: the first); 404 for one not served."""
+        found = first if appkey is None else sims.get(appkey)
+        if found is None:
+            raise StarletteHTTPException(404, f"no app {appkey!r}: {sorted(sims)}")
+        return found
 
     @api.post("/_sandbox/easemob/expire-tokens", tags=["sandbox"])
-    async def expire_tokens() -> dict[str, int]:
-        return {"expired": sim.expire_tokens()}
+    async def expire_tokens(appkey: str | None = None) -> dict[str, int]:
+        """Expire the tokens of ``appkey`` (``org#app``; unset: the first app)."""
+        return {"expired": served(appkey).expire_tokens()}
 
     @api.post("/_sandbox/easemob/failing-targets", tags=["sandbox"])
     async def failing_targets(request: Request) -> dict[str, int]:
@@ -417,21 +456,22 @@ def create_easemob_app(
         wanted = json_object(request, await request.body()).get("targets") or {}
         if not isinstance(wanted, dict):
             raise illegal("targets must map each target to an error text")
-        return {"failing": sim.set_failing({str(k): str(v) for k, v in wanted.items()})}
+        return {"failing": first.set_failing({str(k): str(v) for k, v in wanted.items()})}
 
     @api.get("/_sandbox/easemob/deliveries", tags=["sandbox"])
     async def deliveries() -> dict[str, int]:
         """How many message ids each target was given (a 200 answer naming it)."""
-        return sim.delivered_counts()
+        return first.delivered_counts()
 
     @api.delete("/_sandbox/easemob/deliveries", tags=["sandbox"])
     async def clear_deliveries() -> dict[str, bool]:
-        sim.delivered_counts(clear=True)
+        first.delivered_counts(clear=True)
         return {"ok": True}
 
     @api.get("/_sandbox/easemob/stats", tags=["sandbox"])
-    async def stats() -> dict[str, int]:
-        return sim.stats()
+    async def stats(appkey: str | None = None) -> dict[str, int]:
+        """The counters of ``appkey`` (``org#app``; unset: the first app)."""
+        return served(appkey).stats()
 
     install_callback_control(api, sender)
     record_traffic(api)
@@ -477,7 +517,25 @@ def create_easemob_app_from_settings(settings: Settings, **overrides: Any) -> Fa
         "recall_window": settings.easemob_recall_window,
     }
     options.update(overrides)
+    options.setdefault("more_apps", apps_from_settings(settings))
     return create_easemob_app(**options)
+
+
+def apps_from_settings(settings: Settings) -> list[EasemobApp]:
+    """The ``DISPATCHER_EASEMOB_APPS`` apps, served beside the main one."""
+    return [
+        EasemobApp(
+            org=app.org,
+            app=app.app,
+            client_id=app.client_id,
+            client_secret=app.client_secret.get_secret_value(),
+            calls_per_second=app.calls_per_second or settings.easemob_calls_per_second,
+            messages_per_minute=app.messages_per_minute or settings.easemob_messages_per_minute,
+            max_body_bytes=settings.easemob_max_body_bytes,
+            recall_window=settings.easemob_recall_window,
+        )
+        for app in settings.easemob_apps.values()
+    ]
 
 
 SIMULATOR = Simulator("Easemob", 9101, create_easemob_app_from_settings)

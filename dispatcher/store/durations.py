@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from bisect import bisect_left
+from collections import Counter
+from collections.abc import Mapping
 
 import redis
 
@@ -28,28 +29,20 @@ NO_CHANNEL = "-"
 """The ``channel`` label of records older than routing, which do not name theirs."""
 
 
-class AttemptDurations:
-    """This process's attempt durations not yet added to the shared stats hash."""
+class StatsBuffer:
+    """Increments of fields of the shared stats hash this process has not added yet."""
 
     def __init__(self, client: redis.Redis, interval: float = 1.0) -> None:
         self.redis = client
         self.interval = interval
         self._lock = threading.Lock()
-        self._pending: dict[str, list[int]] = {}
-        """Per channel: count, sum in ms, then how many fell in each bucket (not cumulative)."""
+        self._pending: Counter[str] = Counter()
         self._timer: threading.Timer | None = None
 
-    def observe(self, channel: str, seconds: float) -> None:
-        """Count one attempt on ``channel`` that took ``seconds``."""
-        ms = max(0, round(seconds * 1000))
-        bucket = bisect_left(ATTEMPT_BUCKETS_MS, ms)
+    def add(self, increments: Mapping[str, int]) -> None:
+        """Count ``increments`` (by field); the timer adds them to Redis within ``interval``."""
         with self._lock:
-            row = self._pending.get(channel)
-            if row is None:
-                row = self._pending[channel] = [0] * (3 + len(ATTEMPT_BUCKETS_MS))
-            row[0] += 1
-            row[1] += ms
-            row[2 + bucket] += 1
+            self._pending.update(increments)
             if self._timer is None:
                 self._timer = threading.Timer(self.interval, self.flush)
                 self._timer.daemon = True
@@ -58,27 +51,36 @@ class AttemptDurations:
     def flush(self) -> None:
         """Add what was counted to the stats hash now (a lost Redis keeps it for later)."""
         with self._lock:
-            pending, self._pending = self._pending, {}
+            pending, self._pending = self._pending, Counter()
             timer, self._timer = self._timer, None
         if timer is not None and timer is not threading.current_thread():
             timer.cancel()
         if not pending:
             return
         pipe = self.redis.pipeline(transaction=False)
-        for channel, row in pending.items():
-            prefix = f"{ATTEMPT_PREFIX}{channel or NO_CHANNEL}:"
-            pipe.hincrby(keys.STATS, prefix + "count", row[0])
-            pipe.hincrby(keys.STATS, prefix + "sum_ms", row[1])
-            below = 0
-            for bound, count in zip(ATTEMPT_BUCKETS_MS, row[2:], strict=False):
-                below += count  # Prometheus buckets count every observation <= the bound
-                if below:
-                    pipe.hincrby(keys.STATS, f"{prefix}le:{bound}", below)
+        for field, amount in pending.items():
+            pipe.hincrby(keys.STATS, field, amount)
         try:
             pipe.execute()
         except REDIS_ERRORS as exc:
-            log.warning("attempt durations not recorded yet, Redis unavailable: %s", exc)
+            log.warning("counters not recorded yet, Redis unavailable: %s", exc)
             with self._lock:
-                for channel, row in pending.items():
-                    kept = self._pending.setdefault(channel, [0] * len(row))
-                    kept[:] = [a + b for a, b in zip(kept, row, strict=True)]
+                self._pending.update(pending)
+
+
+def histogram_increments(prefix: str, ms: int, bounds: tuple[int, ...]) -> dict[str, int]:
+    """One observation of ``ms`` as stats-hash increments: ``<prefix>count``, ``sum_ms`` and
+    each ``le:<bound>`` at or above it (Prometheus buckets are cumulative)."""
+    found = {f"{prefix}count": 1, f"{prefix}sum_ms": ms}
+    found.update({f"{prefix}le:{bound}": 1 for bound in bounds if ms <= bound})
+    return found
+
+
+class AttemptDurations(StatsBuffer):
+    """This process's attempt durations (and other counts) not yet in the stats hash."""
+
+    def observe(self, channel: str, seconds: float) -> None:
+        """Count one attempt on ``channel`` that took ``seconds``."""
+        ms = max(0, round(seconds * 1000))
+        prefix = f"{ATTEMPT_PREFIX}{channel or NO_CHANNEL}:"
+        self.add(histogram_increments(prefix, ms, ATTEMPT_BUCKETS_MS))

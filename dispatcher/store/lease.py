@@ -23,8 +23,10 @@ from dispatcher import keys
 from dispatcher.connections import text
 from dispatcher.errors import DeliveryError
 from dispatcher.ids import MessageRef
+from dispatcher.priority import DEFAULT_PRIORITY
 from dispatcher.record import LastError, State
 from dispatcher.store.durations import AttemptDurations
+from dispatcher.store.lanes import Lane
 from dispatcher.store.policy import StorePolicy
 from dispatcher.store.scripts import load, operation_id
 
@@ -56,6 +58,13 @@ class Lease:
     """``time.monotonic()`` when the lease was asked for: the attempt's start."""
     lease_number: int = 0
     """Which grant this is (every lease counts, a deferred attempt's too); an outcome names it."""
+    app: str | None = None
+    """The provider app recorded at submit (None: the channel records none)."""
+    priority: str = DEFAULT_PRIORITY.value
+    """The priority recorded at submit (dispatcher/priority.py)."""
+    waited: float | None = None
+    """First attempt only: seconds from submit (or the sendAt it waited for) to this lease,
+    on Redis's clock."""
 
 
 class StandDownReason(StrEnum):
@@ -149,6 +158,8 @@ class LeaseStore:
                 "history_limit": self.policy.history_limit,
                 "member": ref.member,
                 "channel": prepay.channel if prepay else None,
+                "app": prepay.app if prepay else None,
+                "unrecorded": 1 if prepay and prepay.unrecorded else None,
                 "types": "," + ",".join(str(t) for t in sorted(prepay.types)) + ","
                 if prepay
                 else "",
@@ -157,7 +168,7 @@ class LeaseStore:
         )
         verdict = text(reply[0])
         if verdict == "ok":
-            return Lease(
+            lease = Lease(
                 ref,
                 owner,
                 int(text(reply[1])),
@@ -167,7 +178,13 @@ class LeaseStore:
                 client=text(reply[5]) or None,
                 began=began,
                 lease_number=int(text(reply[6])),
+                app=text(reply[7]) or None,
+                priority=text(reply[8]) or DEFAULT_PRIORITY.value,
+                waited=int(text(reply[9])) / 1000 if text(reply[9]) else None,
             )
+            if lease.waited is not None:
+                self.durations.add(_lane(lease).waited(lease.waited))
+            return lease
         if verdict == "terminal":
             return StandDown(ref, StandDownReason.TERMINAL, f"already {text(reply[1])}")
         if verdict == "superseded":
@@ -297,7 +314,11 @@ class LeaseStore:
         )
         if lease.began is not None:
             self.durations.observe(lease.channel, time.monotonic() - lease.began)
-        return Transition(text(reply))
+        verdict = Transition(text(reply))
+        if verdict is Transition.OK and state.terminal:
+            delivered = ("delivered",) if state is State.DELIVERED else ()
+            self.durations.add(_lane(lease).count("ended", *delivered))
+        return verdict
 
     def note(self, ref: MessageRef, detail: str) -> State | None:
         """Add ``detail`` to the message's history, its state unchanged (a provider's
@@ -335,3 +356,7 @@ class LeaseStore:
             },
         )
         return text(reply)
+
+
+def _lane(lease: Lease) -> Lane:
+    return Lane.of(lease.app, lease.client, lease.priority)

@@ -13,6 +13,7 @@ import redis
 from dispatcher import keys
 from dispatcher.connections import text
 from dispatcher.ids import DEFAULT_NAMESPACE, MessageRef
+from dispatcher.priority import DEFAULT_PRIORITY
 from dispatcher.record import (
     HistoryEntry,
     LastError,
@@ -30,6 +31,8 @@ _RECORD_FIELDS = (
     "to",
     "targetType",
     "channel",
+    "app",
+    "priority",
     "client",
     "attempts",
     "createdAt",
@@ -171,6 +174,8 @@ def _record(ref: MessageRef, values: list[Any], history: list[Any]) -> StatusRec
         recipients=_counts(fields),
         targetType=fields["targetType"] or "users",
         channel=fields["channel"] or "",
+        app=fields["app"],
+        priority=fields["priority"] or DEFAULT_PRIORITY,
         client=fields["client"],
         attempts=int(fields["attempts"] or 0),
         createdAt=from_millis(fields["createdAt"]),

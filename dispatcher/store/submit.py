@@ -19,6 +19,7 @@ from dispatcher.connections import text
 from dispatcher.ids import MessageRef
 from dispatcher.models import Message
 from dispatcher.scheduling import IMMEDIATE_MS
+from dispatcher.store.lanes import Lane
 from dispatcher.store.policy import StorePolicy
 from dispatcher.store.recipients import record_fields
 from dispatcher.store.scripts import ArgValue, KeyValue, load, operation_id
@@ -63,6 +64,8 @@ class CreateCall:
 
     keys: dict[str, KeyValue]
     args: dict[str, ArgValue]
+    lane: Lane
+    """The lane the message is counted in once accepted (dispatcher/store/lanes.py)."""
 
 
 class SubmitStore:
@@ -78,6 +81,7 @@ class SubmitStore:
         message: Message,
         *,
         channel: str,
+        app: str | None = None,
         client: str | None = None,
         enqueue: tuple[str, str] | None = None,
         gate: Gate | None = None,
@@ -86,7 +90,9 @@ class SubmitStore:
     ) -> CreateCall:
         """The create call: record ``queued``; with ``enqueue`` (queue list key, task
         message) also push the task; with ``gate`` pass it first (nothing kept if not).
-        ``traceparent``: the submit's trace, which every attempt continues. With
+        ``app``: the provider app the channel sends it through (recorded, so a configuration
+        change does not move it). ``traceparent``: the submit's trace, which every attempt
+        continues. With
         ``send_at_ms`` later than :data:`IMMEDIATE_MS` from now (Redis's clock), record
         ``scheduled`` in :data:`keys.SCHEDULE` instead, and push nothing. The call carries
         its own operation id: run it again after a lost reply and it answers as it did."""
@@ -100,14 +106,19 @@ class SubmitStore:
             message.target_type,
             "channel",
             channel,
+            "priority",
+            message.priority.value,
             "message",
             message.stored(),
         ]
+        if app:
+            fields += ["app", app]
         if client:
             fields += ["client", client]
         if traceparent:
             fields += [TRACEPARENT, traceparent]
         return CreateCall(
+            lane=Lane.of(app, client, message.priority.value),
             keys={
                 "message": keys.message(ref),
                 "history": keys.history(ref),

@@ -266,7 +266,7 @@ def test_openapi_documents_the_real_submit_body_and_the_envelopes(api: Harness) 
     assert video["properties"]["messageInfo"] == {"$ref": "#/components/schemas/VideoInfo"}
     assert {"messageType", "from", "to", "messageInfo"} <= set(video["required"])
     assert "videoMessage" in components["VideoInfo"]["required"]
-    assert set(submit["responses"]) == {"200", "400", "401", "409", "413", "429", "503"}
+    assert set(submit["responses"]) == {"200", "400", "401", "403", "409", "413", "429", "503"}
     params = {p["name"]: p for p in submit["parameters"]}
     assert {"apiVersion", "client", "channel", "version", "timestamp", "nonce", "sign"} == set(
         params

@@ -428,7 +428,8 @@ BAD_INPUT: dict[str, tuple[Any, int, set[str]]] = {
     "media URL not http": (_video(fileUrl="file:///etc/passwd"), 400, {"messageInfo.fileUrl"}),
     "channelType not registered": ({**TEXT, "channelType": 3}, 400, {"channelType"}),
     "reserved ext key": ({**TEXT, "ext": {"dispatcher": {"getMessageId": "x"}}}, 400, {"ext"}),
-    "unknown top-level field": ({**TEXT, "priority": "high"}, 400, {"priority"}),
+    "unknown top-level field": ({**TEXT, "urgency": "high"}, 400, {"urgency"}),
+    "priority not known": ({**TEXT, "priority": "urgent"}, 400, {"priority"}),
 }
 
 

@@ -85,3 +85,9 @@ def test_dev_mode_refuses_auth_off_with_real_provider_credentials() -> None:
 )
 def test_dev_mode_may_start(settings: dict[str, Any], auth: bool) -> None:
     assert unsafe_dev_mode(Settings(**settings), auth=auth) is None
+
+
+def test_dev_mode_refuses_auth_off_with_named_easemob_apps() -> None:
+    apps = {"shop": {"org": "o", "app": "a", "client_id": "YXA6c", "client_secret": "app-secret"}}
+    refusal = unsafe_dev_mode(Settings(easemob_apps=apps), auth=False)
+    assert refusal is not None and "Easemob" in refusal and "app-secret" not in refusal

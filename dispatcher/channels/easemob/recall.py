@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     import redis
 
     from dispatcher.channels.easemob import EasemobChannel
+    from dispatcher.channels.easemob.apps import EasemobApp
     from dispatcher.config import Settings
 
 CHAT_TYPES = {"users": "chat", "chatgroups": "groupchat", "chatrooms": "chatroom"}
@@ -57,10 +58,10 @@ def recall_delivered(
 ) -> RecallAnswer:
     """The channel's ``recall``: refused here once our copy of the window has passed,
     else asked of Easemob (a recall is rare: the channel is opened for it)."""
-    from dispatcher.channels.easemob import EasemobChannel, easemob_config
+    from dispatcher.channels.easemob import EasemobChannel
 
     try:
-        window = easemob_config(settings).recall_window
+        window = settings.easemob_recall_window
         if time.time() - request.delivered_at.timestamp() > window:
             return RecallAnswer(
                 RecallVerdict.WINDOW_PASSED,
@@ -88,18 +89,19 @@ def recall(channel: EasemobChannel, request: RecallRequest) -> RecallAnswer:
             "force": False,
         }
     )
-    url = f"{channel.base}/messages/msg_recall"
-    token = channel.tokens.get()
-    response = _post(channel, url, payload, token)
+    app = channel.app_named(request.app)  # the app that sent it
+    url = f"{app.base}/messages/msg_recall"
+    token = app.tokens.get()
+    response = _post(app, url, payload, token)
     if response.status_code == 401:  # expired or revoked: refresh once (shared) and retry
-        channel.tokens.invalidate(token)
-        response = _post(channel, url, payload, channel.tokens.get())
+        app.tokens.invalidate(token)
+        response = _post(app, url, payload, app.tokens.get())
     return read_answer(response.status_code, json_or_none(response))
 
 
-def _post(channel: EasemobChannel, url: str, payload: bytes, token: str) -> Reply:
+def _post(app: EasemobApp, url: str, payload: bytes, token: str) -> Reply:
     headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
     try:
-        return channel.http.post(url, payload, headers)
+        return app.http.post(url, payload, headers)
     except httpx.HTTPError as exc:
         raise transport_error(exc) from None

@@ -13,16 +13,19 @@
 -- The in-flight deadline of a lease is its end or, sooner, ``check_ms`` from now (the
 -- worker timeout): recovery then looks whether the holder's process still beats and breaks
 -- the lease of a dead one (claim_overdue.lua); a script that leases must do the same.
--- Returns {'ok', attempts, stored message, prepaid 0/1, channel, client, lease number},
+-- With ``app`` the prepay applies only to a message recorded for that provider app (and,
+-- with ``unrecorded``, to one recorded without an app).
+-- Returns {'ok', attempts, stored message, prepaid 0/1, channel, client, lease number,
+-- app, priority, ms waited before this first attempt ('' for a later one)},
 -- {'terminal', state}, {'superseded', live task}, {'busy', holder, ms left},
 -- {'early', ms until due} or {'missing'}.
 -- keys: message history inflight rates...
--- args: task? owner lease_ms# check_ms# ttl# history_limit# member channel? types prepay...
+-- args: task? owner lease_ms# check_ms# ttl# history_limit# member channel? app? unrecorded? types prepay...
 -- include: lib
 
 local s = redis.call('HMGET', message, 'state', 'leaseOwner', 'leaseUntil', 'attempts',
                      'message', 'channel', 'type', 'targetType', 'client', 'lease', 'dueAt',
-                     'task')
+                     'task', 'app', 'priority', 'createdAt', 'scheduledFor')
 if not s[1] then
   redis.call('ZREM', inflight, member)
   return {'missing'}
@@ -31,7 +34,8 @@ if TERMINAL[s[1]] then return {'terminal', s[1]} end
 if task and s[12] and s[12] ~= task then return {'superseded', s[12]} end
 -- The same owner again: the client retried after a lost reply (owners are unique per attempt).
 if s[1] == 'processing' and s[2] == owner then
-  return {'ok', s[4], s[5], '0', s[6] or '', s[9] or '', s[10] or '0'}
+  return {'ok', s[4], s[5], '0', s[6] or '', s[9] or '', s[10] or '0', s[13] or '',
+          s[14] or '', ''}
 end
 local now = now_ms()
 if s[1] == 'processing' and tonumber(s[3] or '0') > now then
@@ -56,7 +60,8 @@ redis.call('EXPIRE', message, ttl)
 redis.call('ZADD', inflight, now + math.min(lease_ms, check_ms), member)
 push_history(history, 'processing', now, detail, history_limit, ttl)
 local prepaid = '0'
-if channel and s[6] == channel and string.find(types, ',' .. (s[7] or '') .. ',', 1, true) then
+if channel and s[6] == channel and (not app or s[13] == app or (unrecorded and not s[13]))
+    and string.find(types, ',' .. (s[7] or '') .. ',', 1, true) then
   local intervals, tolerances, costs = {}, {}, {}
   local to_users = s[8] == 'users'
   for i = 1, #rates do
@@ -67,4 +72,10 @@ if channel and s[6] == channel and string.find(types, ',' .. (s[7] or '') .. ','
   end
   if gcra_try(rates, intervals, tolerances, costs, false) == 0 then prepaid = '1' end
 end
-return {'ok', tostring(attempts), s[5], prepaid, s[6] or '', s[9] or '', tostring(number)}
+-- Submit (or the sendAt it waited for) to this first attempt, for the wait-time metric.
+local waited = ''
+if attempts == 1 and s[15] then
+  waited = tostring(math.max(0, now - math.max(tonumber(s[15]), tonumber(s[16] or '0'))))
+end
+return {'ok', tostring(attempts), s[5], prepaid, s[6] or '', s[9] or '', tostring(number),
+        s[13] or '', s[14] or '', waited}
