@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import ssl
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -23,6 +24,7 @@ from typing import Any
 import urllib3
 from standardwebhooks.webhooks import Webhook
 from urllib3.exceptions import HTTPError, NewConnectionError
+from urllib3.util.url import Url, parse_url
 
 from dispatcher.channels.http import ThreadPools
 from dispatcher.store.recipients import counts_of
@@ -100,10 +102,11 @@ def _last_error(raw: Any) -> Any:
 
 
 def _iso(millis: Any) -> str | None:
+    """``2026-11-29T13:20:00.123Z`` (RFC 3339, UTC, milliseconds)."""
     if millis in (None, ""):
         return None
-    moment = datetime.fromtimestamp(int(millis) / 1000, tz=UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    seconds, ms = divmod(int(millis), 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{ms:03d}Z"
 
 
 def signed_headers(endpoint: WebhookEndpoint, webhook_id: str, body: str) -> dict[str, str]:
@@ -151,8 +154,18 @@ class WebhookHttp:
     def post(self, url: str, body: bytes, headers: dict[str, str]) -> tuple[int, str | None]:
         """Status and ``Retry-After`` of the answer; raises urllib3's errors and
         RefusedDestination."""
-        response = self._pools.get().urlopen(
-            "POST", url, body=body, headers=headers, redirect=False, preload_content=False
+        target = _parsed(url)
+        pool = self._pools.get().connection_from_host(
+            target.host, port=target.port, scheme=target.scheme
+        )
+        response = pool.urlopen(
+            "POST",
+            target.request_uri,
+            body=body,
+            headers=headers,
+            redirect=False,
+            assert_same_host=False,
+            preload_content=False,
         )
         try:
             if len(response.read(MAX_ANSWER_BYTES + 1, decode_content=False)) > MAX_ANSWER_BYTES:
@@ -163,6 +176,12 @@ class WebhookHttp:
 
     def close(self) -> None:
         self._pools.close()
+
+
+@lru_cache(maxsize=1024)
+def _parsed(url: str) -> Url:
+    """An endpoint's URL, parsed once (urllib3's pool manager parses it on every call)."""
+    return parse_url(url)
 
 
 def post(http: WebhookHttp, endpoint: WebhookEndpoint, webhook_id: str, body: str) -> Answer:
