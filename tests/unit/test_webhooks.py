@@ -4,6 +4,7 @@ and the operators' HTTP endpoints (docs/webhooks.md)."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import threading
 import time
@@ -27,6 +28,7 @@ from dispatcher.webhooks.config import WebhookEndpoint
 from dispatcher.webhooks.guard import RefusedDestination, check_destination
 from dispatcher.webhooks.outbox import Event, Outcome, Result, WebhookStore, delivery_member
 from dispatcher.webhooks.send import (
+    MAX_ANSWER_BYTES,
     MAX_BODY_BYTES,
     Verdict,
     WebhookHttp,
@@ -134,9 +136,9 @@ def test_signatures_verify_with_standardwebhooks_and_with_each_secret_while_rota
 
 
 @contextmanager
-def answering(status: int, **headers: str) -> Iterator[tuple[WebhookHttp, str]]:
+def answering(status: int, body: bytes = b"", **headers: str) -> Iterator[tuple[WebhookHttp, str]]:
     """Connections allowed to loopback, and the URL of a receiver on 127.0.0.1 answering
-    every request with ``status`` and ``headers`` and an empty body."""
+    every request with ``status``, ``headers`` and ``body``."""
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -146,8 +148,10 @@ def answering(status: int, **headers: str) -> Iterator[tuple[WebhookHttp, str]]:
             self.send_response(status)
             for name, value in headers.items():
                 self.send_header(name, value)
-            self.send_header("content-length", "0")
+            self.send_header("content-length", str(len(body)))
             self.end_headers()
+            with contextlib.suppress(OSError):  # the client may stop reading
+                self.wfile.write(body)
 
         def log_message(self, *args: Any) -> None:
             pass
@@ -175,6 +179,14 @@ def test_what_an_answer_means() -> None:
     assert moved.verdict is Verdict.FAILED and "redirect" in moved.error
     assert answer(503, **{"retry-after": "120"}).retry_after == 120
     assert answer(500, **{"retry-after": "120"}).retry_after is None  # only when throttled
+
+
+def test_a_long_answer_is_read_only_so_far_and_its_connection_not_reused() -> None:
+    """Read in part, the rest of the answer is left unread: were its connection reused,
+    the next answer would be read from the middle of this one's body."""
+    with answering(200, b"x" * (3 * MAX_ANSWER_BYTES)) as (http, url):
+        for _ in range(3):
+            assert post(http, endpoint(url=url), "msg_1", "{}").verdict is Verdict.DELIVERED
 
 
 def test_retry_after_as_seconds_or_date_capped_at_a_day() -> None:
