@@ -139,6 +139,53 @@ a request that may have been written is never sent again here: the attempt repor
 (ambiguous) and the retry policy decides."""
 
 
+class ThreadPools:
+    """A small urllib3 ``PoolManager`` per thread (up to 4 hosts, 4 kept connections
+    each), all on one TLS context, all closed together. ``pool_classes`` replaces
+    urllib3's pool class per scheme (the webhooks' guarded connections)."""
+
+    def __init__(
+        self,
+        *,
+        timeout: urllib3.Timeout,
+        retries: urllib3.Retry | bool,
+        tls: ssl.SSLContext | None = None,
+        pool_classes: Mapping[str, Any] | None = None,
+    ) -> None:
+        self._timeout = timeout
+        self._retries = retries
+        self._pool_classes = pool_classes
+        # One TLS context for every per-thread pool (loading the CA bundle costs tens of ms).
+        self._tls: ssl.SSLContext = tls or httpx.create_ssl_context()
+        self._local = threading.local()
+        self._opened: list[urllib3.PoolManager] = []
+        self._lock = threading.Lock()
+
+    def get(self) -> urllib3.PoolManager:
+        """This thread's pools."""
+        pools: urllib3.PoolManager | None = getattr(self._local, "pools", None)
+        if pools is None:
+            pools = urllib3.PoolManager(
+                num_pools=4,
+                maxsize=4,
+                ssl_context=self._tls,
+                timeout=self._timeout,
+                retries=self._retries,
+            )
+            if self._pool_classes is not None:
+                pools.pool_classes_by_scheme = dict(self._pool_classes)
+            self._local.pools = pools
+            with self._lock:
+                self._opened.append(pools)
+        return pools
+
+    def close(self) -> None:
+        with self._lock:
+            for pools in self._opened:
+                pools.clear()
+            self._opened.clear()
+
+
 class ProviderHttp:
     """Provider calls on the delivery path: a small urllib3 pool per thread and host.
 
@@ -149,32 +196,15 @@ class ProviderHttp:
 
     def __init__(self, timeout: httpx.Timeout, headers: dict[str, str]) -> None:
         self.headers = headers
-        self._timeout = urllib3.Timeout(connect=timeout.connect, read=timeout.read)
-        self._local = threading.local()
-        self._opened: list[urllib3.PoolManager] = []
-        self._lock = threading.Lock()
-        # One TLS context for every per-thread pool (loading the CA bundle costs tens of ms).
-        self._tls: ssl.SSLContext = httpx.create_ssl_context()
-
-    def _pools(self) -> urllib3.PoolManager:
-        pools: urllib3.PoolManager | None = getattr(self._local, "pools", None)
-        if pools is None:
-            pools = urllib3.PoolManager(
-                num_pools=4,
-                maxsize=4,
-                ssl_context=self._tls,
-                timeout=self._timeout,
-                retries=_CONNECT_RETRY,
-            )
-            self._local.pools = pools
-            with self._lock:
-                self._opened.append(pools)
-        return pools
+        self._pools = ThreadPools(
+            timeout=urllib3.Timeout(connect=timeout.connect, read=timeout.read),
+            retries=_CONNECT_RETRY,
+        )
 
     def post(self, url: str, content: bytes, headers: dict[str, str]) -> Reply:
         """POST ``content`` to ``url`` and read the whole answer; raises httpx.HTTPError."""
         try:
-            raw = self._pools().urlopen(
+            raw = self._pools.get().urlopen(
                 "POST",
                 url,
                 body=content,
@@ -187,10 +217,7 @@ class ProviderHttp:
         return Reply(raw.status, raw.headers, raw.data)
 
     def close(self) -> None:
-        with self._lock:
-            for pools in self._opened:
-                pools.clear()
-            self._opened.clear()
+        self._pools.close()
 
 
 def _as_httpx(exc: urllib3.exceptions.HTTPError) -> httpx.HTTPError:

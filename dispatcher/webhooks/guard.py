@@ -5,19 +5,22 @@ is vetted, and the socket is opened to a vetted address, never to the name: noth
 resolves the name a second time between the check and the connect, so a DNS answer
 that changes in between (DNS rebinding) cannot steer a request elsewhere. The request
 still names the host (``Host`` header), and TLS still sends it as SNI and verifies the
-certificate against it (httpcore does that from the URL's host, whatever address the
-socket reached). docs/webhooks.md, "Destinations".
+certificate against it (urllib3 does that from the connection's host, whatever address
+the socket reached). docs/webhooks.md, "Destinations".
 """
 
 from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpcore
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], list[str]]
@@ -85,33 +88,72 @@ def check_destination(url: str, *, allow_loopback: bool, resolver: Resolver = re
     vetted_addresses(host, port, allow_loopback=allow_loopback, resolver=resolver)
 
 
-class GuardedBackend(httpcore.SyncBackend):
-    """httpcore's blocking network backend, connecting only to vetted addresses.
+@dataclass(frozen=True, slots=True)
+class Guard:
+    """Where webhook connections may go, and how names are resolved."""
 
-    httpcore asks its backend for a TCP stream to the URL's host; this one resolves and
-    vets the host itself and hands the parent a literal address, which
-    ``socket.create_connection`` connects to without a lookup. TLS is started by
-    httpcore afterwards with the URL's host as ``server_hostname``."""
+    allow_loopback: bool
+    resolver: Resolver = resolve
 
-    def __init__(self, *, allow_loopback: bool, resolver: Resolver = resolve) -> None:
-        self.allow_loopback = allow_loopback
-        self.resolver = resolver
-
-    def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.NetworkStream:
+    def connect(self, host: str, port: int, timeout: float | None, options: Any) -> socket.socket:
+        """A socket to a vetted address of ``host`` (each in turn until one answers);
+        raises RefusedDestination, or the last address's OSError."""
         addresses = vetted_addresses(
             host, port, allow_loopback=self.allow_loopback, resolver=self.resolver
         )
         for index, address in enumerate(addresses):
             try:
-                return super().connect_tcp(address, port, timeout, local_address, socket_options)
-            except (httpcore.ConnectError, httpcore.ConnectTimeout):
+                sock = socket.create_connection((address, port), timeout)
+            except OSError:
                 if index == len(addresses) - 1:
                     raise
+                continue
+            for option in options or ():
+                sock.setsockopt(*option)
+            return sock
         raise AssertionError("unreachable: vetted_addresses returns at least one")
+
+
+class GuardedHTTPConnection(HTTPConnection):
+    """urllib3's connection, its socket opened by :meth:`Guard.connect`; everything
+    after the socket (``Host`` header, TLS with SNI and the certificate check) still
+    uses the connection's host, the URL's name."""
+
+    def __init__(self, *args: Any, guard: Guard, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.guard = guard
+
+    def _new_conn(self) -> socket.socket:
+        try:
+            return self.guard.connect(self.host, self.port, self.timeout, self.socket_options)
+        except TimeoutError as exc:
+            message = f"Connection to {self.host} timed out. (connect timeout={self.timeout})"
+            raise ConnectTimeoutError(self, message) from exc
+        except OSError as exc:
+            message = f"Failed to establish a new connection: {exc}"
+            raise NewConnectionError(self, message) from exc
+
+
+class GuardedHTTPSConnection(GuardedHTTPConnection, HTTPSConnection):
+    pass
+
+
+class GuardedHTTPPool(HTTPConnectionPool):
+    ConnectionCls = GuardedHTTPConnection
+
+
+class GuardedHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = GuardedHTTPSConnection
+
+
+def guarded_pool_classes(guard: Guard) -> dict[str, Callable[..., HTTPConnectionPool]]:
+    """urllib3 pool classes per scheme whose connections go through ``guard``: for
+    ``PoolManager.pool_classes_by_scheme``."""
+
+    def http(host: str, port: int | None, **kwargs: Any) -> HTTPConnectionPool:
+        return GuardedHTTPPool(host, port, guard=guard, **kwargs)
+
+    def https(host: str, port: int | None, **kwargs: Any) -> HTTPConnectionPool:
+        return GuardedHTTPSPool(host, port, guard=guard, **kwargs)
+
+    return {"http": http, "https": https}

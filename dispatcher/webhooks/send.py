@@ -2,8 +2,8 @@
 
 Signatures come from the ``standardwebhooks`` library (the Standard Webhooks reference
 implementation): ``v1,<base64 HMAC-SHA256>`` over ``{id}.{timestamp}.{body}``. Requests
-go through an httpcore connection pool whose connections are opened only to vetted
-addresses (:mod:`dispatcher.webhooks.guard`); httpcore never follows a redirect. What an
+go through urllib3 pools whose connections are opened only to vetted addresses
+(:mod:`dispatcher.webhooks.guard`), and no redirect is followed. What an
 answer means follows docs/webhooks.md: 2xx delivered; 410 disables the endpoint;
 429/502/503/504 are throttling and their ``Retry-After`` is honoured; anything else,
 3xx included, is a failure to retry.
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import ssl
-import threading
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -21,13 +21,21 @@ from enum import StrEnum
 from functools import lru_cache
 from typing import Any
 
-import httpcore
-import httpx
+import urllib3
 from standardwebhooks.webhooks import Webhook
+from urllib3.exceptions import HTTPError, NewConnectionError
+from urllib3.util.url import Url, parse_url
 
+from dispatcher.channels.http import ThreadPools
 from dispatcher.store.recipients import counts_of
 from dispatcher.webhooks.config import WebhookEndpoint
-from dispatcher.webhooks.guard import GuardedBackend, RefusedDestination
+from dispatcher.webhooks.guard import (
+    Guard,
+    RefusedDestination,
+    Resolver,
+    guarded_pool_classes,
+    resolve,
+)
 from dispatcher.webhooks.outbox import Event
 
 MAX_BODY_BYTES = 20 * 1024
@@ -36,17 +44,9 @@ MAX_RETRY_AFTER = 86400.0
 MAX_ANSWER_BYTES = 64 * 1024
 """Of an answer's body, read at most this much (its content is never used; a short body
 read to its end keeps the connection alive)."""
-KEEPALIVE_SECONDS = 60.0
-"""An idle connection is closed after this long."""
 _ERROR_TEXT_LIMIT = 500
 _JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 """Compact UTF-8 JSON, built once (``json.dumps`` with options builds an encoder per call)."""
-_FAULTS = (
-    httpcore.NetworkError,
-    httpcore.ProtocolError,
-    httpcore.UnsupportedProtocol,
-    httpcore.ProxyError,
-)
 
 
 class Verdict(StrEnum):
@@ -102,10 +102,11 @@ def _last_error(raw: Any) -> Any:
 
 
 def _iso(millis: Any) -> str | None:
+    """``2026-11-29T13:20:00.123Z`` (RFC 3339, UTC, milliseconds)."""
     if millis in (None, ""):
         return None
-    moment = datetime.fromtimestamp(int(millis) / 1000, tz=UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    seconds, ms = divmod(int(millis), 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{ms:03d}Z"
 
 
 def signed_headers(endpoint: WebhookEndpoint, webhook_id: str, body: str) -> dict[str, str]:
@@ -130,76 +131,57 @@ def _signer(secret: str) -> Webhook:
 
 
 class WebhookHttp:
-    """The process's webhook connections, kept alive: a small httpcore pool per sending
-    thread, its connections opened by :class:`GuardedBackend` (or ``backend``, in tests).
-
-    Not one pool shared by every thread: httpcore scans each connection of a pool on
-    every request, so with many threads on one pool that scan cost more CPU than the
-    request itself (docs/webhooks.md, "Cost")."""
+    """The process's webhook connections, kept alive: small urllib3 pools per sending
+    thread (:class:`~dispatcher.channels.http.ThreadPools`), their connections opened
+    through the destination guard. One attempt per request: a connection that cannot be
+    made is an attempt failed, retried on the webhook schedule."""
 
     def __init__(
         self,
         *,
         timeout: float,
         allow_loopback: bool,
-        connections: int = 4,
-        backend: httpcore.NetworkBackend | None = None,
+        resolver: Resolver = resolve,
         tls: ssl.SSLContext | None = None,
     ) -> None:
-        self.timeout = {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}
-        self.connections = connections
-        """Per thread: the endpoints a thread keeps a connection to at once."""
-        # One TLS context and one backend for every thread's pool: building a context
-        # loads the CA bundle.
-        self._tls = tls or httpx.create_ssl_context()
-        self._backend = backend or GuardedBackend(allow_loopback=allow_loopback)
-        self._local = threading.local()
-        self._pools: list[httpcore.ConnectionPool] = []
-        self._lock = threading.Lock()
-
-    @property
-    def pool(self) -> httpcore.ConnectionPool:
-        """This thread's pool."""
-        pool: httpcore.ConnectionPool | None = getattr(self._local, "pool", None)
-        if pool is None:
-            pool = httpcore.ConnectionPool(
-                ssl_context=self._tls,
-                max_connections=self.connections,
-                max_keepalive_connections=self.connections,
-                keepalive_expiry=KEEPALIVE_SECONDS,
-                network_backend=self._backend,
-            )
-            self._local.pool = pool
-            with self._lock:
-                self._pools.append(pool)
-        return pool
+        self._pools = ThreadPools(
+            timeout=urllib3.Timeout(connect=timeout, read=timeout),
+            retries=False,
+            tls=tls,
+            pool_classes=guarded_pool_classes(Guard(allow_loopback, resolver)),
+        )
 
     def post(self, url: str, body: bytes, headers: dict[str, str]) -> tuple[int, str | None]:
-        """Status and ``Retry-After`` of the answer; raises httpcore's errors and
+        """Status and ``Retry-After`` of the answer; raises urllib3's errors and
         RefusedDestination."""
-        with self.pool.stream(
+        target = _parsed(url)
+        pool = self._pools.get().connection_from_host(
+            target.host, port=target.port, scheme=target.scheme
+        )
+        response = pool.urlopen(
             "POST",
-            url,
-            headers=list(headers.items()),
-            content=body,
-            extensions={"timeout": self.timeout},
-        ) as response:
-            read = 0
-            for chunk in response.iter_stream():
-                read += len(chunk)
-                if read > MAX_ANSWER_BYTES:
-                    break
-            retry_after = next(
-                (v.decode("latin-1") for k, v in response.headers if k.lower() == b"retry-after"),
-                None,
-            )
-            return response.status, retry_after
+            target.request_uri,
+            body=body,
+            headers=headers,
+            redirect=False,
+            assert_same_host=False,
+            preload_content=False,
+        )
+        try:
+            if len(response.read(MAX_ANSWER_BYTES + 1, decode_content=False)) > MAX_ANSWER_BYTES:
+                response.close()  # not read to its end: the connection is not reused
+            return response.status, response.headers.get("retry-after")
+        finally:
+            response.release_conn()
 
     def close(self) -> None:
-        with self._lock:
-            pools, self._pools = self._pools, []
-        for pool in pools:
-            pool.close()
+        self._pools.close()
+
+
+@lru_cache(maxsize=1024)
+def _parsed(url: str) -> Url:
+    """An endpoint's URL, parsed once (urllib3's pool manager parses it on every call)."""
+    return parse_url(url)
 
 
 def post(http: WebhookHttp, endpoint: WebhookEndpoint, webhook_id: str, body: str) -> Answer:
@@ -210,9 +192,12 @@ def post(http: WebhookHttp, endpoint: WebhookEndpoint, webhook_id: str, body: st
         )
     except RefusedDestination as exc:
         return Answer(Verdict.FAILED, None, f"refused destination: {exc}")
-    except httpcore.TimeoutException:
+    except NewConnectionError as exc:  # a subclass of the connect timeout
+        reason = exc.__cause__ or exc  # the socket's error, without urllib3's preamble
+        return Answer(Verdict.FAILED, None, f"ConnectError: {str(reason)[:200]}")
+    except urllib3.exceptions.TimeoutError:  # connect or read
         return Answer(Verdict.FAILED, None, "timed out")
-    except _FAULTS as exc:
+    except HTTPError as exc:
         return Answer(Verdict.FAILED, None, f"{type(exc).__name__}: {str(exc)[:200]}")
     if 200 <= status < 300:
         return Answer(Verdict.DELIVERED, status)

@@ -69,23 +69,28 @@ def judge(
 
 
 def _log(result: Result) -> None:
+    """One line per outcome naming the getMessageId and ``webhook-id``, formatted only
+    when its level is enabled."""
     delivery = result.delivery
-    where = (
-        f"getMessageId={_message_id(delivery)} webhook-id={delivery.webhook_id} "
-        f"endpoint={delivery.endpoint_id}"
-    )
     attempt = delivery.attempts + 1
     if not result.attempted:
         if result.outcome is Outcome.DEAD:
-            log.warning("%s not sent: %s", where, result.error)
+            log.warning("getMessageId=%s webhook-id=%s endpoint=%s not sent: %s",
+                        _message_id(delivery), delivery.webhook_id, delivery.endpoint_id,
+                        result.error)  # fmt: skip
     elif result.outcome is Outcome.DELIVERED:
-        log.info("%s delivered attempt=%d status=%s", where, attempt, result.status)
+        if log.isEnabledFor(logging.INFO):
+            log.info("getMessageId=%s webhook-id=%s endpoint=%s delivered attempt=%d status=%s",
+                     _message_id(delivery), delivery.webhook_id, delivery.endpoint_id,
+                     attempt, result.status)  # fmt: skip
     elif result.outcome is Outcome.RETRYING:
-        log.warning("%s attempt=%d failed (%s), next in %.0fs",
-                    where, attempt, result.error, result.next_in)  # fmt: skip
+        log.warning("getMessageId=%s webhook-id=%s endpoint=%s attempt=%d failed (%s), "
+                    "next in %.0fs", _message_id(delivery), delivery.webhook_id,
+                    delivery.endpoint_id, attempt, result.error, result.next_in)  # fmt: skip
     else:
-        log.error("%s dead after attempt=%d: %s%s", where, attempt, result.error,
-                  f"; {result.disable}" if result.disable else "")  # fmt: skip
+        log.error("getMessageId=%s webhook-id=%s endpoint=%s dead after attempt=%d: %s%s",
+                  _message_id(delivery), delivery.webhook_id, delivery.endpoint_id, attempt,
+                  result.error, f"; {result.disable}" if result.disable else "")  # fmt: skip
 
 
 def _message_id(delivery: Delivery) -> str:

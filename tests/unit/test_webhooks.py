@@ -4,17 +4,19 @@ and the operators' HTTP endpoints (docs/webhooks.md)."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 from typing import Any
 
-import httpcore
 import httpx
 import pytest
 from pydantic import ValidationError
@@ -26,6 +28,7 @@ from dispatcher.webhooks.config import WebhookEndpoint
 from dispatcher.webhooks.guard import RefusedDestination, check_destination
 from dispatcher.webhooks.outbox import Event, Outcome, Result, WebhookStore, delivery_member
 from dispatcher.webhooks.send import (
+    MAX_ANSWER_BYTES,
     MAX_BODY_BYTES,
     Verdict,
     WebhookHttp,
@@ -132,17 +135,41 @@ def test_signatures_verify_with_standardwebhooks_and_with_each_secret_while_rota
         Webhook(SECRET).verify(tampered, headers)
 
 
-def answering(status: int, **headers: str) -> WebhookHttp:
-    """Connections that read back one canned answer (httpcore's mock network backend)."""
-    lines = [f"HTTP/1.1 {status} Whatever\r\n".encode()]
-    lines += [f"{name}: {value}\r\n".encode() for name, value in headers.items()]
-    lines += [b"Content-Length: 0\r\n", b"\r\n"]
-    return WebhookHttp(timeout=5, allow_loopback=False, backend=httpcore.MockBackend(lines))
+@contextmanager
+def answering(status: int, body: bytes = b"", **headers: str) -> Iterator[tuple[WebhookHttp, str]]:
+    """Connections allowed to loopback, and the URL of a receiver on 127.0.0.1 answering
+    every request with ``status``, ``headers`` and ``body``."""
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["content-length"]))
+            self.send_response(status)
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            with contextlib.suppress(OSError):  # the client may stop reading
+                self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    http = WebhookHttp(timeout=5, allow_loopback=True)
+    try:
+        yield http, f"http://127.0.0.1:{server.server_address[1]}/h"
+    finally:
+        http.close()
+        server.shutdown()
+        server.server_close()
 
 
 def answer(status: int, **headers: str) -> Any:
-    target = endpoint(url="https://93.184.215.14/h")
-    return post(answering(status, **headers), target, "msg_1", "{}")
+    with answering(status, **headers) as (http, url):
+        return post(http, endpoint(url=url), "msg_1", "{}")
 
 
 def test_what_an_answer_means() -> None:
@@ -152,6 +179,14 @@ def test_what_an_answer_means() -> None:
     assert moved.verdict is Verdict.FAILED and "redirect" in moved.error
     assert answer(503, **{"retry-after": "120"}).retry_after == 120
     assert answer(500, **{"retry-after": "120"}).retry_after is None  # only when throttled
+
+
+def test_a_long_answer_is_read_only_so_far_and_its_connection_not_reused() -> None:
+    """Read in part, the rest of the answer is left unread: were its connection reused,
+    the next answer would be read from the middle of this one's body."""
+    with answering(200, b"x" * (3 * MAX_ANSWER_BYTES)) as (http, url):
+        for _ in range(3):
+            assert post(http, endpoint(url=url), "msg_1", "{}").verdict is Verdict.DELIVERED
 
 
 def test_retry_after_as_seconds_or_date_capped_at_a_day() -> None:
@@ -218,27 +253,28 @@ def test_an_endpoint_failing_for_the_disable_period_is_disabled_and_says_so(
     from dispatcher.webhooks.task import Senders, run_webhook_task
 
     client = redis_lib.Redis.from_url(redis_url)
-    hooks = [{"url": "https://93.184.215.14/h", "secret": SECRET}]
-    settings = Settings(clients={"c1": {"secret": "x", "webhooks": hooks}})
-    endpoint_id = settings.clients["c1"].webhooks[0].endpoint_id("c1")
-    store = WebhookStore(client)
-    raw = event(state="delivered", client="c1", at=int(datetime.now(tz=UTC).timestamp() * 1000))
-    member = delivery_member(endpoint_id, raw.id)
-    client.rpush("dispatcher:webhooks:outbox", raw.raw)
-    store.fan_out([(raw, "m0abc", {member: build_body(raw, "m0abc")})])
-    six_days_ago = int((datetime.now(tz=UTC) - timedelta(days=6)).timestamp() * 1000)
-    client.hset(f"dispatcher:webhooks:endpoint:{endpoint_id}", "failingSince", six_days_ago)
-    [(_, claim)] = [c for c in store.claim_due(1000, 60) if c[0] == member]
-    task = SimpleNamespace(
-        settings=settings,
-        subscriptions=settings.webhook_subscriptions(),
-        store=store,
-        http=answering(500),
-        senders=Senders(),
-    )
-    [outcome] = run_webhook_task(task, [[member, claim]], time.time())  # type: ignore[arg-type]
-    assert outcome == "dead"
-    assert "failing for 5 day(s)" in (store.disabled(endpoint_id) or "")
+    with answering(500) as (http, url):
+        hooks = [{"url": url, "secret": SECRET}]
+        settings = Settings(clients={"c1": {"secret": "x", "webhooks": hooks}})
+        endpoint_id = settings.clients["c1"].webhooks[0].endpoint_id("c1")
+        store = WebhookStore(client)
+        raw = event(state="delivered", client="c1", at=int(datetime.now(tz=UTC).timestamp() * 1000))
+        member = delivery_member(endpoint_id, raw.id)
+        client.rpush("dispatcher:webhooks:outbox", raw.raw)
+        store.fan_out([(raw, "m0abc", {member: build_body(raw, "m0abc")})])
+        six_days_ago = int((datetime.now(tz=UTC) - timedelta(days=6)).timestamp() * 1000)
+        client.hset(f"dispatcher:webhooks:endpoint:{endpoint_id}", "failingSince", six_days_ago)
+        [(_, claim)] = [c for c in store.claim_due(1000, 60) if c[0] == member]
+        task = SimpleNamespace(
+            settings=settings,
+            subscriptions=settings.webhook_subscriptions(),
+            store=store,
+            http=http,
+            senders=Senders(),
+        )
+        [outcome] = run_webhook_task(task, [[member, claim]], time.time())  # type: ignore[arg-type]
+        assert outcome == "dead"
+        assert "failing for 5 day(s)" in (store.disabled(endpoint_id) or "")
     client.close()
 
 
