@@ -10,7 +10,16 @@ import click
 
 from dispatcher import cli_send_file, cli_withdraw
 from dispatcher.cli_dlq import dlq
-from dispatcher.cli_message import TYPE_NAMES, json_object, load_settings, message_info
+from dispatcher.cli_message import (
+    TYPE_NAMES,
+    json_object,
+    load_settings,
+    message_info,
+    recipients_of,
+    remote_client,
+    remote_options,
+)
+from dispatcher.cli_recipients import message
 from dispatcher.cli_webhooks import webhooks
 from dispatcher.errors import DispatcherError, InvalidMessage
 from dispatcher.logs import configure_logging
@@ -168,28 +177,14 @@ def sandbox(easemob_port: int, qiniu_port: int, wechat_port: int, host: str) -> 
         raise click.ClickException(str(exc)) from None
 
 
-def _remote_options(func: Any) -> Any:
-    options = [
-        click.option("--api", "api_url", help="Talk to the HTTP API at this URL instead of Redis directly."),
-        click.option("--client", "client_id", help="Client id: signs as it with --api; without, whose messages (namespace)."),
-        click.option("--secret", help="Client secret for signing (with --api)."),
-        click.option("--channel", default="", help="channel query value (with --api)."),
-    ]  # fmt: skip
-    for option in reversed(options):
-        func = option(func)
-    return func
-
-
-def _remote(api_url: str, client_id: str | None, secret: str | None, channel: str) -> Any:
-    from dispatcher.client import Client
-
-    return Client(api_url, client_id or "", secret or "", channel=channel)
-
-
 @main.command()
 @click.option("--type", "type_name", type=click.Choice(list(TYPE_NAMES)))
 @click.option("--from", "sender", help="Sender (Easemob user name).")
-@click.option("--to", "to", help="Receiver: user name, or group id (digits).")
+@click.option(
+    "--to", "to", multiple=True,
+    help="Receiver: user name, or group id (digits). Several: repeat --to, or separate"
+    " ids with commas (--to u2,u3); one message to all of them (docs/api.md, Fan-out).",
+)  # fmt: skip
 @click.option("--text", help="textMessage (text, template, extension).")
 @click.option("--image", help="Qiniu key of the image.")
 @click.option("--voice", help="Qiniu key of the voice file.")
@@ -212,11 +207,11 @@ def _remote(api_url: str, client_id: str | None, secret: str | None, channel: st
     help="Send every line of this JSON Lines file (one request body per line) instead.",
 )  # fmt: skip
 @click.option("--batch-size", default=100, show_default=True, help="Messages per batch (--file).")
-@_remote_options
+@remote_options
 def send(
     type_name: str | None,
     sender: str | None,
-    to: str | None,
+    to: tuple[str, ...],
     info_json: str | None,
     ext_json: str | None,
     message_id: str | None,
@@ -234,17 +229,17 @@ def send(
     if file is not None:
         if type_name or sender or to:
             raise click.UsageError("--file takes its messages from the file: no --type/--from/--to")
-        remote = _remote(api_url, client_id, secret, channel) if api_url else None
+        remote = remote_client(api_url, client_id, secret, channel) if api_url else None
         cli_send_file.send_file(file, batch_size, remote, client_id)
         return
-    if type_name is None or sender is None or to is None:
+    if type_name is None or sender is None or not to:
         raise click.UsageError("--type, --from and --to are required (or --file)")
     info = message_info(type_name, fields)
     info.update(json_object(info_json, "--info"))
     payload: dict[str, Any] = {
         "messageType": TYPE_NAMES[type_name],
         "from": sender,
-        "to": to,
+        "to": recipients_of(to),
         "messageInfo": info,
     }
     if ext_json:
@@ -255,7 +250,7 @@ def send(
         payload["targetType"] = target_type
     try:
         if api_url:
-            result = _remote(api_url, client_id, secret, channel).submit(payload)
+            result = remote_client(api_url, client_id, secret, channel).submit(payload)
         else:
             from dispatcher.producer import Dispatcher
 
@@ -273,7 +268,7 @@ def send(
 
 @main.command()
 @click.argument("message_id")
-@_remote_options
+@remote_options
 @click.option("--owner", help="With --api, an admin client reads this client's message.")
 def status(
     message_id: str,
@@ -286,7 +281,9 @@ def status(
     """Print a message's status record as JSON (exit 1 when unknown)."""
     try:
         if api_url:
-            record = _remote(api_url, client_id, secret, channel).status(message_id, owner=owner)
+            record = remote_client(api_url, client_id, secret, channel).status(
+                message_id, owner=owner
+            )
         else:
             from dispatcher.producer import Dispatcher
 
@@ -347,6 +344,7 @@ def reaper(once: bool) -> None:
 
 
 main.add_command(dlq)
+main.add_command(message)
 main.add_command(webhooks)  # docs/webhooks.md, "Operators"
 
 cli_withdraw.register(main)

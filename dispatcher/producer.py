@@ -11,33 +11,29 @@ removed again, so a rejected submission leaves nothing behind.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import redis
 from celery import Celery
-from kombu.exceptions import KombuError, OperationalError
 from redis.asyncio import Redis as AsyncRedis
 
 from dispatcher import errors, tracing
-from dispatcher.backlog import QueueBacklog, broker_depth, read_backlog
-from dispatcher.broker import broker_is_store, make_celery, publishes_to_store
+from dispatcher.broker import make_celery, publishes_to_store
 from dispatcher.channels import ChannelSpec
 from dispatcher.config import Settings
-from dispatcher.connections import REDIS_ERRORS, PoolExhausted, redis_client
+from dispatcher.connections import REDIS_ERRORS, redis_client
 from dispatcher.enqueue import DELIVER_TASK, DirectEnqueue, task_args
-from dispatcher.errors import Busy, Conflict, RateLimited, Unauthorized, Unavailable
+from dispatcher.errors import Conflict, RateLimited, Unauthorized, Unavailable
 from dispatcher.gate import REPLAYED, Gate
 from dispatcher.health import RedisHealth
 from dispatcher.ids import NAMESPACE_PATTERN, MessageRef, new_message_id
 from dispatcher.models import Message, parse_message
 from dispatcher.priority import check_allowed
-from dispatcher.record import DeadLetter, StatusRecord
+from dispatcher.producer_reads import PUBLISH_ERRORS, StatusReads, reason, unavailable_if_down
 from dispatcher.redis_budget import outside_budget
 from dispatcher.replicas import ReplicaWait
 from dispatcher.routing import route, routing_by_client
@@ -54,14 +50,6 @@ from dispatcher.withdraw import CancelResult, RecallResult, Withdrawal
 
 log = logging.getLogger(__name__)
 
-PUBLISH_ERRORS: tuple[type[Exception], ...] = (
-    OperationalError,
-    KombuError,
-    ConnectionError,
-    OSError,
-    *REDIS_ERRORS,
-)
-
 
 @dataclass(frozen=True)
 class Submitted:
@@ -70,7 +58,7 @@ class Submitted:
     """False when the same id and content were already accepted (nothing new queued)."""
 
 
-class Dispatcher:
+class Dispatcher(StatusReads):
     """Submit messages and read their status, within one namespace of getMessageIds.
 
     ``namespace`` scopes caller-chosen ids (docs/architecture.md, "Message
@@ -198,10 +186,6 @@ class Dispatcher:
 
         return batch.submit_payloads(self, payloads, client)
 
-    def ref(self, message: str | MessageRef) -> MessageRef:
-        """The reference of a getMessageId in this producer's namespace (a reference as is)."""
-        return message if isinstance(message, MessageRef) else MessageRef(self.namespace, message)
-
     def prepare_create(
         self, message: Message, client: str | None, gate: Gate | None, namespace: str | None
     ) -> tuple[MessageRef, CreateCall, bool]:
@@ -231,7 +215,7 @@ class Dispatcher:
             self.publish(ref)
         except PUBLISH_ERRORS as exc:
             self.forget(ref, message)
-            raise Unavailable(f"broker unavailable: {_reason(exc)}") from None
+            raise Unavailable(f"broker unavailable: {reason(exc)}") from None
 
     def settle_create(
         self,
@@ -275,14 +259,6 @@ class Dispatcher:
             msg = "getMessageId=%s publish failed, its record not removed: recovery re-enqueues it"
             log.error(msg, ref.id)
 
-    def status(self, message: str | MessageRef) -> StatusRecord | None:
-        with unavailable_if_down("status store"):
-            return self.store.read.get(self.ref(message))
-
-    def status_many(self, messages: Sequence[str | MessageRef]) -> list[StatusRecord | None]:
-        with unavailable_if_down("status store"):
-            return self.store.read.get_many([self.ref(m) for m in messages])
-
     def cancel(self, message: str | MessageRef, *, by: str | None = None) -> CancelResult:
         """Cancel a message not sent yet; the result says what happened (docs/api.md)."""
         return self.withdrawal.cancel(self.ref(message), by)
@@ -318,36 +294,6 @@ class Dispatcher:
             log.info("getMessageId=%s of %s %s", ref.id, ref.namespace, detail)
         return outcome
 
-    def dead_letters(
-        self,
-        limit: int = 100,
-        offset: int = 0,
-        *,
-        namespace: str | None = None,
-        since: float | None = None,
-        until: float | None = None,
-        newest_first: bool = False,
-    ) -> list[DeadLetter]:
-        """Dead messages, oldest (or newest) first, with the error that killed them: every
-        namespace's, each naming its client, or only ``namespace``'s; optionally only those
-        that died between ``since`` and ``until`` (unix seconds, inclusive)."""
-        read = self.store.read
-        with unavailable_if_down("status store"):
-            entries = read.dead_letters(
-                limit, offset, since=since, until=until, newest_first=newest_first,
-                namespace=namespace,
-            )  # fmt: skip
-            records = read.get_many([ref for ref, _ in entries], with_history=False)
-        return [
-            DeadLetter(
-                getMessageId=ref.id,
-                diedAt=died,
-                lastError=record.lastError if record else None,
-                client=ref.namespace,
-            )
-            for (ref, died), record in zip(entries, records, strict=True)
-        ]
-
     def discard_dead_letter(self, message: str | MessageRef, *, by: str) -> DiscardOutcome:
         """Give up on a dead message: off the dead-letter list, never replayed by ``--all``;
         its record stays until it expires. ``OK``, or why not (missing, not listed, the
@@ -361,39 +307,9 @@ class Dispatcher:
             )
         return verdict
 
-    def stored_message(self, message: str | MessageRef) -> dict[str, Any] | None:
-        """The message as accepted and recorded (what the worker delivers from)."""
-        with unavailable_if_down("status store"):
-            stored = self.store.read.stored_message(self.ref(message))
-        return None if stored is None else dict(json.loads(stored))
-
-    def queue_backlog(self, queues: list[str] | None = None) -> list[QueueBacklog]:
-        """Depth and oldest entry's age of each delivery queue (default: the configured one)."""
-        names = queues or [self.settings.queue]
-        with unavailable_if_down("broker"):
-            if broker_is_store(self.settings):
-                return read_backlog(self.redis, self.store, names)
-        try:
-            return [QueueBacklog(name, broker_depth(self.celery, name), None) for name in names]
-        except PUBLISH_ERRORS as exc:
-            raise Unavailable(f"broker unavailable: {_reason(exc)}") from None
-
     def close(self) -> None:
         self.lanes.flush()
         self.redis.close()
 
 
-@contextmanager
-def unavailable_if_down(what: str) -> Iterator[None]:
-    """Redis errors inside become :class:`Unavailable` naming ``what`` (nothing was kept)."""
-    try:
-        yield
-    except PoolExhausted as exc:
-        raise Busy(f"{what} busy: {exc}") from None
-    except REDIS_ERRORS as exc:
-        raise Unavailable(f"{what} unavailable: {_reason(exc)}") from None
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return text.split("\n", 1)[0][:200]
+__all__ = ["PUBLISH_ERRORS", "Dispatcher", "Submitted", "unavailable_if_down"]

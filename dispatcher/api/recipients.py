@@ -64,18 +64,6 @@ def _page(
         raise NotFound(f"no multi-recipient message {message_id} of client {namespace_of(call)}")
     return {
         "getMessageId": message_id,
-        "recipients": [
-            {
-                key: value
-                for key, value in (
-                    ("to", o.to),
-                    ("state", o.state.value),
-                    ("providerMessageId", o.providerMessageId),
-                    ("error", o.error),
-                )
-                if value is not None
-            }
-            for o in page.outcomes
-        ],
+        "recipients": [outcome.public() for outcome in page.outcomes],
         "nextCursor": page.cursor,
     }

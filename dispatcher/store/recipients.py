@@ -73,6 +73,15 @@ class RecipientOutcome:
     providerMessageId: str | None = None
     error: str | None = None
 
+    def public(self) -> dict[str, str]:
+        """As the recipients endpoint shows it: ``to``, ``state``, and the id or error if any."""
+        shown = {"to": self.to, "state": self.state.value}
+        if self.providerMessageId is not None:
+            shown["providerMessageId"] = self.providerMessageId
+        if self.error is not None:
+            shown["error"] = self.error
+        return shown
+
 
 def delivered(provider_id: str) -> str:
     """The slot of a recipient delivered as ``provider_id``."""

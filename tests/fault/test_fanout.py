@@ -57,15 +57,7 @@ def wait_state(dispatcher: Any, message_id: str, states: set[str], timeout: floa
 
 
 def all_recipients(dispatcher: Any, message_id: str, state: RecipientState | None) -> list[Any]:
-    ref = MessageRef.parse(message_id)
-    found: list[Any] = []
-    cursor: int | None = 0
-    while cursor is not None:
-        page = dispatcher.store.recipients.page(ref, state=state, cursor=cursor, limit=1000)
-        assert page is not None
-        found += page.outcomes
-        cursor = page.cursor
-    return found
+    return list(dispatcher.recipients(MessageRef.parse(message_id), state))
 
 
 def counts(record: Any) -> tuple[int, int, int, int]:

@@ -7,10 +7,12 @@ import os
 import re
 import subprocess
 import sys
+import uuid
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from dispatcher import keys
@@ -80,6 +82,37 @@ def test_status_of_an_unknown_id_exits_1(worker_env: dict[str, str]) -> None:
     result = run(worker_env, "status", "nosuchid", check=False)
     assert result.returncode == 1
     assert "unknown getMessageId" in result.stderr
+
+
+def test_send_to_several_then_list_each_recipients_outcome(
+    worker_env: dict[str, str], dispatcher: Any, easemob: Any, start_worker: Any
+) -> None:
+    run_id = uuid.uuid4().hex[:8]
+    names = [f"cli{run_id}x{i}" for i in range(3)]
+    failing = f"{easemob.url}/_sandbox/easemob/failing-targets"
+    httpx.post(failing, json={"targets": {names[1]: "user blocked"}}, timeout=10).raise_for_status()
+    try:
+        start_worker()
+        message_id = run(
+            worker_env, "send", "--type", "text", "--from", "u1", "--text", "hi all",
+            "--to", names[0], "--to", f"{names[1]},{names[2]}",
+        ).stdout.strip()  # fmt: skip
+        record = wait_for_state(dispatcher, message_id, {"partially_delivered", "delivered"})
+    finally:
+        httpx.post(failing, json={"targets": {}}, timeout=10).raise_for_status()
+    assert record.state == "partially_delivered", record.history
+    shown = [json.loads(line) for line in run(worker_env, "message", "recipients", message_id).stdout.splitlines()]  # fmt: skip
+    assert [(r["to"], r["state"]) for r in shown] == [
+        (names[0], "delivered"),
+        (names[1], "failed"),
+        (names[2], "delivered"),
+    ]
+    assert shown[0]["providerMessageId"].isdigit() and shown[1]["error"].startswith("refused:")
+    only_failed = run(worker_env, "message", "recipients", message_id, "--state", "failed")
+    assert [json.loads(line)["to"] for line in only_failed.stdout.splitlines()] == [names[1]]
+    single = run(worker_env, "send", "--type", "text", "--from", "u1", "--to", "u2", "--text", "hi")
+    one = run(worker_env, "message", "recipients", single.stdout.strip(), check=False)
+    assert one.returncode == 1 and "no multi-recipient message" in one.stderr
 
 
 def test_dlq_list_and_replay_round_trip(

@@ -1,5 +1,6 @@
 """``dispatcher.client``: the signing client, sync over real HTTP (uvicorn on loopback) and
-async over the ASGI transport; answers map to the producer API's errors."""
+async over the ASGI transport; answers map to the producer API's errors; a fan-out's
+recipients page by page, over HTTP and in process."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from dispatcher.client import AsyncClient, Client
+from dispatcher.client import AsyncClient, Client, RecipientOutcome, RecipientState
 from dispatcher.embedded import free_port
 from dispatcher.errors import (
     Conflict,
@@ -23,7 +24,10 @@ from dispatcher.errors import (
     Unauthorized,
     Unavailable,
 )
+from dispatcher.ids import MessageRef
+from dispatcher.producer import Dispatcher
 from dispatcher.sandbox.server import ServerThread
+from dispatcher.store.recipients import delivered, failed
 from tests.unit.test_api_support import SEED_BODY, TEXT, Harness, make_harness, unique_id
 
 
@@ -238,3 +242,99 @@ def test_async_submit_many_over_asgi(served: tuple[Harness, str]) -> None:
     first, second = asyncio.run(scenario())
     assert isinstance(first, str) and first.startswith(harness.settings.id_prefix)
     assert isinstance(second, InvalidMessage)
+
+
+class CountingTransport(httpx.HTTPTransport):
+    """A real HTTP transport that keeps each request's query (to count pages)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.queries: list[dict[str, str]] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.queries.append(dict(request.url.params))
+        return super().handle_request(request)
+
+
+def fan_out(harness: Harness, names: list[str], delivered_up_to: int, failed_at: int) -> str:
+    """A c1 message to ``names``: the first ``delivered_up_to`` delivered (as 1000 + i),
+    the one at ``failed_at`` failed for good, the others pending."""
+    response = harness.submit({**TEXT, "to": names})
+    assert response.status_code == 200, response.text
+    message_id = str(response.json()["data"]["getMessageId"])
+    store = harness.app.state.runtime.dispatcher.store
+    ref = MessageRef("c1", message_id)
+    store.recipients.record(ref, [(i, delivered(str(1000 + i))) for i in range(delivered_up_to)])
+    store.recipients.record(ref, [(failed_at, failed("refused:gone"))])
+    return message_id
+
+
+def test_recipients_pages_through_every_recipient_typed(served: tuple[Harness, str]) -> None:
+    harness, url = served
+    names = [f"r{i}" for i in range(25)]
+    message_id = fan_out(harness, names, delivered_up_to=20, failed_at=21)
+    transport = CountingTransport()
+    with client_for(url, transport=transport) as api:
+        every = list(api.recipients(message_id, page_size=10))
+        assert [q.get("cursor") for q in transport.queries] == [None, "10", "20"]
+        assert [o.to for o in every] == names
+        assert every[3] == RecipientOutcome("r3", RecipientState.DELIVERED, "1003")
+        assert every[21] == RecipientOutcome("r21", RecipientState.FAILED, error="refused:gone")
+        assert every[24] == RecipientOutcome("r24", RecipientState.PENDING)
+        # A filter keeps paging past pages it empties (r0..r9 hold no pending one).
+        pending = [o.to for o in api.recipients(message_id, "pending", page_size=10)]
+        assert pending == ["r20", "r22", "r23", "r24"]
+        assert [o.to for o in api.recipients(message_id, RecipientState.FAILED)] == ["r21"]
+        with pytest.raises(ValueError):
+            next(api.recipients(message_id, "lost"))
+
+
+def test_recipients_of_another_clients_message_are_refused(served: tuple[Harness, str]) -> None:
+    harness, url = served
+    message_id = fan_out(harness, ["a", "b", "c"], delivered_up_to=1, failed_at=2)
+    with client_for(url, "c2", "secret-two", "ch2") as other, pytest.raises(NotFound):
+        next(other.recipients(message_id))
+    with client_for(url, "ops", "secret-ops", "ops") as admin:
+        assert [o.state for o in admin.recipients(message_id, owner="c1")] == [
+            RecipientState.DELIVERED,
+            RecipientState.PENDING,
+            RecipientState.FAILED,
+        ]
+    with client_for(url) as api, pytest.raises(NotFound):
+        next(api.recipients(api.submit(TEXT)))  # one recipient: no list to page through
+
+
+def test_recipients_default_pages_over_http_async_and_in_process(
+    served: tuple[Harness, str],
+) -> None:
+    harness, url = served
+    names = [f"user{i:04d}" for i in range(1500)]
+    message_id = fan_out(harness, names, delivered_up_to=1200, failed_at=1300)
+    transport = CountingTransport()
+    with client_for(url, transport=transport) as api:
+        assert [o.to for o in api.recipients(message_id)] == names
+        assert len(transport.queries) == 2  # the server's page: 1,000
+
+    async def scenario() -> list[RecipientOutcome]:
+        asgi = httpx.ASGITransport(app=harness.app)
+        async with AsyncClient(
+            "http://api", "c1", "secret-one", channel="ch1", transport=asgi
+        ) as api:
+            with pytest.raises(NotFound):
+                await anext(api.recipients(unique_id()))
+            return [o async for o in api.recipients(message_id, "pending", page_size=100)]
+
+    expected = [n for i, n in enumerate(names) if i >= 1200 and i != 1300]
+    assert [o.to for o in asyncio.run(scenario())] == expected
+    producer = Dispatcher(harness.settings, namespace="c1")
+    try:
+        assert [o.to for o in producer.recipients(message_id, "pending")] == expected
+        failed_one = list(producer.recipients(MessageRef("c1", message_id), "failed"))
+        assert failed_one == [
+            RecipientOutcome("user1300", RecipientState.FAILED, error="refused:gone")
+        ]
+        assert sum(1 for _ in producer.recipients(message_id)) == 1500
+        with pytest.raises(NotFound):
+            next(Dispatcher(harness.settings, namespace="c2").recipients(message_id))
+    finally:
+        producer.close()
