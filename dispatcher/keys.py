@@ -213,22 +213,3 @@ def webhook_delivery(member: str) -> str:
 def webhook_endpoint(endpoint_id: str) -> str:
     """Hash of one endpoint's health: counts, last error, failing since, disabled."""
     return f"{PREFIX}:webhooks:endpoint:{endpoint_id}"
-
-
-# The doorbell (docs/architecture.md, "The doorbell")
-
-DEFAULT_LANE = "default"
-"""The one lane of each delivery queue today; lanes (per priority, per client) share the
-queue's ring task and each has its own pending list and flag."""
-
-
-def pending(queue: str, lane: str = DEFAULT_LANE) -> str:
-    """List of messages waiting for a worker in one lane of ``queue``: entries
-    ``<member>`` or ``<member> <task id>``, pushed on the left, drained from the right."""
-    return f"{PREFIX}:pending:{queue}:{lane}"
-
-
-def ring_flag(queue: str, lane: str = DEFAULT_LANE) -> str:
-    """Set (with a short expiry) while a ring of the lane is outstanding: a ring task that
-    will drain :func:`pending` is queued or running."""
-    return f"{PREFIX}:ring:{queue}:{lane}"

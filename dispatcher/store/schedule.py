@@ -29,7 +29,6 @@ from dispatcher.background import BackgroundLoop
 from dispatcher.connections import REDIS_ERRORS, text
 from dispatcher.enqueue import new_task_id
 from dispatcher.ids import MessageRef
-from dispatcher.store.pending import RING_MS, Bell
 from dispatcher.store.policy import StorePolicy
 from dispatcher.store.scripts import load
 
@@ -60,10 +59,7 @@ class Promotion:
     task_ids: list[str]
     """Per ref, the id of its task: the message's live task from now on."""
     pushed: bool
-    """Their tasks are on the queue list already (or they wait on a lane's pending list);
-    else they still have to be published."""
-    ring: bool = False
-    """They wait on a lane whose ring the caller publishes (a broker other than this Redis)."""
+    """Their tasks are on the queue list already; else they still have to be published."""
 
 
 class ScheduleStore:
@@ -91,23 +87,18 @@ class ScheduleStore:
         refs: list[MessageRef],
         task_for: TaskFor,
         task_ids: list[str | None] | None = None,
-        bell: Bell | None = None,
     ) -> Promotion:
         """Queue those of ``refs`` still waiting and due, each under the task id its record
-        names (``task_ids``, as :meth:`due` read them) or a new one. With ``bell`` they go
-        onto its lane's pending list (the doorbell, :mod:`.pending`); else with tasks from
+        names (``task_ids``, as :meth:`due` read them) or a new one. With tasks from
         ``task_for`` they are pushed in the same step; without, the caller publishes the
         refs returned under their task ids."""
         queue: str | None = None
         batch: list[str] = []
         ids: dict[str, str] = {}
-        ring_task = bell.ring_task() if bell else None
-        if bell and ring_task is not None:
-            queue = bell.lane.queue
         for ref, recorded in zip(refs, task_ids or [None] * len(refs), strict=True):
             task_id = recorded or new_task_id()
             ids[ref.member] = task_id
-            enqueue = None if bell else task_for(ref, task_id=task_id)
+            enqueue = task_for(ref, task_id=task_id)
             if enqueue is not None:
                 queue = enqueue[0]
             batch += [ref.member, task_id, enqueue[1] if enqueue else ""]
@@ -119,12 +110,8 @@ class ScheduleStore:
                 "inflight": keys.IN_FLIGHT,
                 "stats": keys.STATS,
                 "queue": queue,
-                "pending": bell.lane.pending if bell else None,
-                "flag": bell.lane.flag if bell else None,
             },
             {
-                "ring_task": ring_task,
-                "ring_ms": RING_MS,
                 "ttl": self.policy.ttl,
                 "history_limit": self.policy.history_limit,
                 "queued_grace_ms": self.policy.queued_grace_ms,
@@ -135,12 +122,11 @@ class ScheduleStore:
                 "batch": batch,
             },
         )
-        promoted = [text(member) for member in reply[0]]
+        promoted = [text(member) for member in reply]
         return Promotion(
             [MessageRef.parse(member) for member in promoted],
             [ids[member] for member in promoted],
-            queue is not None or bell is not None,
-            bool(reply[1]),
+            queue is not None,
         )
 
     def waiting(self) -> int:
@@ -163,8 +149,6 @@ class Scheduler(BackgroundLoop):
     publish: Callable[[MessageRef, str], None]
     interval: float
     batch: int = 500
-    bell: Bell | None = None
-    """The doorbell: promoted messages wait on its lane (:mod:`.pending`)."""
     min_wait: float = 0.05
     """Shortest sleep between looks: on a dense schedule (an entry every millisecond) each
     look then promotes a batch instead of one message per round trip."""
@@ -176,9 +160,7 @@ class Scheduler(BackgroundLoop):
         due = self.store.due(self.batch)
         if not due.refs:
             return [], due.next_in
-        promotion = self.store.promote(due.refs, self.task_for, due.task_ids, self.bell)
-        if promotion.ring and self.bell is not None:
-            ring_promoted(self.bell)
+        promotion = self.store.promote(due.refs, self.task_for, due.task_ids)
         retries = {ref for ref, task_id in zip(due.refs, due.task_ids, strict=True) if task_id}
         for ref, task_id in zip(promotion.refs, promotion.task_ids, strict=True):
             if not promotion.pushed:
@@ -204,12 +186,3 @@ class Scheduler(BackgroundLoop):
                 log.exception("scheduler: unexpected error; trying again")
             if wait > 0:
                 self._stop.wait(wait)
-
-
-def ring_promoted(bell: Bell) -> None:
-    """Publish the ring of promoted messages; if the broker refuses, they wait on the
-    pending list until the lane's flag expires and the reaper rings (:mod:`.pending`)."""
-    try:
-        bell.publish()
-    except Exception as exc:  # the broker's errors are many; the reaper covers them all
-        log.warning("scheduler: ring not published (%s); recovery rings again", exc)

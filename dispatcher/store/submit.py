@@ -1,10 +1,8 @@
 """Submit stage: record a message ``queued`` (with its task and its gate), or undo that.
 
 One script does it all (``lua/create.lua``): the gate (dispatcher/gate.py), the
-record, the in-flight deadline and the message's place in line: an entry on its
-lane's pending list with the lane's ring when none is outstanding (the doorbell,
-:mod:`.pending`), or its own task; pushed onto the queue list when the broker is
-this Redis — one round trip, both or neither.
+record, the in-flight deadline and, when the broker is this Redis, the task
+pushed onto the queue list — one round trip, both or neither.
 """
 
 from __future__ import annotations
@@ -22,7 +20,6 @@ from dispatcher.ids import MessageRef
 from dispatcher.models import Message
 from dispatcher.scheduling import IMMEDIATE_MS
 from dispatcher.store.lanes import Lane
-from dispatcher.store.pending import RING_MS, PendingLane
 from dispatcher.store.policy import StorePolicy
 from dispatcher.store.recipients import record_fields
 from dispatcher.store.scripts import ArgValue, KeyValue, load, operation_id
@@ -87,18 +84,15 @@ class SubmitStore:
         app: str | None = None,
         client: str | None = None,
         enqueue: tuple[str, str] | None = None,
-        pending: PendingLane | None = None,
         gate: Gate | None = None,
         traceparent: str | None = None,
         send_at_ms: int | None = None,
     ) -> CreateCall:
         """The create call: record ``queued``; with ``enqueue`` (queue list key, task
-        message) also push the task; with ``pending`` (the doorbell) put the message on
-        that pending list instead, ``enqueue`` then being the ring to push if none is
-        outstanding (None: the caller publishes a ring); with ``gate`` pass it first
-        (nothing kept if not). ``app``: the provider app the channel sends it through
-        (recorded, so a configuration change does not move it). ``traceparent``: the
-        submit's trace, which every attempt continues. With
+        message) also push the task; with ``gate`` pass it first (nothing kept if not).
+        ``app``: the provider app the channel sends it through (recorded, so a configuration
+        change does not move it). ``traceparent``: the submit's trace, which every attempt
+        continues. With
         ``send_at_ms`` later than :data:`IMMEDIATE_MS` from now (Redis's clock), record
         ``scheduled`` in :data:`keys.SCHEDULE` instead, and push nothing. The call carries
         its own operation id: run it again after a lost reply and it answers as it did."""
@@ -134,8 +128,6 @@ class SubmitStore:
                 "rate": gate.rate_key if gate else None,
                 "guard": gate.guard if gate else None,
                 "schedule": keys.SCHEDULE if send_at_ms is not None else None,
-                "pending": pending.pending if pending else None,
-                "flag": pending.flag if pending else None,
             },
             args={
                 "op": operation_id(),
@@ -150,7 +142,6 @@ class SubmitStore:
                 "guard_ttl_ms": gate.guard_ttl_ms if gate else 0,
                 "send_at_ms": send_at_ms or 0,
                 "immediate_ms": IMMEDIATE_MS,
-                "ring_ms": RING_MS,
                 "fields": fields,
             },
         )
@@ -165,17 +156,14 @@ class SubmitStore:
             await self._create.call_async(connection, call.keys, call.args)
         )
 
-    def discard(self, ref: MessageRef, message: Message, lane: PendingLane | None = None) -> bool:
-        """Remove a record that was created but never published (no worker touched it);
-        with ``lane``, its pending entry too and the lane's flag (its ring failed)."""
+    def discard(self, ref: MessageRef, message: Message) -> bool:
+        """Remove a record that was created but never published (no worker touched it)."""
         removed = self._discard(
             self.redis,
             {
                 "message": keys.message(ref),
                 "history": keys.history(ref),
                 "inflight": keys.IN_FLIGHT,
-                "pending": lane.pending if lane else None,
-                "flag": lane.flag if lane else None,
             },
             {"fingerprint": message.fingerprint(), "member": ref.member},
         )

@@ -19,8 +19,6 @@ def test_optional_keys_are_left_out_and_their_presence_is_the_first_argument() -
             "rate": "r",
             "guard": None,
             "schedule": "z",
-            "pending": None,
-            "flag": None,
         },
         {
             "op": "op-1",
@@ -35,7 +33,6 @@ def test_optional_keys_are_left_out_and_their_presence_is_the_first_argument() -
             "guard_ttl_ms": 0,
             "send_at_ms": 7,
             "immediate_ms": 1000,
-            "ring_ms": 5000,
             "fields": ["type", "1"],
         },
     )
@@ -47,7 +44,7 @@ def test_optional_keys_are_left_out_and_their_presence_is_the_first_argument() -
         "s",
         "r",
         "z",
-        "010100",
+        "0101",
         "op-1",
         "fp",
         10,
@@ -60,7 +57,6 @@ def test_optional_keys_are_left_out_and_their_presence_is_the_first_argument() -
         0,
         7,
         1000,
-        5000,
         "type",
         "1",
     ]
