@@ -42,6 +42,7 @@ from benchmarks.baseline_app import NOOP_TASK, POST_TASK
 from benchmarks.baseline_app import app as baseline_celery
 from dispatcher import keys
 from dispatcher.config import Settings
+from dispatcher.store import ReadStore
 
 TEXT = {"messageType": 1, "from": "u1", "to": "u2", "messageInfo": {"textMessage": "hello"}}
 PROVIDER_LATENCY = 0.05
@@ -133,7 +134,7 @@ class Bench:
         return cpu
 
     def delivered(self) -> int:
-        return int(self.redis.hget(keys.STATS, "state:delivered") or 0)
+        return ReadStore(self.redis).stats().get("state:delivered", 0)
 
     def run_ours(
         self,

@@ -13,7 +13,7 @@ from dispatcher.errors import DeliveryError
 from dispatcher.ids import MessageRef
 from dispatcher.models import parse_message
 from dispatcher.store import Lease, Reaper, StatusStore, StorePolicy
-from tests.conftest import ref
+from tests.conftest import ref, rejected_entries
 
 TEXT = {"messageType": 1, "from": "u1", "to": "u2", "messageInfo": {"textMessage": "hi"}}
 QUEUE = "work-queue"
@@ -67,7 +67,7 @@ def test_a_failed_publish_is_unclaimed_and_the_rest_of_the_batch_still_goes_out(
     assert sorted(publish.published) == ["a", "c"]
     record = store.read.get(ref("b"))
     assert record is not None and record.state == "processing", "never poison: no attempt ran"
-    due = store.redis.zscore(keys.IN_FLIGHT, ref("b").member)
+    due = store.redis.zscore(keys.shard_of(ref("b").member).inflight, ref("b").member)
     assert due is not None and due <= store.redis.time()[0] * 1000 + 1000, "due again now"
     assert field(store, "b", "requeues") == "1", "one lost lease, counted once"
 
@@ -118,15 +118,17 @@ def test_a_waiting_record_never_expires_and_an_expired_one_is_counted_and_traced
     store.recovery.claim_overdue(requeue_delay=0, queue_key=QUEUE)
     assert store.redis.ttl(keys.message(ref("waiting"))) > 900
     assert store.redis.ttl(keys.history(ref("waiting"))) > 900
-    due = store.redis.zscore(keys.IN_FLIGHT, ref("waiting").member)
+    due = store.redis.zscore(keys.shard_of(ref("waiting").member).inflight, ref("waiting").member)
     assert due is not None and due <= store.redis.time()[0] * 1000 + 500_000, "within ttl/2"
 
     create(store, "gone")
     store.redis.delete(keys.message(ref("gone")))  # expired while queued
     store.recovery.claim_overdue(requeue_delay=0, queue_key=QUEUE)
-    assert store.redis.zscore(keys.IN_FLIGHT, ref("gone").member) is None
+    assert (
+        store.redis.zscore(keys.shard_of(ref("gone").member).inflight, ref("gone").member) is None
+    )
     assert store.read.stats().get("rejected:expired") == 1
-    trace = [json.loads(e) for e in store.redis.lrange(keys.REJECTED, 0, -1)]
+    trace = rejected_entries(store.redis)
     assert [(t["reason"], ref("gone").member in t["detail"]) for t in trace] == [("expired", True)]
 
 
