@@ -5,7 +5,6 @@ and the same broker (``P1_amqp``, ``P3_amqp``). README, "Benchmarks"."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -26,17 +25,7 @@ def run(
         bench.broker_url = bench.args.amqp
         try:
             if "P1" in only and sim is not None:
-                n = bench.n(2000, 10000)
-                say(f"P1 on a Redis Cluster status store, RabbitMQ broker: n={n}")
-                sim.reset()
-                ours = bench.run_ours(
-                    sim,
-                    bench.dispatcher_env(sim, f"p1-cluster-{uuid.uuid4().hex[:6]}"),
-                    n,
-                    pool=bench.pool,
-                    concurrency=bench.concurrency,
-                    processes=bench.processes,
-                )
+                ours = bench.p1_again(sim, "cluster", "on a Redis Cluster status store")
                 single = bench.results.get("P1_amqp", {})
                 bench.results["P1_cluster"] = {
                     "value": ours["per_second"],
