@@ -24,9 +24,10 @@ from dispatcher.connections import text
 from dispatcher.store.read import over_shards, sum_over_shards
 from dispatcher.store.scripts import load
 
-TAKEN_TTL_MS = 24 * 3600 * 1000
+TAKEN_TTL_MS = 10 * 60 * 1000
 """How long a fanned-out event stays marked taken: far longer than an event waits in its
-outbox between a fan-out and its removal."""
+outbox between a fan-out and its removal (milliseconds), short enough that the marks of
+a busy day take little memory."""
 
 
 class Outcome(StrEnum):
