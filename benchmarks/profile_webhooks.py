@@ -48,7 +48,7 @@ def record_events(client: Any, settings: Settings, n: int) -> None:
         event = {"type": "message.delivered", "member": ref.member, "client": "bench",
                  "at": now, "state": "delivered", "attempts": "1", "channel": "easemob",
                  "providerMessageId": "p" + ref.id, "deliveredAt": str(now)}  # fmt: skip
-        client.rpush(keys.WEBHOOK_OUTBOX, json.dumps(event))
+        client.rpush(keys.shard_of(ref).outbox, json.dumps(event))
 
 
 def in_worker(server_url: str, clients: dict[str, Any], n: int, endpoint_pid: int) -> None:
@@ -80,7 +80,7 @@ def in_worker(server_url: str, clients: dict[str, Any], n: int, endpoint_pid: in
         receiver_cpu = harness.cpu_seconds(endpoint_pid)
         record_events(client, settings, n)
         harness.wait_until(
-            lambda: client.llen(keys.WEBHOOK_OUTBOX) == 0 and client.zcard(keys.WEBHOOK_DUE) == 0,
+            lambda: WebhookStore(client).backlog() == {"outbox": 0, "pending": 0, "dead": 0},
             600,
         )
         wall = time.monotonic() - wall

@@ -10,6 +10,8 @@ versions in the same run).
     python benchmarks/run.py --pool threads --concurrency 64   # try another worker setup
     python benchmarks/run.py --only P1,P3 --amqp amqp://guest:guest@127.0.0.1:5672//
                                               # also P1, P3 with RabbitMQ as the broker
+    python benchmarks/run.py --only P1,P3 --amqp amqp://... --cluster
+                                              # and with a Redis Cluster status store
 
 Starts its own Redis (no AOF), the Easemob simulator and every worker/API
 process, runs, stops them and prints one JSON object with keys P1..P9, P11 and P12, each
@@ -17,7 +19,9 @@ process, runs, stops them and prints one JSON object with keys P1..P9, P11 and P
 to stderr. Figures are ratios against baselines on the same Redis with the
 same pool and concurrency; absolute numbers move with the machine's load.
 With ``--amqp`` P1 and P3 run a second time with that RabbitMQ as the broker
-(keys ``P1_amqp``, ``P3_amqp``), each beside the Redis-broker figure of the same run.
+(keys ``P1_amqp``, ``P3_amqp``), each beside the Redis-broker figure of the same run; with
+``--cluster`` too, a third time with a 3-primary Redis Cluster as the status store
+(``P1_cluster``, ``P3_cluster``: benchmarks/cluster_bench.py).
 """
 
 from __future__ import annotations
@@ -37,11 +41,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import harness
+from benchmarks import cluster_bench, harness
 from benchmarks.baseline_app import NOOP_TASK, POST_TASK
 from benchmarks.baseline_app import app as baseline_celery
 from dispatcher import keys
 from dispatcher.config import Settings
+from dispatcher.store import ReadStore
 
 TEXT = {"messageType": 1, "from": "u1", "to": "u2", "messageInfo": {"textMessage": "hello"}}
 PROVIDER_LATENCY = 0.05
@@ -68,6 +73,8 @@ class Bench:
         self.processes = args.processes
         self.server, self.redis = harness.start_redis()
         self.redis_url = self.server.url
+        self.store_pids = [self.server.pid or 0]
+        """The status store's server processes (their CPU is the run's "redis" figure)."""
         self.results: dict[str, Any] = {}
         self.worker_rss: dict[str, int] = {}
         self.broker_url: str | None = None
@@ -127,13 +134,14 @@ class Bench:
 
     def other_cpu(self, sim: harness.Simulator | None) -> dict[str, float]:
         """CPU seconds so far of the producer (this process), Redis and the simulator."""
-        cpu = {"producer": time.process_time(), "redis": harness.cpu_seconds(self.server.pid or 0)}
+        redis_cpu = sum(harness.cpu_seconds(pid) for pid in self.store_pids)
+        cpu = {"producer": time.process_time(), "redis": redis_cpu}
         if sim is not None:
             cpu["simulator"] = harness.cpu_seconds(sim.proc.pid)
         return cpu
 
     def delivered(self) -> int:
-        return int(self.redis.hget(keys.STATS, "state:delivered") or 0)
+        return ReadStore(self.redis).stats().get("state:delivered", 0)
 
     def run_ours(
         self,
@@ -435,17 +443,7 @@ class Bench:
         self.broker_url = self.args.amqp
         try:
             if "P1" in only and sim is not None:
-                n = self.n(2000, 10000)
-                say(f"P1 on RabbitMQ: n={n}")
-                sim.reset()
-                ours = self.run_ours(
-                    sim,
-                    self.dispatcher_env(sim, f"p1-amqp-{uuid.uuid4().hex[:6]}"),
-                    n,
-                    pool=self.pool,
-                    concurrency=self.concurrency,
-                    processes=self.processes,
-                )
+                ours = self.p1_again(sim, "amqp", "on RabbitMQ")
                 on_redis = self.results.get("P1", {})
                 self.results["P1_amqp"] = {
                     "value": ours["per_second"],
@@ -465,6 +463,20 @@ class Bench:
         finally:
             self.broker_url = None
             self.delete_amqp_queues()
+
+    def p1_again(self, sim: harness.Simulator, tag: str, label: str) -> dict[str, Any]:
+        """P1's run of ours once more, with the broker and status store set up now."""
+        n = self.n(2000, 10000)
+        say(f"P1 {label}: n={n}")
+        sim.reset()
+        return self.run_ours(
+            sim,
+            self.dispatcher_env(sim, f"p1-{tag}-{uuid.uuid4().hex[:6]}"),
+            n,
+            pool=self.pool,
+            concurrency=self.concurrency,
+            processes=self.processes,
+        )
 
     def delete_amqp_queues(self) -> None:
         """The quorum queues these runs declared: they outlive their consumers otherwise."""
@@ -569,6 +581,8 @@ class Bench:
                         self.p2(sim)
                     if self.args.amqp and "P1" in only:
                         self.on_amqp(sim, {"P1"})
+                        if self.args.cluster:
+                            cluster_bench.run(self, sim, {"P1"}, say)
                     if "P6" in only:
                         from benchmarks import webhooks_bench
 
@@ -583,6 +597,8 @@ class Bench:
                 self.p3()
                 if self.args.amqp:
                     self.on_amqp(None, {"P3"})
+                    if self.args.cluster:
+                        cluster_bench.run(self, None, {"P3"}, say)
             if "P4" in only:
                 self.p4()
             if "P5" in only:
@@ -598,20 +614,8 @@ class Bench:
         finally:
             self.redis.close()
             self.server.cleanup()
-        keys_in_order: tuple[str, ...] = (
-            "P1",
-            "P1_amqp",
-            "P2",
-            "P3",
-            "P3_amqp",
-            "P4",
-            "P5",
-            "P6",
-            "P7",
-            "P8",
-            "P9",
-        )
-        keys_in_order += ("P11", "P12")
+        keys_in_order: tuple[str, ...] = ("P1", "P1_amqp", "P1_cluster", "P2", "P3", "P3_amqp")
+        keys_in_order += ("P3_cluster", "P4", "P5", "P6", "P7", "P8", "P9", "P11", "P12")
         out: dict[str, Any] = {k: self.results[k] for k in keys_in_order if k in self.results}
         out["machine"] = machine()
         out["seconds"] = round(time.monotonic() - started, 1)
@@ -659,6 +663,12 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         metavar="URL",
         help="also run P1 and P3 with this RabbitMQ as the broker (P1_amqp, P3_amqp)",
+    )
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="with --amqp: also run P1 and P3 with a 3-primary Redis Cluster as the status "
+        "store (P1_cluster, P3_cluster)",
     )
     args = parser.parse_args(argv)
     only = {p.strip().upper() for p in args.only.split(",") if p.strip()}

@@ -63,12 +63,12 @@ def run(bench: Any, say: Callable[[str], None]) -> dict[str, Any]:
             submit_seconds = time.time() - started
             ahead_of_last_submit = first_due - time.time()
             used_after = int(bench.redis.info("memory")["used_memory"])
-            waiting = int(bench.redis.zcard(keys.SCHEDULE)) - 500
+            waiting = dispatcher.store.schedule.waiting() - 500
             waiting_rss = harness.rss_bytes(worker.pid)
             sampled = _sampled_bytes(bench, ids[:: max(1, n // 200)])
             say(f"P9: {waiting} waiting after {submit_seconds:.1f}s; waiting for their times")
             harness.wait_until(  # the warm-up's 500 stay: due in an hour
-                lambda: bench.redis.zcard(keys.SCHEDULE) <= 500,
+                lambda: dispatcher.store.schedule.waiting() <= 500,
                 first_due - time.time() + WINDOW + 120,
             )
             lags = _lags(dispatcher, ids[:: max(1, n // 5000)])
@@ -117,8 +117,8 @@ def _sampled_bytes(bench: Any, ids: list[str]) -> int:
         size = int(bench.redis.memory_usage(keys.message(ref), samples=0) or 0)
         size += int(bench.redis.memory_usage(keys.history(ref), samples=0) or 0)
         sizes.append(size)
-    schedule = int(bench.redis.memory_usage(keys.SCHEDULE, samples=0) or 0)
-    members = max(1, int(bench.redis.zcard(keys.SCHEDULE)))
+    schedule = sum(int(bench.redis.memory_usage(s.schedule, samples=0) or 0) for s in keys.shards())
+    members = max(1, sum(int(bench.redis.zcard(s.schedule)) for s in keys.shards()))
     return round(statistics.mean(sizes) + schedule / members)
 
 

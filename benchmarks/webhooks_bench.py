@@ -30,6 +30,7 @@ import httpx
 from benchmarks import harness
 from dispatcher import keys
 from dispatcher.embedded import free_port
+from dispatcher.webhooks.outbox import WebhookStore
 
 ENDPOINT_DELAY = 0.02
 SECRET = "whsec_" + base64.b64encode(b"benchmark-webhook-secret-32bytes").decode()
@@ -105,7 +106,7 @@ def run(bench: Any, say: Callable[[str], None], sim: harness.Simulator) -> dict[
                 last_delivery = time.monotonic()
                 drained = harness.wait_until(
                     lambda: (
-                        bench.redis.llen(keys.WEBHOOK_OUTBOX) == 0
+                        WebhookStore(bench.redis).backlog()["outbox"] == 0
                         and bench.redis.zcard(keys.WEBHOOK_DUE) == 0
                     ),
                     120,

@@ -39,6 +39,7 @@ from dispatcher.store.submit_many import (
     create_many_async,
     create_many_then,
     create_many_then_async,
+    mark_published,
 )
 
 MESSAGES_FIELD = "messages"
@@ -133,16 +134,22 @@ class Batch:
         again (a dead broker costs one timeout per batch, not one per message)."""
         refusal: Unavailable | None = None
         removed: set[MessageRef] = set()
+        published: list[MessageRef] = []
         for each in recorded:
             if refusal is not None:
                 self.dispatcher.forget(each.ref, each.message)
                 removed.add(each.ref)
                 continue
             try:
-                self.dispatcher.publish_or_forget(each.ref, each.message)
+                self.dispatcher.publish_or_forget(each.ref, each.message, mark=False)
             except Unavailable as failed:
                 refusal = failed
                 removed.add(each.ref)
+                continue
+            published.append(each.ref)
+        if published:
+            policy = self.dispatcher.store.policy
+            mark_published(self.dispatcher.redis, published, policy.queued_grace_ms)
         if refusal is not None:  # the removed ones, and their repeats in the batch
             for each in self.pending:
                 if each.ref in removed and isinstance(self.results[each.index], Submitted):

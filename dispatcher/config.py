@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from dispatcher.channels.easemob_apps import DEFAULT_APP, EasemobAppConfig, check_app_names
 from dispatcher.channels.wechat_config import WeChatConfig, WindowFallback
+from dispatcher.cluster import is_cluster_url
 from dispatcher.ids import DEFAULT_NAMESPACE, NAMESPACE_PATTERN
 from dispatcher.limits import MAX_BATCH_REQUEST_BYTES, MAX_REQUEST_BYTES
 from dispatcher.priority import DEFAULT_PRIORITY, Priority
@@ -149,6 +150,7 @@ class Settings(BaseSettings):
     reaper_interval: float = 2.0
     shutdown_grace: float = 20.0
     queued_grace: int = 300
+    publish_grace: int = Field(default=15, gt=0)
     retry_grace: int = 30
     max_requeues: int = 5
     # A worker process that stops beating for this long is dead (docs/reliability.md, "Recovery")
@@ -229,6 +231,21 @@ class Settings(BaseSettings):
     def _check_schedule(cls, value: str) -> str:
         parse_schedule(value)
         return value
+
+    @model_validator(mode="after")
+    def _check_cluster(self) -> Settings:
+        """A Redis Cluster status store needs another broker (docs/deployment.md)."""
+        if not is_cluster_url(self.redis_url):
+            return self
+        if self.broker_url is None or is_cluster_url(self.broker_url):
+            raise ValueError(
+                "a Redis Cluster status store (redis+cluster://) needs DISPATCHER_BROKER_URL "
+                "naming another broker (RabbitMQ, a Redis or a Sentinel set): Celery's Redis "
+                "transport cannot use a cluster"
+            )
+        if self.redis_min_replicas:
+            raise ValueError("DISPATCHER_REDIS_MIN_REPLICAS does not apply to a Redis Cluster")
+        return self
 
     @property
     def effective_broker_url(self) -> str:

@@ -25,6 +25,7 @@ from redis.asyncio.sentinel import SentinelManagedConnection as AsyncSentinelCon
 from redis.backoff import ExponentialBackoff
 from redis.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
 
+from dispatcher.cluster import async_cluster_client, cluster_client, cluster_target
 from dispatcher.config import Settings
 from dispatcher.redis_budget import (
     AsyncDeadlineRetry,
@@ -70,6 +71,12 @@ _TIMEOUTS: dict[str, Any] = {
     "retry_on_error": [redis.ConnectionError, redis.TimeoutError],
 }
 
+_CLUSTER_TIMEOUTS: dict[str, Any] = {
+    "socket_timeout": SOCKET_TIMEOUT,
+    "socket_connect_timeout": 2,
+}
+"""A cluster client retries on its own: it follows MOVED and ASK and asks the cluster
+for its slots again after a node fails."""
 
 RETRIES = 2
 BACKOFF_CAP = 0.5
@@ -182,10 +189,15 @@ def blocking_pool_size(settings: Settings) -> int:
 
 
 def redis_client(settings: Settings, *, max_connections: int | None = None) -> redis.Redis:
-    """A pooled client with the timeouts and retries of a long-running service."""
+    """A pooled client with the timeouts and retries of a long-running service; for a
+    ``redis+cluster://`` URL a cluster client (dispatcher/cluster.py) with a pool per node."""
+    size = max_connections or blocking_pool_size(settings)
+    cluster = cluster_target(settings.redis_url)
+    if cluster is not None:
+        return cluster_client(cluster, max_connections=size, **_CLUSTER_TIMEOUTS)
     pool = _sync_pool(
         settings.redis_url,
-        max_connections=max_connections or blocking_pool_size(settings),
+        max_connections=size,
         timeout=settings.redis_pool_timeout,
         retry=DeadlineRetry(_backoff(), retries=RETRIES),
         **_TIMEOUTS,
@@ -196,6 +208,10 @@ def redis_client(settings: Settings, *, max_connections: int | None = None) -> r
 def async_redis_client(settings: Settings, *, max_connections: int | None = None) -> AsyncRedis:
     """:func:`redis_client` for asyncio code (the HTTP API's submit path): one event loop
     multiplexes ``DISPATCHER_API_REDIS_CONNECTIONS`` connections among its requests."""
+    cluster = cluster_target(settings.redis_url)
+    if cluster is not None:
+        size = max_connections or settings.api_redis_connections
+        return async_cluster_client(cluster, max_connections=size, **_CLUSTER_TIMEOUTS)
     pool = _async_pool(
         settings.redis_url,
         max_connections=max_connections or settings.api_redis_connections,
@@ -295,6 +311,9 @@ def probe_client(url: str, timeout: float) -> redis.Redis:
         "socket_connect_timeout": timeout,
         "max_connections": 4,
     }
+    cluster = cluster_target(url)
+    if cluster is not None:
+        return cluster_client(cluster, **options)
     if target is None:
         return redis.Redis.from_url(url, **options)
     pool = SentinelConnectionPool(  # type: ignore[no-untyped-call]

@@ -22,9 +22,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import redis
+from redis.cluster import RedisCluster
 
+from dispatcher.cluster import is_cluster
 from dispatcher.config import Settings
 from dispatcher.connections import REDIS_ERRORS, PoolExhausted, text
 from dispatcher.errors import Busy, Unavailable
@@ -55,10 +58,19 @@ def _config(client: redis.Redis, name: str) -> str | None:
     return None if value is None else text(value)
 
 
+def node_infos(client: redis.Redis, section: str) -> list[dict[str, Any]]:
+    """``INFO section`` of the Redis, or of every primary of a Redis Cluster."""
+    if not is_cluster(client):
+        return [client.info(section)]
+    replies = client.info(section, target_nodes=RedisCluster.PRIMARIES)
+    return list(replies.values())
+
+
 def redis_warnings(client: redis.Redis) -> list[str]:
-    """What is unsafe in this Redis's configuration for dispatcher (empty when all is well)."""
+    """What is unsafe in this Redis's configuration for dispatcher (empty when all is well);
+    on a Redis Cluster, of its primaries (the fullest's memory, any's persistence)."""
     warnings: list[str] = []
-    memory = client.info("memory")
+    memory = node_infos(client, "memory")[0]
     policy = text(memory.get("maxmemory_policy", "")) or _config(client, "maxmemory-policy")
     if policy and policy != "noeviction":
         warnings.append(
@@ -66,8 +78,9 @@ def redis_warnings(client: redis.Redis) -> list[str]:
             "Redis will evict status records and queued deliveries (messages lost). "
             "Set maxmemory-policy noeviction."
         )
-    persistence = client.info("persistence")
-    aof = str(persistence.get("aof_enabled", "0")) == "1"
+    aof = all(
+        str(info.get("aof_enabled", "0")) == "1" for info in node_infos(client, "persistence")
+    )
     save = _config(client, "save")
     if not aof and save is not None and save.strip() == "":
         warnings.append(
@@ -98,8 +111,12 @@ def configuration_warnings(client: redis.Redis) -> list[str]:
 
 
 def memory_usage(client: redis.Redis) -> MemoryUsage:
-    info = client.info("memory")
-    return MemoryUsage(int(info.get("used_memory", 0)), int(info.get("maxmemory", 0)))
+    """The Redis's memory; on a Redis Cluster, the fullest primary's (the one to refuse on)."""
+    usages = [
+        MemoryUsage(int(info.get("used_memory", 0)), int(info.get("maxmemory", 0)))
+        for info in node_infos(client, "memory")
+    ]
+    return max(usages, key=lambda usage: (usage.ratio or 0.0, usage.used))
 
 
 MEMORY_FULL = (

@@ -1,82 +1,167 @@
 """Every Redis key dispatcher writes, spelled once (docs/architecture.md, "Redis keys").
 
-The keys of one message carry one Redis Cluster hash tag, ``{<namespace>:<id>}``,
-so every script's keys of that message live in one slot. The shared structures
-below (in-flight index, dead letters, stats, rejected trace, rate limiters) are
-keys of their own.
+The store is split into :data:`SHARDS` shards. A message belongs to the shard its member
+hashes to (:func:`shard_of`); its keys and the shard's shared structures (in-flight index,
+schedule, dead letters, stats, rejected trace, webhook outbox) carry the shard's Redis
+Cluster hash tag, so every script that changes a message touches one slot. Fleet-wide
+readers (the reaper, the scheduler, dead-letter listings, counters) go through every
+shard. The shards' tags are chosen so their slots spread evenly over the 16384 slots:
+a cluster whose primaries share the slots evenly shares the shards evenly too.
+Rate limiter state and webhook deliveries carry tags of their own.
 """
 
 from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from functools import cache
+
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 from dispatcher.ids import MessageRef
 
 PREFIX = "dispatcher"
 
-DEAD_LETTERS = f"{PREFIX}:dead"
-"""Sorted set of dead message references (``MessageRef.member``), scored by the time they died."""
-
-STATS = f"{PREFIX}:stats"
-"""Hash of counters shared by every process: transitions by state, delivery latency buckets."""
-
-IN_FLIGHT = f"{PREFIX}:inflight"
-"""Sorted set of every non-terminal message reference not waiting in :data:`SCHEDULE`,
-scored by the time (ms) it must have progressed by: lease end, a due retry's promotion
-plus grace, or queued time plus grace."""
-
-SCHEDULE = f"{PREFIX}:schedule"
-"""Sorted set of message references (``MessageRef.member``) waiting for their time, scored
-by the time (ms) they are due to be queued: ``scheduled`` sends and ``retrying`` messages
-until their backoff has run out. One key for the whole fleet: on a Redis
-Cluster it lives on one node (docs/architecture.md, "Scheduled delivery")."""
-
-BEATS = f"{PREFIX}:beats"
-"""Sorted set of the worker processes that take leases, scored by their last heartbeat (ms,
-Redis's clock); entries a day old are trimmed at each beat (dispatcher/store/liveness.py)."""
+SHARDS = 16
+"""Fixed: a message's shard is part of its keys' names, so changing the count would
+strand every record written before (docs/deployment.md, "Redis Cluster and RabbitMQ")."""
 
 MAX_DEAD_LETTERS = 100_000
-"""The dead-letter index is trimmed to this many newest entries."""
-
-REJECTED = f"{PREFIX}:rejected"
-"""List of queue messages no status record can hold (undecodable, unknown task, unknown
-id), newest first, each a JSON object with the reason; trimmed to ``MAX_REJECTED``."""
+"""Each shard's dead-letter index is trimmed to this many newest entries."""
 
 MAX_REJECTED = 1000
+"""Each shard's rejected trace is trimmed to this many newest entries."""
 
-_TAG_OPEN = f"{PREFIX}:{{"
-_RECORD = "}:rec"
-_HISTORY = "}:hist"
-_RECIPIENTS = "}:rcpt"
+_RECORD = ":rec"
+_HISTORY = ":hist"
+_RECIPIENTS = ":rcpt"
 
-MESSAGE_KEY_PARTS = (_TAG_OPEN, _RECORD, _HISTORY)
-"""How a script that only learns members (the recovery scan) spells their keys:
-``open + member + record`` and ``open + member + history``."""
 
-ALL_RECORDS = f"{_TAG_OPEN}*{_RECORD}"
+@dataclass(frozen=True)
+class Shard:
+    """One shard's keys: all in the slot of its hash tag."""
+
+    index: int
+    tag: str
+
+    @property
+    def open(self) -> str:
+        """What every key of the shard starts with (a message's: ``open + member + close``)."""
+        return f"{PREFIX}:{{{self.tag}}}:"
+
+    @property
+    def key_parts(self) -> tuple[str, str, str]:
+        """How a script that only learns members (the recovery scan, the scheduler) spells
+        their keys: ``open + member + record`` and ``open + member + history``."""
+        return (self.open, _RECORD, _HISTORY)
+
+    def message(self, member: str) -> str:
+        return f"{self.open}{member}{_RECORD}"
+
+    def history(self, member: str) -> str:
+        return f"{self.open}{member}{_HISTORY}"
+
+    def recipients(self, member: str) -> str:
+        return f"{self.open}{member}{_RECIPIENTS}"
+
+    @property
+    def inflight(self) -> str:
+        """Sorted set of the shard's non-terminal message references not waiting in
+        :attr:`schedule`, scored by the time (ms) each must have progressed by: lease end,
+        a due retry's promotion plus grace, or queued time plus grace (a short grace until
+        a task published through another broker is confirmed: docs/reliability.md)."""
+        return f"{self.open}inflight"
+
+    @property
+    def schedule(self) -> str:
+        """Sorted set of message references waiting for their time, scored by the time
+        (ms) they are due to be queued: ``scheduled`` sends and ``retrying`` messages."""
+        return f"{self.open}schedule"
+
+    @property
+    def dead(self) -> str:
+        """Sorted set of dead message references, scored by the time they died."""
+        return f"{self.open}dead"
+
+    @property
+    def stats(self) -> str:
+        """Hash of counters (transitions by state, latency buckets); the fleet's counters
+        are the sums over the shards."""
+        return f"{self.open}stats"
+
+    @property
+    def rejected(self) -> str:
+        """List of queue messages no status record can hold (undecodable, unknown task,
+        unknown id, expired record), newest first, each a JSON object with the reason."""
+        return f"{self.open}rejected"
+
+    @property
+    def beats(self) -> str:
+        """Sorted set of the worker processes that take leases, scored by their last
+        heartbeat (ms, Redis's clock); every process beats in every shard, so each shard's
+        recovery reads the beats of its own slot (dispatcher/store/liveness.py)."""
+        return f"{self.open}beats"
+
+    @property
+    def outbox(self) -> str:
+        """List of webhook events recorded by the script that made the state change,
+        oldest first; the webhook pump turns each into its deliveries."""
+        return f"{self.open}webhooks:outbox"
+
+
+def _tag(index: int) -> str:
+    """The first tag ``s<index>.<n>`` whose slot lies in the shard's even share of slots."""
+    share = REDIS_CLUSTER_HASH_SLOTS // SHARDS
+    n = 0
+    while not index * share <= key_slot(f"s{index}.{n}".encode()) < (index + 1) * share:
+        n += 1
+    return f"s{index}.{n}"
+
+
+@cache
+def shards() -> tuple[Shard, ...]:
+    """Every shard, in order."""
+    return tuple(Shard(i, _tag(i)) for i in range(SHARDS))
+
+
+def shard_of(ref: MessageRef | str) -> Shard:
+    """The shard of a message (by its reference or its member)."""
+    member = ref if isinstance(ref, str) else ref.member
+    return shards()[zlib.crc32(member.encode()) % SHARDS]
+
+
+def counters_shard() -> Shard:
+    """Where counters and traces written outside a message's script go (any shard would
+    do: readers sum or merge every shard's)."""
+    return shards()[0]
+
+
+ALL_RECORDS = f"{PREFIX}:{{*}}:*{_RECORD}"
 """SCAN pattern matching every message's record."""
 
-ALL_HISTORIES = f"{_TAG_OPEN}*{_HISTORY}"
+ALL_HISTORIES = f"{PREFIX}:{{*}}:*{_HISTORY}"
 """SCAN pattern matching every message's history."""
 
 
 def ref_of_record(key: str) -> MessageRef:
     """The reference whose record :func:`message` names ``key``."""
-    return MessageRef.parse(key.removeprefix(_TAG_OPEN).removesuffix(_RECORD))
+    return MessageRef.parse(key.partition("}:")[2].removesuffix(_RECORD))
 
 
 def message(ref: MessageRef) -> str:
     """Hash holding one message's status record and payload."""
-    return f"{_TAG_OPEN}{ref.member}{_RECORD}"
+    return shard_of(ref).message(ref.member)
 
 
 def history(ref: MessageRef) -> str:
     """List of the message's state changes, oldest first, bounded."""
-    return f"{_TAG_OPEN}{ref.member}{_HISTORY}"
+    return shard_of(ref).history(ref.member)
 
 
 def recipients(ref: MessageRef) -> str:
     """String of a multi-recipient message's per-recipient outcomes, one fixed-width slot
     per recipient in the order of its ``to`` list (dispatcher/store/recipients.py)."""
-    return f"{_TAG_OPEN}{ref.member}{_RECIPIENTS}"
+    return shard_of(ref).recipients(ref.member)
 
 
 def token(channel: str, *account: str) -> str:
@@ -142,12 +227,17 @@ EASEMOB_UNKNOWN_CALLBACKS = f"{PREFIX}:easemob:unknown-callbacks"
 MAX_UNKNOWN_CALLBACKS = 1000
 
 
+RATE_OPEN = f"{PREFIX}:{{rate}}:"
+"""Rate limiter state and the submit gate's replay guards share one tag: a limiter's
+dimensions, and a client's rate with its nonce's guard, are checked in one script."""
+
+
 def rate_limit(name: str, scope: str | None = None) -> str:
     """State of one shared rate limiter (GCRA theoretical arrival time); ``scope``: one
     provider app's budget of that name (a named Easemob app), None: the default app's."""
     if scope is None:
-        return f"{PREFIX}:rate:{name}"
-    return f"{PREFIX}:rate:{name}:app:{scope}"
+        return f"{RATE_OPEN}{name}"
+    return f"{RATE_OPEN}{name}:app:{scope}"
 
 
 def media_cache(bucket: str, key: str) -> str:
@@ -157,7 +247,7 @@ def media_cache(bucket: str, key: str) -> str:
 
 def replay_guard(client: str, nonce: str) -> str:
     """Marks a (client, nonce) pair seen within the signature window."""
-    return f"{PREFIX}:nonce:{client}:{nonce}"
+    return f"{RATE_OPEN}nonce:{client}:{nonce}"
 
 
 CONSOLE_SIGNING_KEY = f"{PREFIX}:console:signing-key"
@@ -184,24 +274,27 @@ def console_login_failures(who: str) -> str:
 
 # Status webhooks (docs/webhooks.md)
 
-WEBHOOK_OUTBOX = f"{PREFIX}:webhooks:outbox"
-"""List of events recorded by the script that made the state change, oldest first, each a
-JSON object; the webhook pump turns each into one delivery per subscribed endpoint."""
+# Each shard has its outbox (Shard.outbox); the deliveries share one tag.
+_WEBHOOKS = f"{PREFIX}:{{webhooks}}:"
 
-WEBHOOK_DUE = f"{PREFIX}:webhooks:due"
+WEBHOOK_DUE = f"{_WEBHOOKS}due"
 """Sorted set of delivery members (``<endpoint id>:<webhook id>``) scored by when (ms)
 they are due: the next attempt, or the end of a claimed attempt's lease."""
 
-WEBHOOK_PUMP = f"{PREFIX}:webhooks:pump"
+WEBHOOK_PUMP = f"{_WEBHOOKS}pump"
 """String naming the worker whose pump holds the lease (it expires unless renewed): one
 pump of the fleet works at a time."""
 
-WEBHOOK_DEAD = f"{PREFIX}:webhooks:dead"
+WEBHOOK_DEAD = f"{_WEBHOOKS}dead"
 """Sorted set of delivery members whose attempts ran out, scored by when (ms)."""
 
 MAX_WEBHOOK_DEAD = 100_000
 
-WEBHOOK_DELIVERY_OPEN = f"{PREFIX}:webhooks:delivery:"
+WEBHOOK_TAKEN_OPEN = f"{_WEBHOOKS}taken:"
+"""``open + webhook id``: marks an outbox event fanned out (for a while), so a second
+fan-out of it creates nothing."""
+
+WEBHOOK_DELIVERY_OPEN = f"{_WEBHOOKS}delivery:"
 """How a script that only learns delivery members spells their keys: open + member."""
 
 
@@ -212,4 +305,4 @@ def webhook_delivery(member: str) -> str:
 
 def webhook_endpoint(endpoint_id: str) -> str:
     """Hash of one endpoint's health: counts, last error, failing since, disabled."""
-    return f"{PREFIX}:webhooks:endpoint:{endpoint_id}"
+    return f"{_WEBHOOKS}endpoint:{endpoint_id}"

@@ -5,7 +5,8 @@ broker is the status store's Redis (the default) both are one Lua call: the
 record and the Celery task message pushed onto the queue list, or neither
 (dispatcher/enqueue.py builds the message). With another broker the record is
 written first so a worker always finds it; if the publish fails the record is
-removed again, so a rejected submission leaves nothing behind.
+removed again, so a rejected submission leaves nothing behind; once the broker confirmed
+it, it is marked published (an outbox: docs/deployment.md, "RabbitMQ as the broker").
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from dispatcher.store import (
     ReplayOutcome,
     StatusStore,
 )
+from dispatcher.store.submit_many import mark_published
 from dispatcher.withdraw import CancelResult, RecallResult, Withdrawal
 
 log = logging.getLogger(__name__)
@@ -206,16 +208,20 @@ class Dispatcher(StatusReads):
             gate=gate,
             traceparent=traceparent,
             send_at_ms=message.sendAt,
+            publish_apart=enqueue is None,
         )
         return ref, call, enqueue is None
 
-    def publish_or_forget(self, ref: MessageRef, message: Message) -> None:
-        """Publish the recorded message; if the broker refuses, remove the record again."""
+    def publish_or_forget(self, ref: MessageRef, message: Message, *, mark: bool = True) -> None:
+        """Publish the recorded message; if the broker refuses, remove the record again;
+        then mark it published (``mark=False``: the caller does, for a batch)."""
         try:
             self.publish(ref)
         except PUBLISH_ERRORS as exc:
             self.forget(ref, message)
             raise Unavailable(f"broker unavailable: {reason(exc)}") from None
+        if mark:
+            mark_published(self.redis, [ref], self.store.policy.queued_grace_ms)
 
     def settle_create(
         self,

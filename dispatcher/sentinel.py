@@ -54,7 +54,7 @@ def sentinel_target(url: str) -> SentinelTarget | None:
         )
     try:
         db = int(path[1]) if len(path) == 2 else 0
-        sentinels = tuple(_address(h) for h in hosts.split(",") if h)
+        sentinels = host_ports(hosts, SENTINEL_PORT)
     except ValueError:
         raise ValueError(f"{SENTINEL_SCHEME} URL: ports and the database must be numbers") from None
     return SentinelTarget(
@@ -66,12 +66,18 @@ def sentinel_target(url: str) -> SentinelTarget | None:
     )
 
 
-def _address(host: str) -> tuple[str, int]:
+def host_ports(hosts: str, default_port: int) -> tuple[tuple[str, int], ...]:
+    """``h1:p1,[v6]:p2,h3`` as (host, port) pairs, ``default_port`` where none is given;
+    ValueError for a port that is no number."""
+    return tuple(_address(h, default_port) for h in hosts.split(",") if h)
+
+
+def _address(host: str, default_port: int) -> tuple[str, int]:
     if host.startswith("["):  # [v6]:port
         name, _, rest = host[1:].partition("]")
-        return name, int(rest.lstrip(":") or SENTINEL_PORT)
+        return name, int(rest.lstrip(":") or default_port)
     name, _, port = host.partition(":")
-    return name, int(port or SENTINEL_PORT)
+    return name, int(port or default_port)
 
 
 def kombu_broker(url: str) -> tuple[str, dict[str, Any]]:

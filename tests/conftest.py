@@ -6,6 +6,7 @@ tests' own and is flushed), else a server of the session's own on a free port.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from dispatcher import keys
 from dispatcher.config import Settings
 from dispatcher.embedded import RedisServer, free_port, redis_answers
 from dispatcher.ids import DEFAULT_NAMESPACE, MessageRef
+from tests.cluster import RedisClusterSet
 from tests.rabbitmq import RabbitVhost, amqp_answers, configured_amqp
 
 EASEMOB_ORG = "sandbox-org"
@@ -41,6 +43,26 @@ ROOT = Path(__file__).resolve().parent.parent
 def ref(message_id: str) -> MessageRef:
     """The reference of a message submitted in the default namespace."""
     return MessageRef(DEFAULT_NAMESPACE, message_id)
+
+
+def rejected_entries(client: redis.Redis) -> list[dict[str, Any]]:
+    """Every shard's rejected trace (dispatcher/keys.py), newest first."""
+    entries = [json.loads(raw) for s in keys.shards() for raw in client.lrange(s.rejected, 0, -1)]
+    return sorted(entries, key=lambda e: -int(e["at"]))
+
+
+def outbox_keys() -> list[str]:
+    return [s.outbox for s in keys.shards()]
+
+
+def outbox_events(client: redis.Redis) -> list[dict[str, Any]]:
+    """Every shard's webhook outbox events, oldest first."""
+    events = [json.loads(raw) for key in outbox_keys() for raw in client.lrange(key, 0, -1)]
+    return sorted(events, key=lambda e: int(e["at"]))
+
+
+def stats_keys() -> list[str]:
+    return [s.stats for s in keys.shards()]
 
 
 @pytest.fixture(scope="session")
@@ -79,6 +101,28 @@ def rabbitmq() -> Iterator[RabbitVhost]:
     vhost = RabbitVhost.create(url)
     yield vhost
     vhost.delete()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterSet]:
+    """A 3-primary Redis Cluster of this session's own on loopback (tests/cluster.py)."""
+    with RedisClusterSet(root=tmp_path_factory.mktemp("cluster")) as cluster:
+        yield cluster
+
+
+@pytest.fixture(params=["single", "cluster"])
+def store_redis(request: pytest.FixtureRequest) -> Iterator[redis.Redis]:
+    """An empty status store Redis: fakeredis, then a real 3-primary Redis Cluster (the
+    store's tests run against both)."""
+    if request.param == "single":
+        import fakeredis
+
+        yield fakeredis.FakeRedis()
+        return
+    cluster: RedisClusterSet = request.getfixturevalue("redis_cluster")
+    cluster.flush()
+    # Left open: a store's timers (attempt durations) may still write after the test.
+    yield cluster.client()  # type: ignore[misc]
 
 
 @pytest.fixture()

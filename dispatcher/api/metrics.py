@@ -5,7 +5,7 @@ several apps in one process do not collide). With several API processes behind o
 port (``dispatcher api --workers N``) each process writes its counters to files in
 ``PROMETHEUS_MULTIPROC_DIR`` and every scrape sums all of them, whichever process
 answers it (prometheus_client's multiprocess mode; docs/operations.md, "Metrics"). The workers' figures (transitions,
-provider errors, delivery latency) live in the shared Redis hash ``keys.STATS``;
+provider errors, delivery latency) live in the shards' Redis hashes (``Shard.stats``);
 a custom collector reads them at scrape time with what else the store keeps (the
 dead letters, the in-flight index, each queue's backlog) and Redis's memory, so
 there is no second metrics store. docs/operations.md lists every metric and the
@@ -18,6 +18,7 @@ import logging
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
@@ -34,11 +35,12 @@ from dispatcher import keys
 from dispatcher.api.lane_metrics import lane_metrics
 from dispatcher.backlog import QueueBacklog, read_backlog
 from dispatcher.broker_probe import AmqpProbe, BrokerUnreachable
-from dispatcher.connections import REDIS_ERRORS, text
+from dispatcher.connections import REDIS_ERRORS
 from dispatcher.errors import Busy
 from dispatcher.health import MemoryUsage, memory_usage
 from dispatcher.store import LATENCY_BUCKETS_MS, StatusStore
 from dispatcher.store.durations import ATTEMPT_BUCKETS_MS, ATTEMPT_PREFIX
+from dispatcher.store.read import over_shards, sum_counters
 
 log = logging.getLogger(__name__)
 
@@ -199,17 +201,18 @@ class RedisCollector(Collector):
         self.memory_refuse_ratio = memory_refuse_ratio
 
     def _read_store(self) -> StoreFigures:
-        pipe = self.store.redis.pipeline(transaction=False)
-        pipe.hgetall(keys.STATS)
-        pipe.zcard(keys.DEAD_LETTERS)
-        pipe.zcard(keys.IN_FLIGHT)
-        pipe.zcard(keys.SCHEDULE)
-        stats, dead, in_flight, scheduled = pipe.execute()
+        def read(pipe: Any, shard: keys.Shard) -> None:
+            pipe.hgetall(shard.stats)
+            pipe.zcard(shard.dead)
+            pipe.zcard(shard.inflight)
+            pipe.zcard(shard.schedule)
+
+        replies = over_shards(self.store.redis, read)
         return StoreFigures(
-            {text(k): int(v) for k, v in stats.items()},
-            int(dead),
-            int(in_flight),
-            int(scheduled),
+            sum_counters(replies[0::4]),
+            sum(int(n) for n in replies[1::4]),
+            sum(int(n) for n in replies[2::4]),
+            sum(int(n) for n in replies[3::4]),
             _memory(self.store.redis),
         )
 

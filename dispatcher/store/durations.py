@@ -1,7 +1,7 @@
 """Attempt durations per channel: a histogram the workers add to the shared stats hash.
 
 An attempt lasts from its lease to its recorded outcome. Each worker process counts
-its attempts in memory; a timer thread adds them to ``keys.STATS``
+its attempts in memory; a timer thread adds them to the stats hash of ``keys.counters_shard()``
 (``attempt:<channel>:count``, ``:sum_ms``, ``:le:<bound>``) with one pipelined round
 trip ``interval`` seconds after the first count it has not added yet, so timing costs
 the delivery path no Redis call; shutdown flushes what is left. ``/metrics`` renders them as
@@ -57,9 +57,10 @@ class StatsBuffer:
             timer.cancel()
         if not pending:
             return
+        stats = keys.counters_shard().stats
         pipe = self.redis.pipeline(transaction=False)
         for field, amount in pending.items():
-            pipe.hincrby(keys.STATS, field, amount)
+            pipe.hincrby(stats, field, amount)
         try:
             pipe.execute()
         except REDIS_ERRORS as exc:

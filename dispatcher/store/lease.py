@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from dispatcher import keys
+from dispatcher.cluster import is_cluster
 from dispatcher.connections import text
 from dispatcher.errors import DeliveryError
 from dispatcher.ids import MessageRef
@@ -131,6 +132,8 @@ class LeaseStore:
         ``task_id``: the delivery task asking; only the message's live task is served, a
         superseded copy stands down (docs/reliability.md, "The state machine")."""
         prepay_args: list[float] = []
+        if is_cluster(self.redis):
+            prepay = None  # its rate keys are in another slot: the send acquires them itself
         if prepay is not None:
             for dimension in zip(
                 prepay.intervals_ms,
@@ -146,7 +149,7 @@ class LeaseStore:
             {
                 "message": keys.message(ref),
                 "history": keys.history(ref),
-                "inflight": keys.IN_FLIGHT,
+                "inflight": keys.shard_of(ref).inflight,
                 "rates": prepay.keys if prepay else (),
             },
             {
@@ -207,7 +210,7 @@ class LeaseStore:
         reply = text(
             self._extend(
                 self.redis,
-                {"message": keys.message(lease.ref), "inflight": keys.IN_FLIGHT},
+                {"message": keys.message(lease.ref), "inflight": keys.shard_of(lease.ref).inflight},
                 {
                     "owner": lease.owner,
                     "lease": lease.lease_number,
@@ -299,16 +302,17 @@ class LeaseStore:
             "deferred": 1 if deferred else None,
             "announce": 1 if self.policy.announces(lease.client, f"message.{state}") else None,
         }
+        shard = keys.shard_of(lease.ref)
         reply = self._finish(
             self.redis,
             {
-                "message": keys.message(lease.ref),
-                "history": keys.history(lease.ref),
-                "dead": keys.DEAD_LETTERS,
-                "stats": keys.STATS,
-                "inflight": keys.IN_FLIGHT,
-                "outbox": keys.WEBHOOK_OUTBOX,
-                "schedule": keys.SCHEDULE,
+                "message": shard.message(lease.ref.member),
+                "history": shard.history(lease.ref.member),
+                "dead": shard.dead,
+                "stats": shard.stats,
+                "inflight": shard.inflight,
+                "outbox": shard.outbox,
+                "schedule": shard.schedule,
             },
             args,
         )
@@ -344,7 +348,7 @@ class LeaseStore:
             {
                 "message": keys.message(ref),
                 "history": keys.history(ref),
-                "outbox": keys.WEBHOOK_OUTBOX,
+                "outbox": keys.shard_of(ref).outbox,
             },
             {
                 "member": ref.member,

@@ -2,7 +2,8 @@
 
 A lease names its owner as ``<process>:<attempt>`` (:func:`process_identity`). Each such
 process runs a :class:`Heartbeat`: every quarter of the worker timeout it records its last
-beat in :data:`dispatcher.keys.BEATS` (``lua/beat.lua``). A lease's in-flight deadline is
+beat in every shard's ``beats`` set (``lua/beat.lua``; dispatcher/keys.py: each shard's
+recovery reads the beats of its own slot). A lease's in-flight deadline is
 its end or, sooner, one worker timeout from now (``lua/lease.lua``), so the reaper looks at
 it while it runs: a holder that still beats keeps it, a holder whose last beat is older
 than the timeout is dead and its lease is broken and its message published again
@@ -35,7 +36,7 @@ from dispatcher.store.scripts import load
 log = logging.getLogger(__name__)
 
 BEAT_KEEP_MS = 86_400_000
-"""A process whose last beat is a day old leaves :data:`dispatcher.keys.BEATS`."""
+"""A process whose last beat is a day old leaves the shards' ``beats`` sets."""
 
 _identity: tuple[int, str] = (0, "")
 
@@ -59,11 +60,15 @@ class LivenessStore:
         self._beat = load("beat")
 
     def beat(self, process: str) -> int:
-        """Record a beat of ``process``; Redis's time of it (ms)."""
-        now = self._beat(
-            self.redis, {"beats": keys.BEATS}, {"process": process, "keep_ms": BEAT_KEEP_MS}
-        )
-        return int(now)
+        """Record a beat of ``process`` in every shard; Redis's time of it (ms), as the
+        first shard's node tells it."""
+        times = [
+            self._beat(
+                self.redis, {"beats": shard.beats}, {"process": process, "keep_ms": BEAT_KEEP_MS}
+            )
+            for shard in keys.shards()
+        ]
+        return int(times[0])
 
 
 @dataclass

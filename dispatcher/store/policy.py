@@ -14,6 +14,10 @@ class StorePolicy:
     history_limit: int = 50
     queued_grace: float = 300.0
     """Seconds a ``queued`` message may wait for a worker before recovery looks at it."""
+    publish_grace: float = 15.0
+    """Seconds a message recorded before its task is published to another broker may wait
+    for the broker's confirmation (:meth:`SubmitStore.published`) before recovery
+    publishes it: the producer died between the two (docs/deployment.md)."""
     retry_grace: float = 30.0
     """Seconds after a retry's promotion from the schedule (its due time) before recovery
     publishes it again: its task was lost."""
@@ -32,6 +36,7 @@ class StorePolicy:
             ttl=settings.status_ttl,
             history_limit=settings.history_limit,
             queued_grace=settings.queued_grace,
+            publish_grace=settings.publish_grace,
             retry_grace=settings.retry_grace,
             max_requeues=settings.max_requeues,
             worker_timeout=settings.worker_timeout,
@@ -53,6 +58,10 @@ class StorePolicy:
     @property
     def queued_grace_ms(self) -> int:
         return int(self.queued_grace * 1000)
+
+    @property
+    def publish_grace_ms(self) -> int:
+        return int(self.publish_grace * 1000)
 
     @property
     def retry_grace_ms(self) -> int:

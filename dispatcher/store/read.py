@@ -1,11 +1,14 @@
 """Read stage: status records, the dead-letter index and the fleet's counters.
 
-Plain reads (pipelined, no scripts): nothing here changes a record.
+Plain reads (pipelined, no scripts): nothing here changes a record. The fleet's counters
+and indexes are read from every shard (dispatcher/keys.py) and summed or merged.
 """
 
 from __future__ import annotations
 
+import heapq
 import json
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -48,6 +51,28 @@ _RECORD_FIELDS = (
 )
 
 
+def over_shards(client: redis.Redis, read: Callable[[Any, keys.Shard], Any]) -> list[Any]:
+    """``read(pipe, shard)`` queued for every shard in one pipeline; the replies in order."""
+    pipe = client.pipeline(transaction=False)
+    for shard in keys.shards():
+        read(pipe, shard)
+    return list(pipe.execute())
+
+
+def sum_over_shards(client: redis.Redis, read: Callable[[Any, keys.Shard], Any]) -> int:
+    """The sum of one number read from every shard (a ZCARD, say)."""
+    return sum(int(n) for n in over_shards(client, read))
+
+
+def sum_counters(hashes: list[dict[Any, Any]]) -> dict[str, int]:
+    """Every shard's counters hash (HGETALL replies), summed field by field."""
+    total: dict[str, int] = {}
+    for raw in hashes:
+        for k, v in raw.items():
+            total[text(k)] = total.get(text(k), 0) + int(v)
+    return total
+
+
 class ReadStore:
     def __init__(self, client: redis.Redis) -> None:
         self.redis = client
@@ -86,12 +111,11 @@ class ReadStore:
 
     def stats(self) -> dict[str, int]:
         """Counters kept by the transition scripts: ``state:<state>``, ``latency:*``, ..."""
-        raw = self.redis.hgetall(keys.STATS)
-        return {text(k): int(v) for k, v in raw.items()}
+        return sum_counters(over_shards(self.redis, lambda pipe, s: pipe.hgetall(s.stats)))
 
     def in_flight(self) -> int:
         """How many messages are not yet terminal."""
-        return int(self.redis.zcard(keys.IN_FLIGHT))
+        return sum_over_shards(self.redis, lambda pipe, shard: pipe.zcard(shard.inflight))
 
     def dead_letters(
         self,
@@ -112,21 +136,33 @@ class ReadStore:
             return self._dead_letters_of(namespace, low, high, newest_first)[
                 offset : offset + limit
             ]
-        rows: list[tuple[bytes, float]]
+        # Each shard's first offset + limit, merged in time order: the page of the whole.
+        want = offset + limit
         if newest_first:
-            rows = self.redis.zrevrangebyscore(  # type: ignore[assignment]
-                keys.DEAD_LETTERS, high, low, start=offset, num=limit, withscores=True
+            shards = over_shards(
+                self.redis,
+                lambda pipe, s: pipe.zrevrangebyscore(
+                    s.dead, high, low, start=0, num=want, withscores=True
+                ),
             )
         else:
-            rows = self.redis.zrangebyscore(  # type: ignore[assignment]
-                keys.DEAD_LETTERS, low, high, start=offset, num=limit, withscores=True
+            shards = over_shards(
+                self.redis,
+                lambda pipe, s: pipe.zrangebyscore(
+                    s.dead, low, high, start=0, num=want, withscores=True
+                ),
             )
-        return [(MessageRef.parse(text(member)), float(score) / 1000) for member, score in rows]
+        merged = heapq.merge(
+            *([(score, text(member)) for member, score in rows] for rows in shards),
+            reverse=newest_first,
+        )
+        rows = list(merged)[offset:want]
+        return [(MessageRef.parse(member), float(score) / 1000) for score, member in rows]
 
     def _dead_letters_of(
         self, namespace: str, low: int | str, high: int | str, newest_first: bool
     ) -> list[tuple[MessageRef, float]]:
-        """One namespace's dead letters in time order. The index is shared by every
+        """One namespace's dead letters in time order. Each shard's index is shared by every
         namespace: ZSCAN makes Redis pick the namespace's members, so only they travel."""
         low_ms = float(low) if low != "-inf" else float("-inf")
         high_ms = float(high) if high != "+inf" else float("inf")
@@ -135,7 +171,8 @@ class ReadStore:
         match = None if namespace == DEFAULT_NAMESPACE else f"{namespace}:*"
         rows = sorted(
             (score, text(member))
-            for member, score in self.redis.zscan_iter(keys.DEAD_LETTERS, match=match, count=1000)
+            for shard in keys.shards()
+            for member, score in self.redis.zscan_iter(shard.dead, match=match, count=1000)
             if low_ms <= score <= high_ms
         )
         if newest_first:
@@ -144,7 +181,7 @@ class ReadStore:
         return [(ref, died) for ref, died in refs if ref.namespace == namespace]
 
     def dead_letter_count(self) -> int:
-        return int(self.redis.zcard(keys.DEAD_LETTERS))
+        return sum_over_shards(self.redis, lambda pipe, shard: pipe.zcard(shard.dead))
 
 
 def _record(ref: MessageRef, values: list[Any], history: list[Any]) -> StatusRecord | None:

@@ -110,17 +110,40 @@ class RecoveryStore:
         is broken and claimed like an expired one, when the caller's own process has beaten
         without a gap since ``watching_since`` (ms, Redis's clock) for half a worker timeout
         or more (dispatcher/store/liveness.py); with None no holder is judged dead.
+
+        Every shard is looked at (one call each), up to ``limit`` members in each;
+        ``scanned`` counts them all, so it reaches ``limit`` when some shard's look was full
+        and the caller calls again.
         """
-        key_open, record_close, history_close = keys.MESSAGE_KEY_PARTS
+        since = None if queue_key is None else self._head_queued_at(queue_key)
+        found = Overdue([], 0, [])
+        for shard in keys.shards():
+            one = self._claim_shard(shard, limit, requeue_delay, since, watching_since)
+            found.refs.extend(one.refs)
+            found.task_ids.extend(one.task_ids)
+            found = found._replace(
+                scanned=found.scanned + one.scanned, lost_leases=found.lost_leases | one.lost_leases
+            )
+        return found
+
+    def _claim_shard(
+        self,
+        shard: keys.Shard,
+        limit: int,
+        requeue_delay: float,
+        since: int | None,
+        watching_since: int | None,
+    ) -> Overdue:
+        key_open, record_close, history_close = shard.key_parts
         claimed, scanned, task_ids, lost_leases = self._claim(
             self.redis,
             {
-                "inflight": keys.IN_FLIGHT,
-                "dead": keys.DEAD_LETTERS,
-                "stats": keys.STATS,
-                "rejected": keys.REJECTED,
-                "outbox": keys.WEBHOOK_OUTBOX,
-                "beats": keys.BEATS,
+                "inflight": shard.inflight,
+                "dead": shard.dead,
+                "stats": shard.stats,
+                "rejected": shard.rejected,
+                "outbox": shard.outbox,
+                "beats": shard.beats,
             },
             {
                 "scan": limit,
@@ -135,7 +158,7 @@ class RecoveryStore:
                 "rejected_cap": keys.MAX_REJECTED,
                 "dead_announced": self.policy.clients_announcing("message.dead"),
                 "worker_timeout_ms": self.policy.worker_timeout_ms,
-                "backlog_since_ms": None if queue_key is None else self._head_queued_at(queue_key),
+                "backlog_since_ms": since,
                 "watching_since_ms": watching_since,
             },
         )
@@ -162,20 +185,24 @@ class RecoveryStore:
 
     def unclaim(self, refs: list[MessageRef], detail: str) -> None:
         """Make claimed messages due again now: their publish failed (``detail`` says why)."""
-        key_open, record_close, history_close = keys.MESSAGE_KEY_PARTS
-        self._unclaim(
-            self.redis,
-            {"inflight": keys.IN_FLIGHT},
-            {
-                "key_open": key_open,
-                "record_close": record_close,
-                "history_close": history_close,
-                "ttl": self.policy.ttl,
-                "history_limit": self.policy.history_limit,
-                "detail": detail,
-                "members": [ref.member for ref in refs],
-            },
-        )
+        by_shard: dict[keys.Shard, list[str]] = {}
+        for ref in refs:
+            by_shard.setdefault(keys.shard_of(ref), []).append(ref.member)
+        for shard, members in by_shard.items():
+            key_open, record_close, history_close = shard.key_parts
+            self._unclaim(
+                self.redis,
+                {"inflight": shard.inflight},
+                {
+                    "key_open": key_open,
+                    "record_close": record_close,
+                    "history_close": history_close,
+                    "ttl": self.policy.ttl,
+                    "history_limit": self.policy.history_limit,
+                    "detail": detail,
+                    "members": members,
+                },
+            )
 
     def replay(
         self,
@@ -193,8 +220,8 @@ class RecoveryStore:
             {
                 "message": keys.message(ref),
                 "history": keys.history(ref),
-                "dead": keys.DEAD_LETTERS,
-                "inflight": keys.IN_FLIGHT,
+                "dead": keys.shard_of(ref).dead,
+                "inflight": keys.shard_of(ref).inflight,
             },
             {
                 "op": operation_id(),
@@ -219,7 +246,7 @@ class RecoveryStore:
             {
                 "message": keys.message(ref),
                 "history": keys.history(ref),
-                "dead": keys.DEAD_LETTERS,
+                "dead": keys.shard_of(ref).dead,
             },
             {
                 "member": ref.member,
@@ -245,10 +272,11 @@ class RecoveryStore:
             },
             ensure_ascii=False,
         )
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.lpush(keys.REJECTED, entry)
-        pipe.ltrim(keys.REJECTED, 0, keys.MAX_REJECTED - 1)
-        pipe.hincrby(keys.STATS, f"rejected:{reason}", 1)
+        shard = keys.counters_shard()
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.lpush(shard.rejected, entry)
+        pipe.ltrim(shard.rejected, 0, keys.MAX_REJECTED - 1)
+        pipe.hincrby(shard.stats, f"rejected:{reason}", 1)
         pipe.execute()
 
 

@@ -1,5 +1,5 @@
 """Schedule stage: messages that wait for a time wait in a sorted set of our own
-(:data:`keys.SCHEDULE`), not in the broker: a message accepted with a later ``sendAt``
+(each shard's ``schedule``, dispatcher/keys.py), not in the broker: a message accepted with a later ``sendAt``
 (``scheduled``), and a retry until its backoff has run out (``retrying``).
 
 Celery's countdown/ETA would hold each waiting task in a worker's memory and, on
@@ -30,6 +30,7 @@ from dispatcher.connections import REDIS_ERRORS, text
 from dispatcher.enqueue import new_task_id
 from dispatcher.ids import MessageRef
 from dispatcher.store.policy import StorePolicy
+from dispatcher.store.read import sum_over_shards
 from dispatcher.store.scripts import load
 
 log = logging.getLogger(__name__)
@@ -70,17 +71,23 @@ class ScheduleStore:
         self._promote = load("promote_due")
 
     def due(self, limit: int) -> DueBatch:
-        """Up to ``limit`` references due by Redis's clock, and the wait for the next one."""
-        key_open, record_close, _ = keys.MESSAGE_KEY_PARTS
-        reply = self._due(
-            self.redis,
-            {"schedule": keys.SCHEDULE},
-            {"limit": limit, "key_open": key_open, "record_close": record_close},
-        )
-        wait = text(reply[0])
-        refs = [MessageRef.parse(text(member)) for member in reply[1::2]]
-        task_ids = [text(task) or None for task in reply[2::2]]
-        return DueBatch(refs, int(wait) / 1000 if wait else None, task_ids)
+        """Up to ``limit`` references due by Redis's clock in each shard, and the wait for
+        the next one of any shard."""
+        batch = DueBatch([], None, [])
+        waits: list[float] = []
+        for shard in keys.shards():
+            key_open, record_close, _ = shard.key_parts
+            reply = self._due(
+                self.redis,
+                {"schedule": shard.schedule},
+                {"limit": limit, "key_open": key_open, "record_close": record_close},
+            )
+            wait = text(reply[0])
+            if wait:
+                waits.append(int(wait) / 1000)
+            batch.refs.extend(MessageRef.parse(text(member)) for member in reply[1::2])
+            batch.task_ids.extend(text(task) or None for task in reply[2::2])
+        return DueBatch(batch.refs, min(waits, default=None), batch.task_ids)
 
     def promote(
         self,
@@ -91,9 +98,9 @@ class ScheduleStore:
         """Queue those of ``refs`` still waiting and due, each under the task id its record
         names (``task_ids``, as :meth:`due` read them) or a new one. With tasks from
         ``task_for`` they are pushed in the same step; without, the caller publishes the
-        refs returned under their task ids."""
+        refs returned under their task ids. One call per shard the refs belong to."""
         queue: str | None = None
-        batch: list[str] = []
+        batches: dict[keys.Shard, list[str]] = {}
         ids: dict[str, str] = {}
         for ref, recorded in zip(refs, task_ids or [None] * len(refs), strict=True):
             task_id = recorded or new_task_id()
@@ -101,28 +108,31 @@ class ScheduleStore:
             enqueue = task_for(ref, task_id=task_id)
             if enqueue is not None:
                 queue = enqueue[0]
+            batch = batches.setdefault(keys.shard_of(ref), [])
             batch += [ref.member, task_id, enqueue[1] if enqueue else ""]
-        key_open, record_close, history_close = keys.MESSAGE_KEY_PARTS
-        reply = self._promote(
-            self.redis,
-            {
-                "schedule": keys.SCHEDULE,
-                "inflight": keys.IN_FLIGHT,
-                "stats": keys.STATS,
-                "queue": queue,
-            },
-            {
-                "ttl": self.policy.ttl,
-                "history_limit": self.policy.history_limit,
-                "queued_grace_ms": self.policy.queued_grace_ms,
-                "retry_grace_ms": self.policy.retry_grace_ms,
-                "key_open": key_open,
-                "record_close": record_close,
-                "history_close": history_close,
-                "batch": batch,
-            },
-        )
-        promoted = [text(member) for member in reply]
+        promoted: list[str] = []
+        for shard, batch in batches.items():
+            key_open, record_close, history_close = shard.key_parts
+            reply = self._promote(
+                self.redis,
+                {
+                    "schedule": shard.schedule,
+                    "inflight": shard.inflight,
+                    "stats": shard.stats,
+                    "queue": queue,
+                },
+                {
+                    "ttl": self.policy.ttl,
+                    "history_limit": self.policy.history_limit,
+                    "queued_grace_ms": self.policy.queued_grace_ms,
+                    "retry_grace_ms": self.policy.retry_grace_ms,
+                    "key_open": key_open,
+                    "record_close": record_close,
+                    "history_close": history_close,
+                    "batch": batch,
+                },
+            )
+            promoted += [text(member) for member in reply]
         return Promotion(
             [MessageRef.parse(member) for member in promoted],
             [ids[member] for member in promoted],
@@ -131,7 +141,7 @@ class ScheduleStore:
 
     def waiting(self) -> int:
         """How many messages wait for their time (scheduled sends and retries)."""
-        return int(self.redis.zcard(keys.SCHEDULE))
+        return sum_over_shards(self.redis, lambda pipe, shard: pipe.zcard(shard.schedule))
 
 
 @dataclass
@@ -169,7 +179,7 @@ class Scheduler(BackgroundLoop):
                 log.debug("getMessageId=%s retry due: queued as task %s", ref.id, task_id)
             else:
                 log.info("getMessageId=%s queued at its scheduled time", ref.id)
-        return promotion.refs, 0.0 if len(due.refs) == self.batch else due.next_in
+        return promotion.refs, 0.0 if len(due.refs) >= self.batch else due.next_in
 
     def run(self) -> None:
         while not self._stop.is_set():

@@ -2,7 +2,9 @@
 
 One script does it all (``lua/create.lua``): the gate (dispatcher/gate.py), the
 record, the in-flight deadline and, when the broker is this Redis, the task
-pushed onto the queue list — one round trip, both or neither.
+pushed onto the queue list — one round trip, both or neither. On a Redis Cluster the
+gate's keys live in another slot than the message's, so the gate runs first on its own
+(``lua/gate.lua``, :func:`gate_apart`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import redis
 from redis.asyncio import Redis as AsyncRedis
 
 from dispatcher import keys
+from dispatcher.cluster import is_cluster
 from dispatcher.connections import text
 from dispatcher.ids import MessageRef
 from dispatcher.models import Message
@@ -42,6 +45,8 @@ class CreateOutcome(StrEnum):
     CONFLICT = "conflict"
     REPLAYED = "replayed"
     RATE_LIMITED = "wait"
+    PASSED = "ok"
+    """Only from the gate run on its own (:func:`gate_apart`): go on and create."""
 
 
 class CreateResult(NamedTuple):
@@ -73,6 +78,7 @@ class SubmitStore:
         self.redis = client
         self.policy = policy
         self._create = load("create")
+        self._gate = load("gate")
         self._discard = load("discard")
 
     def prepare(
@@ -87,6 +93,7 @@ class SubmitStore:
         gate: Gate | None = None,
         traceparent: str | None = None,
         send_at_ms: int | None = None,
+        publish_apart: bool = False,
     ) -> CreateCall:
         """The create call: record ``queued``; with ``enqueue`` (queue list key, task
         message) also push the task; with ``gate`` pass it first (nothing kept if not).
@@ -94,8 +101,12 @@ class SubmitStore:
         change does not move it). ``traceparent``: the submit's trace, which every attempt
         continues. With
         ``send_at_ms`` later than :data:`IMMEDIATE_MS` from now (Redis's clock), record
-        ``scheduled`` in :data:`keys.SCHEDULE` instead, and push nothing. The call carries
-        its own operation id: run it again after a lost reply and it answers as it did."""
+        ``scheduled`` in its shard's schedule instead, and push nothing. The call carries
+        its own operation id: run it again after a lost reply and it answers as it did.
+        ``publish_apart``: the caller publishes the task after this call (another broker)
+        and then marks it published (``submit_many.mark_published``); until then the
+        record's deadline is the publish grace, so recovery publishes it if the caller
+        dies in between (the record-then-publish outbox, docs/deployment.md)."""
         fields: list[str] = [
             "type",
             str(int(message.messageType)),
@@ -117,24 +128,27 @@ class SubmitStore:
             fields += ["client", client]
         if traceparent:
             fields += [TRACEPARENT, traceparent]
+        shard = keys.shard_of(ref)
         return CreateCall(
             lane=Lane.of(app, client, message.priority.value),
             keys={
-                "message": keys.message(ref),
-                "history": keys.history(ref),
-                "inflight": keys.IN_FLIGHT,
-                "stats": keys.STATS,
+                "message": shard.message(ref.member),
+                "history": shard.history(ref.member),
+                "inflight": shard.inflight,
+                "stats": shard.stats,
                 "queue": enqueue[0] if enqueue else None,
                 "rate": gate.rate_key if gate else None,
                 "guard": gate.guard if gate else None,
-                "schedule": keys.SCHEDULE if send_at_ms is not None else None,
+                "schedule": shard.schedule if send_at_ms is not None else None,
             },
             args={
                 "op": operation_id(),
                 "fingerprint": message.fingerprint(),
                 "ttl": self.policy.ttl,
                 "history_limit": self.policy.history_limit,
-                "queued_grace_ms": self.policy.queued_grace_ms,
+                "queued_grace_ms": self.policy.publish_grace_ms
+                if publish_apart
+                else self.policy.queued_grace_ms,
                 "member": ref.member,
                 "task": enqueue[1] if enqueue else None,
                 "gate_interval_ms": gate.interval_ms if gate else 0,
@@ -147,11 +161,25 @@ class SubmitStore:
         )
 
     def create(self, call: CreateCall, connection: redis.Redis | None = None) -> CreateResult:
-        reply = self._create(connection or self.redis, call.keys, call.args)
+        client = connection or self.redis
+        if is_cluster(client):
+            gate, call = gate_apart(call)
+            if gate is not None:
+                passed = CreateResult.from_reply(self._gate(client, gate.keys, gate.args))
+                if passed.outcome is not CreateOutcome.PASSED:
+                    return passed
+        reply = self._create(client, call.keys, call.args)
         return CreateResult.from_reply(reply)
 
     async def create_async(self, connection: AsyncRedis, call: CreateCall) -> CreateResult:
         """:meth:`create` through an asyncio client of the same Redis."""
+        if is_cluster(connection):
+            gate, call = gate_apart(call)
+            if gate is not None:
+                reply = await self._gate.call_async(connection, gate.keys, gate.args)
+                passed = CreateResult.from_reply(reply)
+                if passed.outcome is not CreateOutcome.PASSED:
+                    return passed
         return CreateResult.from_reply(
             await self._create.call_async(connection, call.keys, call.args)
         )
@@ -163,8 +191,30 @@ class SubmitStore:
             {
                 "message": keys.message(ref),
                 "history": keys.history(ref),
-                "inflight": keys.IN_FLIGHT,
+                "inflight": keys.shard_of(ref).inflight,
             },
             {"fingerprint": message.fingerprint(), "member": ref.member},
         )
         return bool(removed)
+
+
+_GATE_KEYS = ("rate", "guard")
+_GATE_ARGS = ("gate_interval_ms", "gate_tolerance_ms", "guard_ttl_ms")
+
+
+def gate_apart(call: CreateCall) -> tuple[CreateCall | None, CreateCall]:
+    """A create call split in two for a Redis Cluster: the gate's call (``lua/gate.lua``,
+    None when the call has no gate) and the create's call without a gate."""
+    if all(call.keys[name] is None for name in _GATE_KEYS):
+        return None, call
+    gate = CreateCall(
+        keys={name: call.keys[name] for name in _GATE_KEYS},
+        args={"op": call.args["op"], **{name: call.args[name] for name in _GATE_ARGS}},
+        lane=call.lane,
+    )
+    create = CreateCall(
+        keys={**call.keys, **dict.fromkeys(_GATE_KEYS)},
+        args={**call.args, **dict.fromkeys(_GATE_ARGS, 0)},
+        lane=call.lane,
+    )
+    return gate, create

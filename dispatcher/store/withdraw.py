@@ -65,10 +65,10 @@ class WithdrawStore:
             {
                 "message": keys.message(ref),
                 "history": keys.history(ref),
-                "inflight": keys.IN_FLIGHT,
-                "schedule": keys.SCHEDULE,
-                "stats": keys.STATS,
-                "outbox": keys.WEBHOOK_OUTBOX,
+                "inflight": keys.shard_of(ref).inflight,
+                "schedule": keys.shard_of(ref).schedule,
+                "stats": keys.shard_of(ref).stats,
+                "outbox": keys.shard_of(ref).outbox,
             },
             {
                 "member": ref.member,
@@ -87,8 +87,8 @@ class WithdrawStore:
             {
                 "message": keys.message(ref),
                 "history": keys.history(ref),
-                "stats": keys.STATS,
-                "outbox": keys.WEBHOOK_OUTBOX,
+                "stats": keys.shard_of(ref).stats,
+                "outbox": keys.shard_of(ref).outbox,
             },
             {
                 "member": ref.member,

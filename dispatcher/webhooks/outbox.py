@@ -21,7 +21,13 @@ import redis
 
 from dispatcher import keys
 from dispatcher.connections import text
+from dispatcher.store.read import over_shards, sum_over_shards
 from dispatcher.store.scripts import load
+
+TAKEN_TTL_MS = 10 * 60 * 1000
+"""How long a fanned-out event stays marked taken: far longer than an event waits in its
+outbox between a fan-out and its removal (milliseconds), short enough that the marks of
+a busy day take little memory."""
 
 
 class Outcome(StrEnum):
@@ -169,26 +175,30 @@ class WebhookStore:
         self._delete_if_equal(self.redis, {"target": keys.WEBHOOK_PUMP}, {"expected": owner})
 
     def pending_events(self, limit: int = 100) -> list[Event]:
-        return [
-            Event.parse(text(raw)) for raw in self.redis.lrange(keys.WEBHOOK_OUTBOX, 0, limit - 1)
-        ]
+        """Up to ``limit`` oldest events of each shard's outbox (one round trip)."""
+        batches = over_shards(self.redis, lambda pipe, s: pipe.lrange(s.outbox, 0, limit - 1))
+        return [Event.parse(text(raw)) for batch in batches for raw in batch]
 
     def fan_out(self, plan: list[tuple[Event, str, dict[str, str]]]) -> int:
         """Each event's deliveries (member -> body) in one call, with the event's
-        getMessageId; how many were created (an event another pump took first creates
-        none)."""
+        getMessageId, then the events taken off their outboxes; how many deliveries were
+        created (an event fanned out before creates none)."""
         args: list[str | int] = []
         delivery_keys: list[str] = []
         for event, message_id, bodies in plan:
-            args += [event.raw, len(bodies), message_id, event.traceparent or ""]
+            args += [event.id, len(bodies), message_id, event.traceparent or ""]
             for member, body in bodies.items():
                 args += [member, body]
                 delivery_keys.append(keys.webhook_delivery(member))
         reply = self._fanout(
             self.redis,
-            {"outbox": keys.WEBHOOK_OUTBOX, "due": keys.WEBHOOK_DUE, "deliveries": delivery_keys},
-            {"plan": args},
+            {"due": keys.WEBHOOK_DUE, "deliveries": delivery_keys},
+            {"taken_open": keys.WEBHOOK_TAKEN_OPEN, "taken_ttl_ms": TAKEN_TTL_MS, "plan": args},
         )
+        pipe = self.redis.pipeline(transaction=False)
+        for event, _, _ in plan:
+            pipe.lrem(keys.shard_of(event.member).outbox, 1, event.raw)
+        pipe.execute()
         return int(reply)
 
     def claim_due(self, limit: int, lease_seconds: float) -> list[tuple[str, int]]:
@@ -311,9 +321,9 @@ class WebhookStore:
         return bool(pipe.execute()[0])
 
     def backlog(self) -> dict[str, int]:
+        outbox = sum_over_shards(self.redis, lambda pipe, shard: pipe.llen(shard.outbox))
         pipe = self.redis.pipeline(transaction=False)
-        pipe.llen(keys.WEBHOOK_OUTBOX)
         pipe.zcard(keys.WEBHOOK_DUE)
         pipe.zcard(keys.WEBHOOK_DEAD)
-        outbox, due, dead = pipe.execute()
-        return {"outbox": int(outbox), "pending": int(due), "dead": int(dead)}
+        due, dead = pipe.execute()
+        return {"outbox": outbox, "pending": int(due), "dead": int(dead)}

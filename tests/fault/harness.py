@@ -400,7 +400,9 @@ def check_forward_only(records: dict[str, Any]) -> None:
 
 
 BOUNDED_KEYS = frozenset(
-    {keys.IN_FLIGHT, keys.DEAD_LETTERS, keys.STATS, keys.REJECTED, keys.SCHEDULE, keys.BEATS}
+    key
+    for s in keys.shards()
+    for key in (s.inflight, s.dead, s.stats, s.rejected, s.schedule, s.beats)
 )
 """Ours without a TTL: bounded by design (see dispatcher/keys.py)."""
 
@@ -425,7 +427,7 @@ def check_bounded_keys(client: redis.Redis, queues: Iterable[str] = ()) -> dict[
 
 def check_nothing_in_flight(client: redis.Redis, ids: Iterable[str]) -> None:
     """The in-flight index holds no terminal message (it stays bounded)."""
-    left = [m for m in ids if client.zscore(keys.IN_FLIGHT, m) is not None]
+    left = [m for m in ids if client.zscore(keys.shard_of(m).inflight, m) is not None]
     assert not left, f"I4: terminal ids still in the in-flight index: {left[:5]}"
 
 

@@ -22,7 +22,7 @@ from kombu import Connection, Exchange, Producer
 
 from dispatcher import keys
 from dispatcher.enqueue import DELIVER_TASK
-from tests.conftest import ref
+from tests.conftest import ref, rejected_entries
 from tests.fault.harness import assert_invariants, new_id, submit_texts, text_message
 
 pytestmark = pytest.mark.fault
@@ -50,10 +50,10 @@ def raw_envelope(body: bytes, queue: str, content_type: str = "application/json"
 def wait_rejected(client: redis.Redis, count: int, timeout: float = 20) -> list[dict[str, Any]]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if client.llen(keys.REJECTED) >= count:
+        if len(rejected_entries(client)) >= count:
             break
         time.sleep(0.1)
-    return [json.loads(raw) for raw in client.lrange(keys.REJECTED, 0, -1)]
+    return rejected_entries(client)
 
 
 def test_undecodable_and_unknown_queue_messages_are_rejected_once_with_a_reason(
@@ -83,7 +83,7 @@ def test_undecodable_and_unknown_queue_messages_are_rejected_once_with_a_reason(
 
     entries = wait_rejected(client, 6)
     time.sleep(3)  # long enough for a redelivery loop to show
-    entries = [json.loads(raw) for raw in client.lrange(keys.REJECTED, 0, -1)]
+    entries = rejected_entries(client)
     reasons = sorted(e["reason"] for e in entries)
     print(f"\nF14: rejected once each: {reasons}")
     expected = ["undecodable", "undecodable", "unknown_task", "invalid_argument", "unknown_id"]

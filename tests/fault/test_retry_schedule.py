@@ -72,8 +72,12 @@ def test_a_retrying_message_survives_sigkill_of_every_worker_and_is_retried_at_i
 
     wait_until(retrying, 30, "the 503 recorded as a retry")
     due_ms = int(dispatcher.redis.hget(keys.message(ref_of(dispatcher, message_id)), "dueAt"))
-    assert dispatcher.redis.zscore(keys.SCHEDULE, member) == due_ms, "waits in the schedule"
-    assert dispatcher.redis.zscore(keys.IN_FLIGHT, member) is None, "not the reaper's"
+    assert dispatcher.redis.zscore(keys.shard_of(member).schedule, member) == due_ms, (
+        "waits in the schedule"
+    )
+    assert dispatcher.redis.zscore(keys.shard_of(member).inflight, member) is None, (
+        "not the reaper's"
+    )
     assert held_by_workers(dispatcher) == {}, "no worker holds the retry"
 
     for worker in workers:
@@ -107,4 +111,4 @@ def test_a_retrying_message_survives_sigkill_of_every_worker_and_is_retried_at_i
     assert record.state.value == "delivered" and record.attempts == 2
     states = [h.state.value for h in record.history]
     assert states == ["queued", "processing", "retrying", "processing", "delivered"], states
-    assert dispatcher.redis.zscore(keys.SCHEDULE, member) is None
+    assert dispatcher.redis.zscore(keys.shard_of(member).schedule, member) is None

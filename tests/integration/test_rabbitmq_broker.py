@@ -1,9 +1,13 @@
 """RabbitMQ as the broker (docs/deployment.md): the HTTP API and a real worker on a quorum
-queue of the session's own virtual host, the Easemob simulator on loopback."""
+queue of the session's own virtual host, the Easemob simulator on loopback; the status
+store one Redis, or a 3-primary Redis Cluster (tests/cluster.py)."""
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -11,11 +15,13 @@ from typing import Any
 import httpx
 import pytest
 
+from dispatcher import keys
 from dispatcher.api.app import create_app
-from dispatcher.api.paths import SUBMIT
+from dispatcher.api.paths import SUBMIT, SUBMIT_BATCH
 from dispatcher.errors import Unavailable
 from dispatcher.sandbox.server import ServerThread
-from tests.conftest import EASEMOB_APP, EASEMOB_ORG, ref, settings_from_env, wait_for_state
+from tests.cluster import RedisClusterSet
+from tests.conftest import EASEMOB_APP, EASEMOB_ORG, ROOT, settings_from_env, wait_for_state
 from tests.rabbitmq import RabbitVhost, rabbitmqctl
 
 pytestmark = pytest.mark.integration
@@ -35,9 +41,16 @@ def text(message_id: str | None = None) -> dict[str, Any]:
     return message
 
 
-@pytest.fixture()
-def worker_env(worker_env: dict[str, str], rabbitmq: RabbitVhost) -> Iterator[dict[str, str]]:
-    yield {**worker_env, "DISPATCHER_BROKER_URL": rabbitmq.url}
+@pytest.fixture(params=["redis", "cluster"])
+def worker_env(
+    request: pytest.FixtureRequest, worker_env: dict[str, str], rabbitmq: RabbitVhost
+) -> Iterator[dict[str, str]]:
+    env = {**worker_env, "DISPATCHER_BROKER_URL": rabbitmq.url}
+    if request.param == "cluster":
+        cluster: RedisClusterSet = request.getfixturevalue("redis_cluster")
+        cluster.flush()
+        env["DISPATCHER_REDIS_URL"] = cluster.url
+    yield env
     rabbitmq.delete_queue(worker_env["DISPATCHER_QUEUE"])
 
 
@@ -53,6 +66,12 @@ def test_api_submit_is_delivered_through_a_quorum_queue(
     early = [dispatcher.submit(text()) for _ in range(2)]  # before any worker runs
     (backlog,) = dispatcher.queue_backlog()
     assert (backlog.queue, backlog.depth) == (worker_env["DISPATCHER_QUEUE"], 2)
+    # Confirmed by the broker, so marked published: recovery waits the queued grace.
+    now_ms = time.time() * 1000
+    for message_id in early:
+        member = dispatcher.ref(message_id).member
+        deadline = dispatcher.redis.zscore(keys.shard_of(member).inflight, member)
+        assert deadline is not None and deadline > now_ms + 200_000, "queued grace (300 s)"
     start_worker()
     settings = settings_from_env({**worker_env, "DISPATCHER_AUTH_ENABLED": "false"})
     with ServerThread(create_app(settings)) as server:
@@ -64,10 +83,15 @@ def test_api_submit_is_delivered_through_a_quorum_queue(
             answer = httpx.post(f"{server.url}{SUBMIT}", json=text(), timeout=10)
             assert answer.status_code == 200, answer.text
             ids.append(answer.json()["data"]["getMessageId"])
+        batch = httpx.post(
+            f"{server.url}{SUBMIT_BATCH}", json={"messages": [text() for _ in range(3)]}, timeout=10
+        )
+        assert batch.status_code == 200, batch.text
+        ids += [result["getMessageId"] for result in batch.json()["data"]["results"]]
         records = [wait_for_state(dispatcher, m) for m in early + ids]
         metrics = httpx.get(f"{server.url}/metrics", timeout=10).text
-    assert [r.state.value for r in records] == ["delivered"] * 7
-    assert len(easemob.requests(MESSAGES_PATH)) == 7
+    assert [r.state.value for r in records] == ["delivered"] * 10
+    assert len(easemob.requests(MESSAGES_PATH)) == 10
     assert "dispatcher_broker_up 1.0" in metrics
     assert f'dispatcher_queue_depth{{queue="{settings.queue}"}} 0.0' in metrics
     if rabbitmq.private:  # the queue's type is only visible to the broker's operator
@@ -75,35 +99,38 @@ def test_api_submit_is_delivered_through_a_quorum_queue(
         assert f"{settings.queue}\tquorum" in listed, listed
 
 
-def test_recorded_but_never_published_message_is_published_by_recovery(
-    worker_env: dict[str, str], easemob: Any, start_worker: Any
-) -> None:
-    from dispatcher import Dispatcher
+_DIES_BEFORE_PUBLISHING = """
+import os, sys
+from dispatcher import Dispatcher
+Dispatcher.publish = lambda *args, **kwargs: os._exit(9)  # killed between record and publish
+Dispatcher.from_env().submit({"messageType": 1, "from": "u1", "to": "u2",
+    "messageInfo": {"textMessage": "outbox"}, "getMessageId": sys.argv[1]})
+"""
 
+
+def test_a_producer_killed_between_record_and_publish_leaves_it_to_recovery(
+    worker_env: dict[str, str], dispatcher: Any, easemob: Any, start_worker: Any
+) -> None:
+    """The record-then-publish outbox: the record's short deadline (the publish grace) is
+    never moved on by a confirmation, so the reaper publishes it; delivered once."""
     grace = 3
-    settings = settings_from_env(
-        {**worker_env, "DISPATCHER_QUEUED_GRACE": str(grace), "DISPATCHER_REAPER_INTERVAL": "1"}
-    )
-    producer = Dispatcher(settings)
-    try:
-        # The producer died between recording and publishing: only the record exists.
-        message = producer.validate(text())
-        message_id = "outbox" + str(time.monotonic_ns())
-        call = producer.store.submit.prepare(
-            ref(message_id), message.model_copy(update={"getMessageId": message_id}),
-            channel="easemob",
-        )  # fmt: skip
-        assert producer.store.submit.create(call).outcome.value == "created"
-        recorded_at = time.monotonic()
-        start_worker(queued_grace=grace, reaper_interval=1)
-        record = wait_for_state(producer, message_id, timeout=grace + 30)
-        took = time.monotonic() - recorded_at
-    finally:
-        producer.close()
+    message_id = "outbox" + str(time.monotonic_ns())
+    env = {**os.environ, **worker_env, "DISPATCHER_PUBLISH_GRACE": str(grace)}
+    died = subprocess.run(
+        [sys.executable, "-c", _DIES_BEFORE_PUBLISHING, message_id],
+        env=env, cwd=ROOT, capture_output=True, timeout=60,
+    )  # fmt: skip
+    assert died.returncode == 9, died.stderr.decode()[-2000:]
+    recorded = dispatcher.status(message_id)
+    assert recorded is not None and recorded.state.value == "queued"
+    recorded_at = time.monotonic()
+    start_worker(publish_grace=grace, reaper_interval=1)
+    record = wait_for_state(dispatcher, message_id, timeout=grace + 30)
+    took = time.monotonic() - recorded_at
     assert record.state.value == "delivered"
     assert any("recovery: re-enqueued" in (h.detail or "") for h in record.history)
-    assert took >= grace, "published only after the queued grace"
-    assert len([r for r in easemob.requests(MESSAGES_PATH)]) == 1
+    assert took < grace + 25, "published after the publish grace, not the queued grace"
+    assert len(easemob.requests(MESSAGES_PATH)) == 1
 
 
 def test_broker_down_the_api_starts_refuses_submits_and_keeps_no_record(

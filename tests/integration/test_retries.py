@@ -174,12 +174,13 @@ def test_lost_response_is_retried_and_recorded_as_ambiguous(
 def test_each_attempt_is_timed_for_its_channels_histogram(
     dispatcher: Any, easemob: Any, start_worker: Any, redis_client: Any
 ) -> None:
-    from dispatcher import keys
+    from dispatcher.store import ReadStore
 
     fields = ("attempt:easemob:count", "attempt:easemob:le:60000")
 
     def counted() -> list[int]:
-        return [int(v or 0) for v in redis_client.hmget(keys.STATS, fields)]
+        stats = ReadStore(redis_client).stats()
+        return [stats.get(field, 0) for field in fields]
 
     before = counted()
     start_worker()

@@ -25,7 +25,7 @@ from dispatcher.producer import Dispatcher
 from dispatcher.sandbox.server import ServerThread
 from dispatcher.sandbox.webhook_receiver import create_webhook_receiver
 from dispatcher.webhooks.outbox import WebhookStore
-from tests.conftest import WorkerProcess, settings_from_env, wait_for_state
+from tests.conftest import WorkerProcess, outbox_keys, settings_from_env, wait_for_state
 
 pytestmark = pytest.mark.integration
 
@@ -88,7 +88,7 @@ def receiver() -> Iterator[Receiver]:
 def webhook_env(
     worker_env: dict[str, str], receiver: Receiver, redis_client: redis.Redis
 ) -> dict[str, str]:
-    for key in (keys.WEBHOOK_OUTBOX, keys.WEBHOOK_DUE, keys.WEBHOOK_DEAD):
+    for key in (*outbox_keys(), keys.WEBHOOK_DUE, keys.WEBHOOK_DEAD):
         redis_client.delete(key)
     for pattern in (keys.webhook_delivery("*"), keys.webhook_endpoint("*")):
         for key in redis_client.scan_iter(match=pattern):

@@ -15,6 +15,7 @@ from dispatcher.config import Settings
 from dispatcher.embedded import free_port
 from dispatcher.store import LATENCY_BUCKETS_MS
 from dispatcher.store.durations import ATTEMPT_BUCKETS_MS
+from tests.conftest import stats_keys
 from tests.unit.test_api_support import TEXT, Harness, envelope_ok, field_errors, make_harness
 
 
@@ -147,9 +148,9 @@ def test_the_oldest_queued_message_ages_until_a_worker_takes_it(api: Harness) ->
 
 
 def test_metrics_report_the_fleet_counters_kept_in_redis(api: Harness) -> None:
-    api.redis.delete(keys.STATS)
+    api.redis.delete(*stats_keys())
     api.redis.hset(
-        keys.STATS,
+        keys.counters_shard().stats,
         mapping={
             "state:delivered": 7,
             "state:failed": 2,
@@ -174,7 +175,7 @@ def test_metrics_report_the_fleet_counters_kept_in_redis(api: Harness) -> None:
     try:
         samples = scrape(api)
     finally:
-        api.redis.delete(keys.STATS)
+        api.redis.delete(*stats_keys())
     assert samples["dispatcher_delivered_total"] == 7
     assert samples["dispatcher_failed_total"] == 2
     assert samples["dispatcher_dead_total"] == 1

@@ -8,12 +8,12 @@ import time
 import fakeredis
 import redis
 
-from dispatcher import keys
+from dispatcher.store import ReadStore
 from dispatcher.store.durations import ATTEMPT_BUCKETS_MS, AttemptDurations
 
 
 def stats(client: redis.Redis) -> dict[str, int]:
-    return {k.decode(): int(v) for k, v in client.hgetall(keys.STATS).items()}
+    return ReadStore(client).stats()
 
 
 def wait_for(client: redis.Redis, field: str, value: int) -> dict[str, int]:

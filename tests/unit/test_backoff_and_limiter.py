@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fakeredis
 
+from dispatcher import keys
 from dispatcher.delivery import backoff_delay
 from dispatcher.ratelimit import Dimension, SharedRateLimiter
 
@@ -33,9 +34,9 @@ def test_limiter_checks_every_dimension_and_commits_none_on_refusal() -> None:
         client, [Dimension("a", 1000, 1.0, burst=10), Dimension("b", 1, 60.0)]
     )
     assert limiter.try_acquire({"a": 1, "b": 1}) == 0
-    before = client.get("dispatcher:rate:a")
+    before = client.get(keys.rate_limit("a"))
     assert limiter.try_acquire({"a": 1, "b": 1}) > 50
-    assert client.get("dispatcher:rate:a") == before
+    assert client.get(keys.rate_limit("a")) == before
     assert limiter.try_acquire({"a": 1}) == 0  # b has no cost here
 
 

@@ -46,11 +46,11 @@ def exported(redis_url: str) -> Iterator[dict[str, set[str]]]:
     seeded = {"provider:429": 1, "rejected:undecodable": 1, "attempt:easemob:count": 1}
     try:
         for field, amount in seeded.items():
-            api.redis.hincrby(keys.STATS, field, amount)
+            api.redis.hincrby(keys.counters_shard().stats, field, amount)
         response = api.http.get("/metrics")
     finally:
         for field, amount in seeded.items():
-            api.redis.hincrby(keys.STATS, field, -amount)
+            api.redis.hincrby(keys.counters_shard().stats, field, -amount)
         api.close()
     assert response.status_code == 200
     names: dict[str, set[str]] = {}

@@ -45,12 +45,12 @@ def paused(seconds: float) -> WeChatPaused:
 def pause_ends(store: StatusStore) -> None:
     """The retry's due time passes (moved back rather than waited for)."""
     store.redis.hset(keys.message(ref("m0p")), "dueAt", 0)
-    store.redis.zadd(keys.SCHEDULE, {ref("m0p").member: 0})
+    store.redis.zadd(keys.shard_of(ref("m0p").member).schedule, {ref("m0p").member: 0})
 
 
 def due_in(store: StatusStore) -> float:
     """Seconds until the message's schedule entry is due (Redis's clock)."""
-    score = store.redis.zscore(keys.SCHEDULE, ref("m0p").member)
+    score = store.redis.zscore(keys.shard_of(ref("m0p").member).schedule, ref("m0p").member)
     assert score is not None, "a deferred message waits in the schedule"
     seconds, micros = store.redis.time()
     return (score - (seconds * 1000 + micros // 1000)) / 1000

@@ -16,7 +16,7 @@ import pytest
 from dispatcher import keys
 from dispatcher.channels.easemob.callbacks import CALLBACKS, security
 from dispatcher.models import parse_message
-from tests.conftest import ref
+from tests.conftest import outbox_events, outbox_keys, ref
 from tests.unit.test_api_support import CLIENTS, TEXT, Harness, make_harness, unique_id
 
 CALLBACK_SECRET = "callback-secret"
@@ -36,7 +36,7 @@ def api(redis_url: str) -> Iterator[Harness]:
         easemob_callback_secret=CALLBACK_SECRET,
         easemob_callback_window=60,
     )
-    harness.redis.delete(keys.WEBHOOK_OUTBOX, keys.EASEMOB_UNKNOWN_CALLBACKS)
+    harness.redis.delete(*outbox_keys(), keys.EASEMOB_UNKNOWN_CALLBACKS)
     yield harness
     harness.close()
 
@@ -66,7 +66,7 @@ def callback(*, secret: str = CALLBACK_SECRET, age_ms: int = 0, **fields: Any) -
 
 def snapshot(api: Harness, message_id: str) -> tuple[Any, ...]:
     record = api.app.state.runtime.dispatcher.status(message_id)
-    return (record.model_dump_json(), api.redis.llen(keys.WEBHOOK_OUTBOX))
+    return (record.model_dump_json(), len(outbox_events(api.redis)))
 
 
 def post(api: Harness, body: dict[str, Any]) -> Any:
@@ -113,14 +113,14 @@ def test_a_read_receipt_sets_read_at_once_and_records_message_read(api: Harness)
     assert record.readAt is not None
     assert abs(record.readAt.timestamp() * 1000 - body["timestamp"]) < 2
     assert record.history[-1].detail == "Easemob receipt: read"
-    [event] = [json.loads(e) for e in api.redis.lrange(keys.WEBHOOK_OUTBOX, 0, -1)]
+    [event] = outbox_events(api.redis)
     assert event["type"] == "message.read" and event["client"] == "c1"
     assert event["readAt"] == str(body["timestamp"])
     # Easemob's retry of the same call, and a second receipt: nothing more.
     assert post(api, body).json() == {"status": "duplicate"}
     again = post(api, callback(chat_type="read_ack", ack_message_id=easemob_id))
     assert again.json() == {"status": "read:already"}
-    assert api.redis.llen(keys.WEBHOOK_OUTBOX) == 1
+    assert len(outbox_events(api.redis)) == 1
 
 
 def test_delivery_receipts_go_into_the_history(api: Harness) -> None:
@@ -131,7 +131,7 @@ def test_delivery_receipts_go_into_the_history(api: Harness) -> None:
     }
     record = api.app.state.runtime.dispatcher.status(message_id)
     assert record.history[-1].detail == "Easemob receipt: chat_offline"
-    assert record.readAt is None and api.redis.llen(keys.WEBHOOK_OUTBOX) == 0
+    assert record.readAt is None and len(outbox_events(api.redis)) == 0
 
 
 def test_a_body_that_is_not_a_callback_is_refused(api: Harness) -> None:

@@ -131,7 +131,7 @@ def test_a_redis_error_is_unavailable_and_leaves_nothing(fake_dispatcher: Dispat
     with pytest.raises(redis.ResponseError):
         fake_dispatcher.submit_message(text(message_id="m0two"))
     assert r.exists(keys.message(ref("m0two"))) == 0
-    assert r.zscore(keys.IN_FLIGHT, ref("m0two").member) is None
+    assert r.zscore(keys.shard_of(ref("m0two").member).inflight, ref("m0two").member) is None
     r.delete(QUEUE)
     fake_dispatcher.redis.connection_pool.disconnect()
 

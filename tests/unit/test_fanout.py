@@ -220,7 +220,7 @@ def test_a_partially_delivered_end_is_announced_with_the_counts(api: Harness) ->
     store.recipients.record(ref, [(0, delivered("11")), (1, delivered("12")), (2, failed("x"))])
     assert store.lease.mark_partially_delivered(lease, "2 of 3") is Transition.OK
 
-    raw = api.redis.lindex(keys.WEBHOOK_OUTBOX, -1)
+    raw = api.redis.lindex(keys.shard_of(ref).outbox, -1)
     event = Event.parse(raw.decode())
     data = json.loads(build_body(event, message_id))["data"]
     assert event.type == "message.partially_delivered"

@@ -32,16 +32,20 @@ def api(redis_url: str) -> Iterator[Harness]:
 
 
 def clear_lanes(api: Harness) -> None:
-    fields = [f for f in api.redis.hkeys(keys.STATS) if f.startswith(LANE_PREFIX.encode())]
+    fields = [
+        f
+        for f in api.redis.hkeys(keys.counters_shard().stats)
+        if f.startswith(LANE_PREFIX.encode())
+    ]
     if fields:
-        api.redis.hdel(keys.STATS, *fields)
+        api.redis.hdel(keys.counters_shard().stats, *fields)
 
 
 def lane_field(api: Harness, field: str, value: int) -> None:
     """Wait (bounded) until the counts of the processes reach the stats hash."""
     deadline = time.monotonic() + 10
-    while int(api.redis.hget(keys.STATS, field) or 0) != value:
-        assert time.monotonic() < deadline, api.redis.hgetall(keys.STATS)
+    while int(api.redis.hget(keys.counters_shard().stats, field) or 0) != value:
+        assert time.monotonic() < deadline, api.redis.hgetall(keys.counters_shard().stats)
         time.sleep(0.05)
 
 

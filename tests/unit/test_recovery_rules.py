@@ -1,28 +1,39 @@
-"""The reaper's rules, driven in the racy order on fakeredis (docs/reliability.md, "Recovery")."""
+"""The reaper's rules, driven in the racy order on fakeredis and on a Redis Cluster
+(docs/reliability.md, "Recovery")."""
 
 from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Callable
 
-import fakeredis
 import pytest
+import redis
 
 from dispatcher import keys
 from dispatcher.errors import DeliveryError
 from dispatcher.ids import MessageRef
 from dispatcher.models import parse_message
 from dispatcher.store import Lease, Reaper, StatusStore, StorePolicy
-from tests.conftest import ref
+from tests.conftest import ref, rejected_entries
 
 TEXT = {"messageType": 1, "from": "u1", "to": "u2", "messageInfo": {"textMessage": "hi"}}
 QUEUE = "work-queue"
 REFUSED = DeliveryError("bad_request", "400", retryable=False, status=400)
 
 
-def new_store(**policy: float) -> StatusStore:
-    options = {"ttl": 10**6, "queued_grace": 0, **policy}
-    return StatusStore(fakeredis.FakeRedis(), StorePolicy(**options))  # type: ignore[arg-type]
+StoreFactory = Callable[..., StatusStore]
+
+
+@pytest.fixture()
+def new_store(store_redis: redis.Redis) -> StoreFactory:
+    """Stores on one Redis, then on a 3-primary Redis Cluster (the ``store_redis`` fixture)."""
+
+    def make(**policy: float) -> StatusStore:
+        options = {"ttl": 10**6, "queued_grace": 0, **policy}
+        return StatusStore(store_redis, StorePolicy(**options))  # type: ignore[arg-type]
+
+    return make
 
 
 def create(store: StatusStore, message_id: str) -> None:
@@ -55,7 +66,9 @@ class Publisher:
         self.published.append(message_ref.id)
 
 
-def test_a_failed_publish_is_unclaimed_and_the_rest_of_the_batch_still_goes_out() -> None:
+def test_a_failed_publish_is_unclaimed_and_the_rest_of_the_batch_still_goes_out(
+    new_store: StoreFactory,
+) -> None:
     store = new_store(max_requeues=1)
     for name in ("a", "b", "c"):
         create(store, name)
@@ -67,12 +80,12 @@ def test_a_failed_publish_is_unclaimed_and_the_rest_of_the_batch_still_goes_out(
     assert sorted(publish.published) == ["a", "c"]
     record = store.read.get(ref("b"))
     assert record is not None and record.state == "processing", "never poison: no attempt ran"
-    due = store.redis.zscore(keys.IN_FLIGHT, ref("b").member)
+    due = store.redis.zscore(keys.shard_of(ref("b").member).inflight, ref("b").member)
     assert due is not None and due <= store.redis.time()[0] * 1000 + 1000, "due again now"
     assert field(store, "b", "requeues") == "1", "one lost lease, counted once"
 
 
-def test_the_recovery_backoff_starts_over_after_an_attempt() -> None:
+def test_the_recovery_backoff_starts_over_after_an_attempt(new_store: StoreFactory) -> None:
     store = new_store()
     create(store, "m")
     for _ in range(4):
@@ -82,7 +95,9 @@ def test_the_recovery_backoff_starts_over_after_an_attempt() -> None:
     assert field(store, "m", "waits") == "0"
 
 
-def test_expired_leases_are_claimed_in_one_pass_behind_a_backlog_of_queued_ids() -> None:
+def test_expired_leases_are_claimed_in_one_pass_behind_a_backlog_of_queued_ids(
+    new_store: StoreFactory,
+) -> None:
     store = new_store()
     store.redis.lpush(QUEUE, "some other task")  # the broker queue never empties
     for n in range(1000):
@@ -96,7 +111,9 @@ def test_expired_leases_are_claimed_in_one_pass_behind_a_backlog_of_queued_ids()
     assert publish.published == ["leased"]
 
 
-def test_a_queued_message_whose_task_was_lost_is_recovered_despite_a_steady_backlog() -> None:
+def test_a_queued_message_whose_task_was_lost_is_recovered_despite_a_steady_backlog(
+    new_store: StoreFactory,
+) -> None:
     store = new_store()
     create(store, "lost")  # its task vanished
     create(store, "later")
@@ -110,7 +127,9 @@ def test_a_queued_message_whose_task_was_lost_is_recovered_despite_a_steady_back
     assert overdue.scanned == 3
 
 
-def test_a_waiting_record_never_expires_and_an_expired_one_is_counted_and_traced() -> None:
+def test_a_waiting_record_never_expires_and_an_expired_one_is_counted_and_traced(
+    new_store: StoreFactory,
+) -> None:
     store = new_store(ttl=1000)
     store.redis.lpush(QUEUE, "some other task")
     create(store, "waiting")
@@ -118,20 +137,22 @@ def test_a_waiting_record_never_expires_and_an_expired_one_is_counted_and_traced
     store.recovery.claim_overdue(requeue_delay=0, queue_key=QUEUE)
     assert store.redis.ttl(keys.message(ref("waiting"))) > 900
     assert store.redis.ttl(keys.history(ref("waiting"))) > 900
-    due = store.redis.zscore(keys.IN_FLIGHT, ref("waiting").member)
+    due = store.redis.zscore(keys.shard_of(ref("waiting").member).inflight, ref("waiting").member)
     assert due is not None and due <= store.redis.time()[0] * 1000 + 500_000, "within ttl/2"
 
     create(store, "gone")
     store.redis.delete(keys.message(ref("gone")))  # expired while queued
     store.recovery.claim_overdue(requeue_delay=0, queue_key=QUEUE)
-    assert store.redis.zscore(keys.IN_FLIGHT, ref("gone").member) is None
+    assert (
+        store.redis.zscore(keys.shard_of(ref("gone").member).inflight, ref("gone").member) is None
+    )
     assert store.read.stats().get("rejected:expired") == 1
-    trace = [json.loads(e) for e in store.redis.lrange(keys.REJECTED, 0, -1)]
+    trace = rejected_entries(store.redis)
     assert [(t["reason"], ref("gone").member in t["detail"]) for t in trace] == [("expired", True)]
 
 
 @pytest.fixture()
-def poisoned() -> tuple[StatusStore, Lease]:
+def poisoned(new_store: StoreFactory) -> tuple[StatusStore, Lease]:
     """A worker's lease runs out and the poison rule dead-letters the message (it had lost
     its lease before); that worker is still sending."""
     store = new_store(max_requeues=0)

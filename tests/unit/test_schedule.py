@@ -56,7 +56,9 @@ def scheduler(d: Dispatcher, published: list[MessageRef] | None = None) -> Sched
 
 def make_due(d: Dispatcher, message_id: str) -> None:
     """Move a scheduled entry's time into the past (fakeredis has no clock to wait on)."""
-    d.redis.zadd(keys.SCHEDULE, {ref(message_id).member: now_ms() - 5})
+    d.redis.zadd(
+        keys.shard_of(ref(message_id).member).schedule, {ref(message_id).member: now_ms() - 5}
+    )
 
 
 @pytest.mark.parametrize(
@@ -123,8 +125,8 @@ def test_a_later_send_at_is_recorded_scheduled_with_no_task_and_kept_from_its_ti
     assert [h.state for h in record.history] == ["scheduled"]
     r = dispatcher.redis
     assert r.llen(QUEUE) == 0
-    assert r.zscore(keys.SCHEDULE, ref("m0later").member) == due
-    assert r.zscore(keys.IN_FLIGHT, ref("m0later").member) is None
+    assert r.zscore(keys.shard_of(ref("m0later").member).schedule, ref("m0later").member) == due
+    assert r.zscore(keys.shard_of(ref("m0later").member).inflight, ref("m0later").member) is None
     # The record lives status_ttl (1000 s) from its scheduled time, not from the submit.
     assert 1590 <= r.ttl(keys.message(ref("m0later"))) <= 1600
     # One key while it waits: the history list starts when it leaves ``scheduled``.
@@ -141,7 +143,7 @@ def test_a_send_at_in_the_past_or_within_a_second_is_sent_now(
     record = dispatcher.status("m0now")
     assert record is not None and record.state == "queued" and record.scheduledFor is None
     assert dispatcher.redis.llen(QUEUE) == 1
-    assert dispatcher.redis.zcard(keys.SCHEDULE) == 0
+    assert dispatcher.store.schedule.waiting() == 0
 
 
 def test_a_due_message_is_queued_once_with_its_task_even_by_several_schedulers(
@@ -165,7 +167,7 @@ def test_a_due_message_is_queued_once_with_its_task_even_by_several_schedulers(
     assert record is not None and record.state == "queued"
     assert [h.state for h in record.history] == ["scheduled", "queued"]
     assert record.history[0].at == record.createdAt
-    assert r.zscore(keys.IN_FLIGHT, ref("m0due").member) is not None
+    assert r.zscore(keys.shard_of(ref("m0due").member).inflight, ref("m0due").member) is not None
     assert 990 <= r.ttl(keys.message(ref("m0due"))) <= 1000  # status_ttl from now on
     waiting = dispatcher.status("m0wait")
     assert waiting is not None and waiting.state == "scheduled"
@@ -179,7 +181,7 @@ def test_a_due_entry_without_a_scheduled_record_only_leaves_the_schedule(
     dispatcher.redis.delete(keys.message(ref("m0gone")))  # expired, say
     make_due(dispatcher, "m0gone")
     assert scheduler(dispatcher).run_once()[0] == []
-    assert dispatcher.redis.zcard(keys.SCHEDULE) == 0
+    assert dispatcher.store.schedule.waiting() == 0
     assert dispatcher.redis.llen(QUEUE) == 0
 
 
@@ -242,8 +244,12 @@ def test_a_retry_waits_in_the_schedule_and_is_queued_once_under_its_recorded_tas
     r, member = dispatcher.redis, ref("m0r").member
     retrying(dispatcher, "m0r", "t-retry")
     due_at = int(r.hget(keys.message(ref("m0r")), "dueAt") or 0)
-    assert r.zscore(keys.SCHEDULE, member) == due_at, "the entry was added with the retry"
-    assert r.zscore(keys.IN_FLIGHT, member) is None, "the reaper has nothing to publish"
+    assert r.zscore(keys.shard_of(member).schedule, member) == due_at, (
+        "the entry was added with the retry"
+    )
+    assert r.zscore(keys.shard_of(member).inflight, member) is None, (
+        "the reaper has nothing to publish"
+    )
     assert r.ttl(keys.message(ref("m0r"))) > 1000 + 28, "kept status_ttl from its due time"
     first, second = scheduler(dispatcher), scheduler(dispatcher)
     assert first.run_once()[0] == [] and r.llen(QUEUE) == 0, "not due yet"
@@ -257,8 +263,10 @@ def test_a_retry_waits_in_the_schedule_and_is_queued_once_under_its_recorded_tas
     assert queued_task_ids(dispatcher) == ["t-retry"], "one task, the id the retry recorded"
     record = dispatcher.status("m0r")
     assert record is not None and record.state == "retrying", "due: served at its lease"
-    assert r.zscore(keys.SCHEDULE, member) is None
-    assert r.zscore(keys.IN_FLIGHT, member) is not None, "recovery covers a lost task"
+    assert r.zscore(keys.shard_of(member).schedule, member) is None
+    assert r.zscore(keys.shard_of(member).inflight, member) is not None, (
+        "recovery covers a lost task"
+    )
 
     copy = dispatcher.store.lease.begin(ref("m0r"), "w2", 60, task_id="t-create")
     assert isinstance(copy, StandDown) and copy.reason is StandDownReason.SUPERSEDED
@@ -271,7 +279,7 @@ def test_a_cancelled_retry_is_never_queued(dispatcher: Dispatcher) -> None:
     make_retry_due(dispatcher, "m0rc")
     due = dispatcher.store.schedule.due(10)  # read just before the cancel
     assert dispatcher.cancel("m0rc").outcome is CancelOutcome.CANCELLED
-    assert dispatcher.redis.zcard(keys.SCHEDULE) == 0
+    assert dispatcher.store.schedule.waiting() == 0
     promoted = dispatcher.store.schedule.promote(due.refs, dispatcher.direct_enqueue, due.task_ids)
     assert promoted.refs == [] and dispatcher.redis.llen(QUEUE) == 0
 

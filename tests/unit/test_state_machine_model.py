@@ -229,18 +229,20 @@ class StatusModel(RuleBasedStateMachine):
         self.state = state
 
     def delivered_is_never_a_dead_letter(self) -> None:
-        dead = self.store.redis.zscore(keys.DEAD_LETTERS, MESSAGE.member) is not None
+        dead = (
+            self.store.redis.zscore(keys.shard_of(MESSAGE.member).dead, MESSAGE.member) is not None
+        )
         assert dead == (self.state == "dead")
 
     def in_schedule(self) -> int | None:
-        score = self.store.redis.zscore(keys.SCHEDULE, MESSAGE.member)
+        score = self.store.redis.zscore(keys.shard_of(MESSAGE.member).schedule, MESSAGE.member)
         return None if score is None else int(score)
 
     def every_open_message_has_a_deadline(self) -> None:
         """An open message has a deadline in the in-flight index, or waits in the schedule
         (a retry, scored by its due time); never both, so the reaper never publishes a
         retry the schedule holds."""
-        deadline = self.store.redis.zscore(keys.IN_FLIGHT, MESSAGE.member)
+        deadline = self.store.redis.zscore(keys.shard_of(MESSAGE.member).inflight, MESSAGE.member)
         waiting = self.in_schedule()
         assert (deadline is not None or waiting is not None) == (self.state not in TERMINAL)
         assert deadline is None or waiting is None, "in the in-flight index and the schedule"

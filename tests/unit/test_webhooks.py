@@ -22,6 +22,7 @@ import pytest
 from pydantic import ValidationError
 from standardwebhooks.webhooks import Webhook
 
+from dispatcher import keys
 from dispatcher.api.webhooks import DEAD_LETTERS, ENDPOINTS, REPLAY
 from dispatcher.config import ClientConfig
 from dispatcher.webhooks.config import WebhookEndpoint
@@ -37,6 +38,7 @@ from dispatcher.webhooks.send import (
     retry_after_seconds,
     signed_headers,
 )
+from tests.conftest import outbox_keys
 from tests.unit.test_api_support import CLIENTS, Harness, envelope_ok, make_harness
 
 SECRET = "whsec_" + base64.b64encode(b"s" * 32).decode()
@@ -215,7 +217,7 @@ def dead_delivery(api: Harness) -> str:
     store = WebhookStore(api.redis)
     endpoint_id = api.settings.clients["c1"].webhooks[0].endpoint_id("c1")
     raw = event(state="dead", client="c1")
-    api.redis.rpush("dispatcher:webhooks:outbox", raw.raw)
+    api.redis.rpush(keys.shard_of(raw.member).outbox, raw.raw)
     member = delivery_member(endpoint_id, raw.id)
     assert store.fan_out([(raw, "m0abc", {member: build_body(raw, "m0abc")})]) == 1
     assert store.fan_out([(raw, "m0abc", {member: "again"})]) == 0  # taken already: nothing twice
@@ -240,7 +242,7 @@ def test_operators_see_endpoints_health_and_dead_letters_and_replay_them(api: Ha
     params = api.params(b"", method="POST", path=REPLAY, client="ops", delivery=member)
     replayed = envelope_ok(api.http.post(REPLAY, params=params))["data"]
     assert replayed == {"replayed": [member], "skipped": []}
-    assert api.redis.zscore("dispatcher:webhooks:due", member) is not None
+    assert api.redis.zscore(keys.WEBHOOK_DUE, member) is not None
     assert get(api, ENDPOINTS, client="c1").status_code == 403
 
 
@@ -260,10 +262,10 @@ def test_an_endpoint_failing_for_the_disable_period_is_disabled_and_says_so(
         store = WebhookStore(client)
         raw = event(state="delivered", client="c1", at=int(datetime.now(tz=UTC).timestamp() * 1000))
         member = delivery_member(endpoint_id, raw.id)
-        client.rpush("dispatcher:webhooks:outbox", raw.raw)
+        client.rpush(keys.shard_of(raw.member).outbox, raw.raw)
         store.fan_out([(raw, "m0abc", {member: build_body(raw, "m0abc")})])
         six_days_ago = int((datetime.now(tz=UTC) - timedelta(days=6)).timestamp() * 1000)
-        client.hset(f"dispatcher:webhooks:endpoint:{endpoint_id}", "failingSince", six_days_ago)
+        client.hset(keys.webhook_endpoint(endpoint_id), "failingSince", six_days_ago)
         [(_, claim)] = [c for c in store.claim_due(1000, 60) if c[0] == member]
         task = SimpleNamespace(
             settings=settings,
@@ -318,11 +320,11 @@ def test_a_batch_is_recorded_in_one_call_and_a_stale_claim_changes_nothing(
     events = [event(state="delivered", attempts=str(i)) for i in range(3)]
     members = [delivery_member(endpoint_id, e.id) for e in events]
     for e, member in zip(events, members, strict=True):
-        client.rpush("dispatcher:webhooks:outbox", e.raw)
+        client.rpush(keys.shard_of(e.member).outbox, e.raw)
         store.fan_out([(e, "m0abc", {member: build_body(e, "m0abc")})])
     claims = dict(c for c in store.claim_due(1000, 60) if c[0] in members)
     # Another worker claims the third again: this batch's claim of it is stale.
-    client.hincrby(f"dispatcher:webhooks:delivery:{members[2]}", "claim", 1)
+    client.hincrby(keys.webhook_delivery(members[2]), "claim", 1)
     done, retry, stale = store.deliveries(members)
     assert done and retry and stale and stale.claim == claims[members[2]] + 1
     old_claim = replace(stale, claim=claims[members[2]])
@@ -332,8 +334,8 @@ def test_a_batch_is_recorded_in_one_call_and_a_stale_claim_changes_nothing(
         Result(old_claim, Outcome.DEAD, True, 500, "HTTP 500"),
     ]
     assert store.record_all(results) == ["ok", "ok", "stale"]
-    assert client.exists(f"dispatcher:webhooks:delivery:{members[0]}") == 0
-    due_in_ms = (client.zscore("dispatcher:webhooks:due", members[1]) or 0) - time.time() * 1000
+    assert client.exists(keys.webhook_delivery(members[0])) == 0
+    due_in_ms = (client.zscore(keys.WEBHOOK_DUE, members[1]) or 0) - time.time() * 1000
     assert due_in_ms > 29_000
     assert not {d.member for d in store.dead_letters()} & set(members)
     health = store.endpoint_health(endpoint_id)
@@ -375,12 +377,7 @@ def test_one_pump_of_several_works_and_another_takes_over_when_it_stops(
     from dispatcher.webhooks.pump import WebhookPump
 
     client = redis_lib.Redis.from_url(redis_url)
-    for key in (
-        "dispatcher:webhooks:outbox",
-        "dispatcher:webhooks:due",
-        "dispatcher:webhooks:pump",
-    ):
-        client.delete(key)
+    client.delete(*outbox_keys(), keys.WEBHOOK_DUE, keys.WEBHOOK_PUMP)
     subscriptions = Subscriptions({"shop": [endpoint()]})
     published: dict[str, list[str]] = {"a": [], "b": []}
 
@@ -393,7 +390,8 @@ def test_one_pump_of_several_works_and_another_takes_over_when_it_stops(
 
     def record(count: int, first: int) -> set[str]:
         events = [event(state="failed", attempts=str(first + i)) for i in range(count)]
-        client.rpush("dispatcher:webhooks:outbox", *(e.raw for e in events))
+        for e in events:
+            client.rpush(keys.shard_of(e.member).outbox, e.raw)
         return {delivery_member(endpoint().endpoint_id("shop"), e.id) for e in events}
 
     def wait_for(members: set[str]) -> None:
@@ -407,19 +405,19 @@ def test_one_pump_of_several_works_and_another_takes_over_when_it_stops(
         first = record(30, 0)
         wait_for(first)
         time.sleep(0.3)  # several rounds of both pumps
-        holder = client.get("dispatcher:webhooks:pump")
+        holder = client.get(keys.WEBHOOK_PUMP)
         [working] = [name for name, p in pumps.items() if p.owner.encode() == holder]
         other = "b" if working == "a" else "a"
         assert sorted(published[working]) == sorted(first) and published[other] == []
-        assert client.pttl("dispatcher:webhooks:pump") > 1000  # renewed every round
+        assert client.pttl(keys.WEBHOOK_PUMP) > 1000  # renewed every round
 
         pumps[working].stop()  # gives the lease up: the other pump takes over at once
         second = record(5, 100)
         wait_for(second)
         assert sorted(published[other]) == sorted(second)
-        assert client.get("dispatcher:webhooks:pump") == pumps[other].owner.encode()
+        assert client.get(keys.WEBHOOK_PUMP) == pumps[other].owner.encode()
     finally:
         for p in pumps.values():
             p.stop()
-    assert client.exists("dispatcher:webhooks:pump") == 0
+    assert client.exists(keys.WEBHOOK_PUMP) == 0
     client.close()

@@ -26,6 +26,7 @@ from tests.conftest import (
     EASEMOB_CLIENT_ID,
     EASEMOB_CLIENT_SECRET,
     EASEMOB_ORG,
+    outbox_keys,
     ref,
 )
 
@@ -82,8 +83,8 @@ def test_a_message_not_sent_yet_is_cancelled_and_never_leased_again(
     expected = ["scheduled", "cancelled"] if when == "scheduled" else [when, "cancelled"]
     assert [h.state for h in record.history][-2:] == expected
     r = dispatcher.redis
-    assert r.zscore(keys.SCHEDULE, ref("m0c").member) is None
-    assert r.zscore(keys.IN_FLIGHT, ref("m0c").member) is None
+    assert r.zscore(keys.shard_of(ref("m0c").member).schedule, ref("m0c").member) is None
+    assert r.zscore(keys.shard_of(ref("m0c").member).inflight, ref("m0c").member) is None
     # Its task may still be in the broker: the lease refuses it.
     stood_down = dispatcher.store.lease.begin(ref("m0c"), "w2:1", 30)
     assert isinstance(stood_down, StandDown) and stood_down.reason is StandDownReason.TERMINAL
@@ -109,7 +110,7 @@ def test_a_message_being_sent_or_done_is_not_cancelled_and_the_answer_says_why(
 def test_a_cancelled_scheduled_message_is_never_promoted(dispatcher: Dispatcher) -> None:
     dispatcher.submit(body("m0sch"), send_at=int(time.time() * 1000) + 60_000)
     due = dispatcher.store.schedule.due(10).refs  # read just before the cancel
-    dispatcher.redis.zadd(keys.SCHEDULE, {ref("m0sch").member: 1})
+    dispatcher.redis.zadd(keys.shard_of(ref("m0sch").member).schedule, {ref("m0sch").member: 1})
     dispatcher.cancel("m0sch")
     assert dispatcher.store.schedule.promote(due, dispatcher.direct_enqueue).refs == []
     assert dispatcher.redis.llen(QUEUE) == 0
@@ -257,7 +258,7 @@ def test_a_cancel_records_message_cancelled_for_a_subscribed_client_only() -> No
     d.submit(body("m0hook2"), client="bob")
     assert d.cancel("m0hook").outcome is CancelOutcome.CANCELLED
     assert d.cancel("m0hook2").outcome is CancelOutcome.CANCELLED
-    [raw] = d.redis.lrange(keys.WEBHOOK_OUTBOX, 0, -1)
+    [raw] = [r for key in outbox_keys() for r in d.redis.lrange(key, 0, -1)]
     event = Event.parse(raw.decode())
     assert (event.type, event.client, event.snapshot["state"]) == (
         "message.cancelled",

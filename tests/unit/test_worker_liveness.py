@@ -35,12 +35,15 @@ def leased(store: StatusStore, message_id: str = "m") -> Lease:
     store.submit.create(store.submit.prepare(ref(message_id), message, channel="easemob"))
     lease = store.lease.begin(ref(message_id), f"{HOLDER}:1", 60)
     assert isinstance(lease, Lease)
-    store.redis.zadd(keys.IN_FLIGHT, {ref(message_id).member: now_ms(store) - 1})
+    store.redis.zadd(
+        keys.shard_of(ref(message_id).member).inflight, {ref(message_id).member: now_ms(store) - 1}
+    )
     return lease
 
 
 def beat_age(store: StatusStore, process: str, age_ms: int) -> None:
-    store.redis.zadd(keys.BEATS, {process: now_ms(store) - age_ms})
+    for shard in keys.shards():
+        store.redis.zadd(shard.beats, {process: now_ms(store) - age_ms})
 
 
 def history(store: StatusStore, message_id: str = "m") -> str:
@@ -56,10 +59,10 @@ def test_a_lease_is_looked_at_one_worker_timeout_after_it_is_taken_not_at_its_en
     before = now_ms(store)
     lease = store.lease.begin(ref("m"), f"{HOLDER}:1", 60)
     assert isinstance(lease, Lease)
-    due = store.redis.zscore(keys.IN_FLIGHT, ref("m").member)
+    due = store.redis.zscore(keys.shard_of(ref("m").member).inflight, ref("m").member)
     assert due is not None and before + TIMEOUT_MS <= due < before + 60_000
     assert store.lease.extend(lease, 60) is not None
-    due = store.redis.zscore(keys.IN_FLIGHT, ref("m").member)
+    due = store.redis.zscore(keys.shard_of(ref("m").member).inflight, ref("m").member)
     assert due is not None and due < now_ms(store) + 60_000, "an extension keeps the next look"
 
 
@@ -87,8 +90,8 @@ def test_a_lease_whose_holder_beats_is_kept_and_looked_at_again() -> None:
     overdue = store.recovery.claim_overdue(requeue_delay=30, watching_since=watching)
 
     assert overdue.refs == [] and overdue.scanned == 1
-    due = store.redis.zscore(keys.IN_FLIGHT, ref("m").member)
-    beat = store.redis.zscore(keys.BEATS, HOLDER)
+    due = store.redis.zscore(keys.shard_of(ref("m").member).inflight, ref("m").member)
+    beat = store.redis.zscore(keys.shard_of(ref("m")).beats, HOLDER)
     assert beat is not None and due == beat + TIMEOUT_MS + 1, "looked at when it would be dead"
     busy = store.lease.begin(ref("m"), f"{WATCHER}:1", 60)
     assert not isinstance(busy, Lease), "the live holder keeps its lease"
@@ -119,7 +122,7 @@ def test_a_heartbeat_names_the_process_its_leases_name_and_a_reaper_passes_its_w
     heartbeat = Heartbeat(store.liveness)
     heartbeat.beat_once()
     assert attempt_owner().rsplit(":", 1)[0] == process_identity() == heartbeat.process
-    assert store.redis.zscore(keys.BEATS, process_identity()) is not None
+    assert all(store.redis.zscore(s.beats, process_identity()) is not None for s in keys.shards())
     since = heartbeat.watching_since()
     assert since is not None and abs(since - now_ms(store)) < 5000
 
@@ -135,12 +138,13 @@ def test_a_heartbeat_names_the_process_its_leases_name_and_a_reaper_passes_its_w
     )
     assert reaper.run_once() == [], "watching for less than half a timeout: nobody is dead"
     heartbeat._since_ms = now_ms(store) - TIMEOUT_MS // 2 - 1  # as if it had beaten a while
-    store.redis.zadd(keys.IN_FLIGHT, {ref("m").member: now_ms(store) - 1})
+    store.redis.zadd(keys.shard_of(ref("m").member).inflight, {ref("m").member: now_ms(store) - 1})
     assert [r.id for r in reaper.run_once()] == ["m"] and published == ["m"]
 
 
 def test_the_beats_set_stays_bounded() -> None:
     store = new_store()
-    store.redis.zadd(keys.BEATS, {"gone:1:x": now_ms(store) - 2 * 86_400_000})
+    beats = keys.shards()[0].beats
+    store.redis.zadd(beats, {"gone:1:x": now_ms(store) - 2 * 86_400_000})
     store.liveness.beat(WATCHER)
-    assert store.redis.zrange(keys.BEATS, 0, -1) == [WATCHER.encode()]
+    assert store.redis.zrange(beats, 0, -1) == [WATCHER.encode()]

@@ -6,7 +6,8 @@
 -- queues it at its time), and its record is kept ``ttl`` from that time; its history
 -- starts when it leaves ``scheduled``. A re-run of the same call (``op``) after a lost
 -- reply answers what the first run did, before the gate (whose guard the first run set)
--- can call it a replay.
+-- can call it a replay. On a Redis Cluster the gate's keys are in another slot: the gate
+-- runs first on its own (gate.lua) and this script gets none.
 -- Returns created, scheduled, duplicate, conflict, replayed or wait:<ms>.
 -- keys: message history inflight stats queue? rate? guard? schedule?
 -- args: op? fingerprint ttl# history_limit# queued_grace_ms# member task? gate_interval_ms# gate_tolerance_ms# guard_ttl_ms# send_at_ms# immediate_ms# fields...
@@ -14,16 +15,8 @@
 
 local again = earlier_reply(message, op)
 if again then return again end
-if guard and not redis.call('SET', guard, '1', 'NX', 'PX', guard_ttl_ms) then
-  return 'replayed'
-end
-if rate then
-  local wait = gcra_try({rate}, {gate_interval_ms}, {gate_tolerance_ms}, {1}, true)
-  if wait > 0 then
-    if guard then redis.call('DEL', guard) end
-    return 'wait:' .. math.ceil(wait / 1000)
-  end
-end
+local refused = pass_gate(rate, guard, '1', gate_interval_ms, gate_tolerance_ms, guard_ttl_ms)
+if refused then return refused end
 local fp = redis.call('HGET', message, 'fp')
 if fp then
   if fp == fingerprint then return 'duplicate' end

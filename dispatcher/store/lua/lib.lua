@@ -90,3 +90,19 @@ local function gcra_try(rate_keys, intervals, tolerances, costs, repair)
   end
   return 0
 end
+
+-- The submit gate (dispatcher/gate.py): the sign's replay guard (set to ``token``), then the
+-- client's rate. Returns nil when passed, else 'replayed' or 'wait:<ms>' with nothing kept.
+local function pass_gate(rate, guard, token, interval_ms, tolerance_ms, guard_ttl_ms)
+  if guard and not redis.call('SET', guard, token, 'NX', 'PX', guard_ttl_ms) then
+    return 'replayed'
+  end
+  if rate then
+    local wait = gcra_try({rate}, {interval_ms}, {tolerance_ms}, {1}, true)
+    if wait > 0 then
+      if guard then redis.call('DEL', guard) end
+      return 'wait:' .. math.ceil(wait / 1000)
+    end
+  end
+  return nil
+end
