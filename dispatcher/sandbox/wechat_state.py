@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from dispatcher.sandbox.easemob import SlidingWindow
+from dispatcher.sandbox.easemob_state import SlidingWindow
 from dispatcher.sandbox.qiniu import probe_amr, probe_image, probe_mp4
 
 Clock = Callable[[], float]

@@ -17,7 +17,8 @@ import pytest
 from dispatcher import Dispatcher
 from dispatcher.channels.easemob_apps import DEFAULT_APP
 from dispatcher.config import Settings
-from dispatcher.sandbox.easemob import EasemobApp, create_easemob_app
+from dispatcher.sandbox.easemob import create_easemob_app
+from dispatcher.sandbox.easemob_state import EasemobApp
 from dispatcher.sandbox.server import ServerThread
 from tests.conftest import (
     EASEMOB_APP,

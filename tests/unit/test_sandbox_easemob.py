@@ -13,11 +13,8 @@ from pydantic import SecretStr
 
 from dispatcher.config import Settings
 from dispatcher.errors import ConfigurationError
-from dispatcher.sandbox.easemob import (
-    SlidingWindow,
-    create_easemob_app,
-    create_easemob_app_from_settings,
-)
+from dispatcher.sandbox.easemob import create_easemob_app, create_easemob_app_from_settings
+from dispatcher.sandbox.easemob_state import SlidingWindow
 from dispatcher.sandbox.server import ServerThread
 
 ORG, APP = "sandbox-org", "sandbox-app"

@@ -9,11 +9,8 @@ import httpx
 import pytest
 
 from dispatcher.config import Settings
-from dispatcher.sandbox.easemob import (
-    EasemobApp,
-    create_easemob_app,
-    create_easemob_app_from_settings,
-)
+from dispatcher.sandbox.easemob import create_easemob_app, create_easemob_app_from_settings
+from dispatcher.sandbox.easemob_state import EasemobApp
 from dispatcher.sandbox.server import ServerThread
 
 ONE = {"org": "org1", "app": "app1", "client_id": "YXA6one", "client_secret": "one-secret"}
