@@ -18,7 +18,7 @@ import pytest
 import redis
 
 from dispatcher import keys
-from dispatcher.store import StatusStore
+from dispatcher.store import StatusStore, lanes
 from tests.fault.harness import (
     check_bounded_keys,
     check_forward_only,
@@ -90,7 +90,12 @@ def test_volume_run_leaves_only_expiring_keys_and_memory_returns_to_baseline(
     check_forward_only(records)
     kinds = check_bounded_keys(client, [dispatcher.settings.queue])
     assert dispatcher.store.read.in_flight() == 0
-    assert len(dispatcher.store.read.stats()) < 40, "the stats hash has a fixed set of fields"
+    fields = dispatcher.store.read.stats()
+    # A fixed set of fields: the fleet's, plus one set per lane (app, client, priority).
+    fleet = [f for f in fields if not f.startswith(lanes.LANE_PREFIX)]
+    assert len(fleet) < 40, "the stats hash has a fixed set of fields"
+    seen = {parsed[0] for f in fields if (parsed := lanes.parse_field(f)) is not None}
+    assert len(seen) == 1, seen  # one client, one app, one priority in this run
 
     # Past the TTL every record and history is gone, and memory is back near its baseline.
     expires_by = time.monotonic() + TTL + 60
