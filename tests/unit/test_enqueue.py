@@ -129,17 +129,26 @@ def test_submits_wait_on_the_pending_list_and_ring_once_in_the_same_call(
     assert r.llen(lane.pending) == 2
 
 
+def other_broker(
+    monkeypatch: pytest.MonkeyPatch, delivery_batch: int
+) -> tuple[Dispatcher, list[tuple[Any, ...]]]:
+    """A dispatcher whose broker is not its Redis, and the tasks it sends."""
+    settings = Settings(
+        queue=QUEUE,
+        broker_url="redis://127.0.0.1:1/3",
+        memory_refuse_ratio=0,
+        delivery_batch=delivery_batch,
+    )
+    d = Dispatcher(settings, client=fakeredis.FakeRedis())
+    sent: list[tuple[Any, ...]] = []
+    monkeypatch.setattr(d.celery, "send_task", lambda *a, **k: sent.append((a, k)))
+    return d, sent
+
+
 def test_another_broker_gets_a_ring_published_after_each_record(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    d = Dispatcher(
-        Settings(
-            queue=QUEUE, broker_url="redis://127.0.0.1:1/3", memory_refuse_ratio=0, delivery_batch=8
-        ),
-        client=fakeredis.FakeRedis(),
-    )
-    sent: list[tuple[Any, ...]] = []
-    monkeypatch.setattr(d.celery, "send_task", lambda *a, **k: sent.append((a, k)))
+    d, sent = other_broker(monkeypatch, delivery_batch=8)
     assert d.submit_message(text(message_id="m0four")).created
     assert d.submit_message(text(message_id="m0five")).created
     assert sent == [((RING_TASK,), {"args": ("default",), "queue": QUEUE})] * 2
@@ -185,14 +194,7 @@ def test_a_redis_error_is_unavailable_and_leaves_nothing(fake_dispatcher: Dispat
 
 
 def test_another_broker_keeps_send_task(monkeypatch: pytest.MonkeyPatch) -> None:
-    d = Dispatcher(
-        Settings(
-            queue=QUEUE, broker_url="redis://127.0.0.1:1/3", memory_refuse_ratio=0, delivery_batch=0
-        ),
-        client=fakeredis.FakeRedis(),
-    )
-    sent: list[tuple[Any, ...]] = []
-    monkeypatch.setattr(d.celery, "send_task", lambda *a, **k: sent.append((a, k)))
+    d, sent = other_broker(monkeypatch, delivery_batch=0)
     assert d.submit_message(text(message_id="m0four")).created
     expected = {"args": (ref("m0four").member,), "queue": QUEUE, "task_id": None}
     assert sent == [((DELIVER_TASK,), expected)]
