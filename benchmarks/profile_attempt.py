@@ -1,11 +1,14 @@
-"""Redis round trips and CPU profile of one delivery attempt, in-process, no Celery.
+"""Redis round trips and CPU profile of delivery attempts, in-process, no Celery.
 
-    python benchmarks/profile_attempt.py [N] [--profile]
+    python benchmarks/profile_attempt.py [N] [--batch K] [--profile]
 
 Starts a Redis and the Easemob simulator (its own process), records N text
-messages as ``queued`` and runs :func:`dispatcher.delivery.attempt` on each,
-counting the Redis round trips the attempt makes (one per command or
-pipeline sent) and, with ``--profile``, where the CPU goes.
+messages as ``queued`` and delivers them three ways, counting the Redis round trips
+per message (one per command or pipeline sent) and the CPU and wall time per message:
+:func:`dispatcher.delivery.attempt` on each (one task per message), and the ring task's
+batch (:func:`dispatcher.ring.deliver_lane`: drain and lease, then concurrent attempts)
+with batches of 1 and of K (default ``DISPATCHER_DELIVERY_BATCH``'s). With ``--profile``,
+where the CPU of the single attempts goes.
 """
 
 from __future__ import annotations
@@ -24,13 +27,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import redis.connection
 
 from benchmarks import harness
-from dispatcher import delivery
+from dispatcher import delivery, ring
+from dispatcher.broker import make_celery
 from dispatcher.channels.easemob import NAME, EasemobChannel
 from dispatcher.config import Settings
 from dispatcher.connections import redis_client
+from dispatcher.doorbell import Doorbell
 from dispatcher.ids import DEFAULT_NAMESPACE, MessageRef, new_message_id
 from dispatcher.models import parse_message
-from dispatcher.store import StatusStore
+from dispatcher.store import PendingLane, StatusStore
 
 TEXT = {"messageType": 1, "from": "u1", "to": "u2", "messageInfo": {"textMessage": "hello"}}
 
@@ -49,8 +54,53 @@ def _counting(self: object, command: object, check_health: bool = True) -> None:
     _original(self, command, check_health)  # type: ignore[arg-type]
 
 
+def _per_message(label: str, n: int, run: Any) -> None:
+    """Run ``run()`` (which delivers ``n`` messages) counting round trips, CPU and wall."""
+    sent.clear()
+    redis.connection.AbstractConnection.send_packed_command = _counting  # type: ignore[method-assign]
+    started, wall = time.process_time(), time.monotonic()
+    try:
+        run()
+    finally:
+        redis.connection.AbstractConnection.send_packed_command = _original  # type: ignore[method-assign]
+    cpu, wall = time.process_time() - started, time.monotonic() - wall
+    print(f"{label}: {n} messages")
+    print(f"  redis round trips per message: {sum(sent.values()) / n:.2f}  {dict(sent)}")
+    print(
+        f"  cpu per message: {1000 * cpu / n:.3f} ms   wall per message: {1000 * wall / n:.3f} ms"
+    )
+
+
+def _batches(settings: Settings, store: StatusStore, channels: Any, n: int, k: int) -> None:
+    """Record ``n`` messages on the doorbell's lane and deliver them in batches of ``k``."""
+    batch_settings = settings.model_copy(update={"delivery_batch": k})
+    bell = Doorbell(make_celery(batch_settings), batch_settings, direct=True)  # rings in-script
+    lane = PendingLane(settings.queue)
+    message = parse_message(TEXT)
+    for _ in range(n):
+        ref = MessageRef(DEFAULT_NAMESPACE, new_message_id(settings.id_prefix))
+        store.submit.create(store.submit.prepare(ref, message, channel=NAME, pending=lane))
+    store.redis.delete(lane.flag)  # no ring to publish: the loop below drains
+
+    def run() -> None:
+        done = 0
+        while done < n:
+            outcomes = ring.deliver_lane(
+                bell, settings=batch_settings, store=store, channels=channels, resolve_media=None
+            )
+            assert outcomes and all(o == "delivered" for _, o in outcomes), outcomes
+            done += len(outcomes)
+        store.redis.delete(lane.flag)
+
+    _per_message(f"ring task, batches of {k}", n, run)
+
+
 def main() -> None:
-    n = int(next((a for a in sys.argv[1:] if a.isdigit()), "500"))
+    args = sys.argv[1:]
+    batch = int(args[args.index("--batch") + 1]) if "--batch" in args else Settings().delivery_batch
+    n = int(
+        next((a for i, a in enumerate(args) if a.isdigit() and args[i - 1] != "--batch"), "500")
+    )
     profile = "--profile" in sys.argv
     server, _ = harness.start_redis()
     sim = harness.Simulator().start()
@@ -72,26 +122,20 @@ def main() -> None:
         kwargs = {"settings": settings, "store": store, "channels": channels, "resolve_media": None}
         delivery.attempt(ids.pop(), **kwargs)  # type: ignore[arg-type]  # warm-up: token, scripts
 
-        redis.connection.AbstractConnection.send_packed_command = _counting  # type: ignore[method-assign]
         profiler = cProfile.Profile() if profile else None
-        started = time.process_time()
-        wall = time.monotonic()
-        if profiler:
-            profiler.enable()
-        for ref in ids:
-            outcome = delivery.attempt(ref, **kwargs)  # type: ignore[arg-type]
-            assert outcome.state == "delivered", outcome
-        if profiler:
-            profiler.disable()
-        cpu = time.process_time() - started
-        wall = time.monotonic() - wall
-        redis.connection.AbstractConnection.send_packed_command = _original  # type: ignore[method-assign]
-        total = sum(sent.values())
-        print(f"attempts: {n}")
-        print(f"redis round trips per attempt: {total / n:.2f}  {dict(sent)}")
-        print(
-            f"cpu per attempt: {1000 * cpu / n:.3f} ms   wall per attempt: {1000 * wall / n:.3f} ms"
-        )
+
+        def singles() -> None:
+            if profiler:
+                profiler.enable()
+            for ref in ids:
+                outcome = delivery.attempt(ref, **kwargs)  # type: ignore[arg-type]
+                assert outcome.state == "delivered", outcome
+            if profiler:
+                profiler.disable()
+
+        _per_message("one attempt per message (delivery.attempt)", n, singles)
+        for size in (1, batch):
+            _batches(settings, store, channels, n, size)
         if profiler:
             out = io.StringIO()
             pstats.Stats(profiler, stream=out).sort_stats(

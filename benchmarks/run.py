@@ -8,6 +8,7 @@ versions in the same run).
     python benchmarks/run.py --quick          # < 3 minutes on 2 cores
     python benchmarks/run.py --only P1,P2     # a subset
     python benchmarks/run.py --pool threads --concurrency 64   # try another worker setup
+    python benchmarks/run.py --only P1,P12 --delivery-batch 8  # the doorbell's batches
     python benchmarks/run.py --only P1,P3 --amqp amqp://guest:guest@127.0.0.1:5672//
                                               # also P1, P3 with RabbitMQ as the broker
     python benchmarks/run.py --only P1,P3 --amqp amqp://... --cluster
@@ -94,6 +95,8 @@ class Bench:
             "DISPATCHER_LOG_LEVEL": "INFO",
             "DISPATCHER_REAPER_INTERVAL": "5",
         }
+        if self.args.delivery_batch is not None:
+            env["DISPATCHER_DELIVERY_BATCH"] = str(self.args.delivery_batch)
         if self.broker_url:
             env["DISPATCHER_BROKER_URL"] = self.broker_url
             self.amqp_queues.append(queue)
@@ -652,6 +655,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--pool", default=None, help="worker pool (default: the product's)")
     parser.add_argument("--concurrency", type=int, default=None)
+    parser.add_argument(
+        "--delivery-batch",
+        type=int,
+        default=None,
+        help="DISPATCHER_DELIVERY_BATCH of producers and workers (default: the product's)",
+    )
     parser.add_argument(
         "--processes",
         type=int,

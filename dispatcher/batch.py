@@ -32,7 +32,7 @@ from dispatcher.ids import MessageRef
 from dispatcher.limits import MAX_BATCH_MESSAGES, MIN_BATCH_MESSAGES
 from dispatcher.models import Message
 from dispatcher.producer import Dispatcher, Submitted, unavailable_if_down
-from dispatcher.store.submit import CreateCall, CreateOutcome
+from dispatcher.store.submit import CreateCall
 from dispatcher.store.submit_many import (
     CreateReply,
     create_many,
@@ -124,24 +124,31 @@ class Batch:
                 self.results[each.index] = refusal
                 continue
             self.results[each.index] = submitted
-            if reply.outcome is CreateOutcome.CREATED and each.publish:
+            if self.dispatcher.must_publish(each.publish, reply):
                 to_publish.append(each)
         return to_publish
 
     def publish(self, recorded: Sequence[_Pending]) -> None:
         """Publish what was recorded; a message the broker refuses is removed again and
         answered Unavailable, and so are the ones after it, without trying the broker
-        again (a dead broker costs one timeout per batch, not one per message)."""
+        again (a dead broker costs one timeout per batch, not one per message). With the
+        doorbell one ring, once the broker took it, drains the whole batch. Every message
+        published (or rung) is then marked so, in one pipeline."""
         refusal: Unavailable | None = None
         removed: set[MessageRef] = set()
         published: list[MessageRef] = []
+        rung = False
         for each in recorded:
             if refusal is not None:
                 self.dispatcher.forget(each.ref, each.message)
                 removed.add(each.ref)
                 continue
+            if rung:  # the ring published drains this one too
+                published.append(each.ref)
+                continue
             try:
                 self.dispatcher.publish_or_forget(each.ref, each.message, mark=False)
+                rung = self.dispatcher.doorbell is not None
             except Unavailable as failed:
                 refusal = failed
                 removed.add(each.ref)

@@ -155,6 +155,10 @@ class Settings(BaseSettings):
     max_requeues: int = 5
     # A worker process that stops beating for this long is dead (docs/reliability.md, "Recovery")
     worker_timeout: float = Field(default=10.0, gt=0)
+    # Messages per delivery task (docs/architecture.md, "The doorbell"): a ring task drains
+    # up to this many waiting messages and runs their attempts concurrently; 0 (the
+    # default for now) publishes one task per message. Refused with a Redis Cluster store.
+    delivery_batch: int = Field(default=0, ge=0, le=256)
 
     # Scheduled delivery, cancel and recall (docs/api.md, "Send later, cancel, recall")
     schedule_max_days: float = Field(default=30.0, gt=0)
@@ -245,6 +249,12 @@ class Settings(BaseSettings):
             )
         if self.redis_min_replicas:
             raise ValueError("DISPATCHER_REDIS_MIN_REPLICAS does not apply to a Redis Cluster")
+        if self.delivery_batch:
+            raise ValueError(
+                "DISPATCHER_DELIVERY_BATCH does not apply to a Redis Cluster status store: the "
+                "doorbell's pending lists are fleet-wide keys its scripts use beside every "
+                "shard's (cross-slot); keep it 0 (one task per message)"
+            )
         return self
 
     @property

@@ -25,6 +25,7 @@ from dispatcher.errors import DeliveryError, InvalidMessage, LeaseLost, MediaErr
 from dispatcher.ids import MessageRef
 from dispatcher.media.resolve import needs_resolution
 from dispatcher.models import ImageInfo, Message, VideoInfo, VoiceInfo
+from dispatcher.ratelimit import Prepay
 from dispatcher.store import Lease, StandDown, StandDownReason, StatusStore, Transition
 from dispatcher.store.liveness import process_identity
 
@@ -124,14 +125,35 @@ def attempt(
     task_id: str | None = None,
 ) -> Outcome:
     """One attempt for the task ``task_id`` (None: no task, e.g. a tool or a test)."""
-    message_id = ref.id
-    # The lease script may also take the rate slot; only one channel's slot fits in it.
-    prepay = next((p for p in (c.rate_prepay() for c in channels.values()) if p), None)
     with tracing.span(tracing.SPAN_LEASE):
         lease = store.lease.begin(
-            ref, attempt_owner(), settings.lease_seconds, prepay=prepay, task_id=task_id
+            ref,
+            attempt_owner(),
+            settings.lease_seconds,
+            prepay=lease_prepay(channels),
+            task_id=task_id,
         )
+    return attempt_granted(
+        lease, settings=settings, store=store, channels=channels, resolve_media=resolve_media
+    )
+
+
+def lease_prepay(channels: dict[str, Channel]) -> Prepay | None:
+    """The rate slot a lease may also take: only one channel's fits in the script."""
+    return next((p for p in (c.rate_prepay() for c in channels.values()) if p), None)
+
+
+def attempt_granted(
+    lease: Lease | StandDown,
+    *,
+    settings: Settings,
+    store: StatusStore,
+    channels: dict[str, Channel],
+    resolve_media: MediaResolver | None,
+) -> Outcome:
+    """The attempt once the store answered its lease (a grant, or why it stands down)."""
     if isinstance(lease, StandDown):
+        message_id = lease.ref.id
         if lease.reason is StandDownReason.MISSING:
             # No record to dead-letter (expired, or never accepted): keep a bounded trace.
             log.warning("getMessageId=%s dropped from the queue: %s", message_id, lease.detail)
@@ -142,6 +164,7 @@ def attempt(
             log.info("getMessageId=%s standing down: %s", message_id, lease.detail)
         return Outcome(AttemptOutcome.STOOD_DOWN, reason=lease.reason.value)
 
+    message_id = lease.ref.id
     tracing.annotate({tracing.ATTEMPT: lease.number, tracing.CLIENT: lease.client})
     try:
         message = Message.from_stored(lease.payload)

@@ -43,6 +43,10 @@ log = logging.getLogger(__name__)
 
 DELIVER_TASK = "dispatcher.deliver"
 
+RING_TASK = "dispatcher.ring"
+"""The doorbell's task (docs/architecture.md, "The doorbell"): its one argument names the
+lane whose pending messages it drains and delivers."""
+
 
 def task_args(ref: MessageRef) -> tuple[str]:
     """The delivery task's arguments for one message."""
@@ -169,7 +173,12 @@ class TaskMessageTemplate:
     ) -> str:
         """The queue message for one delivery of ``ref``: a new tag, the task id given or a
         new one (and the trace it continues, in a traced template)."""
-        (member,) = task_args(ref)
+        return self.build_for(task_args(ref)[0], traceparent, task_id)
+
+    def build_for(
+        self, member: str, traceparent: str | None = None, task_id: str | None = None
+    ) -> str:
+        """:meth:`build` for the task's one argument given as text (a ring's lane)."""
         id_json = json.dumps(member)
         head, tail = self._body_parts
         body = base64.b64encode(f"{head}{id_json}{tail}".encode()).decode("ascii")
@@ -199,9 +208,12 @@ class DirectEnqueue:
     store's Redis (the submit and the scheduler's promotion); None otherwise, and the
     caller publishes through kombu."""
 
-    def __init__(self, app: Celery, queue: str, *, enabled: bool) -> None:
+    def __init__(
+        self, app: Celery, queue: str, *, enabled: bool, task_name: str = DELIVER_TASK
+    ) -> None:
         self.app = app
         self.queue = queue
+        self.task_name = task_name
         self.enabled = enabled
         """The broker is the status store's Redis (``broker.broker_is_store``)."""
         self._template: TaskMessageTemplate | None = None
@@ -213,20 +225,27 @@ class DirectEnqueue:
         ``task_id``, else a new one), or None; with tracing on, ``traceparent`` is the trace
         the attempt continues (without one the attempt finds the submit's in the status
         record)."""
+        message = self.message_for(ref.member, traceparent, task_id=task_id)
+        return None if message is None else (self.queue, message)
+
+    def message_for(
+        self, argument: str, traceparent: str | None = None, *, task_id: str | None = None
+    ) -> str | None:
+        """The task message for one call with ``argument``, or None (publish through kombu)."""
         if not self.enabled:
             return None
         template = self._template
         if template is None or template.pid != os.getpid():  # origin names the process
             try:
                 template = TaskMessageTemplate.capture(
-                    self.app, DELIVER_TASK, self.queue, traced=tracing.enabled()
+                    self.app, self.task_name, self.queue, traced=tracing.enabled()
                 )
             except ValueError as exc:
                 log.warning("publishing through kombu: %s", exc)
                 self.enabled = False
                 return None
             self._template = template
-        return template.queue_key, template.build(ref, traceparent, task_id)
+        return template.build_for(argument, traceparent, task_id)
 
 
 def ref_in(entry: bytes | str | None) -> MessageRef | None:

@@ -35,6 +35,7 @@ MAX_REJECTED = 1000
 _RECORD = ":rec"
 _HISTORY = ":hist"
 _RECIPIENTS = ":rcpt"
+_INFLIGHT = "inflight"
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ class Shard:
         :attr:`schedule`, scored by the time (ms) each must have progressed by: lease end,
         a due retry's promotion plus grace, or queued time plus grace (a short grace until
         a task published through another broker is confirmed: docs/reliability.md)."""
-        return f"{self.open}inflight"
+        return f"{self.open}{_INFLIGHT}"
 
     @property
     def schedule(self) -> str:
@@ -135,6 +136,10 @@ def counters_shard() -> Shard:
     do: readers sum or merge every shard's)."""
     return shards()[0]
 
+
+PENDING_ENTRY_PARTS = (_RECORD, _HISTORY, _INFLIGHT)
+"""How a script spells a :func:`pending_entry`'s keys: ``open + member`` then the record's
+and the history's closing, and ``open`` then the shard's in-flight index's name."""
 
 ALL_RECORDS = f"{PREFIX}:{{*}}:*{_RECORD}"
 """SCAN pattern matching every message's record."""
@@ -306,3 +311,37 @@ def webhook_delivery(member: str) -> str:
 def webhook_endpoint(endpoint_id: str) -> str:
     """Hash of one endpoint's health: counts, last error, failing since, disabled."""
     return f"{_WEBHOOKS}endpoint:{endpoint_id}"
+
+
+# The doorbell (docs/architecture.md, "The doorbell")
+
+DEFAULT_LANE = "default"
+"""The one lane of each delivery queue today; lanes (per priority, per client) share the
+queue's ring task and each has its own pending list and flag."""
+
+
+def pending(queue: str, lane: str = DEFAULT_LANE) -> str:
+    """List of messages waiting for a worker in one lane of ``queue``, pushed on the left,
+    drained from the right: entries (:func:`pending_entry`) name the message's shard, as
+    the lane's messages are in every shard."""
+    return f"{PREFIX}:pending:{queue}:{lane}"
+
+
+def ring_flag(queue: str, lane: str = DEFAULT_LANE) -> str:
+    """Set (with a short expiry) while a ring of the lane is outstanding: a ring task that
+    will drain :func:`pending` is queued or running."""
+    return f"{PREFIX}:ring:{queue}:{lane}"
+
+
+def pending_entry(ref: MessageRef, task_id: str | None = None) -> str:
+    """A message's entry on a :func:`pending` list: its shard's key opening and its member
+    (``dispatcher:{s3.7}:<member>``), then `` <task id>`` when a task id goes with it. A
+    drain spells the message's keys and its shard's in-flight index from the entry alone
+    (``open + member + record``, ``open + inflight``: :data:`PENDING_ENTRY_PARTS`)."""
+    entry = shard_of(ref).open + ref.member
+    return entry if task_id is None else f"{entry} {task_id}"
+
+
+def ref_of_entry(entry: str) -> MessageRef:
+    """The message a :func:`pending_entry` names."""
+    return MessageRef.parse(entry.partition("}:")[2].split(" ", 1)[0])

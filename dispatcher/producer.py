@@ -27,6 +27,7 @@ from dispatcher.broker import make_celery, publishes_to_store
 from dispatcher.channels import ChannelSpec
 from dispatcher.config import Settings
 from dispatcher.connections import REDIS_ERRORS, redis_client
+from dispatcher.doorbell import Doorbell
 from dispatcher.enqueue import DELIVER_TASK, DirectEnqueue, task_args
 from dispatcher.errors import Conflict, RateLimited, Unauthorized, Unavailable
 from dispatcher.gate import REPLAYED, Gate
@@ -88,6 +89,9 @@ class Dispatcher(StatusReads):
         self.health = RedisHealth.from_settings(self.redis, settings)
         direct = publishes_to_store(self.celery, settings)  # queued by the create script
         self.direct_enqueue = DirectEnqueue(self.celery, settings.queue, enabled=direct)
+        self.doorbell = (
+            Doorbell(self.celery, settings, direct=direct) if settings.delivery_batch else None
+        )
         self.withdrawal = Withdrawal(settings, self.store)
         self.replica_wait = ReplicaWait.from_settings(settings)
         self._routing = routing_by_client(settings)
@@ -150,7 +154,7 @@ class Dispatcher(StatusReads):
         ref, call, publish = self.prepare_create(message, client, gate, namespace)
         with unavailable_if_down("status store"), tracing.span(tracing.SPAN_ENQUEUE):
             result = self.replica_wait.create(self.redis, self.store.submit, call)
-        if result.outcome is CreateOutcome.CREATED and publish:
+        if self.must_publish(publish, result):
             self.publish_or_forget(ref, message)
         return self.settle_create(ref, message, result, gate, call)
 
@@ -175,7 +179,7 @@ class Dispatcher(StatusReads):
         ref, call, publish = self.prepare_create(message, client, gate, namespace)
         with unavailable_if_down("status store"), tracing.span(tracing.SPAN_ENQUEUE):
             result = await self.replica_wait.create_async(connection, self.store.submit, call)
-        if result.outcome is CreateOutcome.CREATED and publish:
+        if self.must_publish(publish, result):
             await asyncio.to_thread(self.publish_or_forget, ref, message)
         return self.settle_create(ref, message, result, gate, call)
 
@@ -191,13 +195,15 @@ class Dispatcher(StatusReads):
     def prepare_create(
         self, message: Message, client: str | None, gate: Gate | None, namespace: str | None
     ) -> tuple[MessageRef, CreateCall, bool]:
-        """The reference, the create call, and whether the task still has to be published
-        after it (a broker other than this Redis: the script records but cannot push)."""
+        """The reference, the create call, and whether its task or ring may have to be
+        published after it (:meth:`must_publish`: the script records but cannot push)."""
         message_id = message.getMessageId or new_message_id(self.settings.id_prefix)
         ref = MessageRef(namespace or self.namespace, message_id)
         spec = self.route(message, client)
         traceparent = tracing.submitting(ref.id, client, spec.name)
-        enqueue = self.direct_enqueue(ref, traceparent)
+        # With the doorbell the trace travels in the record: a ring carries many messages.
+        bell = self.doorbell
+        enqueue = bell.enqueue() if bell else self.direct_enqueue(ref, traceparent)
         call = self.store.submit.prepare(
             ref,
             message,
@@ -205,6 +211,7 @@ class Dispatcher(StatusReads):
             app=spec.app_for(self.settings, client) if spec.app_for is not None else None,
             client=client,
             enqueue=enqueue,
+            pending=bell.lane if bell else None,
             gate=gate,
             traceparent=traceparent,
             send_at_ms=message.sendAt,
@@ -212,11 +219,19 @@ class Dispatcher(StatusReads):
         )
         return ref, call, enqueue is None
 
+    def must_publish(self, publish: bool, result: CreateResult) -> bool:
+        """A create recorded a message whose task is ours to publish; with the doorbell its
+        ring, every time: the broker's confirmation is what a submit promises."""
+        return publish and result.outcome is CreateOutcome.CREATED
+
     def publish_or_forget(self, ref: MessageRef, message: Message, *, mark: bool = True) -> None:
-        """Publish the recorded message; if the broker refuses, remove the record again;
-        then mark it published (``mark=False``: the caller does, for a batch)."""
+        """Publish the recorded message (or its ring); if the broker refuses, remove the
+        record again; then mark it published (``mark=False``: the caller does, for a batch)."""
         try:
-            self.publish(ref)
+            if self.doorbell is not None:
+                self.doorbell.publish()
+            else:
+                self.publish(ref)
         except PUBLISH_ERRORS as exc:
             self.forget(ref, message)
             raise Unavailable(f"broker unavailable: {reason(exc)}") from None
@@ -260,7 +275,8 @@ class Dispatcher(StatusReads):
     def forget(self, ref: MessageRef, message: Message) -> None:
         try:
             with outside_budget():  # a slow broker may have spent the request's Redis budget
-                self.store.submit.discard(ref, message)
+                lane = self.doorbell.lane if self.doorbell else None
+                self.store.submit.discard(ref, message, lane)
         except REDIS_ERRORS:
             msg = "getMessageId=%s publish failed, its record not removed: recovery re-enqueues it"
             log.error(msg, ref.id)

@@ -15,7 +15,7 @@ import redis
 from celery import Celery
 from kombu.exceptions import KombuError, OperationalError
 
-from dispatcher.backlog import QueueBacklog, broker_depth, read_backlog
+from dispatcher.backlog import QueueBacklog, broker_depth, read_backlog, with_pending
 from dispatcher.broker import broker_is_store
 from dispatcher.config import Settings
 from dispatcher.connections import REDIS_ERRORS, PoolExhausted
@@ -113,11 +113,16 @@ class StatusReads:
     def queue_backlog(self, queues: list[str] | None = None) -> list[QueueBacklog]:
         """Depth and oldest entry's age of each delivery queue (default: the configured one)."""
         names = queues or [self.settings.queue]
-        with unavailable_if_down("broker"):
-            if broker_is_store(self.settings):
-                return read_backlog(self.redis, self.store, names)
         try:
-            return [QueueBacklog(name, broker_depth(self.celery, name), None) for name in names]
+            with unavailable_if_down("broker"):
+                if broker_is_store(self.settings):
+                    backlog = read_backlog(self.redis, self.store, names)
+                else:
+                    backlog = [QueueBacklog(n, broker_depth(self.celery, n), None) for n in names]
+                # The doorbell's pending lists hold the waiting messages (backlog.with_pending).
+                return (
+                    with_pending(self.store, backlog) if self.settings.delivery_batch else backlog
+                )
         except PUBLISH_ERRORS as exc:
             raise Unavailable(f"broker unavailable: {reason(exc)}") from None
 

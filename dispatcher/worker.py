@@ -16,16 +16,19 @@ from functools import cache, cached_property
 from typing import Any
 
 from celery import Celery, Task, signals
+from celery.concurrency import get_implementation
 
-from dispatcher import delivery, tracing
+from dispatcher import delivery, ring, tracing
 from dispatcher.broker import AHEAD_HEADER, broker_is_store, consumer_store, make_celery
 from dispatcher.channels import Channel, open_channels
 from dispatcher.config import Settings, get_settings
 from dispatcher.connections import redis_client
-from dispatcher.enqueue import DELIVER_TASK, DirectEnqueue, task_args
+from dispatcher.doorbell import Doorbell
+from dispatcher.enqueue import DELIVER_TASK, RING_TASK, DirectEnqueue, task_args
 from dispatcher.health import warn_redis_configuration
 from dispatcher.ids import MessageRef
 from dispatcher.logs import configure_logging
+from dispatcher.ring import deliver_lane
 from dispatcher.store import Heartbeat, Reaper, Scheduler, StatusStore
 from dispatcher.webhooks.outbox import WebhookStore
 from dispatcher.webhooks.pump import WebhookPump
@@ -52,6 +55,14 @@ class DeliveryTask(Task):  # type: ignore[misc]  # celery is untyped
     @cached_property
     def resolve_media(self) -> delivery.MediaResolver | None:
         return media_resolver(self.settings, self.store)
+
+
+@cache
+def worker_doorbell() -> Doorbell:
+    """The delivery queue's doorbell as this worker rings it (rings, the scheduler, the
+    reaper)."""
+    settings = get_settings()
+    return Doorbell(get_app(), settings, direct=broker_is_store(settings))
 
 
 def media_resolver(settings: Settings, store: StatusStore) -> delivery.MediaResolver | None:
@@ -95,6 +106,27 @@ def _deliver(self: DeliveryTask, member: object) -> str:
     return outcome.state.value
 
 
+def _ring(self: Task, lane: object) -> str:
+    """Deliver a batch of the messages waiting on the lane (docs/architecture.md, "The
+    doorbell"), with the delivery task's per-process runtime; the result names each
+    message and its outcome."""
+    runtime, bell = delivery_task(), worker_doorbell()
+    if lane != bell.lane.name:
+        log.error("dropping ring task %s for unknown lane %r", self.request.id, lane)
+        runtime.store.recovery.record_rejected(
+            "invalid_argument", f"task {self.request.id}: not a lane", repr(lane)
+        )
+        return "rejected"
+    delivered = deliver_lane(
+        bell,
+        settings=runtime.settings,
+        store=runtime.store,
+        channels=runtime.channels,
+        resolve_media=runtime.resolve_media,
+    )
+    return " ".join(f"{message_id}:{outcome}" for message_id, outcome in delivered)
+
+
 def _traceparent(task: DeliveryTask, ref: MessageRef) -> str | None:
     """The trace this attempt continues: the task's header, else (a re-publish by recovery
     or a replay) the one the status record keeps from the submit."""
@@ -110,8 +142,10 @@ def get_app() -> Celery:
     settings = get_settings()
     app = make_celery(settings)
     app.task(name=DELIVER_TASK, base=DeliveryTask, bind=True, ignore_result=True)(_deliver)
+    app.task(name=RING_TASK, bind=True, ignore_result=True)(_ring)
     app.task(name=WEBHOOK_TASK, base=WebhookTask, bind=True, ignore_result=True)(run_webhook_task)
     signals.setup_logging.connect(_configure_worker_logging, weak=False)
+    signals.worker_init.connect(_bound_attempts, weak=False)
     signals.worker_ready.connect(_check_redis, weak=False)
     signals.worker_ready.connect(_start_heartbeat, weak=False)
     signals.worker_process_init.connect(_start_heartbeat, weak=False)
@@ -159,13 +193,16 @@ def publish_ahead(ref: MessageRef, task_id: str) -> None:
 
 def make_reaper(store: StatusStore) -> Reaper:
     settings = get_settings()
+    bell = worker_doorbell() if settings.delivery_batch else None
     return Reaper(
         store.recovery,
         publish_as,
         interval=settings.reaper_interval,
         requeue_delay=max(settings.lease_seconds, 10),
         # The queue list lives in the status store's Redis only when that is the broker.
-        queue_key=settings.queue if broker_is_store(settings) else None,
+        queue_key=settings.queue if broker_is_store(settings) and not bell else None,
+        lane=bell.lane if bell else None,
+        ring_stalled=(lambda: bell.ring_if_stalled(store)) if bell else None,
         heartbeat=getattr(get_app(), "dispatcher_heartbeat", None),
         publish_ahead=publish_ahead,
     )
@@ -175,6 +212,13 @@ def _configure_worker_logging(loglevel: Any = None, **_: Any) -> None:
     # Our format for every line the worker writes, Celery's own included.
     settings = get_settings()
     configure_logging(loglevel or settings.log_level, settings.log_format)
+
+
+def _bound_attempts(sender: Any = None, **_: Any) -> None:
+    # The pool as the worker runs it (its command line wins over the settings).
+    pool = get_implementation(getattr(sender, "pool_cls", None) or get_settings().worker_pool)
+    concurrency = getattr(sender, "concurrency", None)
+    ring.set_capacity(pool.__module__, concurrency if isinstance(concurrency, int) else 0)
 
 
 def _check_redis(sender: Any = None, **_: Any) -> None:
@@ -214,6 +258,7 @@ def make_scheduler(store: StatusStore) -> Scheduler:
         DirectEnqueue(get_app(), get_settings().queue, enabled=broker_is_store(get_settings())),
         publish_as,
         interval=get_settings().scheduler_interval,
+        bell=worker_doorbell() if get_settings().delivery_batch else None,
     )
 
 

@@ -94,6 +94,7 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
                 None if same_broker else broker_probe,
                 [settings.queue],
                 settings.memory_refuse_ratio,
+                doorbell=settings.delivery_batch > 0,
             ),
             settings.clients,
         ),

@@ -33,7 +33,7 @@ from prometheus_client.registry import Collector
 
 from dispatcher import keys
 from dispatcher.api.lane_metrics import lane_metrics
-from dispatcher.backlog import QueueBacklog, read_backlog
+from dispatcher.backlog import QueueBacklog, read_backlog, with_pending
 from dispatcher.broker_probe import AmqpProbe, BrokerUnreachable
 from dispatcher.connections import REDIS_ERRORS
 from dispatcher.errors import Busy
@@ -194,7 +194,11 @@ class RedisCollector(Collector):
         broker: redis.Redis | AmqpProbe | None,
         queues: list[str],
         memory_refuse_ratio: float,
+        *,
+        doorbell: bool = False,
     ) -> None:
+        self.doorbell = doorbell
+        """Messages wait on the queues' pending lists too (``backlog.with_pending``)."""
         self.store = store
         self.broker = broker
         self.queues = queues
@@ -218,6 +222,10 @@ class RedisCollector(Collector):
 
     def _read_backlog(self, store_readable: bool) -> list[QueueBacklog]:
         """Each queue's depth, and its oldest entry's age when the store can say."""
+        backlog = self._read_broker_backlog(store_readable)
+        return with_pending(self.store, backlog) if self.doorbell and store_readable else backlog
+
+    def _read_broker_backlog(self, store_readable: bool) -> list[QueueBacklog]:
         if isinstance(self.broker, AmqpProbe):
             depths = self.broker.depths(self.queues)
             return [QueueBacklog(q, d, None) for q, d in zip(self.queues, depths, strict=True)]

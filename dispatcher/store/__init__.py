@@ -9,6 +9,7 @@ every script with its keys.
 
 - ``submit``    record ``queued`` (with its task and gate), or undo it
 - ``lease``     lease a message for an attempt, record the attempt's outcome
+- ``pending``   the doorbell: drain and lease waiting messages, ring a stalled lane
 - ``recovery``  claim what is overdue (the reaper), replay dead letters, trace rejects
 - ``liveness``  heartbeats of the processes that take leases (a dead holder's lease breaks)
 - ``schedule``  queue messages whose ``sendAt`` has come (the scheduler)
@@ -31,6 +32,7 @@ from dispatcher.store.lease import (
     Transition,
 )
 from dispatcher.store.liveness import Heartbeat, LivenessStore
+from dispatcher.store.pending import Drained, PendingLane, PendingStore, Ring
 from dispatcher.store.policy import StorePolicy
 from dispatcher.store.read import ReadStore
 from dispatcher.store.recipients import RecipientStore
@@ -47,14 +49,15 @@ from dispatcher.store.withdraw import CancelOutcome, CancelResult, WithdrawStore
 
 
 class StatusStore:
-    """The stages over one Redis client: ``submit``, ``lease``, ``recovery``, ``liveness``,
-    ``schedule``, ``withdraw``, ``read``, ``recipients``."""
+    """The stages over one Redis client: ``submit``, ``lease``, ``pending``, ``recovery``,
+    ``liveness``, ``schedule``, ``withdraw``, ``read``, ``recipients``."""
 
     def __init__(self, client: redis.Redis, policy: StorePolicy | None = None) -> None:
         self.redis = client
         self.policy = policy or StorePolicy()
         self.submit = SubmitStore(client, self.policy)
         self.lease = LeaseStore(client, self.policy)
+        self.pending = PendingStore(client, self.policy)
         self.recovery = RecoveryStore(client, self.policy)
         self.liveness = LivenessStore(client, self.policy)
         self.schedule = ScheduleStore(client, self.policy)
@@ -75,15 +78,19 @@ __all__ = [
     "CreateOutcome",
     "CreateResult",
     "DiscardOutcome",
+    "Drained",
     "Heartbeat",
     "Lease",
     "LeaseStore",
     "LivenessStore",
     "Overdue",
+    "PendingLane",
+    "PendingStore",
     "ReadStore",
     "Reaper",
     "RecoveryStore",
     "ReplayOutcome",
+    "Ring",
     "ScheduleStore",
     "Scheduler",
     "StandDown",

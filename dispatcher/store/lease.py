@@ -131,26 +131,17 @@ class LeaseStore:
 
         ``task_id``: the delivery task asking; only the message's live task is served, a
         superseded copy stands down (docs/reliability.md, "The state machine")."""
-        prepay_args: list[float] = []
         if is_cluster(self.redis):
             prepay = None  # its rate keys are in another slot: the send acquires them itself
-        if prepay is not None:
-            for dimension in zip(
-                prepay.intervals_ms,
-                prepay.tolerances_ms,
-                prepay.user_costs,
-                prepay.other_costs,
-                strict=True,
-            ):
-                prepay_args += dimension
         began = time.monotonic()
+        rates, prepay_args = prepay_operands(prepay)
         reply = self._lease(
             self.redis,
             {
                 "message": keys.message(ref),
                 "history": keys.history(ref),
                 "inflight": keys.shard_of(ref).inflight,
-                "rates": prepay.keys if prepay else (),
+                "rates": rates,
             },
             {
                 "task": task_id,
@@ -160,49 +151,16 @@ class LeaseStore:
                 "ttl": self.policy.ttl,
                 "history_limit": self.policy.history_limit,
                 "member": ref.member,
-                "channel": prepay.channel if prepay else None,
-                "app": prepay.app if prepay else None,
-                "unrecorded": 1 if prepay and prepay.unrecorded else None,
-                "types": "," + ",".join(str(t) for t in sorted(prepay.types)) + ","
-                if prepay
-                else "",
-                "prepay": prepay_args,
+                **prepay_args,
             },
         )
-        verdict = text(reply[0])
-        if verdict == "ok":
-            lease = Lease(
-                ref,
-                owner,
-                int(text(reply[1])),
-                text(reply[2]),
-                prepaid=text(reply[3]) == "1",
-                channel=text(reply[4]),
-                client=text(reply[5]) or None,
-                began=began,
-                lease_number=int(text(reply[6])),
-                app=text(reply[7]) or None,
-                priority=text(reply[8]) or DEFAULT_PRIORITY.value,
-                waited=int(text(reply[9])) / 1000 if text(reply[9]) else None,
-            )
-            if lease.waited is not None:
-                self.durations.add(_lane(lease).waited(lease.waited))
-            return lease
-        if verdict == "terminal":
-            return StandDown(ref, StandDownReason.TERMINAL, f"already {text(reply[1])}")
-        if verdict == "superseded":
-            return StandDown(
-                ref, StandDownReason.SUPERSEDED, f"a copy: the live task is {text(reply[1])}"
-            )
-        if verdict == "early":
-            wait = int(text(reply[1])) / 1000
-            return StandDown(ref, StandDownReason.EARLY, f"retry due in {wait:.3f} s", wait)
-        if verdict == "busy":
-            holder, remaining = text(reply[1]), int(text(reply[2]))
-            return StandDown(ref, StandDownReason.BUSY, f"held by {holder} for {remaining} ms more")
-        return StandDown(
-            ref, StandDownReason.MISSING, "no status record (expired or never accepted)"
-        )
+        return self.granted(lease_verdict(ref, owner, reply, began))
+
+    def granted(self, grant: Lease | StandDown) -> Lease | StandDown:
+        """``grant`` as answered, its wait since acceptance counted (a first attempt's)."""
+        if isinstance(grant, Lease) and grant.waited is not None:
+            self.durations.add(_lane(grant).waited(grant.waited))
+        return grant
 
     def extend(self, lease: Lease, lease_seconds: float) -> float | None:
         """Keep ``lease`` for ``lease_seconds`` from now; the seconds it has left, or None
@@ -364,3 +322,56 @@ class LeaseStore:
 
 def _lane(lease: Lease) -> Lane:
     return Lane.of(lease.app, lease.client, lease.priority)
+
+
+def prepay_operands(prepay: Prepay | None) -> tuple[tuple[str, ...], dict[str, Any]]:
+    """The rate keys and the ``channel``, ``app``, ``unrecorded``, ``types`` and ``prepay``
+    arguments of a lease (lease_one.lua) that also tries ``prepay``'s rate slot."""
+    if prepay is None:
+        return (), {"channel": None, "app": None, "unrecorded": None, "types": "", "prepay": []}
+    numbers: list[float] = []
+    for dimension in zip(
+        prepay.intervals_ms, prepay.tolerances_ms, prepay.user_costs, prepay.other_costs,
+        strict=True,
+    ):  # fmt: skip
+        numbers += dimension
+    return tuple(prepay.keys), {
+        "channel": prepay.channel,
+        "app": prepay.app,
+        "unrecorded": 1 if prepay.unrecorded else None,
+        "types": "," + ",".join(str(t) for t in sorted(prepay.types)) + ",",
+        "prepay": numbers,
+    }
+
+
+def lease_verdict(ref: MessageRef, owner: str, reply: list[Any], began: float) -> Lease | StandDown:
+    """The grant or the stand-down a lease reply (lease_one.lua) means."""
+    verdict = text(reply[0])
+    if verdict == "ok":
+        return Lease(
+            ref,
+            owner,
+            int(text(reply[1])),
+            text(reply[2]),
+            prepaid=text(reply[3]) == "1",
+            channel=text(reply[4]),
+            client=text(reply[5]) or None,
+            began=began,
+            lease_number=int(text(reply[6])),
+            app=text(reply[7]) or None,
+            priority=text(reply[8]) or DEFAULT_PRIORITY.value,
+            waited=int(text(reply[9])) / 1000 if text(reply[9]) else None,
+        )
+    if verdict == "terminal":
+        return StandDown(ref, StandDownReason.TERMINAL, f"already {text(reply[1])}")
+    if verdict == "superseded":
+        return StandDown(
+            ref, StandDownReason.SUPERSEDED, f"a copy: the live task is {text(reply[1])}"
+        )
+    if verdict == "early":
+        wait = int(text(reply[1])) / 1000
+        return StandDown(ref, StandDownReason.EARLY, f"retry due in {wait:.3f} s", wait)
+    if verdict == "busy":
+        holder, remaining = text(reply[1]), int(text(reply[2]))
+        return StandDown(ref, StandDownReason.BUSY, f"held by {holder} for {remaining} ms more")
+    return StandDown(ref, StandDownReason.MISSING, "no status record (expired or never accepted)")

@@ -32,6 +32,7 @@ from dispatcher.connections import REDIS_ERRORS, text
 from dispatcher.enqueue import new_task_id, ref_in
 from dispatcher.ids import MessageRef
 from dispatcher.store.liveness import Heartbeat
+from dispatcher.store.pending import PendingLane, entry_ref
 from dispatcher.store.policy import StorePolicy
 from dispatcher.store.scripts import load, operation_id
 
@@ -95,6 +96,7 @@ class RecoveryStore:
         requeue_delay: float = 30.0,
         queue_key: str | None = None,
         watching_since: int | None = None,
+        lane: PendingLane | None = None,
     ) -> Overdue:
         """Messages to re-publish: lease expired, retry never ran, or queue entry lost.
 
@@ -110,12 +112,18 @@ class RecoveryStore:
         is broken and claimed like an expired one, when the caller's own process has beaten
         without a gap since ``watching_since`` (ms, Redis's clock) for half a worker timeout
         or more (dispatcher/store/liveness.py); with None no holder is judged dead.
+        With ``lane`` (the doorbell) the head is its pending list's instead.
 
         Every shard is looked at (one call each), up to ``limit`` members in each;
         ``scanned`` counts them all, so it reaches ``limit`` when some shard's look was full
         and the caller calls again.
         """
-        since = None if queue_key is None else self._head_queued_at(queue_key)
+        if lane is not None:
+            since = self._pending_head_queued_at(lane)
+        elif queue_key is not None:
+            since = self._head_queued_at(queue_key)
+        else:
+            since = None
         found = Overdue([], 0, [])
         for shard in keys.shards():
             one = self._claim_shard(shard, limit, requeue_delay, since, watching_since)
@@ -175,7 +183,15 @@ class RecoveryStore:
         head = self.redis.lindex(queue_key, -1)
         if head is None:
             return None
-        ref = ref_in(head)
+        return self._queued_at(ref_in(head))
+
+    def _pending_head_queued_at(self, lane: PendingLane) -> int | None:
+        """:meth:`_head_queued_at` of the message next in line on ``lane``."""
+        head = self.redis.lindex(lane.pending, -1)
+        return None if head is None else self._queued_at(entry_ref(head))
+
+    def _queued_at(self, ref: MessageRef | None) -> int:
+        """When ``ref`` was queued, if it is (ms on Redis's clock); else 0."""
         if ref is None:
             return 0
         state, queued_at = self.redis.hmget(keys.message(ref), ["state", "updatedAt"])
@@ -288,6 +304,8 @@ class Reaper(BackgroundLoop):
     ``queue_key``: the broker's queue list when it lives in the store's Redis;
     ``heartbeat``: this process's heartbeat, without which no lease holder is judged dead
     (dispatcher/store/liveness.py).
+    ``lane`` and ``ring_stalled``: the doorbell's lane, whose pending list is the queue to
+    look at, and the check that rings it when messages wait and its ring was lost.
     """
 
     store: RecoveryStore
@@ -301,6 +319,8 @@ class Reaper(BackgroundLoop):
     publish_ahead: Callable[[MessageRef, str], None] | None = None
     """Publish it ahead of the queue, for a message that lost its lease: it waited its turn
     once already (None: as :attr:`publish`)."""
+    lane: PendingLane | None = None
+    ring_stalled: Callable[[], object] | None = None
     thread_name: ClassVar[str] = "dispatcher-reaper"
 
     def run_once(self) -> list[MessageRef]:
@@ -308,12 +328,15 @@ class Reaper(BackgroundLoop):
         full; returns what was published. A message whose publish failed is un-claimed
         (due again at the next pass), and the pass ends there."""
         published: list[MessageRef] = []
+        if self.ring_stalled is not None:
+            self.ring_stalled()
         while not self._stop.is_set():
             overdue = self.store.claim_overdue(
                 limit=self.batch,
                 requeue_delay=self.requeue_delay,
                 queue_key=self.queue_key,
                 watching_since=None if self.heartbeat is None else self.heartbeat.watching_since(),
+                lane=self.lane,
             )
             failed: list[MessageRef] = []
             error: Exception | None = None

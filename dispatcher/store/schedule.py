@@ -29,6 +29,7 @@ from dispatcher.background import BackgroundLoop
 from dispatcher.connections import REDIS_ERRORS, text
 from dispatcher.enqueue import new_task_id
 from dispatcher.ids import MessageRef
+from dispatcher.store.pending import RING_MS, Bell
 from dispatcher.store.policy import StorePolicy
 from dispatcher.store.read import sum_over_shards
 from dispatcher.store.scripts import load
@@ -60,7 +61,10 @@ class Promotion:
     task_ids: list[str]
     """Per ref, the id of its task: the message's live task from now on."""
     pushed: bool
-    """Their tasks are on the queue list already; else they still have to be published."""
+    """Their tasks are on the queue list already (or they wait on a lane's pending list);
+    else they still have to be published."""
+    ring: bool = False
+    """They wait on a lane whose ring the caller publishes (a broker other than this Redis)."""
 
 
 class ScheduleStore:
@@ -94,23 +98,29 @@ class ScheduleStore:
         refs: list[MessageRef],
         task_for: TaskFor,
         task_ids: list[str | None] | None = None,
+        bell: Bell | None = None,
     ) -> Promotion:
         """Queue those of ``refs`` still waiting and due, each under the task id its record
-        names (``task_ids``, as :meth:`due` read them) or a new one. With tasks from
+        names (``task_ids``, as :meth:`due` read them) or a new one. With ``bell`` they go
+        onto its lane's pending list (the doorbell, :mod:`.pending`); else with tasks from
         ``task_for`` they are pushed in the same step; without, the caller publishes the
         refs returned under their task ids. One call per shard the refs belong to."""
         queue: str | None = None
         batches: dict[keys.Shard, list[str]] = {}
         ids: dict[str, str] = {}
+        ring_task = bell.ring_task() if bell else None
+        if bell and ring_task is not None:
+            queue = bell.lane.queue
         for ref, recorded in zip(refs, task_ids or [None] * len(refs), strict=True):
             task_id = recorded or new_task_id()
             ids[ref.member] = task_id
-            enqueue = task_for(ref, task_id=task_id)
+            enqueue = None if bell else task_for(ref, task_id=task_id)
             if enqueue is not None:
                 queue = enqueue[0]
             batch = batches.setdefault(keys.shard_of(ref), [])
             batch += [ref.member, task_id, enqueue[1] if enqueue else ""]
         promoted: list[str] = []
+        ring = False
         for shard, batch in batches.items():
             key_open, record_close, history_close = shard.key_parts
             reply = self._promote(
@@ -120,8 +130,12 @@ class ScheduleStore:
                     "inflight": shard.inflight,
                     "stats": shard.stats,
                     "queue": queue,
+                    "pending": bell.lane.pending if bell else None,
+                    "flag": bell.lane.flag if bell else None,
                 },
                 {
+                    "ring_task": ring_task,
+                    "ring_ms": RING_MS,
                     "ttl": self.policy.ttl,
                     "history_limit": self.policy.history_limit,
                     "queued_grace_ms": self.policy.queued_grace_ms,
@@ -132,11 +146,13 @@ class ScheduleStore:
                     "batch": batch,
                 },
             )
-            promoted += [text(member) for member in reply]
+            promoted += [text(member) for member in reply[0]]
+            ring = ring or bool(reply[1])
         return Promotion(
             [MessageRef.parse(member) for member in promoted],
             [ids[member] for member in promoted],
-            queue is not None,
+            queue is not None or bell is not None,
+            ring,
         )
 
     def waiting(self) -> int:
@@ -159,6 +175,8 @@ class Scheduler(BackgroundLoop):
     publish: Callable[[MessageRef, str], None]
     interval: float
     batch: int = 500
+    bell: Bell | None = None
+    """The doorbell: promoted messages wait on its lane (:mod:`.pending`)."""
     min_wait: float = 0.05
     """Shortest sleep between looks: on a dense schedule (an entry every millisecond) each
     look then promotes a batch instead of one message per round trip."""
@@ -170,7 +188,9 @@ class Scheduler(BackgroundLoop):
         due = self.store.due(self.batch)
         if not due.refs:
             return [], due.next_in
-        promotion = self.store.promote(due.refs, self.task_for, due.task_ids)
+        promotion = self.store.promote(due.refs, self.task_for, due.task_ids, self.bell)
+        if promotion.ring and self.bell is not None:
+            ring_promoted(self.bell)
         retries = {ref for ref, task_id in zip(due.refs, due.task_ids, strict=True) if task_id}
         for ref, task_id in zip(promotion.refs, promotion.task_ids, strict=True):
             if not promotion.pushed:
@@ -196,3 +216,12 @@ class Scheduler(BackgroundLoop):
                 log.exception("scheduler: unexpected error; trying again")
             if wait > 0:
                 self._stop.wait(wait)
+
+
+def ring_promoted(bell: Bell) -> None:
+    """Publish the ring of promoted messages; if the broker refuses, they wait on the
+    pending list until the lane's flag expires and the reaper rings (:mod:`.pending`)."""
+    try:
+        bell.publish()
+    except Exception as exc:  # the broker's errors are many; the reaper covers them all
+        log.warning("scheduler: ring not published (%s); recovery rings again", exc)

@@ -1,10 +1,13 @@
 """Submit stage: record a message ``queued`` (with its task and its gate), or undo that.
 
 One script does it all (``lua/create.lua``): the gate (dispatcher/gate.py), the
-record, the in-flight deadline and, when the broker is this Redis, the task
-pushed onto the queue list — one round trip, both or neither. On a Redis Cluster the
-gate's keys live in another slot than the message's, so the gate runs first on its own
-(``lua/gate.lua``, :func:`gate_apart`).
+record, the in-flight deadline and the message's place in line: an entry on its
+lane's pending list with the lane's ring when none is outstanding (the doorbell,
+:mod:`.pending`), or its own task; pushed onto the queue list when the broker is
+this Redis — one round trip, both or neither. On a Redis Cluster the gate's keys
+live in another slot than the message's, so the gate runs first on its own
+(``lua/gate.lua``, :func:`gate_apart`); the doorbell's fleet-wide pending lists are
+refused there at settings validation (docs/deployment.md).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from dispatcher.ids import MessageRef
 from dispatcher.models import Message
 from dispatcher.scheduling import IMMEDIATE_MS
 from dispatcher.store.lanes import Lane
+from dispatcher.store.pending import RING_MS, PendingLane
 from dispatcher.store.policy import StorePolicy
 from dispatcher.store.recipients import record_fields
 from dispatcher.store.scripts import ArgValue, KeyValue, load, operation_id
@@ -90,16 +94,19 @@ class SubmitStore:
         app: str | None = None,
         client: str | None = None,
         enqueue: tuple[str, str] | None = None,
+        pending: PendingLane | None = None,
         gate: Gate | None = None,
         traceparent: str | None = None,
         send_at_ms: int | None = None,
         publish_apart: bool = False,
     ) -> CreateCall:
         """The create call: record ``queued``; with ``enqueue`` (queue list key, task
-        message) also push the task; with ``gate`` pass it first (nothing kept if not).
-        ``app``: the provider app the channel sends it through (recorded, so a configuration
-        change does not move it). ``traceparent``: the submit's trace, which every attempt
-        continues. With
+        message) also push the task; with ``pending`` (the doorbell) put the message on
+        that pending list instead, ``enqueue`` then being the ring to push if none is
+        outstanding (None: the caller publishes a ring); with ``gate`` pass it first
+        (nothing kept if not). ``app``: the provider app the channel sends it through
+        (recorded, so a configuration change does not move it). ``traceparent``: the
+        submit's trace, which every attempt continues. With
         ``send_at_ms`` later than :data:`IMMEDIATE_MS` from now (Redis's clock), record
         ``scheduled`` in its shard's schedule instead, and push nothing. The call carries
         its own operation id: run it again after a lost reply and it answers as it did.
@@ -140,6 +147,8 @@ class SubmitStore:
                 "rate": gate.rate_key if gate else None,
                 "guard": gate.guard if gate else None,
                 "schedule": shard.schedule if send_at_ms is not None else None,
+                "pending": pending.pending if pending else None,
+                "flag": pending.flag if pending else None,
             },
             args={
                 "op": operation_id(),
@@ -150,12 +159,14 @@ class SubmitStore:
                 if publish_apart
                 else self.policy.queued_grace_ms,
                 "member": ref.member,
+                "entry": keys.pending_entry(ref) if pending else None,
                 "task": enqueue[1] if enqueue else None,
                 "gate_interval_ms": gate.interval_ms if gate else 0,
                 "gate_tolerance_ms": gate.tolerance_ms if gate else 0,
                 "guard_ttl_ms": gate.guard_ttl_ms if gate else 0,
                 "send_at_ms": send_at_ms or 0,
                 "immediate_ms": IMMEDIATE_MS,
+                "ring_ms": RING_MS,
                 "fields": fields,
             },
         )
@@ -184,16 +195,23 @@ class SubmitStore:
             await self._create.call_async(connection, call.keys, call.args)
         )
 
-    def discard(self, ref: MessageRef, message: Message) -> bool:
-        """Remove a record that was created but never published (no worker touched it)."""
+    def discard(self, ref: MessageRef, message: Message, lane: PendingLane | None = None) -> bool:
+        """Remove a record that was created but never published (no worker touched it);
+        with ``lane``, its pending entry too and the lane's flag (its ring failed)."""
         removed = self._discard(
             self.redis,
             {
                 "message": keys.message(ref),
                 "history": keys.history(ref),
                 "inflight": keys.shard_of(ref).inflight,
+                "pending": lane.pending if lane else None,
+                "flag": lane.flag if lane else None,
             },
-            {"fingerprint": message.fingerprint(), "member": ref.member},
+            {
+                "fingerprint": message.fingerprint(),
+                "member": ref.member,
+                "entry": keys.pending_entry(ref) if lane else None,
+            },
         )
         return bool(removed)
 

@@ -23,6 +23,7 @@ from dispatcher.api.envelope import EnvelopeWriter
 from dispatcher.api.overload import SubmitBound
 from dispatcher.api.paths import SUBMIT, SUBMIT_BATCH
 from dispatcher.embedded import free_port
+from dispatcher.enqueue import RING_TASK
 from dispatcher.errors import Conflict, InvalidMessage
 from dispatcher.ids import MessageRef
 from dispatcher.limits import MAX_BATCH_MESSAGES
@@ -399,8 +400,26 @@ def _other_db(redis_url: str) -> str:
     return redis_url.rsplit("/", 1)[0] + "/3"
 
 
+def test_with_another_broker_one_ring_is_published_for_the_batch(redis_url: str) -> None:
+    api = make_harness(redis_url, broker_url=_other_db(redis_url), delivery_batch=8)
+    broker = redis.Redis.from_url(_other_db(redis_url))
+    try:
+        ids = [unique_id(), unique_id()]
+        queued = api.queued()
+        batch = {"messages": [text(ids[0]), text(ids[1], to=""), text()]}
+        results = results_of(post_batch(api, batch))
+        assert results[0] == {"getMessageId": ids[0]} and results[1]["code"] == 400
+        rings = [json.loads(t)["headers"]["task"] for t in broker.lrange(api.settings.queue, 0, -1)]
+        assert rings == [RING_TASK]
+        assert api.queued() == queued + 2  # both wait on the pending list
+    finally:
+        broker.delete(api.settings.queue)
+        broker.close()
+        api.close()
+
+
 def test_with_another_broker_each_accepted_message_is_published(redis_url: str) -> None:
-    api = make_harness(redis_url, broker_url=_other_db(redis_url))
+    api = make_harness(redis_url, broker_url=_other_db(redis_url), delivery_batch=0)
     broker = redis.Redis.from_url(_other_db(redis_url))
     try:
         ids = [unique_id(), unique_id()]
@@ -417,7 +436,7 @@ def test_with_another_broker_each_accepted_message_is_published(redis_url: str) 
 
 def test_with_the_broker_down_each_message_is_503_and_its_record_removed(redis_url: str) -> None:
     """The broker is tried once per batch: after its first refusal the rest are not sent."""
-    api = make_harness(redis_url, broker_url=f"redis://127.0.0.1:{free_port()}/0")
+    api = make_harness(redis_url, broker_url=f"redis://127.0.0.1:{free_port()}/0", delivery_batch=0)
     producer = api.app.state.runtime.dispatcher
     tried: list[Any] = []
     publish = producer.publish
@@ -431,6 +450,22 @@ def test_with_the_broker_down_each_message_is_503_and_its_record_removed(redis_u
         assert len(tried) == 1
         for message_id in ids:
             assert not api.has_record(message_id)
+    finally:
+        api.close()
+
+
+def test_with_the_broker_down_the_batch_s_ring_fails_and_every_record_is_removed(
+    redis_url: str,
+) -> None:
+    api = make_harness(redis_url, broker_url=f"redis://127.0.0.1:{free_port()}/0", delivery_batch=8)
+    try:
+        queued = api.queued()
+        ids = [unique_id() for _ in range(3)]
+        results = results_of(post_batch(api, {"messages": [text(i) for i in ids]}))
+        assert [r["code"] for r in results] == [503, 503, 503]
+        for message_id in ids:
+            assert not api.has_record(message_id)
+        assert api.queued() == queued, "their pending entries went with them"
     finally:
         api.close()
 

@@ -23,7 +23,9 @@ from dispatcher.api.app import create_app
 from dispatcher.api.paths import STATUS, STATUS_MANY, SUBMIT
 from dispatcher.api.signing import Algorithm, compute_legacy_sign, compute_sign
 from dispatcher.config import Settings
+from dispatcher.enqueue import DELIVER_TASK
 from dispatcher.ids import DEFAULT_NAMESPACE, MessageRef
+from dispatcher.store import PendingLane
 
 with warnings.catch_warnings():
     # Starlette 1.x prefers httpx2 for its TestClient; httpx works and is what we ship.
@@ -128,7 +130,11 @@ class Harness:
     # -- what was left behind ----------------------------------------------
 
     def queued(self) -> int:
-        return int(self.redis.llen(self.settings.queue))
+        """Messages waiting for a worker: on the doorbell's pending list, or as their own
+        task on the queue list (a ring is not a message)."""
+        tasks = self.redis.lrange(self.settings.queue, 0, -1)
+        own = sum(json.loads(t)["headers"]["task"] == DELIVER_TASK for t in tasks)
+        return int(self.redis.llen(PendingLane(self.settings.queue).pending)) + own
 
     def has_record(self, message_id: str) -> bool:
         """Whether any client's namespace (or the default one) holds a record of the id."""

@@ -97,7 +97,12 @@ def test_celery_finds_the_lazily_built_app_by_the_module_name() -> None:
         "print(app.main, sorted(t for t in app.tasks if t.startswith('dispatcher.')))"
     )
     assert found.returncode == 0, found.stderr
-    assert found.stdout.split() == ["dispatcher", "['dispatcher.deliver',", "'dispatcher.webhook']"]
+    assert found.stdout.split() == [
+        "dispatcher",
+        "['dispatcher.deliver',",
+        "'dispatcher.ring',",
+        "'dispatcher.webhook']",
+    ]
 
 
 def test_code_cites_only_documents_in_the_repository() -> None:

@@ -37,7 +37,18 @@ def test_a_cluster_status_store_needs_another_broker_and_no_replica_minimum() ->
         Settings(redis_url=CLUSTER, broker_url=CLUSTER)
     with pytest.raises(ValidationError, match="MIN_REPLICAS"):
         Settings(redis_url=CLUSTER, broker_url="amqp://h/", redis_min_replicas=1)
-    assert Settings(redis_url=CLUSTER, broker_url="amqp://h/").broker_url == "amqp://h/"
+    assert (
+        Settings(redis_url=CLUSTER, broker_url="amqp://h/", delivery_batch=0).broker_url
+        == "amqp://h/"
+    )
+
+
+def test_the_doorbell_is_refused_with_a_cluster_status_store_only() -> None:
+    with pytest.raises(ValidationError, match=r"DISPATCHER_DELIVERY_BATCH.*cross-slot"):
+        Settings(redis_url=CLUSTER, broker_url="amqp://h/", delivery_batch=8)
+    assert Settings(redis_url="redis://h:6379/0", delivery_batch=8).delivery_batch == 8
+    sentinel = "redis+sentinel://10.0.0.1:26379,10.0.0.2/orders/2"
+    assert Settings(redis_url=sentinel, delivery_batch=8).delivery_batch == 8
 
 
 def test_each_shard_keeps_its_keys_in_one_slot_and_the_shards_spread_over_the_slots() -> None:

@@ -15,10 +15,11 @@ from kombu.transport.virtual import Message as KombuMessage
 from dispatcher import Dispatcher, keys
 from dispatcher.broker import make_celery
 from dispatcher.config import Settings
-from dispatcher.enqueue import DELIVER_TASK, TaskMessageTemplate, task_args
+from dispatcher.enqueue import DELIVER_TASK, RING_TASK, TaskMessageTemplate, task_args
 from dispatcher.errors import Conflict, Unavailable
 from dispatcher.models import parse_message
-from dispatcher.store import StatusStore
+from dispatcher.store import PendingLane, StatusStore
+from dispatcher.store.pending import RING_MS
 from tests.conftest import ref
 
 QUEUE = "enqueue-test"
@@ -106,12 +107,60 @@ def test_the_message_is_what_send_task_pushes_to_redis(redis_client: redis.Redis
 
 @pytest.fixture()
 def fake_dispatcher() -> Dispatcher:
-    return Dispatcher(Settings(queue=QUEUE, memory_refuse_ratio=0), client=fakeredis.FakeRedis())
+    settings = Settings(queue=QUEUE, memory_refuse_ratio=0, delivery_batch=8)
+    return Dispatcher(settings, client=fakeredis.FakeRedis())
 
 
-def test_submit_records_and_queues_in_one_call_and_a_duplicate_queues_nothing(
+def test_submits_wait_on_the_pending_list_and_ring_once_in_the_same_call(
     fake_dispatcher: Dispatcher,
 ) -> None:
+    r = fake_dispatcher.redis
+    lane = PendingLane(QUEUE)
+    assert fake_dispatcher.submit_message(text(message_id="m0one")).created
+    assert fake_dispatcher.submit_message(text(message_id="m0two")).created
+    entries = [keys.pending_entry(ref(m)).encode() for m in ("m0two", "m0one")]
+    assert r.lrange(lane.pending, 0, -1) == entries
+    assert r.llen(QUEUE) == 1, "one ring while one is outstanding"
+    ring = json.loads(r.lindex(QUEUE, 0))
+    assert ring["headers"]["task"] == RING_TASK
+    assert json.loads(base64.b64decode(ring["body"]))[0] == [lane.name]
+    assert 0 < r.pttl(lane.flag) <= RING_MS
+    assert fake_dispatcher.submit_message(text(message_id="m0one")).created is False
+    assert r.llen(lane.pending) == 2
+
+
+def other_broker(
+    monkeypatch: pytest.MonkeyPatch, delivery_batch: int
+) -> tuple[Dispatcher, list[tuple[Any, ...]]]:
+    """A dispatcher whose broker is not its Redis, and the tasks it sends."""
+    settings = Settings(
+        queue=QUEUE,
+        broker_url="redis://127.0.0.1:1/3",
+        memory_refuse_ratio=0,
+        delivery_batch=delivery_batch,
+    )
+    d = Dispatcher(settings, client=fakeredis.FakeRedis())
+    sent: list[tuple[Any, ...]] = []
+    monkeypatch.setattr(d.celery, "send_task", lambda *a, **k: sent.append((a, k)))
+    return d, sent
+
+
+def test_another_broker_gets_a_ring_published_after_each_record(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    d, sent = other_broker(monkeypatch, delivery_batch=8)
+    assert d.submit_message(text(message_id="m0four")).created
+    assert d.submit_message(text(message_id="m0five")).created
+    assert sent == [((RING_TASK,), {"args": ("default",), "queue": QUEUE})] * 2
+    assert d.redis.llen(QUEUE) == 0
+    assert d.redis.llen(PendingLane(QUEUE).pending) == 2
+
+
+def test_submit_records_and_queues_in_one_call_and_a_duplicate_queues_nothing() -> None:
+    fake_dispatcher = Dispatcher(
+        Settings(queue=QUEUE, memory_refuse_ratio=0, delivery_batch=0),
+        client=fakeredis.FakeRedis(),
+    )
     r = fake_dispatcher.redis
     assert fake_dispatcher.submit_message(text(message_id="m0one")).created
     assert r.llen(QUEUE) == 1
@@ -132,6 +181,7 @@ def test_a_redis_error_is_unavailable_and_leaves_nothing(fake_dispatcher: Dispat
         fake_dispatcher.submit_message(text(message_id="m0two"))
     assert r.exists(keys.message(ref("m0two"))) == 0
     assert r.zscore(keys.shard_of(ref("m0two").member).inflight, ref("m0two").member) is None
+    assert r.llen(PendingLane(QUEUE).pending) == 0
     r.delete(QUEUE)
     fake_dispatcher.redis.connection_pool.disconnect()
 
@@ -144,12 +194,7 @@ def test_a_redis_error_is_unavailable_and_leaves_nothing(fake_dispatcher: Dispat
 
 
 def test_another_broker_keeps_send_task(monkeypatch: pytest.MonkeyPatch) -> None:
-    d = Dispatcher(
-        Settings(queue=QUEUE, broker_url="redis://127.0.0.1:1/3", memory_refuse_ratio=0),
-        client=fakeredis.FakeRedis(),
-    )
-    sent: list[tuple[Any, ...]] = []
-    monkeypatch.setattr(d.celery, "send_task", lambda *a, **k: sent.append((a, k)))
+    d, sent = other_broker(monkeypatch, delivery_batch=0)
     assert d.submit_message(text(message_id="m0four")).created
     expected = {"args": (ref("m0four").member,), "queue": QUEUE, "task_id": None}
     assert sent == [((DELIVER_TASK,), expected)]

@@ -1,5 +1,8 @@
--- Record a submit as ``queued``; with ``task`` also push its delivery task onto the queue
--- list (the broker is this Redis: both or neither). With a gate, the submit first passes
+-- Record a submit as ``queued``; with ``pending`` (the doorbell, doorbell.lua) put ``entry``
+-- (keys.pending_entry) on that pending list and ring its lane unless a ring is outstanding
+-- (``task`` is then the ring's task message, pushed onto the queue list when the broker is
+-- this Redis; without one the caller publishes a ring after every create); without
+-- ``pending``, with ``task`` push its delivery task onto the queue list (both or neither). With a gate, the submit first passes
 -- its sign's replay guard and its client's rate (dispatcher/gate.py); a refusal keeps
 -- nothing. With ``schedule`` and a ``send_at_ms`` more than ``immediate_ms`` ahead the
 -- message is recorded ``scheduled`` in that sorted set instead (no task: promote_due.lua
@@ -9,9 +12,9 @@
 -- can call it a replay. On a Redis Cluster the gate's keys are in another slot: the gate
 -- runs first on its own (gate.lua) and this script gets none.
 -- Returns created, scheduled, duplicate, conflict, replayed or wait:<ms>.
--- keys: message history inflight stats queue? rate? guard? schedule?
--- args: op? fingerprint ttl# history_limit# queued_grace_ms# member task? gate_interval_ms# gate_tolerance_ms# guard_ttl_ms# send_at_ms# immediate_ms# fields...
--- include: lib
+-- keys: message history inflight stats queue? rate? guard? schedule? pending? flag?
+-- args: op? fingerprint ttl# history_limit# queued_grace_ms# member entry? task? gate_interval_ms# gate_tolerance_ms# guard_ttl_ms# send_at_ms# immediate_ms# ring_ms# fields...
+-- include: lib doorbell
 
 local again = earlier_reply(message, op)
 if again then return again end
@@ -37,7 +40,11 @@ if schedule and send_at_ms > now + immediate_ms then
   return 'scheduled'
 end
 -- The push first: one that fails (wrong key type, out of memory) has recorded nothing.
-if task then redis.call('LPUSH', queue, task) end
+if pending then
+  ring_push(pending, flag, queue, task, entry, ring_ms)
+elseif task then
+  redis.call('LPUSH', queue, task)
+end
 redis.call('HSET', message, 'fp', fingerprint, 'state', 'queued', 'attempts', 0,
            'createdAt', now, 'updatedAt', now, unpack(fields))
 remember(message, op, 'created')
