@@ -16,14 +16,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 import redis
 from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import ClusterNode, RedisCluster
 
-from dispatcher.sentinel import host_ports
+from dispatcher.sentinel import host_ports, login_and_hosts
 
 CLUSTER_SCHEME = "redis+cluster"
 CLUSTER_PORT = 6379
@@ -48,8 +48,7 @@ def cluster_target(url: str) -> ClusterTarget | None:
     if not is_cluster_url(url):
         return None
     parts = urlsplit(url)
-    login, _, hosts = parts.netloc.rpartition("@")
-    username, _, password = login.partition(":")
+    username, password, hosts = login_and_hosts(parts.netloc)
     if not hosts or parts.path.strip("/"):
         raise ValueError(
             f"{CLUSTER_SCHEME} URL must be {CLUSTER_SCHEME}://host:port[,host:port...]"
@@ -58,7 +57,7 @@ def cluster_target(url: str) -> ClusterTarget | None:
         nodes = host_ports(hosts, CLUSTER_PORT)
     except ValueError:
         raise ValueError(f"{CLUSTER_SCHEME} URL: ports must be numbers") from None
-    return ClusterTarget(nodes, unquote(username) or None, unquote(password) or None)
+    return ClusterTarget(nodes, username, password)
 
 
 def is_cluster(client: Any) -> bool:

@@ -44,8 +44,7 @@ def sentinel_target(url: str) -> SentinelTarget | None:
     if not is_sentinel_url(url):
         return None
     parts = urlsplit(url)
-    login, _, hosts = parts.netloc.rpartition("@")
-    username, _, password = login.partition(":")
+    username, password, hosts = login_and_hosts(parts.netloc)
     path = [p for p in parts.path.split("/") if p]
     if not hosts or not path or len(path) > 2:
         raise ValueError(
@@ -61,9 +60,17 @@ def sentinel_target(url: str) -> SentinelTarget | None:
         sentinels=sentinels,
         service=unquote(path[0]),
         db=db,
-        username=unquote(username) or None,
-        password=unquote(password) or None,
+        username=username,
+        password=password,
     )
+
+
+def login_and_hosts(netloc: str) -> tuple[str | None, str | None, str]:
+    """``user:password@h1:p1,h2:p2`` as (username, password, hosts), each part of the
+    login unquoted, None where absent."""
+    login, _, hosts = netloc.rpartition("@")
+    username, _, password = login.partition(":")
+    return unquote(username) or None, unquote(password) or None, hosts
 
 
 def host_ports(hosts: str, default_port: int) -> tuple[tuple[str, int], ...]:
